@@ -1,0 +1,170 @@
+//! `GatewayError`: every way a call can fail, with its status, stable code and retry time.
+//!
+//! It is turned into a response in exactly one place (`edge::response`); doing so has no side
+//! effects. Messages are written for the caller and never carry secrets or internal detail.
+
+use std::fmt;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GatewayError {
+    InvalidApiKey,
+    OriginNotAllowed,
+    NotFound,
+    MethodNotAllowed,
+    RequestTooLarge { limit_bytes: u64 },
+    InvalidRequest(String),
+    /// The gateway's own throttle said no.
+    RateLimited { retry_after_ms: u64 },
+    /// Credits (or the spending cap) are used up until the period ends.
+    InsufficientQuota { retry_after_ms: u64 },
+    /// Upstream said 429 and the wait was longer than the gateway waits for itself.
+    UpstreamRateLimited { retry_after_ms: u64 },
+    UpstreamError(String),
+    UpstreamTimeout,
+    UpstreamNotConfigured,
+    AdminDisabled,
+    /// A setting has a value the gateway cannot use; names the setting.
+    Misconfigured { setting: &'static str, reason: String },
+    /// The ledger could not be reached: metered traffic is refused rather than uncounted.
+    LedgerUnavailable,
+}
+
+/// Waits longer than this are not worth a client sleeping on (`x-should-retry: false`).
+pub const LONGEST_SENSIBLE_SLEEP_MS: u64 = 60_000;
+
+impl GatewayError {
+    pub fn status(&self) -> u16 {
+        use GatewayError::*;
+        match self {
+            InvalidApiKey => 401,
+            OriginNotAllowed => 403,
+            NotFound => 404,
+            MethodNotAllowed => 405,
+            RequestTooLarge { .. } => 413,
+            InvalidRequest(_) => 400,
+            RateLimited { .. } | InsufficientQuota { .. } | UpstreamRateLimited { .. } => 429,
+            UpstreamError(_) => 502,
+            UpstreamNotConfigured | AdminDisabled | LedgerUnavailable => 503,
+            UpstreamTimeout => 504,
+            Misconfigured { .. } => 500,
+        }
+    }
+
+    /// The stable machine-readable code (`error.code`).
+    pub fn code(&self) -> &'static str {
+        use GatewayError::*;
+        match self {
+            InvalidApiKey => "invalid_api_key",
+            OriginNotAllowed => "origin_not_allowed",
+            NotFound => "not_found",
+            MethodNotAllowed => "method_not_allowed",
+            RequestTooLarge { .. } => "request_too_large",
+            InvalidRequest(_) => "invalid_request",
+            RateLimited { .. } => "rate_limit_exceeded",
+            InsufficientQuota { .. } => "insufficient_quota",
+            UpstreamRateLimited { .. } => "upstream_rate_limited",
+            UpstreamError(_) => "upstream_error",
+            UpstreamTimeout => "upstream_timeout",
+            UpstreamNotConfigured => "upstream_not_configured",
+            AdminDisabled => "admin_disabled",
+            Misconfigured { .. } => "configuration_error",
+            LedgerUnavailable => "ledger_unavailable",
+        }
+    }
+
+    /// The OpenAI-style `error.type`.
+    pub fn kind(&self) -> &'static str {
+        use GatewayError::*;
+        match self {
+            InvalidApiKey => "authentication_error",
+            OriginNotAllowed => "permission_error",
+            NotFound => "not_found_error",
+            MethodNotAllowed | RequestTooLarge { .. } | InvalidRequest(_) => "invalid_request_error",
+            RateLimited { .. } | UpstreamRateLimited { .. } => "rate_limit_error",
+            InsufficientQuota { .. } => "insufficient_quota",
+            UpstreamError(_) | UpstreamTimeout => "upstream_error",
+            UpstreamNotConfigured | AdminDisabled | Misconfigured { .. } | LedgerUnavailable => "server_error",
+        }
+    }
+
+    /// How long the caller should wait before trying again, for 429s.
+    pub fn retry_after_ms(&self) -> Option<u64> {
+        use GatewayError::*;
+        match self {
+            RateLimited { retry_after_ms } | InsufficientQuota { retry_after_ms } | UpstreamRateLimited { retry_after_ms } => {
+                Some(*retry_after_ms)
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether a client should retry on its own; `false` when the wait is too long to sleep.
+    pub fn should_retry(&self) -> bool {
+        match self {
+            GatewayError::InsufficientQuota { .. } => false,
+            e => e.retry_after_ms().is_some_and(|ms| ms <= LONGEST_SENSIBLE_SLEEP_MS),
+        }
+    }
+
+    /// The body: `{"error": {"message", "type", "code"}}`.
+    pub fn to_json(&self) -> String {
+        let body = serde_json::json!({
+            "error": { "message": self.to_string(), "type": self.kind(), "code": self.code() }
+        });
+        body.to_string()
+    }
+}
+
+impl fmt::Display for GatewayError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use GatewayError::*;
+        match self {
+            InvalidApiKey => f.write_str("Invalid or revoked gateway key. Send it as 'Authorization: Bearer hfg_...'."),
+            OriginNotAllowed => f.write_str("This key may not be used from this origin."),
+            NotFound => f.write_str("No such route."),
+            MethodNotAllowed => f.write_str("Method not allowed on this route."),
+            RequestTooLarge { limit_bytes } => write!(f, "Request body is larger than {limit_bytes} bytes."),
+            InvalidRequest(why) => write!(f, "Invalid request: {why}"),
+            RateLimited { retry_after_ms } => {
+                write!(f, "Rate limit exceeded for this key. Retry in {} s.", retry_after_ms.div_ceil(1000))
+            }
+            InsufficientQuota { retry_after_ms } => write!(
+                f,
+                "Monthly credits or spending cap exhausted. They reset in {} s.",
+                retry_after_ms.div_ceil(1000)
+            ),
+            UpstreamRateLimited { retry_after_ms } => {
+                write!(f, "The provider is rate limiting this model. Retry in {} s.", retry_after_ms.div_ceil(1000))
+            }
+            UpstreamError(why) => write!(f, "Upstream failed: {why}"),
+            UpstreamTimeout => f.write_str("Upstream did not answer within the deadline."),
+            UpstreamNotConfigured => f.write_str("The gateway has no upstream token configured."),
+            AdminDisabled => f.write_str("The admin API is disabled: ADMIN_TOKEN is not set."),
+            Misconfigured { setting, reason } => write!(f, "Setting {setting} is invalid: {reason}"),
+            LedgerUnavailable => f.write_str("The credit ledger is unavailable; metered calls are refused until it is back."),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_is_openai_shaped_json() {
+        let e = GatewayError::InsufficientQuota { retry_after_ms: 1_500 };
+        let v: serde_json::Value = serde_json::from_str(&e.to_json()).unwrap();
+        assert_eq!(v["error"]["code"], "insufficient_quota");
+        assert_eq!(v["error"]["type"], "insufficient_quota");
+        assert!(v["error"]["message"].as_str().unwrap().contains("2 s"));
+        assert_eq!(e.status(), 429);
+        assert!(!e.should_retry());
+    }
+
+    #[test]
+    fn short_throttles_invite_a_retry_and_long_ones_do_not() {
+        assert!(GatewayError::RateLimited { retry_after_ms: 900 }.should_retry());
+        assert!(!GatewayError::UpstreamRateLimited { retry_after_ms: 3_600_000 }.should_retry());
+        assert!(!GatewayError::NotFound.should_retry());
+    }
+}

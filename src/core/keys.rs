@@ -1,0 +1,240 @@
+//! Gateway keys and organisations: the secret's format and digest, the records kept in KV, and
+//! the validation of what the admin API is asked to create or change.
+//!
+//! A key is `hfg_` + 256 random bits, shown once; only its SHA-256 digest is stored.
+
+use crate::core::rand::Rng;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+pub const KEY_PREFIX: &str = "hfg_";
+const KEY_RANDOM_BYTES: usize = 32;
+/// `hfg_` + 43 base64url characters.
+pub const KEY_LEN: usize = 4 + 43;
+
+/// A freshly minted key: the secret (returned once) and its public id.
+#[derive(Debug)]
+pub struct MintedKey {
+    pub secret: String,
+    pub id: String,
+}
+
+/// Mints a key from `rng` (the platform's CSPRNG in production).
+pub fn mint_key(rng: &mut impl Rng) -> MintedKey {
+    let mut secret = [0u8; KEY_RANDOM_BYTES];
+    rng.fill(&mut secret);
+    let mut id = [0u8; 10];
+    rng.fill(&mut id);
+    MintedKey { secret: format!("{KEY_PREFIX}{}", base64url(&secret)), id: format!("key_{}", base32(&id)) }
+}
+
+/// The lowercase hex SHA-256 of a key: what KV stores and looks up.
+///
+/// ```
+/// use hf_gate::core::keys::digest;
+/// assert_eq!(digest("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+/// ```
+pub fn digest(secret: &str) -> String {
+    hex(&Sha256::digest(secret.as_bytes()))
+}
+
+/// The gateway key in an `Authorization` header, if it has the shape of one. Anything else is
+/// refused here, before any lookup is spent on it.
+///
+/// ```
+/// use hf_gate::core::keys::bearer_key;
+/// let key = format!("hfg_{}", "A".repeat(43));
+/// assert_eq!(bearer_key(&format!("Bearer {key}")), Some(key.as_str()));
+/// assert_eq!(bearer_key("Bearer hf_notours"), None);
+/// ```
+pub fn bearer_key(authorization: &str) -> Option<&str> {
+    let token = bearer_token(authorization)?;
+    let well_formed = token.len() == KEY_LEN
+        && token.starts_with(KEY_PREFIX)
+        && token[KEY_PREFIX.len()..].bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    well_formed.then_some(token)
+}
+
+/// The token of `Bearer <token>` (scheme case-insensitive).
+pub fn bearer_token(authorization: &str) -> Option<&str> {
+    let (scheme, token) = authorization.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
+}
+
+/// Compares two secrets in time that depends only on their lengths.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(DIGITS[usize::from(b >> 4)] as char);
+        s.push(DIGITS[usize::from(b & 15)] as char);
+    }
+    s
+}
+
+fn base64url(bytes: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = chunk.iter().enumerate().fold(0u32, |acc, (i, b)| acc | (u32::from(*b) << (16 - 8 * i)));
+        let chars = chunk.len() + 1;
+        for i in 0..chars {
+            out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+fn base32(bytes: &[u8]) -> String {
+    const A: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
+    let mut out = String::new();
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for b in bytes {
+        acc = (acc << 8) | u32::from(*b);
+        bits += 8;
+        while bits >= 5 {
+            bits -= 5;
+            out.push(A[((acc >> bits) & 31) as usize] as char);
+        }
+    }
+    if bits > 0 {
+        out.push(A[((acc << (5 - bits)) & 31) as usize] as char);
+    }
+    out
+}
+
+/// A per-key or per-org request rate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RateLimit {
+    pub rpm: u32,
+    pub burst: u32,
+}
+
+/// What KV holds for a key (under its digest). Never the secret.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRecord {
+    pub id: String,
+    pub name: String,
+    pub plan: String,
+    pub org: Option<String>,
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
+    pub rate_limit: Option<RateLimit>,
+    pub monthly_credit_micro_usd: Option<u64>,
+    pub spend_cap_micro_usd: Option<u64>,
+    pub created_at: String,
+    #[serde(default)]
+    pub revoked: bool,
+    /// Bumped on every change; the ledger keeps the newest it has seen, so a stale cached
+    /// copy can never undo a revocation.
+    #[serde(default)]
+    pub version: u64,
+    /// Provider name -> sealed (encrypted) provider key, for `byok` keys.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub provider_keys: std::collections::BTreeMap<String, String>,
+    /// The digest of the secret, so admin reads can find the KV entry to update.
+    pub digest: String,
+}
+
+impl KeyRecord {
+    pub fn is_browser_key(&self) -> bool {
+        !self.allowed_origins.is_empty()
+    }
+
+    /// The public view: everything but the digest and the sealed provider keys.
+    pub fn public_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "id": self.id, "name": self.name, "plan": self.plan, "org": self.org,
+            "allowed_origins": self.allowed_origins, "rate_limit": self.rate_limit,
+            "monthly_credit_micro_usd": self.monthly_credit_micro_usd,
+            "spend_cap_micro_usd": self.spend_cap_micro_usd,
+            "providers": self.provider_keys.keys().collect::<Vec<_>>(),
+            "created_at": self.created_at, "revoked": self.revoked,
+        })
+    }
+}
+
+/// An organisation: seats share one credit pool, billed to `bill_to`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrgRecord {
+    pub id: String,
+    pub plan: String,
+    pub seats: u32,
+    pub bill_to: String,
+    pub spend_limit_micro_usd: Option<u64>,
+    pub rate_limit: Option<RateLimit>,
+    pub created_at: String,
+    #[serde(default)]
+    pub version: u64,
+}
+
+impl OrgRecord {
+    pub fn public_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "id": self.id, "plan": self.plan, "seats": self.seats, "bill_to": self.bill_to,
+            "spend_limit_micro_usd": self.spend_limit_micro_usd, "rate_limit": self.rate_limit,
+            "created_at": self.created_at,
+        })
+    }
+}
+
+/// Names, org ids and `bill_to`: short, printable, no separators that could smuggle a path
+/// or a header.
+pub fn valid_slug(s: &str, max: usize) -> bool {
+    !s.is_empty() && s.len() <= max && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// A display name: printable, no control characters.
+pub fn valid_name(s: &str) -> bool {
+    s.chars().count() <= 100 && !s.chars().any(char::is_control)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::rand::ScriptedRng;
+
+    #[test]
+    fn minted_keys_have_the_advertised_shape() {
+        let mut rng = ScriptedRng::units(&[0.1, 0.7, 0.3, 0.9]);
+        let k = mint_key(&mut rng);
+        assert_eq!(k.secret.len(), KEY_LEN);
+        assert!(bearer_key(&format!("Bearer {}", k.secret)).is_some());
+        assert_eq!(k.id.len(), 4 + 16);
+    }
+
+    #[test]
+    fn base64url_matches_rfc4648_vectors() {
+        assert_eq!(base64url(b"f"), "Zg");
+        assert_eq!(base64url(b"fo"), "Zm8");
+        assert_eq!(base64url(b"foo"), "Zm9v");
+        assert_eq!(base64url(b"foobar"), "Zm9vYmFy");
+        assert_eq!(base64url(&[0xfb, 0xff]), "-_8");
+        assert_eq!(base32(b"foobar"), "mzxw6ytboi");
+    }
+
+    #[test]
+    fn malformed_bearers_are_refused_before_lookup() {
+        let good = format!("hfg_{}", "a".repeat(43));
+        assert!(bearer_key(&format!("bearer {good}")).is_some());
+        assert!(bearer_key(&format!("Basic {good}")).is_none());
+        assert!(bearer_key(&format!("Bearer {good}x")).is_none());
+        assert!(bearer_key(&format!("Bearer hfg_{}", "a/".repeat(21) + "a")).is_none());
+        assert!(bearer_key("Bearer").is_none());
+        assert!(bearer_key("").is_none());
+    }
+
+    #[test]
+    fn constant_time_eq_is_eq() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret1"));
+    }
+}

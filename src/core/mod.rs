@@ -1,0 +1,20 @@
+//! The pure core: every decision the gateway makes, with time, randomness and I/O passed in.
+//!
+//! Nothing here names `worker` or `js_sys`, so it builds and tests natively with fake clocks
+//! and scripted randomness.
+
+pub mod body;
+pub mod cors;
+pub mod error;
+pub mod gcra;
+pub mod headers;
+pub mod keys;
+pub mod ledger;
+pub mod paths;
+pub mod pricing;
+pub mod rand;
+pub mod retry;
+pub mod sandbox;
+pub mod settings;
+pub mod sse;
+pub mod time;

@@ -1,0 +1,247 @@
+//! Which route a path is, and whether it may go upstream at all.
+//!
+//! The gateway is no open proxy: the upstream host is fixed, only known providers are reachable,
+//! and paths with `..`, `.`, empty segments, backslashes or encoded slashes and dots are refused
+//! rather than normalised into something else.
+
+use crate::core::error::GatewayError;
+
+/// Inference Providers reachable as `/{provider}/...`.
+pub const PROVIDERS: &[&str] = &[
+    "black-forest-labs",
+    "cerebras",
+    "cohere",
+    "fal-ai",
+    "featherless-ai",
+    "fireworks-ai",
+    "groq",
+    "hf-inference",
+    "hyperbolic",
+    "nebius",
+    "novita",
+    "nscale",
+    "openai",
+    "ovhcloud",
+    "publicai",
+    "replicate",
+    "sambanova",
+    "scaleway",
+    "together",
+    "wavespeed",
+    "zai-org",
+];
+
+pub const MAX_PATH_LEN: usize = 2048;
+
+/// How a proxied call is paid for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Metering {
+    /// Priced per token from `usage`; the model is named in the body.
+    Tokens,
+    /// Priced by elapsed time (`COMPUTE_USD_PER_SECOND`).
+    Time,
+    /// Costs nothing (model listings); still authenticated and throttled.
+    Unmetered,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProxyRoute {
+    /// The path to request upstream, identical to the caller's.
+    pub path: String,
+    /// The provider named by the path, if any (`/together/...`).
+    pub provider: Option<String>,
+    pub metering: Metering,
+    /// For `/hf-inference/models/{model}` and `/v1/models/{model}`, the model in the path.
+    pub path_model: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Route {
+    Playground,
+    AdminPage,
+    Health,
+    Usage,
+    Proxy(ProxyRoute),
+    AdminKeys,
+    AdminKey(String),
+    AdminOrgs,
+    AdminOrg(String),
+}
+
+impl Route {
+    /// The methods a route answers (besides `OPTIONS`, which is CORS preflight everywhere).
+    pub fn allows(&self, method: &str) -> bool {
+        match self {
+            Route::Playground | Route::AdminPage | Route::Health | Route::Usage => method == "GET" || method == "HEAD",
+            Route::AdminKeys | Route::AdminOrgs => method == "GET" || method == "POST",
+            Route::AdminKey(_) => matches!(method, "GET" | "PATCH" | "DELETE"),
+            Route::AdminOrg(_) => matches!(method, "GET" | "PATCH"),
+            Route::Proxy(p) => match p.metering {
+                Metering::Unmetered => method == "GET",
+                Metering::Tokens => method == "POST",
+                Metering::Time => method == "POST" || method == "GET",
+            },
+        }
+    }
+}
+
+/// Checks a raw request path (no query) and refuses anything that is not plainly what it says.
+pub fn check_path(path: &str) -> Result<(), GatewayError> {
+    let bad = |why: &str| Err(GatewayError::InvalidRequest(format!("path {why}")));
+    if !path.starts_with('/') {
+        return bad("must start with '/'");
+    }
+    if path.len() > MAX_PATH_LEN {
+        return bad("is too long");
+    }
+    if !path.bytes().all(|b| b.is_ascii_graphic() && b != b'\\') {
+        return bad("has characters that are not allowed");
+    }
+    let lower = path.to_ascii_lowercase();
+    if lower.contains("%2f") || lower.contains("%5c") || lower.contains("%2e") || lower.contains("%00") {
+        return bad("has encoded separators");
+    }
+    let segments: Vec<&str> = path[1..].split('/').collect();
+    let last = segments.len().saturating_sub(1);
+    for (i, s) in segments.iter().enumerate() {
+        if *s == "." || *s == ".." {
+            return bad("has dot segments");
+        }
+        if s.is_empty() && i != last && path != "/" {
+            return bad("has empty segments");
+        }
+    }
+    Ok(())
+}
+
+/// Maps a checked path to its route.
+///
+/// ```
+/// use hf_gate::core::paths::{route, Metering, Route};
+/// let Ok(Route::Proxy(p)) = route("/together/v1/chat/completions") else { panic!() };
+/// assert_eq!(p.provider.as_deref(), Some("together"));
+/// assert_eq!(p.metering, Metering::Tokens);
+/// assert!(route("/../admin/keys").is_err());
+/// assert!(route("/evil.example/v1/chat/completions").is_err());
+/// ```
+pub fn route(path: &str) -> Result<Route, GatewayError> {
+    check_path(path)?;
+    let trimmed = if path.len() > 1 { path.trim_end_matches('/') } else { path };
+    let proxy = |metering, provider: Option<&str>, path_model: Option<&str>| {
+        Ok(Route::Proxy(ProxyRoute {
+            path: trimmed.to_string(),
+            provider: provider.map(str::to_string),
+            metering,
+            path_model: path_model.map(str::to_string),
+        }))
+    };
+    match trimmed {
+        "/" => return Ok(Route::Playground),
+        "/admin" => return Ok(Route::AdminPage),
+        "/healthz" => return Ok(Route::Health),
+        "/v1/usage" => return Ok(Route::Usage),
+        "/admin/keys" => return Ok(Route::AdminKeys),
+        "/admin/orgs" => return Ok(Route::AdminOrgs),
+        "/v1/chat/completions" | "/v1/responses" | "/v1/completions" => return proxy(Metering::Tokens, None, None),
+        "/v1/models" => return proxy(Metering::Unmetered, None, None),
+        _ => {}
+    }
+    if let Some(id) = trimmed.strip_prefix("/admin/keys/") {
+        return single_segment(id).map(|id| Route::AdminKey(id.to_string()));
+    }
+    if let Some(id) = trimmed.strip_prefix("/admin/orgs/") {
+        return single_segment(id).map(|id| Route::AdminOrg(id.to_string()));
+    }
+    if let Some(model) = trimmed.strip_prefix("/v1/models/") {
+        return proxy(Metering::Unmetered, None, Some(model));
+    }
+    let mut parts = trimmed[1..].splitn(2, '/');
+    let provider = parts.next().unwrap_or("");
+    let rest = parts.next().unwrap_or("");
+    if !PROVIDERS.contains(&provider) || rest.is_empty() {
+        return Err(GatewayError::NotFound);
+    }
+    let is_chat = rest.ends_with("chat/completions") || rest.ends_with("v1/responses") || rest.ends_with("v1/completions");
+    if is_chat {
+        return proxy(Metering::Tokens, Some(provider), None);
+    }
+    let path_model = rest.strip_prefix("models/").filter(|m| !m.is_empty());
+    proxy(Metering::Time, Some(provider), path_model)
+}
+
+fn single_segment(s: &str) -> Result<&str, GatewayError> {
+    if s.is_empty() || s.contains('/') || s.contains('%') {
+        Err(GatewayError::NotFound)
+    } else {
+        Ok(s)
+    }
+}
+
+/// The cooldown key of an upstream route: the provider (or `auto`, the router's choice) and
+/// the model. A `:provider` suffix on the model names the provider.
+///
+/// ```
+/// use hf_gate::core::paths::cooldown_route;
+/// assert_eq!(cooldown_route(None, "m/x:groq"), "groq/m/x");
+/// assert_eq!(cooldown_route(None, "m/x"), "auto/m/x");
+/// assert_eq!(cooldown_route(Some("together"), "m/x"), "together/m/x");
+/// ```
+pub fn cooldown_route(path_provider: Option<&str>, model: &str) -> String {
+    match (path_provider, model.rsplit_once(':')) {
+        (Some(p), _) => format!("{p}/{}", model.rsplit_once(':').map_or(model, |(m, _)| m)),
+        (None, Some((m, p))) => format!("{p}/{m}"),
+        (None, None) => format!("auto/{model}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traversal_and_encoded_tricks_are_refused() {
+        for p in [
+            "/v1/../admin/keys",
+            "/together/./v1/chat/completions",
+            "/together/v1%2fchat/completions",
+            "/together/v1%2Fchat",
+            "/together/%2e%2e/admin",
+            "/together//v1/chat/completions",
+            "/together\\v1",
+            "/together/v1/chat/completions%00",
+            "relative",
+            "/with space",
+        ] {
+            assert!(route(p).is_err(), "{p} must be refused");
+        }
+    }
+
+    #[test]
+    fn unknown_providers_are_not_found() {
+        assert_eq!(route("/evil.com/v1/chat/completions"), Err(GatewayError::NotFound));
+        assert_eq!(route("/together"), Err(GatewayError::NotFound));
+    }
+
+    #[test]
+    fn client_routes_are_recognised() {
+        assert!(matches!(route("/v1/chat/completions"), Ok(Route::Proxy(ProxyRoute { metering: Metering::Tokens, .. }))));
+        assert!(matches!(route("/v1/models/"), Ok(Route::Proxy(ProxyRoute { metering: Metering::Unmetered, .. }))));
+        let Ok(Route::Proxy(p)) = route("/hf-inference/models/BAAI/bge-small-en-v1.5") else { panic!() };
+        assert_eq!(p.metering, Metering::Time);
+        assert_eq!(p.path_model.as_deref(), Some("BAAI/bge-small-en-v1.5"));
+        let Ok(Route::Proxy(p)) = route("/v1/models/meta-llama/Llama-3.1-8B-Instruct") else { panic!() };
+        assert_eq!(p.path_model.as_deref(), Some("meta-llama/Llama-3.1-8B-Instruct"));
+        assert_eq!(route("/admin/keys/key_abc"), Ok(Route::AdminKey("key_abc".into())));
+        assert_eq!(route("/admin/keys/a/b"), Err(GatewayError::NotFound));
+        assert_eq!(route("/"), Ok(Route::Playground));
+    }
+
+    #[test]
+    fn methods_are_per_route() {
+        let chat = route("/v1/chat/completions").unwrap();
+        assert!(chat.allows("POST"));
+        assert!(!chat.allows("GET"));
+        assert!(route("/v1/models").unwrap().allows("GET"));
+        assert!(!route("/admin/orgs/x").unwrap().allows("DELETE"));
+    }
+}

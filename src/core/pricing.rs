@@ -1,0 +1,162 @@
+//! What a call costs: token prices per model, compute time for time-billed routes, and the
+//! worst-case estimate that is reserved before a call goes upstream.
+
+use crate::core::ledger::MicroUsd;
+use serde::Deserialize;
+use std::collections::HashMap;
+
+/// Prices of one model in micro-USD per million tokens (so `$0.20 / 1M` is `200_000`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Price {
+    pub input: u64,
+    pub output: u64,
+}
+
+/// Token counts as upstream reports them in `usage`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TokenUsage {
+    pub prompt: u64,
+    pub completion: u64,
+}
+
+/// The `PRICES` setting: model id -> price, with `"*"` for unknown models.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PriceTable {
+    models: HashMap<String, Price>,
+    fallback: Price,
+}
+
+#[derive(Deserialize)]
+struct UsdPerMillion {
+    input: f64,
+    output: f64,
+}
+
+/// The built-in table: a few common models at published per-token prices, and a cautious
+/// default for everything else.
+pub const DEFAULT_PRICES: &str = r#"{
+  "*": {"input": 1.0, "output": 3.0},
+  "meta-llama/Llama-3.1-8B-Instruct": {"input": 0.1, "output": 0.1},
+  "meta-llama/Llama-3.3-70B-Instruct": {"input": 0.6, "output": 0.6},
+  "Qwen/Qwen2.5-7B-Instruct": {"input": 0.3, "output": 0.3},
+  "Qwen/Qwen3-32B": {"input": 0.4, "output": 0.8},
+  "deepseek-ai/DeepSeek-V3": {"input": 1.25, "output": 1.25},
+  "openai/gpt-oss-120b": {"input": 0.15, "output": 0.6},
+  "openai/gpt-oss-20b": {"input": 0.05, "output": 0.2}
+}"#;
+
+impl PriceTable {
+    /// Parses the `PRICES` JSON. Prices must be finite and non-negative; `"*"` is required.
+    pub fn parse(json: &str) -> Result<Self, String> {
+        let raw: HashMap<String, UsdPerMillion> =
+            serde_json::from_str(json).map_err(|e| format!("expected {{\"model\": {{\"input\": n, \"output\": n}}}}: {e}"))?;
+        let mut models = HashMap::with_capacity(raw.len());
+        let mut fallback = None;
+        for (model, p) in raw {
+            let price = Price { input: usd_per_million(p.input, &model)?, output: usd_per_million(p.output, &model)? };
+            if model == "*" {
+                fallback = Some(price);
+            } else {
+                models.insert(model, price);
+            }
+        }
+        let fallback = fallback.ok_or_else(|| "a \"*\" entry is required to price unknown models".to_string())?;
+        Ok(PriceTable { models, fallback })
+    }
+
+    /// The price of a model; a `:provider` suffix is ignored, unknown models get `"*"`.
+    pub fn price(&self, model: &str) -> Price {
+        let base = model.rsplit_once(':').map_or(model, |(m, _)| m);
+        self.models.get(base).copied().unwrap_or(self.fallback)
+    }
+
+    pub fn known_models(&self) -> impl Iterator<Item = (&str, Price)> {
+        self.models.iter().map(|(m, p)| (m.as_str(), *p))
+    }
+}
+
+fn usd_per_million(v: f64, model: &str) -> Result<u64, String> {
+    if !v.is_finite() || v < 0.0 || v > 1e6 {
+        return Err(format!("price for {model} must be a non-negative number of USD per 1M tokens"));
+    }
+    Ok((v * 1e6).round() as u64)
+}
+
+impl Price {
+    /// `prompt x input + completion x output`, rounded up to the micro-USD.
+    ///
+    /// ```
+    /// use hf_gate::core::pricing::{Price, TokenUsage};
+    /// let p = Price { input: 200_000, output: 600_000 }; // $0.20 and $0.60 per 1M
+    /// let u = TokenUsage { prompt: 1_000, completion: 500 };
+    /// assert_eq!(p.cost(u).0, 200 + 300);
+    /// ```
+    pub fn cost(&self, usage: TokenUsage) -> MicroUsd {
+        let pico = u128::from(usage.prompt)
+            .saturating_mul(u128::from(self.input))
+            .saturating_add(u128::from(usage.completion).saturating_mul(u128::from(self.output)));
+        MicroUsd(u64::try_from(pico.div_ceil(1_000_000)).unwrap_or(u64::MAX))
+    }
+}
+
+/// A generous upper bound of the prompt's tokens from the size of the request body: real
+/// tokenisers average three to four bytes a token on text, so one token per two bytes only
+/// under-counts adversarial input, and settle corrects every estimate to `usage` anyway.
+pub fn prompt_token_estimate(body_len: usize) -> u64 {
+    (body_len as u64).div_ceil(2)
+}
+
+/// Compute price in nano-USD per second (`0.00012` USD/s is `120_000`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ComputePrice(pub u64);
+
+impl ComputePrice {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let v: f64 = s.trim().parse().map_err(|_| "expected a decimal USD per second, like 0.00012".to_string())?;
+        if !v.is_finite() || !(0.0..=1000.0).contains(&v) {
+            return Err("must be between 0 and 1000 USD per second".into());
+        }
+        Ok(ComputePrice((v * 1e9).round() as u64))
+    }
+
+    /// Cost of `elapsed_ms` of compute, rounded up to the micro-USD.
+    ///
+    /// ```
+    /// use hf_gate::core::pricing::ComputePrice;
+    /// let p = ComputePrice::parse("0.00012").unwrap();
+    /// assert_eq!(p.cost_ms(1_000).0, 120);
+    /// assert_eq!(p.cost_ms(1).0, 1);
+    /// ```
+    pub fn cost_ms(&self, elapsed_ms: u64) -> MicroUsd {
+        let nano_ms = u128::from(elapsed_ms) * u128::from(self.0);
+        MicroUsd(u64::try_from(nano_ms.div_ceil(1_000_000)).unwrap_or(u64::MAX))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_table_parses_and_prices_unknown_models() {
+        let t = PriceTable::parse(DEFAULT_PRICES).unwrap();
+        assert_eq!(t.price("meta-llama/Llama-3.1-8B-Instruct:together"), Price { input: 100_000, output: 100_000 });
+        assert_eq!(t.price("someone/new-model"), Price { input: 1_000_000, output: 3_000_000 });
+    }
+
+    #[test]
+    fn bad_tables_are_refused_with_a_reason() {
+        assert!(PriceTable::parse(r#"{"m": {"input": 1, "output": 1}}"#).unwrap_err().contains("\"*\""));
+        assert!(PriceTable::parse(r#"{"*": {"input": -1, "output": 1}}"#).is_err());
+        assert!(PriceTable::parse(r#"{"*": {"input": "1", "output": 1}}"#).is_err());
+        assert!(PriceTable::parse("[]").is_err());
+    }
+
+    #[test]
+    fn costs_round_up_and_never_overflow() {
+        let p = Price { input: 1, output: 1 };
+        assert_eq!(p.cost(TokenUsage { prompt: 1, completion: 0 }), MicroUsd(1));
+        let huge = Price { input: u64::MAX, output: u64::MAX };
+        assert_eq!(huge.cost(TokenUsage { prompt: u64::MAX, completion: u64::MAX }), MicroUsd(u64::MAX));
+    }
+}

@@ -1,0 +1,299 @@
+//! The gateway's settings (`[vars]`, secrets, `--var NAME:VALUE`), each with a default, each
+//! validated with an error that names the setting.
+//!
+//! `Settings::from_vars` takes a lookup function, so it is the same code for the Workers
+//! environment and for tests.
+
+use crate::core::cors::Origins;
+use crate::core::error::GatewayError;
+use crate::core::gcra::Quota;
+use crate::core::ledger::{MicroUsd, OnExhausted};
+use crate::core::pricing::{ComputePrice, PriceTable, DEFAULT_PRICES};
+use crate::core::retry::RetryPolicy;
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+
+pub const DEFAULT_UPSTREAM: &str = "https://router.huggingface.co";
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 10 * 1024 * 1024;
+
+/// A secret value: usable, never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Upstream {
+    /// The in-process sandbox (SPEC section 8).
+    Sandbox,
+    /// A base URL (`https://router.huggingface.co`), no trailing slash.
+    Url { base: String, host: String },
+}
+
+/// A plan's rules.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Plan {
+    /// Credits per key, or per seat for pooled plans.
+    pub monthly_credit: MicroUsd,
+    pub on_exhausted: OnExhausted,
+    pub quota: Quota,
+    pub default_max_tokens: u64,
+    /// Credits are per seat and pooled across the organisation.
+    pub pooled: bool,
+    /// Calls use the key's own provider keys; HF credits are not touched.
+    pub byok: bool,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct PlanPatch {
+    monthly_credit_micro_usd: Option<u64>,
+    on_exhausted: Option<OnExhausted>,
+    rpm: Option<u32>,
+    burst: Option<u32>,
+    default_max_tokens: Option<u64>,
+    pooled: Option<bool>,
+    byok: Option<bool>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub upstream: Upstream,
+    pub hf_token: Option<Secret>,
+    pub admin_token: Option<Secret>,
+    /// Seals `byok` provider keys; falls back to a key derived from `ADMIN_TOKEN`.
+    pub seal_key: Option<Secret>,
+    pub prices: PriceTable,
+    pub plans: BTreeMap<String, Plan>,
+    pub compute: ComputePrice,
+    pub cors: Origins,
+    pub max_body_bytes: u64,
+    pub retry: RetryPolicy,
+    pub provider_urls: HashMap<String, String>,
+    /// How long an unsettled reservation is held before the ledger gives it back.
+    pub reservation_ttl_ms: u64,
+    /// Delay between sandbox stream chunks, so local streaming looks like streaming.
+    pub sandbox_chunk_delay_ms: u64,
+}
+
+fn default_plans() -> BTreeMap<String, Plan> {
+    use OnExhausted::*;
+    let table = [
+        ("free", 100_000, Block, 60, 10, false, false),
+        ("pro", 2_000_000, Payg, 600, 50, false, false),
+        ("team", 2_000_000, Payg, 600, 50, true, false),
+        ("enterprise", 2_000_000, Payg, 1200, 100, true, false),
+        ("byok", 0, Payg, 600, 50, false, true),
+    ];
+    table
+        .into_iter()
+        .filter_map(|(name, credit, on_exhausted, rpm, burst, pooled, byok)| {
+            let quota = Quota::new(rpm, burst)?;
+            let plan = Plan { monthly_credit: MicroUsd(credit), on_exhausted, quota, default_max_tokens: 1024, pooled, byok };
+            Some((name.to_string(), plan))
+        })
+        .collect()
+}
+
+fn invalid(setting: &'static str, reason: impl Into<String>) -> GatewayError {
+    GatewayError::Misconfigured { setting, reason: reason.into() }
+}
+
+fn parse_u64(setting: &'static str, v: &str, min: u64, max: u64) -> Result<u64, GatewayError> {
+    let n: u64 = v.trim().parse().map_err(|_| invalid(setting, "expected a whole number"))?;
+    if !(min..=max).contains(&n) {
+        return Err(invalid(setting, format!("must be between {min} and {max}")));
+    }
+    Ok(n)
+}
+
+impl Settings {
+    /// Reads and validates every setting. `var` returns a setting's raw value, or `None`.
+    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Settings, GatewayError> {
+        let get = |name: &str| var(name).filter(|v| !v.trim().is_empty());
+        let upstream = parse_upstream(get("UPSTREAM_URL").as_deref().unwrap_or(DEFAULT_UPSTREAM))?;
+        let prices = PriceTable::parse(get("PRICES").as_deref().unwrap_or(DEFAULT_PRICES)).map_err(|e| invalid("PRICES", e))?;
+        let plans = parse_plans(get("PLANS").as_deref())?;
+        let compute = ComputePrice::parse(get("COMPUTE_USD_PER_SECOND").as_deref().unwrap_or("0.00012"))
+            .map_err(|e| invalid("COMPUTE_USD_PER_SECOND", e))?;
+        let cors = Origins::parse(get("CORS_ORIGINS").as_deref().unwrap_or("")).map_err(|e| invalid("CORS_ORIGINS", e))?;
+        let max_body_bytes = match get("MAX_BODY_BYTES") {
+            Some(v) => parse_u64("MAX_BODY_BYTES", &v, 1024, 100 * 1024 * 1024)?,
+            None => DEFAULT_MAX_BODY_BYTES,
+        };
+        let d = RetryPolicy::default();
+        let num = |name: &'static str, default: u64, min: u64, max: u64| match get(name) {
+            Some(v) => parse_u64(name, &v, min, max),
+            None => Ok(default),
+        };
+        let retry = RetryPolicy {
+            max_retries: num("RETRY_MAX_RETRIES", u64::from(d.max_retries), 0, 10)? as u32,
+            max_wait_ms: num("RETRY_MAX_WAIT_MS", d.max_wait_ms, 0, 60_000)?,
+            deadline_ms: num("UPSTREAM_DEADLINE_MS", d.deadline_ms, 100, 900_000)?,
+            backoff_base_ms: num("RETRY_BACKOFF_BASE_MS", d.backoff_base_ms, 1, 60_000)?,
+            backoff_cap_ms: d.backoff_cap_ms,
+        };
+        let provider_urls = match get("PROVIDER_URLS") {
+            Some(v) => parse_provider_urls(&v)?,
+            None => HashMap::new(),
+        };
+        let secret = |name: &str| get(name).map(Secret);
+        Ok(Settings {
+            upstream,
+            hf_token: secret("HF_TOKEN"),
+            admin_token: secret("ADMIN_TOKEN"),
+            seal_key: secret("PROVIDER_KEY_SECRET"),
+            prices,
+            plans,
+            compute,
+            cors,
+            max_body_bytes,
+            retry,
+            provider_urls,
+            reservation_ttl_ms: num("RESERVATION_TTL_MS", 900_000, 1_000, 86_400_000)?,
+            sandbox_chunk_delay_ms: num("SANDBOX_CHUNK_DELAY_MS", 20, 0, 5_000)?,
+        })
+    }
+
+    pub fn plan(&self, name: &str) -> Option<&Plan> {
+        self.plans.get(name)
+    }
+
+    /// The host shown by `/healthz`: `sandbox` or the upstream's host.
+    pub fn upstream_label(&self) -> &str {
+        match &self.upstream {
+            Upstream::Sandbox => "sandbox",
+            Upstream::Url { host, .. } => host,
+        }
+    }
+}
+
+fn parse_upstream(v: &str) -> Result<Upstream, GatewayError> {
+    let v = v.trim();
+    if v == "sandbox" {
+        return Ok(Upstream::Sandbox);
+    }
+    let base = v.trim_end_matches('/');
+    let rest = base
+        .strip_prefix("https://")
+        .or_else(|| base.strip_prefix("http://"))
+        .ok_or_else(|| invalid("UPSTREAM_URL", "must be 'sandbox' or an http(s) URL"))?;
+    let host = rest.split('/').next().unwrap_or("");
+    if host.is_empty() || !rest.bytes().all(|b| b.is_ascii_graphic()) || rest.contains(['?', '#', '@']) {
+        return Err(invalid("UPSTREAM_URL", "must be 'sandbox' or an http(s) URL with a host and no query"));
+    }
+    Ok(Upstream::Url { base: base.to_string(), host: host.to_string() })
+}
+
+fn parse_plans(v: Option<&str>) -> Result<BTreeMap<String, Plan>, GatewayError> {
+    let mut plans = default_plans();
+    let Some(v) = v else { return Ok(plans) };
+    let patches: BTreeMap<String, PlanPatch> =
+        serde_json::from_str(v).map_err(|e| invalid("PLANS", format!("expected {{\"plan\": {{...}}}}: {e}")))?;
+    for (name, p) in patches {
+        if !crate::core::keys::valid_slug(&name, 32) {
+            return Err(invalid("PLANS", format!("plan name {name:?} must be a short slug")));
+        }
+        let base = plans.get(&name).or_else(|| plans.get("free")).copied().ok_or_else(|| invalid("PLANS", "no base plan"))?;
+        let rpm = p.rpm.unwrap_or(base.quota.rpm());
+        let burst = p.burst.unwrap_or(base.quota.burst());
+        let quota = Quota::new(rpm, burst).ok_or_else(|| invalid("PLANS", format!("plan {name}: rpm and burst must be at least 1")))?;
+        let default_max_tokens = p.default_max_tokens.unwrap_or(base.default_max_tokens);
+        if !(1..=crate::core::body::MAX_OUTPUT_TOKENS).contains(&default_max_tokens) {
+            return Err(invalid("PLANS", format!("plan {name}: default_max_tokens must be from 1 to 1000000")));
+        }
+        plans.insert(
+            name,
+            Plan {
+                monthly_credit: p.monthly_credit_micro_usd.map_or(base.monthly_credit, MicroUsd),
+                on_exhausted: p.on_exhausted.unwrap_or(base.on_exhausted),
+                quota,
+                default_max_tokens,
+                pooled: p.pooled.unwrap_or(base.pooled),
+                byok: p.byok.unwrap_or(base.byok),
+            },
+        );
+    }
+    Ok(plans)
+}
+
+fn parse_provider_urls(v: &str) -> Result<HashMap<String, String>, GatewayError> {
+    let raw: HashMap<String, String> =
+        serde_json::from_str(v).map_err(|e| invalid("PROVIDER_URLS", format!("expected {{\"provider\": \"https://...\"}}: {e}")))?;
+    raw.into_iter()
+        .map(|(p, url)| match parse_upstream(&url) {
+            Ok(Upstream::Url { base, .. }) => Ok((p, base)),
+            _ => Err(invalid("PROVIDER_URLS", format!("{p}: must be an http(s) URL"))),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |n| pairs.iter().find(|(k, _)| *k == n).map(|(_, v)| v.to_string())
+    }
+
+    #[test]
+    fn defaults_mirror_hf_tiers() {
+        let s = Settings::from_vars(vars(&[])).unwrap();
+        assert_eq!(s.upstream_label(), "router.huggingface.co");
+        assert_eq!(s.plan("free").unwrap().monthly_credit, MicroUsd(100_000));
+        assert_eq!(s.plan("free").unwrap().on_exhausted, OnExhausted::Block);
+        assert_eq!(s.plan("pro").unwrap().monthly_credit, MicroUsd(2_000_000));
+        assert!(s.plan("team").unwrap().pooled);
+        assert!(s.plan("byok").unwrap().byok);
+        assert_eq!(s.max_body_bytes, 10 * 1024 * 1024);
+        assert_eq!(s.compute, ComputePrice(120_000));
+    }
+
+    #[test]
+    fn plans_merge_over_the_defaults() {
+        let s = Settings::from_vars(vars(&[("PLANS", r#"{"free":{"rpm":5},"student":{"monthly_credit_micro_usd":500000}}"#)])).unwrap();
+        assert_eq!(s.plan("free").unwrap().quota.rpm(), 5);
+        assert_eq!(s.plan("free").unwrap().quota.burst(), 10);
+        assert_eq!(s.plan("student").unwrap().monthly_credit, MicroUsd(500_000));
+    }
+
+    #[test]
+    fn every_bad_setting_is_named() {
+        for (name, value) in [
+            ("UPSTREAM_URL", "ftp://x"),
+            ("UPSTREAM_URL", "https://"),
+            ("PRICES", "{}"),
+            ("PLANS", r#"{"free":{"rpm":0}}"#),
+            ("PLANS", r#"{"free":{"colour":"red"}}"#),
+            ("COMPUTE_USD_PER_SECOND", "-1"),
+            ("CORS_ORIGINS", "nope"),
+            ("MAX_BODY_BYTES", "ten"),
+            ("RETRY_MAX_RETRIES", "99"),
+            ("PROVIDER_URLS", r#"{"together":"not a url"}"#),
+        ] {
+            match Settings::from_vars(vars(&[(name, value)])) {
+                Err(GatewayError::Misconfigured { setting, .. }) => assert_eq!(setting, name),
+                other => panic!("{name}={value} gave {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let s = Settings::from_vars(vars(&[("HF_TOKEN", "hf_supersecret"), ("ADMIN_TOKEN", "adm")])).unwrap();
+        let shown = format!("{s:?}");
+        assert!(!shown.contains("hf_supersecret"));
+        assert!(!shown.contains("adm\""));
+    }
+}
