@@ -19,13 +19,21 @@ pub struct MintedKey {
     pub id: String,
 }
 
-/// Mints a key from `rng` (the platform's CSPRNG in production).
-pub fn mint_key(rng: &mut impl Rng) -> MintedKey {
-    let mut secret = [0u8; KEY_RANDOM_BYTES];
-    rng.fill(&mut secret);
-    let mut id = [0u8; 10];
-    rng.fill(&mut id);
-    MintedKey { secret: format!("{KEY_PREFIX}{}", base64url(&secret)), id: format!("key_{}", base32(&id)) }
+/// Random bytes a key is minted from: 32 for the secret, 10 for the public id.
+pub const MINT_BYTES: usize = KEY_RANDOM_BYTES + 10;
+
+/// Mints a key from random bytes (the platform's CSPRNG in production: a failure to get
+/// them must stop the mint, never weaken the key, so the caller fetches them).
+pub fn mint_key(random: &[u8; MINT_BYTES]) -> MintedKey {
+    let (secret, id) = random.split_at(KEY_RANDOM_BYTES);
+    MintedKey { secret: format!("{KEY_PREFIX}{}", base64url(secret)), id: format!("key_{}", base32(id)) }
+}
+
+/// A short random id (request ids): 16 hex digits from `rng`.
+pub fn random_id(rng: &mut impl Rng) -> String {
+    let mut b = [0u8; 8];
+    rng.fill(&mut b);
+    hex(&b)
 }
 
 /// The lowercase hex SHA-256 of a key: what KV stores and looks up.
@@ -79,7 +87,8 @@ fn hex(bytes: &[u8]) -> String {
     s
 }
 
-fn base64url(bytes: &[u8]) -> String {
+/// RFC 4648 base64url without padding.
+pub fn base64url(bytes: &[u8]) -> String {
     const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
@@ -90,6 +99,33 @@ fn base64url(bytes: &[u8]) -> String {
         }
     }
     out
+}
+
+/// Decodes unpadded base64url; `None` on any character outside the alphabet.
+pub fn base64url_decode(s: &str) -> Option<Vec<u8>> {
+    let val = |c: u8| -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'-' => 62,
+            b'_' => 63,
+            _ => return None,
+        } as u32)
+    };
+    if s.len() % 4 == 1 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(s.len() * 3 / 4);
+    for chunk in s.as_bytes().chunks(4) {
+        let mut n = 0u32;
+        for (i, c) in chunk.iter().enumerate() {
+            n |= val(*c)? << (18 - 6 * i);
+        }
+        let bytes = n.to_be_bytes();
+        out.extend_from_slice(&bytes[1..chunk.len()]);
+    }
+    Some(out)
 }
 
 fn base32(bytes: &[u8]) -> String {
@@ -204,7 +240,10 @@ mod tests {
     #[test]
     fn minted_keys_have_the_advertised_shape() {
         let mut rng = ScriptedRng::units(&[0.1, 0.7, 0.3, 0.9]);
-        let k = mint_key(&mut rng);
+        let mut random = [0u8; MINT_BYTES];
+        rng.fill(&mut random);
+        let k = mint_key(&random);
+        assert_eq!(random_id(&mut rng).len(), 16);
         assert_eq!(k.secret.len(), KEY_LEN);
         assert!(bearer_key(&format!("Bearer {}", k.secret)).is_some());
         assert_eq!(k.id.len(), 4 + 16);
@@ -218,6 +257,11 @@ mod tests {
         assert_eq!(base64url(b"foobar"), "Zm9vYmFy");
         assert_eq!(base64url(&[0xfb, 0xff]), "-_8");
         assert_eq!(base32(b"foobar"), "mzxw6ytboi");
+        for v in [&b""[..], b"f", b"fo", b"foo", b"foob", &[0xfb, 0xff, 0x00]] {
+            assert_eq!(base64url_decode(&base64url(v)).as_deref(), Some(v));
+        }
+        assert_eq!(base64url_decode("Zm9v!"), None);
+        assert_eq!(base64url_decode("Z"), None);
     }
 
     #[test]

@@ -133,6 +133,10 @@ impl Ledger {
         self.reservations.values().fold(MicroUsd::ZERO, |acc, r| acc.saturating_add(r.amount))
     }
 
+    pub fn reservation_ids(&self) -> impl Iterator<Item = u64> + '_ {
+        self.reservations.keys().copied()
+    }
+
     pub fn reservation_count(&self) -> usize {
         self.reservations.len()
     }

@@ -3,6 +3,7 @@
 //! Nothing here names `worker` or `js_sys`, so it builds and tests natively with fake clocks
 //! and scripted randomness.
 
+pub mod account;
 pub mod body;
 pub mod cors;
 pub mod error;

@@ -76,7 +76,7 @@ impl PriceTable {
 }
 
 fn usd_per_million(v: f64, model: &str) -> Result<u64, String> {
-    if !v.is_finite() || v < 0.0 || v > 1e6 {
+    if !v.is_finite() || !(0.0..=1e6).contains(&v) {
         return Err(format!("price for {model} must be a non-negative number of USD per 1M tokens"));
     }
     Ok((v * 1e6).round() as u64)

@@ -1,0 +1,337 @@
+//! The state machine of one billing account's Durable Object: its ledger, its throttle, and
+//! the throttles and policies of the keys that bill to it (one key, or an org's keys).
+//!
+//! One `admit` decides a call in one round trip: key revoked? key and account throttles?
+//! worst-case cost reserved? Nothing here does I/O: the Durable Object loads this state,
+//! calls it with the time, and stores it.
+
+use crate::core::gcra::{self, Quota, Tat};
+use crate::core::keys::RateLimit;
+use crate::core::ledger::{Budget, Ledger, MicroUsd, Settled, Usage};
+use crate::core::time::{BillingPeriod, UnixMillis};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// What the ledger needs to know of a key. Versioned: the newest version seen wins, so a
+/// cached copy at the edge can never undo a revocation pushed by the admin API.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyPolicy {
+    pub key_id: String,
+    pub version: u64,
+    pub revoked: bool,
+    /// The key's own throttle inside a shared account (org keys); `None` when the key is the
+    /// account and the account's throttle is the key's.
+    pub rate: Option<RateLimit>,
+}
+
+/// The account's money and rate rules, versioned like `KeyPolicy`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountPolicy {
+    pub version: u64,
+    pub budget: Budget,
+    pub rate: RateLimit,
+    /// Provider-billed (`byok`): usage is recorded, credits are never charged.
+    pub provider_billed: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdmitRequest {
+    pub key: KeyPolicy,
+    pub account: AccountPolicy,
+    /// Worst-case cost to hold; zero for calls that cost nothing.
+    pub reserve: MicroUsd,
+    pub ttl_ms: u64,
+}
+
+/// The throttle as the caller should see it (the tighter of key and account).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RateView {
+    pub rpm: u32,
+    pub burst: u32,
+    pub remaining: u32,
+    pub reset_ms: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Denial {
+    Revoked,
+    RateLimited,
+    InsufficientQuota,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Admission {
+    Admitted {
+        reservation: Option<u64>,
+        rate: RateView,
+        /// The edge's copy of a policy is older than the ledger's: drop it from caches.
+        stale: bool,
+    },
+    Denied {
+        denial: Denial,
+        retry_after_ms: u64,
+        rate: Option<RateView>,
+        stale: bool,
+    },
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyState {
+    pub policy: Option<KeyPolicy>,
+    pub tat: Tat,
+    /// This key's share of the account's spend in `period_start`'s period.
+    pub used: MicroUsd,
+    pub period_start: UnixMillis,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountState {
+    pub ledger: Ledger,
+    pub tat: Tat,
+    pub policy: Option<AccountPolicy>,
+    pub keys: BTreeMap<String, KeyState>,
+    /// Reservation id -> the key it was made for, to attribute spend per key.
+    owners: BTreeMap<u64, String>,
+}
+
+fn quota(r: RateLimit) -> Option<Quota> {
+    Quota::new(r.rpm, r.burst)
+}
+
+fn view(r: RateLimit, a: gcra::Allow) -> RateView {
+    RateView { rpm: r.rpm, burst: r.burst, remaining: a.remaining, reset_ms: a.reset_ms }
+}
+
+fn tighter(a: RateView, b: Option<RateView>) -> RateView {
+    match b {
+        Some(b) if b.remaining < a.remaining => b,
+        _ => a,
+    }
+}
+
+impl AccountState {
+    pub fn new(now: UnixMillis) -> Self {
+        AccountState { ledger: Ledger::new(now), ..Default::default() }
+    }
+
+    /// Keeps the newer of the stored and offered account policy; says if the offer was stale.
+    pub fn merge_account_policy(&mut self, offered: AccountPolicy) -> (AccountPolicy, bool) {
+        match self.policy {
+            Some(stored) if stored.version > offered.version => (stored, true),
+            _ => {
+                self.policy = Some(offered);
+                (offered, false)
+            }
+        }
+    }
+
+    /// Keeps the newer of the stored and offered key policy; says if the offer was stale.
+    pub fn merge_key_policy(&mut self, offered: KeyPolicy) -> (KeyPolicy, bool) {
+        let entry = self.keys.entry(offered.key_id.clone()).or_default();
+        match &entry.policy {
+            Some(stored) if stored.version > offered.version => (stored.clone(), true),
+            _ => {
+                entry.policy = Some(offered.clone());
+                (offered, false)
+            }
+        }
+    }
+
+    /// Decides one call: revoked key, key throttle, account throttle, then credits. Only an
+    /// admitted call changes any state.
+    pub fn admit(&mut self, req: AdmitRequest, now: UnixMillis) -> Admission {
+        let (account, stale_a) = self.merge_account_policy(req.account);
+        let (key, stale_k) = self.merge_key_policy(req.key);
+        let stale = stale_a || stale_k;
+        if key.revoked {
+            return Admission::Denied { denial: Denial::Revoked, retry_after_ms: 0, rate: None, stale };
+        }
+        let key_state = self.keys.get(&key.key_id).cloned().unwrap_or_default();
+
+        let mut key_decision = None;
+        if let Some(r) = key.rate {
+            let Some(q) = quota(r) else { return throttled(0, None, stale) };
+            match gcra::check(q, key_state.tat, now, 1) {
+                Ok((tat, allow)) => key_decision = Some((tat, view(r, allow))),
+                Err(no) => {
+                    let rate = RateView { rpm: r.rpm, burst: r.burst, remaining: 0, reset_ms: no.wait_ms };
+                    return throttled(no.wait_ms, Some(rate), stale);
+                }
+            }
+        }
+        let Some(q) = quota(account.rate) else { return throttled(0, None, stale) };
+        let (account_tat, account_view) = match gcra::check(q, self.tat, now, 1) {
+            Ok((tat, allow)) => (tat, view(account.rate, allow)),
+            Err(no) => {
+                let rate = RateView { rpm: account.rate.rpm, burst: account.rate.burst, remaining: 0, reset_ms: no.wait_ms };
+                return throttled(no.wait_ms, Some(rate), stale);
+            }
+        };
+
+        let mut reservation = None;
+        if req.reserve > MicroUsd::ZERO && !account.provider_billed {
+            match self.ledger.reserve(now, req.reserve, &account.budget, req.ttl_ms) {
+                Ok(id) => {
+                    self.owners.insert(id, key.key_id.clone());
+                    reservation = Some(id);
+                }
+                Err(ex) => {
+                    return Admission::Denied {
+                        denial: Denial::InsufficientQuota,
+                        retry_after_ms: ex.retry_at.millis_since(now),
+                        rate: Some(tighter(account_view, key_decision.map(|(_, v)| v))),
+                        stale,
+                    }
+                }
+            }
+        } else {
+            self.ledger.roll(now);
+        }
+
+        self.tat = account_tat;
+        let entry = self.keys.entry(key.key_id.clone()).or_default();
+        if let Some((tat, _)) = key_decision {
+            entry.tat = tat;
+        }
+        Admission::Admitted { reservation, rate: tighter(account_view, key_decision.map(|(_, v)| v)), stale }
+    }
+
+    /// Settles a reservation to the call's actual cost (see `Ledger::settle`), attributing the
+    /// charge to the key that made it.
+    pub fn settle(&mut self, reservation: u64, actual: MicroUsd, now: UnixMillis) -> Settled {
+        let Some(policy) = self.policy else { return Settled::default() };
+        let settled = self.ledger.settle(now, reservation, actual, &policy.budget);
+        if let Some(key_id) = self.owners.remove(&reservation) {
+            self.charge_key(&key_id, settled.charged, now);
+        }
+        settled
+    }
+
+    /// Gives a reservation back in full.
+    pub fn release(&mut self, reservation: u64) -> bool {
+        self.owners.remove(&reservation);
+        self.ledger.release(reservation)
+    }
+
+    /// Records what a provider-billed (`byok`) call cost, without touching credits.
+    pub fn record_provider_billed(&mut self, key_id: &str, actual: MicroUsd, now: UnixMillis) {
+        self.ledger.record_provider_billed(now, actual);
+        self.charge_key(key_id, actual, now);
+    }
+
+    fn charge_key(&mut self, key_id: &str, amount: MicroUsd, now: UnixMillis) {
+        let period = BillingPeriod::containing(now).start;
+        let k = self.keys.entry(key_id.to_string()).or_default();
+        if k.period_start != period {
+            k.period_start = period;
+            k.used = MicroUsd::ZERO;
+        }
+        k.used = k.used.saturating_add(amount);
+    }
+
+    /// Gives back reservations past their expiry; returns how many.
+    pub fn expire(&mut self, now: UnixMillis) -> usize {
+        let n = self.ledger.expire(now);
+        if n > 0 {
+            let live: std::collections::BTreeSet<u64> = self.ledger.reservation_ids().collect();
+            self.owners.retain(|id, _| live.contains(id));
+        }
+        n
+    }
+
+    pub fn usage(&self, now: UnixMillis) -> Option<Usage> {
+        self.policy.map(|p| self.ledger.usage(now, &p.budget))
+    }
+
+    /// The throttle of a key as it stands, without taking from it.
+    pub fn rate_view(&self, key_id: &str, now: UnixMillis) -> Option<RateView> {
+        let account = self.policy?;
+        let account_view = quota(account.rate).map(|q| view(account.rate, gcra::state_at(q, self.tat, now)))?;
+        let key = self.keys.get(key_id);
+        let key_view = key.and_then(|k| {
+            let r = k.policy.as_ref()?.rate?;
+            Some(view(r, gcra::state_at(quota(r)?, k.tat, now)))
+        });
+        Some(tighter(account_view, key_view))
+    }
+
+    /// A key's own spend this period.
+    pub fn key_used(&self, key_id: &str, now: UnixMillis) -> MicroUsd {
+        let period = BillingPeriod::containing(now).start;
+        self.keys.get(key_id).filter(|k| k.period_start == period).map_or(MicroUsd::ZERO, |k| k.used)
+    }
+}
+
+fn throttled(wait_ms: u64, rate: Option<RateView>, stale: bool) -> Admission {
+    Admission::Denied { denial: Denial::RateLimited, retry_after_ms: wait_ms, rate, stale }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::ledger::OnExhausted;
+
+    const NOW: UnixMillis = UnixMillis(1_795_352_400_000);
+
+    fn req(key: &str, version: u64, revoked: bool, reserve: u64) -> AdmitRequest {
+        AdmitRequest {
+            key: KeyPolicy { key_id: key.into(), version, revoked, rate: Some(RateLimit { rpm: 60, burst: 2 }) },
+            account: AccountPolicy {
+                version: 1,
+                budget: Budget { credit: MicroUsd(1_000), on_exhausted: OnExhausted::Block, cap: None },
+                rate: RateLimit { rpm: 600, burst: 100 },
+                provider_billed: false,
+            },
+            reserve: MicroUsd(reserve),
+            ttl_ms: 60_000,
+        }
+    }
+
+    #[test]
+    fn a_revocation_beats_any_older_copy() {
+        let mut s = AccountState::new(NOW);
+        assert!(matches!(s.admit(req("k", 1, false, 0), NOW), Admission::Admitted { .. }));
+        s.merge_key_policy(KeyPolicy { key_id: "k".into(), version: 2, revoked: true, rate: None });
+        match s.admit(req("k", 1, false, 0), NOW) {
+            Admission::Denied { denial: Denial::Revoked, stale: true, .. } => {}
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn each_key_in_a_pool_has_its_own_throttle() {
+        let mut s = AccountState::new(NOW);
+        assert!(matches!(s.admit(req("a", 1, false, 0), NOW), Admission::Admitted { .. }));
+        assert!(matches!(s.admit(req("a", 1, false, 0), NOW), Admission::Admitted { .. }));
+        match s.admit(req("a", 1, false, 0), NOW) {
+            Admission::Denied { denial: Denial::RateLimited, retry_after_ms: 1_000, .. } => {}
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(s.admit(req("b", 1, false, 0), NOW), Admission::Admitted { .. }));
+    }
+
+    #[test]
+    fn credits_are_pooled_and_attributed_per_key() {
+        let mut s = AccountState::new(NOW);
+        let Admission::Admitted { reservation: Some(r), .. } = s.admit(req("a", 1, false, 600), NOW) else { panic!() };
+        assert!(matches!(
+            s.admit(req("b", 1, false, 600), NOW.saturating_add_ms(1_000)),
+            Admission::Denied { denial: Denial::InsufficientQuota, .. }
+        ));
+        s.settle(r, MicroUsd(100), NOW);
+        assert_eq!(s.key_used("a", NOW), MicroUsd(100));
+        assert!(matches!(s.admit(req("b", 1, false, 600), NOW.saturating_add_ms(2_000)), Admission::Admitted { .. }));
+        assert_eq!(s.usage(NOW).unwrap().used, MicroUsd(100));
+    }
+
+    #[test]
+    fn a_refused_call_takes_nothing_from_the_throttle() {
+        let mut s = AccountState::new(NOW);
+        for _ in 0..5 {
+            assert!(matches!(s.admit(req("a", 1, false, 5_000), NOW), Admission::Denied { denial: Denial::InsufficientQuota, .. }));
+        }
+        assert_eq!(s.rate_view("a", NOW).unwrap().remaining, 2);
+    }
+}

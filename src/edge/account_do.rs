@@ -1,0 +1,238 @@
+//! The account Durable Object (ledger + throttles of one billing account) and the edge's
+//! client for it. All decisions are `core::account::AccountState`'s; this file loads and
+//! stores that state, runs the expiry alarm, and speaks a small JSON protocol.
+
+use crate::core::account::{AccountPolicy, AccountState, Admission, AdmitRequest, KeyPolicy, RateView};
+use crate::core::error::GatewayError;
+use crate::core::ledger::MicroUsd;
+use crate::core::time::{format_day, BillingPeriod};
+use crate::edge::platform;
+use serde::{Deserialize, Serialize};
+use std::cell::{Cell, RefCell};
+use wasm_bindgen::JsValue;
+use worker::{durable_object, DurableObject, Env, Headers, Method, Request, RequestInit, Response, Result, State};
+
+pub const BINDING: &str = "ACCOUNTS";
+const STATE_KEY: &str = "state";
+
+/// The operations the edge asks of an account.
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Op {
+    Admit(AdmitRequest),
+    Settle { reservation: u64, actual: MicroUsd },
+    Release { reservation: u64 },
+    RecordProviderBilled { key_id: String, actual: MicroUsd },
+    Policy { key: Option<KeyPolicy>, account: Option<AccountPolicy> },
+    /// Reads usage, first bringing the ledger's policies up to the edge's copy if newer.
+    Usage { key_id: Option<String>, key: Option<KeyPolicy>, account: Option<AccountPolicy> },
+}
+
+/// An account's usage as `/v1/usage` and the admin API show it.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct UsageReport {
+    pub period_start: String,
+    pub period_end: String,
+    pub limit_micro_usd: u64,
+    pub used_micro_usd: u64,
+    pub reserved_micro_usd: u64,
+    pub remaining_micro_usd: u64,
+    pub overage_micro_usd: u64,
+    pub spend_cap_micro_usd: Option<u64>,
+    pub provider_billed_micro_usd: u64,
+    pub key_used_micro_usd: u64,
+    pub requests: u64,
+    pub rate: Option<RateView>,
+    /// `[["2026-11-22", micro_usd], ...]`, current and previous period.
+    pub daily: Vec<(String, u64)>,
+}
+
+#[durable_object]
+pub struct Account {
+    state: State,
+    mem: RefCell<Option<AccountState>>,
+    alarm_at: Cell<Option<u64>>,
+}
+
+impl DurableObject for Account {
+    fn new(state: State, _env: Env) -> Self {
+        Account { state, mem: RefCell::new(None), alarm_at: Cell::new(None) }
+    }
+
+    async fn fetch(&self, mut req: Request) -> Result<Response> {
+        let op: Op = match req.json().await {
+            Ok(op) => op,
+            Err(_) => return Response::error("bad op", 400),
+        };
+        self.load().await?;
+        let now = platform::now();
+        let (reply, changed) = {
+            let mut guard = self.mem.borrow_mut();
+            let st = guard.get_or_insert_with(|| AccountState::new(now));
+            apply(st, op, now)
+        };
+        if changed {
+            self.save().await?;
+        }
+        Response::from_json(&reply)
+    }
+
+    async fn alarm(&self) -> Result<Response> {
+        self.load().await?;
+        self.alarm_at.set(None);
+        let expired = self.mem.borrow_mut().as_mut().map_or(0, |st| st.expire(platform::now()));
+        if expired > 0 {
+            self.save().await?;
+        } else {
+            self.schedule().await?;
+        }
+        Response::ok("")
+    }
+}
+
+/// Runs one operation against the state; returns the reply and whether state changed.
+fn apply(st: &mut AccountState, op: Op, now: crate::core::time::UnixMillis) -> (serde_json::Value, bool) {
+    match op {
+        Op::Admit(req) => (to_json(&st.admit(req, now)), true),
+        Op::Settle { reservation, actual } => {
+            let s = st.settle(reservation, actual, now);
+            (serde_json::json!({"charged": s.charged, "unbilled": s.unbilled}), true)
+        }
+        Op::Release { reservation } => (serde_json::json!({"released": st.release(reservation)}), true),
+        Op::RecordProviderBilled { key_id, actual } => {
+            st.record_provider_billed(&key_id, actual, now);
+            (serde_json::json!({}), true)
+        }
+        Op::Policy { key, account } => (serde_json::json!({}), merge(st, key, account)),
+        Op::Usage { key_id, key, account } => {
+            let changed = merge(st, key, account);
+            (to_json(&report(st, key_id.as_deref(), now)), changed)
+        }
+    }
+}
+
+/// Merges offered policies; says whether anything changed.
+fn merge(st: &mut AccountState, key: Option<KeyPolicy>, account: Option<AccountPolicy>) -> bool {
+    let before = (st.policy, st.keys.len());
+    let mut changed = false;
+    if let Some(k) = key {
+        let id = k.key_id.clone();
+        let old = st.keys.get(&id).and_then(|e| e.policy.clone());
+        let (now_held, _) = st.merge_key_policy(k);
+        changed |= old.as_ref() != Some(&now_held);
+    }
+    if let Some(a) = account {
+        st.merge_account_policy(a);
+    }
+    changed || before != (st.policy, st.keys.len())
+}
+
+fn to_json<T: Serialize>(v: &T) -> serde_json::Value {
+    serde_json::to_value(v).unwrap_or(serde_json::Value::Null)
+}
+
+fn report(st: &AccountState, key_id: Option<&str>, now: crate::core::time::UnixMillis) -> Option<UsageReport> {
+    let u = st.usage(now)?;
+    let period = BillingPeriod::containing(now);
+    Some(UsageReport {
+        period_start: period.start.to_string(),
+        period_end: period.end.to_string(),
+        limit_micro_usd: u.limit.0,
+        used_micro_usd: u.used.0,
+        reserved_micro_usd: u.reserved.0,
+        remaining_micro_usd: u.remaining.0,
+        overage_micro_usd: u.overage.0,
+        spend_cap_micro_usd: u.cap.map(|c| c.0),
+        provider_billed_micro_usd: u.provider_billed.0,
+        key_used_micro_usd: key_id.map_or(0, |k| st.key_used(k, now).0),
+        requests: st.ledger.requests,
+        rate: key_id.and_then(|k| st.rate_view(k, now)),
+        daily: st.ledger.daily().map(|(d, v)| (format_day(d), v.0)).collect(),
+    })
+}
+
+impl Account {
+    async fn load(&self) -> Result<()> {
+        if self.mem.borrow().is_some() {
+            return Ok(());
+        }
+        let stored: Option<String> = self.state.storage().get(STATE_KEY).await?;
+        let loaded = stored.and_then(|s| serde_json::from_str::<AccountState>(&s).ok());
+        let mut mem = self.mem.borrow_mut();
+        if mem.is_none() {
+            *mem = Some(loaded.unwrap_or_else(|| AccountState::new(platform::now())));
+        }
+        Ok(())
+    }
+
+    async fn save(&self) -> Result<()> {
+        let snapshot = self.mem.borrow().as_ref().and_then(|st| serde_json::to_string(st).ok());
+        if let Some(s) = snapshot {
+            self.state.storage().put(STATE_KEY, s).await?;
+        }
+        self.schedule().await
+    }
+
+    /// Keeps an alarm at the earliest reservation expiry, so abandoned holds are released.
+    async fn schedule(&self) -> Result<()> {
+        let next = self.mem.borrow().as_ref().and_then(|st| st.ledger.next_expiry());
+        if let Some(at) = next {
+            if self.alarm_at.get().is_none_or(|cur| at.0 < cur) {
+                self.state.storage().set_alarm(at.0 as i64).await?;
+                self.alarm_at.set(Some(at.0));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The Durable Object name of a key's own account and of an org's pool.
+pub fn key_account(key_id: &str) -> String {
+    format!("key:{key_id}")
+}
+
+pub fn org_account(org_id: &str) -> String {
+    format!("org:{org_id}")
+}
+
+/// Sends one operation to an account. Any failure is `LedgerUnavailable`: metered traffic
+/// fails closed rather than going upstream uncounted.
+pub async fn call<T: for<'de> Deserialize<'de>>(env: &Env, account: &str, op: &Op) -> std::result::Result<T, GatewayError> {
+    let down = |_| GatewayError::LedgerUnavailable;
+    let ns = env.durable_object(BINDING).map_err(down)?;
+    let stub = ns.id_from_name(account).map_err(down)?.get_stub().map_err(down)?;
+    let body = serde_json::to_string(op).map_err(|_| GatewayError::LedgerUnavailable)?;
+    let headers = Headers::new();
+    let _ = headers.set("content-type", "application/json");
+    let mut init = RequestInit::new();
+    init.with_method(Method::Post).with_headers(headers).with_body(Some(JsValue::from_str(&body)));
+    let req = Request::new_with_init("https://account.internal/op", &init).map_err(down)?;
+    let mut resp = stub.fetch_with_request(req).await.map_err(down)?;
+    if resp.status_code() != 200 {
+        return Err(GatewayError::LedgerUnavailable);
+    }
+    resp.json().await.map_err(down)
+}
+
+pub async fn admit(env: &Env, account: &str, req: AdmitRequest) -> std::result::Result<Admission, GatewayError> {
+    call(env, account, &Op::Admit(req)).await
+}
+
+pub async fn usage(
+    env: &Env,
+    account: &str,
+    key: Option<KeyPolicy>,
+    policy: Option<AccountPolicy>,
+) -> std::result::Result<Option<UsageReport>, GatewayError> {
+    let key_id = key.as_ref().map(|k| k.key_id.clone());
+    call(env, account, &Op::Usage { key_id, key, account: policy }).await
+}
+
+pub async fn push_policy(
+    env: &Env,
+    account: &str,
+    key: Option<KeyPolicy>,
+    policy: Option<AccountPolicy>,
+) -> std::result::Result<(), GatewayError> {
+    call::<serde_json::Value>(env, account, &Op::Policy { key, account: policy }).await.map(|_| ())
+}

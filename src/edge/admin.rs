@@ -1,0 +1,373 @@
+//! The admin API: create, list, read, update and revoke keys; create, read and update orgs.
+//!
+//! Every change that the ledger enforces (revocation, limits, credits) is pushed to the
+//! account's Durable Object *before* KV is written, so it holds at once everywhere, whatever
+//! the edge caches say.
+
+use crate::core::cors::normalise_origin;
+use crate::core::error::GatewayError;
+use crate::core::keys::{self, KeyRecord, OrgRecord, RateLimit, MINT_BYTES};
+use crate::core::paths::PROVIDERS;
+use crate::core::settings::Settings;
+use crate::edge::auth::{self, Caller};
+use crate::edge::platform;
+use crate::edge::{account_do, kv, sealing, usage};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use worker::{Env, Method, Request};
+
+/// What the admin API may answer: a status and a JSON body.
+pub type Reply = (u16, Value);
+
+fn bad(why: impl Into<String>) -> GatewayError {
+    GatewayError::InvalidRequest(why.into())
+}
+
+/// Checks the admin token (constant time). No token configured: the API is off.
+pub fn authorise(req: &Request, s: &Settings) -> Result<(), GatewayError> {
+    let expected = s.admin_token.as_ref().ok_or(GatewayError::AdminDisabled)?;
+    let header = req.headers().get("authorization").ok().flatten().unwrap_or_default();
+    let given = keys::bearer_token(&header).unwrap_or("");
+    if keys::constant_time_eq(given.as_bytes(), expected.expose().as_bytes()) {
+        Ok(())
+    } else {
+        Err(GatewayError::InvalidApiKey)
+    }
+}
+
+async fn json_body<T: for<'de> Deserialize<'de>>(req: &mut Request) -> Result<T, GatewayError> {
+    let bytes = req.bytes().await.map_err(|_| bad("could not read the body"))?;
+    if bytes.len() > 64 * 1024 {
+        return Err(GatewayError::RequestTooLarge { limit_bytes: 64 * 1024 });
+    }
+    serde_json::from_slice(&bytes).map_err(|e| bad(format!("body: {e}")))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewKey {
+    plan: Option<String>,
+    name: Option<String>,
+    org: Option<String>,
+    #[serde(default)]
+    allowed_origins: Vec<String>,
+    rate_limit: Option<RateLimit>,
+    monthly_credit_micro_usd: Option<u64>,
+    spend_cap_micro_usd: Option<u64>,
+    #[serde(default)]
+    provider_key: BTreeMap<String, String>,
+}
+
+/// `Some(None)` is an explicit `null` (clear), `None` is "leave as it is".
+fn double_option<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
+    Ok(Some(Option::deserialize(d)?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyPatch {
+    name: Option<String>,
+    plan: Option<String>,
+    allowed_origins: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "double_option")]
+    rate_limit: Option<Option<RateLimit>>,
+    #[serde(default, deserialize_with = "double_option")]
+    monthly_credit_micro_usd: Option<Option<u64>>,
+    #[serde(default, deserialize_with = "double_option")]
+    spend_cap_micro_usd: Option<Option<u64>>,
+    provider_key: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewOrg {
+    id: String,
+    plan: String,
+    seats: u32,
+    bill_to: Option<String>,
+    spend_limit_micro_usd: Option<u64>,
+    rate_limit: Option<RateLimit>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OrgPatch {
+    plan: Option<String>,
+    seats: Option<u32>,
+    bill_to: Option<String>,
+    #[serde(default, deserialize_with = "double_option")]
+    spend_limit_micro_usd: Option<Option<u64>>,
+    #[serde(default, deserialize_with = "double_option")]
+    rate_limit: Option<Option<RateLimit>>,
+}
+
+fn check_rate(r: &Option<RateLimit>) -> Result<(), GatewayError> {
+    match r {
+        Some(r) if crate::core::gcra::Quota::new(r.rpm, r.burst).is_none() => Err(bad("rate_limit: rpm and burst must be at least 1")),
+        _ => Ok(()),
+    }
+}
+
+fn check_origins(list: &[String]) -> Result<Vec<String>, GatewayError> {
+    if list.len() > 32 {
+        return Err(bad("allowed_origins: at most 32"));
+    }
+    list.iter().map(|o| normalise_origin(o).map_err(bad)).collect()
+}
+
+async fn seal_all(s: &Settings, given: BTreeMap<String, String>) -> Result<BTreeMap<String, String>, GatewayError> {
+    let mut out = BTreeMap::new();
+    for (provider, key) in given {
+        if !PROVIDERS.contains(&provider.as_str()) {
+            return Err(bad(format!("provider_key: unknown provider {provider:?}")));
+        }
+        if key.is_empty() || key.len() > 512 || !crate::core::headers::safe_value(&key, 512) {
+            return Err(bad(format!("provider_key: the key for {provider} is not a valid token")));
+        }
+        out.insert(provider, sealing::seal(s, &key).await?);
+    }
+    Ok(out)
+}
+
+/// Pushes a key's (and its account's) current policies to the ledger.
+async fn push(env: &Env, caller: &Caller) -> Result<(), GatewayError> {
+    account_do::push_policy(env, &caller.account, Some(caller.key_policy.clone()), Some(caller.account_policy)).await
+}
+
+async fn org_of(env: &Env, record: &KeyRecord) -> Result<Option<OrgRecord>, GatewayError> {
+    match &record.org {
+        Some(id) => kv::org(env, id).await,
+        None => Ok(None),
+    }
+}
+
+pub async fn create_key(mut req: Request, env: &Env, s: &Settings) -> Result<Reply, GatewayError> {
+    let n: NewKey = json_body(&mut req).await?;
+    let org = match &n.org {
+        Some(id) => Some(kv::org(env, id).await?.ok_or_else(|| bad(format!("org {id:?} does not exist")))?),
+        None => None,
+    };
+    let plan = n.plan.or_else(|| org.as_ref().map(|o| o.plan.clone())).ok_or_else(|| bad("plan is required"))?;
+    let p = s.plan(&plan).ok_or_else(|| bad(format!("unknown plan {plan:?}")))?;
+    if org.is_some() != p.pooled {
+        return Err(bad(if p.pooled { "team and enterprise keys belong to an org: give 'org'" } else { "only pooled plans (team, enterprise) take an org" }));
+    }
+    let name = n.name.unwrap_or_default();
+    if !keys::valid_name(&name) {
+        return Err(bad("name: at most 100 printable characters"));
+    }
+    check_rate(&n.rate_limit)?;
+    let allowed_origins = check_origins(&n.allowed_origins)?;
+    if p.byok && n.provider_key.is_empty() {
+        return Err(bad("byok keys need provider_key: {\"provider\": \"key\"}"));
+    }
+    let provider_keys = seal_all(s, n.provider_key).await?;
+    let mut random = [0u8; MINT_BYTES];
+    platform::secure_random(&mut random)?;
+    let minted = keys::mint_key(&random);
+    let record = KeyRecord {
+        id: minted.id,
+        name,
+        plan,
+        org: n.org,
+        allowed_origins,
+        rate_limit: n.rate_limit,
+        monthly_credit_micro_usd: n.monthly_credit_micro_usd,
+        spend_cap_micro_usd: n.spend_cap_micro_usd,
+        created_at: platform::now().to_string(),
+        revoked: false,
+        version: 1,
+        provider_keys,
+        digest: keys::digest(&minted.secret),
+    };
+    push(env, &auth::caller_for(record.clone(), org, s)?).await?;
+    kv::add_browser_origins(env, &record.allowed_origins).await?;
+    kv::put_key(env, &record).await?;
+    let mut body = record.public_json();
+    body["key"] = Value::String(minted.secret);
+    Ok((201, body))
+}
+
+pub async fn list_keys(env: &Env) -> Result<Reply, GatewayError> {
+    let mut out = Vec::new();
+    for id in kv::key_ids(env).await? {
+        if let Some(r) = kv::key_by_id(env, &id).await? {
+            out.push(r.public_json());
+        }
+    }
+    Ok((200, json!({"object": "list", "data": out})))
+}
+
+pub async fn get_key(env: &Env, s: &Settings, id: &str) -> Result<Reply, GatewayError> {
+    let record = kv::key_by_id(env, id).await?.ok_or(GatewayError::NotFound)?;
+    let org = org_of(env, &record).await?;
+    let mut body = record.public_json();
+    let caller = auth::caller_for(record, org, s)?;
+    body["usage"] = usage::of(env, &caller).await?;
+    Ok((200, body))
+}
+
+pub async fn patch_key(mut req: Request, env: &Env, s: &Settings, id: &str) -> Result<Reply, GatewayError> {
+    let p: KeyPatch = json_body(&mut req).await?;
+    let mut record = kv::key_by_id(env, id).await?.ok_or(GatewayError::NotFound)?;
+    if record.revoked {
+        return Err(bad("a revoked key cannot be changed"));
+    }
+    if let Some(name) = p.name {
+        if !keys::valid_name(&name) {
+            return Err(bad("name: at most 100 printable characters"));
+        }
+        record.name = name;
+    }
+    if let Some(plan) = p.plan {
+        let new = s.plan(&plan).ok_or_else(|| bad(format!("unknown plan {plan:?}")))?;
+        let old = s.plan(&record.plan);
+        if old.is_some_and(|o| o.pooled != new.pooled || o.byok != new.byok) {
+            return Err(bad("a key can change plan only within the same kind (personal, org, byok)"));
+        }
+        record.plan = plan;
+    }
+    if let Some(origins) = p.allowed_origins {
+        record.allowed_origins = check_origins(&origins)?;
+    }
+    if let Some(r) = p.rate_limit {
+        check_rate(&r)?;
+        record.rate_limit = r;
+    }
+    if let Some(c) = p.monthly_credit_micro_usd {
+        record.monthly_credit_micro_usd = c;
+    }
+    if let Some(c) = p.spend_cap_micro_usd {
+        record.spend_cap_micro_usd = c;
+    }
+    if let Some(pk) = p.provider_key {
+        record.provider_keys = seal_all(s, pk).await?;
+    }
+    record.version += 1;
+    let org = org_of(env, &record).await?;
+    push(env, &auth::caller_for(record.clone(), org, s)?).await?;
+    kv::add_browser_origins(env, &record.allowed_origins).await?;
+    kv::put_key(env, &record).await?;
+    Ok((200, record.public_json()))
+}
+
+pub async fn revoke_key(env: &Env, s: &Settings, id: &str) -> Result<Reply, GatewayError> {
+    let mut record = kv::key_by_id(env, id).await?.ok_or(GatewayError::NotFound)?;
+    if !record.revoked {
+        record.revoked = true;
+        record.version += 1;
+        let org = org_of(env, &record).await?;
+        // The ledger first: from this moment no isolate can admit a call with this key.
+        push(env, &auth::caller_for(record.clone(), org, s)?).await?;
+        kv::put_key(env, &record).await?;
+    }
+    Ok((200, record.public_json()))
+}
+
+fn check_org_fields(plan: &str, seats: u32, bill_to: &str, s: &Settings) -> Result<(), GatewayError> {
+    let p = s.plan(plan).ok_or_else(|| bad(format!("unknown plan {plan:?}")))?;
+    if !p.pooled {
+        return Err(bad("an org's plan must be a pooled plan (team, enterprise)"));
+    }
+    if !(1..=100_000).contains(&seats) {
+        return Err(bad("seats must be from 1 to 100000"));
+    }
+    if !keys::valid_slug(bill_to, 96) {
+        return Err(bad("bill_to must be an org name: letters, digits, '-', '_', '.'"));
+    }
+    Ok(())
+}
+
+pub async fn create_org(mut req: Request, env: &Env, s: &Settings) -> Result<Reply, GatewayError> {
+    let n: NewOrg = json_body(&mut req).await?;
+    if !keys::valid_slug(&n.id, 64) {
+        return Err(bad("id must be a slug: letters, digits, '-', '_', '.'"));
+    }
+    let bill_to = n.bill_to.unwrap_or_else(|| n.id.clone());
+    check_org_fields(&n.plan, n.seats, &bill_to, s)?;
+    check_rate(&n.rate_limit)?;
+    if kv::org(env, &n.id).await?.is_some() {
+        return Err(bad(format!("org {:?} already exists", n.id)));
+    }
+    let org = OrgRecord {
+        id: n.id,
+        plan: n.plan,
+        seats: n.seats,
+        bill_to,
+        spend_limit_micro_usd: n.spend_limit_micro_usd,
+        rate_limit: n.rate_limit,
+        created_at: platform::now().to_string(),
+        version: 1,
+    };
+    let (_, policy) = auth::org_policy(&org, s)?;
+    account_do::push_policy(env, &account_do::org_account(&org.id), None, Some(policy)).await?;
+    kv::put_org(env, &org).await?;
+    Ok((201, org.public_json()))
+}
+
+pub async fn list_orgs(env: &Env) -> Result<Reply, GatewayError> {
+    let mut out = Vec::new();
+    for id in kv::org_ids(env).await? {
+        if let Some(o) = kv::org(env, &id).await? {
+            out.push(o.public_json());
+        }
+    }
+    Ok((200, json!({"object": "list", "data": out})))
+}
+
+pub async fn get_org(env: &Env, s: &Settings, id: &str) -> Result<Reply, GatewayError> {
+    kv::forget_org(id);
+    let org = kv::org(env, id).await?.ok_or(GatewayError::NotFound)?;
+    let (_, policy) = auth::org_policy(&org, s)?;
+    let report = account_do::usage(env, &account_do::org_account(id), None, Some(policy)).await?;
+    let mut body = org.public_json();
+    body["usage"] = serde_json::to_value(report).unwrap_or(Value::Null);
+    Ok((200, body))
+}
+
+pub async fn patch_org(mut req: Request, env: &Env, s: &Settings, id: &str) -> Result<Reply, GatewayError> {
+    let p: OrgPatch = json_body(&mut req).await?;
+    kv::forget_org(id);
+    let mut org = kv::org(env, id).await?.ok_or(GatewayError::NotFound)?;
+    if let Some(plan) = p.plan {
+        org.plan = plan;
+    }
+    if let Some(seats) = p.seats {
+        org.seats = seats;
+    }
+    if let Some(b) = p.bill_to {
+        org.bill_to = b;
+    }
+    if let Some(l) = p.spend_limit_micro_usd {
+        org.spend_limit_micro_usd = l;
+    }
+    if let Some(r) = p.rate_limit {
+        check_rate(&r)?;
+        org.rate_limit = r;
+    }
+    check_org_fields(&org.plan, org.seats, &org.bill_to, s)?;
+    org.version += 1;
+    let (_, policy) = auth::org_policy(&org, s)?;
+    account_do::push_policy(env, &account_do::org_account(&org.id), None, Some(policy)).await?;
+    kv::put_org(env, &org).await?;
+    Ok((200, org.public_json()))
+}
+
+/// Dispatches an admin route (already authorised).
+pub async fn handle(req: Request, env: &Env, s: &Settings, route: &crate::core::paths::Route) -> Result<Reply, GatewayError> {
+    use crate::core::paths::Route;
+    let m = req.method();
+    match (route, m) {
+        (Route::AdminKeys, Method::Post) => create_key(req, env, s).await,
+        (Route::AdminKeys, _) => list_keys(env).await,
+        (Route::AdminKey(id), Method::Get) => get_key(env, s, id).await,
+        (Route::AdminKey(id), Method::Patch) => patch_key(req, env, s, id).await,
+        (Route::AdminKey(id), Method::Delete) => revoke_key(env, s, id).await,
+        (Route::AdminOrgs, Method::Post) => create_org(req, env, s).await,
+        (Route::AdminOrgs, _) => list_orgs(env).await,
+        (Route::AdminOrg(id), Method::Get) => get_org(env, s, id).await,
+        (Route::AdminOrg(id), Method::Patch) => patch_org(req, env, s, id).await,
+        _ => Err(GatewayError::MethodNotAllowed),
+    }
+}

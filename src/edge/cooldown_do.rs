@@ -1,0 +1,117 @@
+//! Upstream cooldowns: when a provider answers 429 for a model, calls to that route are
+//! answered at once with the remaining wait, by every edge instance, until it passes.
+//!
+//! One Durable Object per route holds the deadline. Each isolate keeps what it learned for up
+//! to `RECHECK_MS`, so a busy route costs at most one Durable Object read per isolate per
+//! second, and the isolate that saw the 429 knows it immediately.
+
+use crate::core::time::UnixMillis;
+use crate::edge::platform;
+use serde::{Deserialize, Serialize};
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use wasm_bindgen::JsValue;
+use worker::{durable_object, DurableObject, Env, Method, Request, RequestInit, Response, Result, State};
+
+pub const BINDING: &str = "COOLDOWNS";
+const RECHECK_MS: u64 = 1_000;
+const MAX_ROUTES: usize = 4_096;
+
+#[derive(Serialize, Deserialize, Default, Clone, Copy)]
+struct Until {
+    until: UnixMillis,
+}
+
+#[durable_object]
+pub struct Cooldown {
+    state: State,
+    until: Cell<Option<UnixMillis>>,
+}
+
+impl DurableObject for Cooldown {
+    fn new(state: State, _env: Env) -> Self {
+        Cooldown { state, until: Cell::new(None) }
+    }
+
+    async fn fetch(&self, mut req: Request) -> Result<Response> {
+        let current = match self.until.get() {
+            Some(u) => u,
+            None => {
+                let stored: Option<u64> = self.state.storage().get("until").await?;
+                let u = UnixMillis(stored.unwrap_or(0));
+                self.until.set(Some(u));
+                u
+            }
+        };
+        if req.method() == Method::Post {
+            let offered: Until = req.json().await?;
+            if offered.until > current {
+                self.until.set(Some(offered.until));
+                self.state.storage().put("until", offered.until.0).await?;
+            }
+        }
+        Response::from_json(&Until { until: self.until.get().unwrap_or(current) })
+    }
+}
+
+thread_local! {
+    /// route -> (cooldown deadline, when this isolate last asked)
+    static KNOWN: RefCell<HashMap<String, (UnixMillis, UnixMillis)>> = RefCell::new(HashMap::new());
+}
+
+fn remember(route: &str, until: UnixMillis, now: UnixMillis) {
+    KNOWN.with(|k| {
+        let mut k = k.borrow_mut();
+        if k.len() >= MAX_ROUTES {
+            k.retain(|_, (u, _)| *u > now);
+        }
+        let e = k.entry(route.to_string()).or_insert((until, now));
+        e.0 = e.0.max(until);
+        e.1 = now;
+    });
+}
+
+async fn ask(env: &Env, route: &str, set: Option<UnixMillis>) -> Option<UnixMillis> {
+    let stub = env.durable_object(BINDING).ok()?.id_from_name(route).ok()?.get_stub().ok()?;
+    let mut init = RequestInit::new();
+    if let Some(until) = set {
+        let body = serde_json::to_string(&Until { until }).ok()?;
+        init.with_method(Method::Post).with_body(Some(JsValue::from_str(&body)));
+    }
+    let req = Request::new_with_init("https://cooldown.internal/", &init).ok()?;
+    let mut resp = stub.fetch_with_request(req).await.ok()?;
+    resp.json::<Until>().await.ok().map(|u| u.until)
+}
+
+/// The remaining cooldown of a route in milliseconds, if one is running. A cooldown that
+/// cannot be read is treated as none: it is an optimisation, never a reason to refuse.
+pub async fn remaining(env: &Env, route: &str) -> Option<u64> {
+    let now = platform::now();
+    if let Some((until, checked)) = KNOWN.with(|k| k.borrow().get(route).copied()) {
+        if until > now {
+            return Some(until.millis_since(now));
+        }
+        if now.millis_since(checked) < RECHECK_MS {
+            return None;
+        }
+    }
+    let until = ask(env, route, None).await.unwrap_or_default();
+    let now = platform::now();
+    remember(route, until, now);
+    (until > now).then(|| until.millis_since(now))
+}
+
+/// Notes a cooldown in this isolate at once, before the Durable Object has heard of it.
+pub fn note_locally(route: &str, wait_ms: u64) {
+    let now = platform::now();
+    remember(route, now.saturating_add_ms(wait_ms), now);
+}
+
+/// Starts (or extends) a route's cooldown for `wait_ms`, here at once and for everyone via
+/// the Durable Object.
+pub async fn start(env: &Env, route: &str, wait_ms: u64) {
+    let now = platform::now();
+    let until = now.saturating_add_ms(wait_ms);
+    remember(route, until, now);
+    let _ = ask(env, route, Some(until)).await;
+}

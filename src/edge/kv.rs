@@ -1,0 +1,193 @@
+//! Key and organisation records in KV, with a small per-isolate cache.
+//!
+//! Layout: `k:<digest>` -> key record, `id:<key id>` -> digest, `org:<id>` -> org record.
+//! The cache is safe because nothing that must be immediate depends on it: revocation and
+//! policy changes are enforced by the account Durable Object, which holds the newest version
+//! and tells the edge when its copy is stale.
+
+use crate::core::error::GatewayError;
+use crate::core::keys::{KeyRecord, OrgRecord};
+use crate::core::time::UnixMillis;
+use crate::edge::platform;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use worker::kv::KvStore;
+use worker::Env;
+
+pub const BINDING: &str = "GATEWAY_KV";
+/// How long a known record is served from memory.
+const HIT_TTL_MS: u64 = 60_000;
+/// How long an unknown key is remembered as unknown: a flood of made-up keys costs one KV
+/// read per key per 10 s, and a key created meanwhile is found at most 10 s late (the admin
+/// API clears this cache in its own isolate at once).
+const MISS_TTL_MS: u64 = 10_000;
+const MAX_ENTRIES: usize = 10_000;
+
+#[derive(Clone)]
+enum Cached<T> {
+    Hit(T),
+    Miss,
+}
+
+struct Cache<T> {
+    entries: HashMap<String, (Cached<T>, UnixMillis)>,
+}
+
+impl<T: Clone> Cache<T> {
+    fn new() -> Self {
+        Cache { entries: HashMap::new() }
+    }
+
+    fn get(&self, k: &str, now: UnixMillis) -> Option<Cached<T>> {
+        let (v, at) = self.entries.get(k)?;
+        let ttl = if matches!(v, Cached::Hit(_)) { HIT_TTL_MS } else { MISS_TTL_MS };
+        (now.millis_since(*at) < ttl).then(|| v.clone())
+    }
+
+    fn put(&mut self, k: &str, v: Cached<T>, now: UnixMillis) {
+        if self.entries.len() >= MAX_ENTRIES {
+            self.entries.retain(|_, (_, at)| now.millis_since(*at) < MISS_TTL_MS);
+            if self.entries.len() >= MAX_ENTRIES {
+                self.entries.clear();
+            }
+        }
+        self.entries.insert(k.to_string(), (v, now));
+    }
+}
+
+thread_local! {
+    static KEYS: RefCell<Cache<KeyRecord>> = RefCell::new(Cache::new());
+    static ORGS: RefCell<Cache<OrgRecord>> = RefCell::new(Cache::new());
+}
+
+fn store(env: &Env) -> Result<KvStore, GatewayError> {
+    env.kv(BINDING).map_err(|_| GatewayError::Misconfigured { setting: BINDING, reason: "KV namespace binding is missing".into() })
+}
+
+fn unavailable<E>(_: E) -> GatewayError {
+    GatewayError::LedgerUnavailable
+}
+
+/// The record of a key by the digest of its secret, from memory or KV.
+pub async fn key_by_digest(env: &Env, digest: &str) -> Result<Option<KeyRecord>, GatewayError> {
+    let now = platform::now();
+    match KEYS.with(|c| c.borrow().get(digest, now)) {
+        Some(Cached::Hit(r)) => return Ok(Some(r)),
+        Some(Cached::Miss) => return Ok(None),
+        None => {}
+    }
+    let found: Option<KeyRecord> = store(env)?.get(&format!("k:{digest}")).json().await.map_err(unavailable)?;
+    let entry = found.clone().map_or(Cached::Miss, Cached::Hit);
+    KEYS.with(|c| c.borrow_mut().put(digest, entry, now));
+    Ok(found)
+}
+
+/// Forgets a cached key (its policy changed, or the ledger said our copy is stale).
+pub fn forget_key(digest: &str) {
+    KEYS.with(|c| c.borrow_mut().entries.remove(digest));
+}
+
+pub async fn key_by_id(env: &Env, id: &str) -> Result<Option<KeyRecord>, GatewayError> {
+    let kv = store(env)?;
+    let Some(digest) = kv.get(&format!("id:{id}")).text().await.map_err(unavailable)? else { return Ok(None) };
+    kv.get(&format!("k:{digest}")).json().await.map_err(unavailable)
+}
+
+pub async fn put_key(env: &Env, record: &KeyRecord) -> Result<(), GatewayError> {
+    let kv = store(env)?;
+    let json = serde_json::to_string(record).map_err(|e| GatewayError::InvalidRequest(e.to_string()))?;
+    kv.put(&format!("k:{}", record.digest), json).map_err(unavailable)?.execute().await.map_err(unavailable)?;
+    kv.put(&format!("id:{}", record.id), record.digest.as_str()).map_err(unavailable)?.execute().await.map_err(unavailable)?;
+    forget_key(&record.digest);
+    Ok(())
+}
+
+/// Every key id, in KV's order.
+pub async fn key_ids(env: &Env) -> Result<Vec<String>, GatewayError> {
+    list(env, "id:").await
+}
+
+pub async fn org(env: &Env, id: &str) -> Result<Option<OrgRecord>, GatewayError> {
+    let now = platform::now();
+    match ORGS.with(|c| c.borrow().get(id, now)) {
+        Some(Cached::Hit(r)) => return Ok(Some(r)),
+        Some(Cached::Miss) => return Ok(None),
+        None => {}
+    }
+    let found: Option<OrgRecord> = store(env)?.get(&format!("org:{id}")).json().await.map_err(unavailable)?;
+    let entry = found.clone().map_or(Cached::Miss, Cached::Hit);
+    ORGS.with(|c| c.borrow_mut().put(id, entry, now));
+    Ok(found)
+}
+
+pub async fn put_org(env: &Env, record: &OrgRecord) -> Result<(), GatewayError> {
+    let json = serde_json::to_string(record).map_err(|e| GatewayError::InvalidRequest(e.to_string()))?;
+    store(env)?.put(&format!("org:{}", record.id), json).map_err(unavailable)?.execute().await.map_err(unavailable)?;
+    forget_org(&record.id);
+    Ok(())
+}
+
+pub fn forget_org(id: &str) {
+    ORGS.with(|c| c.borrow_mut().entries.remove(id));
+}
+
+pub async fn org_ids(env: &Env) -> Result<Vec<String>, GatewayError> {
+    list(env, "org:").await
+}
+
+async fn list(env: &Env, prefix: &str) -> Result<Vec<String>, GatewayError> {
+    let kv = store(env)?;
+    let mut out = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut q = kv.list().prefix(prefix.to_string());
+        if let Some(c) = cursor.take() {
+            q = q.cursor(c);
+        }
+        let page = q.execute().await.map_err(unavailable)?;
+        out.extend(page.keys.into_iter().filter_map(|k| k.name.strip_prefix(prefix).map(str::to_string)));
+        match page.cursor {
+            Some(c) if !page.list_complete => cursor = Some(c),
+            _ => break,
+        }
+    }
+    Ok(out)
+}
+
+thread_local! {
+    static ORIGINS: RefCell<Option<(Vec<String>, UnixMillis)>> = const { RefCell::new(None) };
+}
+const ORIGINS_KEY: &str = "cors:origins";
+
+/// Every origin some browser key allows: a preflight (which carries no key) is approved for
+/// these as well as for `CORS_ORIGINS`. Cached for a minute per isolate.
+pub async fn browser_origins(env: &Env) -> Result<Vec<String>, GatewayError> {
+    let now = platform::now();
+    if let Some(list) = ORIGINS.with(|o| o.borrow().as_ref().filter(|(_, at)| now.millis_since(*at) < HIT_TTL_MS).map(|(l, _)| l.clone())) {
+        return Ok(list);
+    }
+    let list: Vec<String> = store(env)?.get(ORIGINS_KEY).json().await.map_err(unavailable)?.unwrap_or_default();
+    ORIGINS.with(|o| *o.borrow_mut() = Some((list.clone(), now)));
+    Ok(list)
+}
+
+/// Adds a browser key's origins to the preflight index.
+pub async fn add_browser_origins(env: &Env, origins: &[String]) -> Result<(), GatewayError> {
+    if origins.is_empty() {
+        return Ok(());
+    }
+    let kv = store(env)?;
+    let mut list: Vec<String> = kv.get(ORIGINS_KEY).json().await.map_err(unavailable)?.unwrap_or_default();
+    let before = list.len();
+    for o in origins {
+        if !list.contains(o) {
+            list.push(o.clone());
+        }
+    }
+    if list.len() != before {
+        let json = serde_json::to_string(&list).map_err(|e| GatewayError::InvalidRequest(e.to_string()))?;
+        kv.put(ORIGINS_KEY, json).map_err(unavailable)?.execute().await.map_err(unavailable)?;
+    }
+    ORIGINS.with(|o| *o.borrow_mut() = Some((list, platform::now())));
+    Ok(())
+}

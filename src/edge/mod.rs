@@ -1,0 +1,18 @@
+//! The Cloudflare Workers adapter: compiled for wasm32 only. It does I/O (requests, KV,
+//! Durable Objects, the clock) and hands every decision to `crate::core`.
+
+pub mod account_do;
+pub mod admin;
+pub mod auth;
+pub mod config;
+pub mod cooldown_do;
+pub mod entry;
+pub mod kv;
+pub mod pages;
+pub mod platform;
+pub mod proxy;
+pub mod response;
+pub mod routes;
+pub mod sandbox;
+pub mod sealing;
+pub mod usage;

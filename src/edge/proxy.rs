@@ -1,0 +1,526 @@
+//! Where a request goes upstream: reserve, send (retrying short 429s), meter, settle.
+//!
+//! The order is the budget's guarantee: one Durable Object round trip admits the call and
+//! reserves its worst case before anything is sent; the reservation is settled to the actual
+//! cost after the response is on its way (`wait_until`), or released in full on any failure.
+
+use crate::core::account::{Admission, AdmitRequest, Denial};
+use crate::core::body::{self, CallShape};
+use crate::core::cors;
+use crate::core::error::GatewayError;
+use crate::core::headers;
+use crate::core::ledger::MicroUsd;
+use crate::core::paths::{cooldown_route, Metering, ProxyRoute};
+use crate::core::pricing::{Price, TokenUsage};
+use crate::core::retry::{self, RetryBudget, RetryDecision};
+use crate::core::settings::{Settings, Upstream};
+use crate::core::sse::SseMeter;
+use crate::core::time::UnixMillis;
+use crate::edge::account_do::{self, Op};
+use crate::edge::auth::{self, Caller};
+use crate::edge::platform::{self, OsRng};
+use crate::edge::response::Meta;
+use crate::edge::{cooldown_do, kv, sandbox, sealing};
+use futures_channel::oneshot;
+use futures_util::future::{self, Either};
+use futures_util::Stream;
+use std::cell::RefCell;
+use std::pin::Pin;
+use std::task::{Context as TaskContext, Poll};
+use wasm_bindgen::JsValue;
+use worker::{AbortController, ByteStream, Context, Env, Fetch, Headers, Method, Request, RequestInit, Response};
+
+/// Responses larger than this are not buffered to read their usage; they are passed through
+/// and charged by estimate.
+const MAX_BUFFERED_RESPONSE: usize = 32 * 1024 * 1024;
+
+thread_local! {
+    static RETRY_BUDGET: RefCell<RetryBudget> = RefCell::new(RetryBudget::default());
+}
+
+/// How a call's actual cost is worked out once it is over.
+#[derive(Clone, Copy, Debug)]
+enum Pricing {
+    Tokens { price: Price, prompt_estimate: u64, output_bound: u64 },
+    Time,
+    Free,
+}
+
+/// A reservation (or, for provider-billed keys, a usage record) that must be settled or
+/// released. Both are sent after the response, through `wait_until`.
+#[derive(Clone)]
+struct Hold {
+    env: Env,
+    account: String,
+    key_id: String,
+    reservation: Option<u64>,
+    provider_billed: bool,
+}
+
+impl Hold {
+    fn settle_op(&self, actual: MicroUsd) -> Option<Op> {
+        match (self.reservation, self.provider_billed) {
+            (Some(reservation), _) => Some(Op::Settle { reservation, actual }),
+            (None, true) if actual > MicroUsd::ZERO => Some(Op::RecordProviderBilled { key_id: self.key_id.clone(), actual }),
+            _ => None,
+        }
+    }
+
+    /// Settles after the response is on its way.
+    fn settle(self, ctx: &Context, actual: MicroUsd) {
+        ctx.wait_until(self.settle_now(actual));
+    }
+
+    /// Settles inside an already-registered `wait_until`. A failure leaves the reservation to
+    /// expire: the account is never charged twice, at worst a hold lingers for its TTL.
+    async fn settle_now(self, actual: MicroUsd) {
+        let Some(op) = self.settle_op(actual) else { return };
+        if account_do::call::<serde_json::Value>(&self.env, &self.account, &op).await.is_err() {
+            worker::console_error!("settle failed for account {}; the reservation will expire", self.account);
+        }
+    }
+
+    fn release(self, ctx: &Context) {
+        let Some(reservation) = self.reservation else { return };
+        ctx.wait_until(async move {
+            let _ = account_do::call::<serde_json::Value>(&self.env, &self.account, &Op::Release { reservation }).await;
+        });
+    }
+}
+
+/// Where the call is sent.
+enum Target {
+    Sandbox,
+    Url { base: String, token: String, strip_prefix: Option<String> },
+}
+
+pub async fn handle(
+    mut req: Request,
+    env: &Env,
+    ctx: &Context,
+    s: &Settings,
+    meta: &mut Meta,
+    route: ProxyRoute,
+    origin: Option<&str>,
+) -> Result<Response, GatewayError> {
+    let caller = auth::authenticate(&req, env, s, origin).await?;
+    meta.cors_origin = cors::allow_origin(&s.cors, &caller.record.allowed_origins, origin);
+    let target = target(s, &caller, &route).await?;
+    meta.sandbox = matches!(target, Target::Sandbox);
+
+    let raw = read_body(&mut req, s.max_body_bytes).await?;
+    let responses_api = route.path.ends_with("/responses");
+    let (upstream_body, pricing, model, stream_shape) = match route.metering {
+        Metering::Tokens => {
+            let shape = body::inspect(&raw, responses_api)?;
+            let price = s.prices.price(&shape.model);
+            let output_bound = shape.output_bound(caller.plan.default_max_tokens);
+            let pricing = Pricing::Tokens { price, prompt_estimate: (raw.len() as u64).div_ceil(4), output_bound };
+            let upstream_body = shape.upstream_body(&raw, caller.plan.default_max_tokens, responses_api);
+            (upstream_body, pricing, shape.model.clone(), Some(shape))
+        }
+        Metering::Time => (raw, Pricing::Time, route.path_model.clone().unwrap_or_default(), None),
+        Metering::Unmetered => (raw, Pricing::Free, route.path_model.clone().unwrap_or_default(), None),
+    };
+    let reserve = match (&pricing, &stream_shape) {
+        (Pricing::Tokens { price, .. }, Some(shape)) => price.cost(shape.worst_case(upstream_body.len(), caller.plan.default_max_tokens)),
+        (Pricing::Time, _) => s.compute.cost_ms(s.retry.deadline_ms),
+        _ => MicroUsd::ZERO,
+    };
+
+    let cooldown_key = cooldown_route(route.provider.as_deref(), &model);
+    let admit = account_do::admit(
+        env,
+        &caller.account,
+        AdmitRequest {
+            key: caller.key_policy.clone(),
+            account: caller.account_policy,
+            reserve,
+            ttl_ms: s.reservation_ttl_ms,
+        },
+    );
+    let (admission, cooling) = future::join(admit, cooldown_do::remaining(env, &cooldown_key)).await;
+    let hold = match admission? {
+        Admission::Admitted { reservation, rate, stale } => {
+            meta.rate = Some(rate);
+            if stale {
+                kv::forget_key(&caller.record.digest);
+            }
+            Hold {
+                env: env.clone(),
+                account: caller.account.clone(),
+                key_id: caller.record.id.clone(),
+                reservation,
+                provider_billed: caller.account_policy.provider_billed,
+            }
+        }
+        Admission::Denied { denial, retry_after_ms, rate, stale } => {
+            meta.rate = rate;
+            if stale {
+                kv::forget_key(&caller.record.digest);
+            }
+            return Err(match denial {
+                Denial::Revoked => GatewayError::InvalidApiKey,
+                Denial::RateLimited => GatewayError::RateLimited { retry_after_ms },
+                Denial::InsufficientQuota => GatewayError::InsufficientQuota { retry_after_ms },
+            });
+        }
+    };
+    if let Some(wait_ms) = cooling.filter(|w| *w > 0) {
+        hold.release(ctx);
+        return Err(GatewayError::UpstreamRateLimited { retry_after_ms: wait_ms });
+    }
+
+    let method = req.method();
+    let query = req.url().ok().and_then(|u| u.query().map(str::to_string));
+    let out_headers = upstream_headers(req.headers(), caller.bill_to());
+    let started = platform::now();
+    RETRY_BUDGET.with(|b| b.borrow_mut().deposit(started));
+    let sent = send_with_retries(env, ctx, s, &target, &route, query.as_deref(), &method, &out_headers, &upstream_body, started, &cooldown_key).await;
+    let resp = match sent {
+        Ok(resp) => resp,
+        Err(e) => {
+            hold.release(ctx);
+            return Err(e);
+        }
+    };
+
+    let status = resp.status_code();
+    if let Some(id) = resp.headers().get("x-request-id").ok().flatten().filter(|v| headers::safe_value(v, 128)) {
+        meta.request_id = id;
+    }
+    if status >= 500 {
+        hold.release(ctx);
+        return Err(GatewayError::UpstreamError(format!("upstream answered {status}")));
+    }
+    let out = downstream_headers(resp.headers(), meta);
+    if !(200..300).contains(&status) {
+        // upstream refused the call (bad model, bad input): nothing was served, nothing is owed
+        hold.release(ctx);
+        return pass_through(resp, status, out);
+    }
+    let is_sse = resp.headers().get("content-type").ok().flatten().is_some_and(|c| c.contains("text/event-stream"));
+    match pricing {
+        Pricing::Tokens { price, prompt_estimate, output_bound } if !is_sse => {
+            meter_whole_body(resp, status, out, ctx, hold, price, prompt_estimate, output_bound).await
+        }
+        _ => {
+            let hide_usage = stream_shape.as_ref().is_some_and(|sh: &CallShape| sh.stream && !sh.caller_wants_usage && !responses_api);
+            meter_stream(resp, status, out, ctx, hold, pricing, is_sse, hide_usage, started, s)
+        }
+    }
+}
+
+async fn target(s: &Settings, caller: &Caller, route: &ProxyRoute) -> Result<Target, GatewayError> {
+    if caller.plan.byok {
+        let provider = route
+            .provider
+            .clone()
+            .ok_or_else(|| GatewayError::InvalidRequest("byok keys call providers by path: /{provider}/...".into()))?;
+        let sealed = caller
+            .record
+            .provider_keys
+            .get(&provider)
+            .ok_or_else(|| GatewayError::InvalidRequest(format!("this key holds no provider key for {provider}")))?;
+        let base = s
+            .provider_urls
+            .get(&provider)
+            .cloned()
+            .ok_or_else(|| GatewayError::Misconfigured { setting: "PROVIDER_URLS", reason: format!("no URL for provider {provider}") })?;
+        let token = sealing::unseal(s, sealed).await?;
+        return Ok(Target::Url { base, token, strip_prefix: Some(format!("/{provider}")) });
+    }
+    match &s.upstream {
+        Upstream::Sandbox => Ok(Target::Sandbox),
+        Upstream::Url { base, .. } => {
+            let token = s.hf_token.as_ref().ok_or(GatewayError::UpstreamNotConfigured)?;
+            Ok(Target::Url { base: base.clone(), token: token.expose().to_string(), strip_prefix: None })
+        }
+    }
+}
+
+async fn read_body(req: &mut Request, limit: u64) -> Result<Vec<u8>, GatewayError> {
+    if matches!(req.method(), Method::Get | Method::Head) {
+        return Ok(Vec::new());
+    }
+    let declared = req.headers().get("content-length").ok().flatten().and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(GatewayError::RequestTooLarge { limit_bytes: limit });
+    }
+    let body = req.bytes().await.map_err(|_| GatewayError::InvalidRequest("could not read the request body".into()))?;
+    if body.len() as u64 > limit {
+        return Err(GatewayError::RequestTooLarge { limit_bytes: limit });
+    }
+    Ok(body)
+}
+
+/// The caller's headers minus credentials, hop-by-hop and Cloudflare headers; plus the
+/// gateway's own billing header for org keys.
+fn upstream_headers(incoming: &Headers, bill_to: Option<&str>) -> Headers {
+    let tokens = headers::connection_tokens(incoming.get("connection").ok().flatten().as_deref());
+    let out = Headers::new();
+    for (name, value) in incoming.entries() {
+        if headers::forward_upstream(&name, &tokens) {
+            let _ = out.append(&name, &value);
+        }
+    }
+    if let Some(org) = bill_to {
+        let _ = out.set("x-hf-bill-to", org);
+    }
+    out
+}
+
+fn downstream_headers(upstream: &Headers, meta: &Meta) -> Headers {
+    let out = Headers::new();
+    for (name, value) in upstream.entries() {
+        if headers::forward_downstream(&name) {
+            let _ = out.append(&name, &value);
+        }
+    }
+    meta.apply(&out);
+    out
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn send_with_retries(
+    env: &Env,
+    ctx: &Context,
+    s: &Settings,
+    target: &Target,
+    route: &ProxyRoute,
+    query: Option<&str>,
+    method: &Method,
+    headers: &Headers,
+    body: &[u8],
+    started: UnixMillis,
+    cooldown_key: &str,
+) -> Result<Response, GatewayError> {
+    let mut attempt = 0u32;
+    loop {
+        let elapsed = platform::now().millis_since(started);
+        let left = s.retry.deadline_ms.saturating_sub(elapsed);
+        if left == 0 {
+            return Err(GatewayError::UpstreamTimeout);
+        }
+        let resp = send_once(s, target, route, query, method, headers, body, left).await?;
+        let status = resp.status_code();
+        let now = platform::now();
+        let waited = retry::upstream_wait(|n| resp.headers().get(n).ok().flatten(), now);
+        let throttled = status == 429 || (status == 503 && waited.is_some());
+        if !throttled {
+            return Ok(resp);
+        }
+        let elapsed = now.millis_since(started);
+        let decision = s.retry.decide(attempt, waited.map(|(ms, _)| ms), elapsed, true, &mut OsRng);
+        let decision = match decision {
+            RetryDecision::RetryAfter { wait_ms } if !RETRY_BUDGET.with(|b| b.borrow_mut().try_withdraw(now)) => {
+                RetryDecision::GiveUp { wait_ms }
+            }
+            d => d,
+        };
+        match decision {
+            RetryDecision::RetryAfter { wait_ms } => {
+                platform::sleep_ms(wait_ms).await;
+                attempt += 1;
+            }
+            RetryDecision::GiveUp { wait_ms } => {
+                if status == 429 && wait_ms > 0 {
+                    let (env, key) = (env.clone(), cooldown_key.to_string());
+                    cooldown_do::note_locally(&key, wait_ms);
+                    ctx.wait_until(async move { cooldown_do::start(&env, &key, wait_ms).await });
+                }
+                return Err(GatewayError::UpstreamRateLimited { retry_after_ms: wait_ms });
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn send_once(
+    s: &Settings,
+    target: &Target,
+    route: &ProxyRoute,
+    query: Option<&str>,
+    method: &Method,
+    headers: &Headers,
+    body: &[u8],
+    left_ms: u64,
+) -> Result<Response, GatewayError> {
+    let (base, token, strip) = match target {
+        Target::Sandbox => return sandbox::respond(s, &route.path, body).await,
+        Target::Url { base, token, strip_prefix } => (base, token, strip_prefix),
+    };
+    let path = strip.as_deref().and_then(|p| route.path.strip_prefix(p)).unwrap_or(&route.path);
+    let url = match query {
+        Some(q) => format!("{base}{path}?{q}"),
+        None => format!("{base}{path}"),
+    };
+    let h = Headers::new();
+    for (k, v) in headers.entries() {
+        let _ = h.append(&k, &v);
+    }
+    let _ = h.set("authorization", &format!("Bearer {token}"));
+    let mut init = RequestInit::new();
+    init.with_method(method.clone()).with_headers(h);
+    if !body.is_empty() {
+        init.with_body(Some(JsValue::from(js_sys::Uint8Array::from(body))));
+    }
+    let request = Request::new_with_init(&url, &init).map_err(|_| GatewayError::UpstreamError("bad upstream request".into()))?;
+    let controller = AbortController::default();
+    let signal = controller.signal();
+    let fetch = Fetch::Request(request);
+    let send = fetch.send_with_signal(&signal);
+    let timer = platform::sleep_ms(left_ms);
+    futures_util::pin_mut!(send);
+    futures_util::pin_mut!(timer);
+    match future::select(send, timer).await {
+        Either::Left((Ok(resp), _)) => Ok(resp),
+        Either::Left((Err(_), _)) => Err(GatewayError::UpstreamError("could not reach upstream".into())),
+        Either::Right(_) => {
+            controller.abort();
+            Err(GatewayError::UpstreamTimeout)
+        }
+    }
+}
+
+fn pass_through(mut resp: Response, status: u16, headers: Headers) -> Result<Response, GatewayError> {
+    let built = match resp.stream() {
+        Ok(stream) => Response::from_stream(stream),
+        Err(_) => Response::empty(),
+    };
+    built.map(|r| r.with_status(status).with_headers(headers)).map_err(|_| GatewayError::UpstreamError("unreadable response".into()))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn meter_whole_body(
+    mut resp: Response,
+    status: u16,
+    headers: Headers,
+    ctx: &Context,
+    hold: Hold,
+    price: Price,
+    prompt_estimate: u64,
+    output_bound: u64,
+) -> Result<Response, GatewayError> {
+    let bytes = match resp.bytes().await {
+        Ok(b) => b,
+        Err(_) => {
+            hold.release(ctx);
+            return Err(GatewayError::UpstreamError("upstream body could not be read".into()));
+        }
+    };
+    let usage = (bytes.len() <= MAX_BUFFERED_RESPONSE).then(|| body::usage_of_body(&bytes)).flatten();
+    let usage = usage.unwrap_or(TokenUsage {
+        prompt: prompt_estimate,
+        completion: (bytes.len() as u64).div_ceil(4).min(output_bound),
+    });
+    hold.settle(ctx, price.cost(usage));
+    crate::edge::response::bytes(status, bytes, headers).map_err(|_| GatewayError::UpstreamError("unreadable response".into()))
+}
+
+/// How a stream ended, reported by `Metered` to the settle task.
+struct StreamEnd {
+    usage: Option<TokenUsage>,
+    delivered_events: u64,
+    ended_at: UnixMillis,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn meter_stream(
+    mut resp: Response,
+    status: u16,
+    headers: Headers,
+    ctx: &Context,
+    hold: Hold,
+    pricing: Pricing,
+    is_sse: bool,
+    hide_usage: bool,
+    started: UnixMillis,
+    s: &Settings,
+) -> Result<Response, GatewayError> {
+    let inner = match resp.stream() {
+        Ok(st) => st,
+        Err(_) => {
+            hold.settle(ctx, MicroUsd::ZERO);
+            return crate::edge::response::bytes(status, Vec::new(), headers)
+                .map_err(|_| GatewayError::UpstreamError("unreadable response".into()));
+        }
+    };
+    let (tx, rx) = oneshot::channel::<StreamEnd>();
+    let compute = s.compute;
+    let settle_hold = hold.clone();
+    let settle = async move {
+        let end = rx.await.ok();
+        let actual = match (pricing, end) {
+            (Pricing::Tokens { price, prompt_estimate, output_bound }, Some(end)) => price.cost(end.usage.unwrap_or(TokenUsage {
+                prompt: prompt_estimate,
+                completion: end.delivered_events.min(output_bound),
+            })),
+            (Pricing::Time, Some(end)) => compute.cost_ms(end.ended_at.millis_since(started)),
+            (Pricing::Time, None) => compute.cost_ms(platform::now().millis_since(started)),
+            _ => MicroUsd::ZERO,
+        };
+        settle_hold.settle_now(actual).await;
+    };
+    ctx.wait_until(settle);
+    let metered = Metered { inner, meter: is_sse.then(|| SseMeter::new(hide_usage)), tx: Some(tx), finished: false };
+    Response::from_stream(metered)
+        .map(|r| r.with_status(status).with_headers(headers))
+        .map_err(|_| GatewayError::UpstreamError("unreadable response".into()))
+}
+
+/// Passes an upstream body through, metering it; reports how it ended exactly once, when it
+/// completes, fails, or is dropped because the caller went away.
+struct Metered {
+    inner: ByteStream,
+    meter: Option<SseMeter>,
+    tx: Option<oneshot::Sender<StreamEnd>>,
+    finished: bool,
+}
+
+impl Metered {
+    fn report(&mut self) {
+        if let Some(tx) = self.tx.take() {
+            let (usage, delivered_events) = self.meter.as_ref().map_or((None, 0), |m| (m.usage, m.delivered_events));
+            let _ = tx.send(StreamEnd { usage, delivered_events, ended_at: platform::now() });
+        }
+    }
+}
+
+impl Stream for Metered {
+    type Item = Result<Vec<u8>, worker::Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
+        if self.finished {
+            return Poll::Ready(None);
+        }
+        loop {
+            match Pin::new(&mut self.inner).poll_next(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(chunk))) => {
+                    let out = match self.meter.as_mut() {
+                        Some(m) => m.feed(&chunk),
+                        None => chunk,
+                    };
+                    if !out.is_empty() {
+                        return Poll::Ready(Some(Ok(out)));
+                    }
+                }
+                Poll::Ready(end) => {
+                    // clean end, or upstream broke mid-stream: either way, flush and report
+                    let _ = end;
+                    self.finished = true;
+                    let rest = self.meter.as_mut().map(SseMeter::finish).unwrap_or_default();
+                    self.report();
+                    return Poll::Ready((!rest.is_empty()).then_some(Ok(rest)));
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Metered {
+    fn drop(&mut self) {
+        self.report();
+    }
+}

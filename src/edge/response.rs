@@ -1,0 +1,68 @@
+//! Building responses: the one place a `GatewayError` becomes a response, and the headers
+//! every response carries (request id, CORS, rate limit, retry hints).
+
+use crate::core::account::RateView;
+use crate::core::cors;
+use crate::core::error::GatewayError;
+use worker::{Headers, Response, Result};
+
+/// What the gateway adds to any response it sends.
+#[derive(Clone, Debug, Default)]
+pub struct Meta {
+    pub request_id: String,
+    /// `Access-Control-Allow-Origin`, if the request's origin is allowed.
+    pub cors_origin: Option<String>,
+    /// The throttle state, for metered and throttled responses.
+    pub rate: Option<RateView>,
+    /// Set when a sandbox answered, so nobody mistakes it for the real router.
+    pub sandbox: bool,
+}
+
+impl Meta {
+    /// Adds the gateway's headers to `h`.
+    pub fn apply(&self, h: &Headers) {
+        let _ = h.set("x-request-id", &self.request_id);
+        if let Some(origin) = &self.cors_origin {
+            let _ = h.set("access-control-allow-origin", origin);
+            let _ = h.set("access-control-expose-headers", cors::EXPOSE_HEADERS);
+        }
+        let _ = h.append("vary", "Origin");
+        if let Some(r) = self.rate {
+            let _ = h.set("ratelimit-policy", &format!("\"rpm\";q={};w=60;burst={}", r.rpm, r.burst));
+            let _ = h.set("ratelimit", &format!("\"rpm\";r={};t={}", r.remaining, r.reset_ms.div_ceil(1000)));
+        }
+        if self.sandbox {
+            let _ = h.set("x-upstream", "sandbox");
+        }
+    }
+}
+
+/// The response for an error: OpenAI-shaped JSON, its status, and on a 429 `Retry-After`
+/// (whole seconds, rounded up), `retry-after-ms` and `x-should-retry`.
+pub fn error(err: &GatewayError, meta: &Meta) -> Result<Response> {
+    let h = Headers::new();
+    let _ = h.set("content-type", "application/json");
+    if let Some(ms) = err.retry_after_ms() {
+        let _ = h.set("retry-after", &ms.div_ceil(1000).to_string());
+        let _ = h.set("retry-after-ms", &ms.to_string());
+        let _ = h.set("x-should-retry", if err.should_retry() { "true" } else { "false" });
+    }
+    if matches!(err, GatewayError::InvalidApiKey) {
+        let _ = h.set("www-authenticate", "Bearer realm=\"hf-gate\"");
+    }
+    meta.apply(&h);
+    bytes(err.status(), err.to_json().into_bytes(), h)
+}
+
+/// A JSON response with the gateway's headers.
+pub fn json(status: u16, body: &serde_json::Value, meta: &Meta) -> Result<Response> {
+    let h = Headers::new();
+    let _ = h.set("content-type", "application/json");
+    meta.apply(&h);
+    bytes(status, body.to_string().into_bytes(), h)
+}
+
+/// A fixed body with the given headers.
+pub fn bytes(status: u16, body: Vec<u8>, headers: Headers) -> Result<Response> {
+    Ok(Response::from_bytes(body)?.with_status(status).with_headers(headers))
+}

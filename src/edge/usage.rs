@@ -1,0 +1,37 @@
+//! `GET /v1/usage`: the caller's plan, period, credits and throttle, from its account's ledger.
+
+use crate::core::error::GatewayError;
+use crate::edge::account_do::{self, UsageReport};
+use crate::edge::auth::Caller;
+use serde_json::{json, Value};
+use worker::Env;
+
+/// The usage document of a key (SPEC section 7), shared by `/v1/usage` and the admin API.
+pub async fn of(env: &Env, caller: &Caller) -> Result<Value, GatewayError> {
+    let report = account_do::usage(env, &caller.account, Some(caller.key_policy.clone()), Some(caller.account_policy)).await?;
+    Ok(document(caller, report))
+}
+
+fn document(caller: &Caller, r: Option<UsageReport>) -> Value {
+    let Some(r) = r else { return json!({"key_id": caller.record.id, "plan": caller.record.plan, "org": caller.record.org}) };
+    let rate = r.rate.map(|v| json!({"rpm": v.rpm, "burst": v.burst, "remaining": v.remaining, "reset_seconds": v.reset_ms.div_ceil(1000)}));
+    json!({
+        "key_id": caller.record.id,
+        "plan": caller.record.plan,
+        "org": caller.record.org,
+        "period": {"start": r.period_start, "end": r.period_end},
+        "credits": {
+            "limit_micro_usd": r.limit_micro_usd,
+            "used_micro_usd": r.used_micro_usd,
+            "reserved_micro_usd": r.reserved_micro_usd,
+            "remaining_micro_usd": r.remaining_micro_usd,
+            "overage_micro_usd": r.overage_micro_usd,
+            "spend_cap_micro_usd": r.spend_cap_micro_usd,
+            "key_used_micro_usd": r.key_used_micro_usd,
+            "provider_billed_micro_usd": r.provider_billed_micro_usd,
+        },
+        "requests": r.requests,
+        "rate_limit": rate,
+        "daily": r.daily.iter().map(|(d, v)| json!({"date": d, "used_micro_usd": v})).collect::<Vec<_>>(),
+    })
+}
