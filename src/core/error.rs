@@ -11,20 +11,31 @@ pub enum GatewayError {
     OriginNotAllowed,
     NotFound,
     MethodNotAllowed,
-    RequestTooLarge { limit_bytes: u64 },
+    RequestTooLarge {
+        limit_bytes: u64,
+    },
     InvalidRequest(String),
     /// The gateway's own throttle said no.
-    RateLimited { retry_after_ms: u64 },
+    RateLimited {
+        retry_after_ms: u64,
+    },
     /// Credits (or the spending cap) are used up until the period ends.
-    InsufficientQuota { retry_after_ms: u64 },
+    InsufficientQuota {
+        retry_after_ms: u64,
+    },
     /// Upstream said 429 and the wait was longer than the gateway waits for itself.
-    UpstreamRateLimited { retry_after_ms: u64 },
+    UpstreamRateLimited {
+        retry_after_ms: u64,
+    },
     UpstreamError(String),
     UpstreamTimeout,
     UpstreamNotConfigured,
     AdminDisabled,
     /// A setting has a value the gateway cannot use; names the setting.
-    Misconfigured { setting: &'static str, reason: String },
+    Misconfigured {
+        setting: &'static str,
+        reason: String,
+    },
     /// The ledger could not be reached: metered traffic is refused rather than uncounted.
     LedgerUnavailable,
 }
@@ -79,11 +90,15 @@ impl GatewayError {
             InvalidApiKey => "authentication_error",
             OriginNotAllowed => "permission_error",
             NotFound => "not_found_error",
-            MethodNotAllowed | RequestTooLarge { .. } | InvalidRequest(_) => "invalid_request_error",
+            MethodNotAllowed | RequestTooLarge { .. } | InvalidRequest(_) => {
+                "invalid_request_error"
+            }
             RateLimited { .. } | UpstreamRateLimited { .. } => "rate_limit_error",
             InsufficientQuota { .. } => "insufficient_quota",
             UpstreamError(_) | UpstreamTimeout => "upstream_error",
-            UpstreamNotConfigured | AdminDisabled | Misconfigured { .. } | LedgerUnavailable => "server_error",
+            UpstreamNotConfigured | AdminDisabled | Misconfigured { .. } | LedgerUnavailable => {
+                "server_error"
+            }
         }
     }
 
@@ -91,9 +106,9 @@ impl GatewayError {
     pub fn retry_after_ms(&self) -> Option<u64> {
         use GatewayError::*;
         match self {
-            RateLimited { retry_after_ms } | InsufficientQuota { retry_after_ms } | UpstreamRateLimited { retry_after_ms } => {
-                Some(*retry_after_ms)
-            }
+            RateLimited { retry_after_ms }
+            | InsufficientQuota { retry_after_ms }
+            | UpstreamRateLimited { retry_after_ms } => Some(*retry_after_ms),
             _ => None,
         }
     }
@@ -102,7 +117,9 @@ impl GatewayError {
     pub fn should_retry(&self) -> bool {
         match self {
             GatewayError::InsufficientQuota { .. } => false,
-            e => e.retry_after_ms().is_some_and(|ms| ms <= LONGEST_SENSIBLE_SLEEP_MS),
+            e => e
+                .retry_after_ms()
+                .is_some_and(|ms| ms <= LONGEST_SENSIBLE_SLEEP_MS),
         }
     }
 
@@ -119,14 +136,22 @@ impl fmt::Display for GatewayError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         use GatewayError::*;
         match self {
-            InvalidApiKey => f.write_str("Invalid or revoked gateway key. Send it as 'Authorization: Bearer hfg_...'."),
+            InvalidApiKey => f.write_str(
+                "Invalid or revoked gateway key. Send it as 'Authorization: Bearer hfg_...'.",
+            ),
             OriginNotAllowed => f.write_str("This key may not be used from this origin."),
             NotFound => f.write_str("No such route."),
             MethodNotAllowed => f.write_str("Method not allowed on this route."),
-            RequestTooLarge { limit_bytes } => write!(f, "Request body is larger than {limit_bytes} bytes."),
+            RequestTooLarge { limit_bytes } => {
+                write!(f, "Request body is larger than {limit_bytes} bytes.")
+            }
             InvalidRequest(why) => write!(f, "Invalid request: {why}"),
             RateLimited { retry_after_ms } => {
-                write!(f, "Rate limit exceeded for this key. Retry in {} s.", retry_after_ms.div_ceil(1000))
+                write!(
+                    f,
+                    "Rate limit exceeded for this key. Retry in {} s.",
+                    retry_after_ms.div_ceil(1000)
+                )
             }
             InsufficientQuota { retry_after_ms } => write!(
                 f,
@@ -134,14 +159,22 @@ impl fmt::Display for GatewayError {
                 retry_after_ms.div_ceil(1000)
             ),
             UpstreamRateLimited { retry_after_ms } => {
-                write!(f, "The provider is rate limiting this model. Retry in {} s.", retry_after_ms.div_ceil(1000))
+                write!(
+                    f,
+                    "The provider is rate limiting this model. Retry in {} s.",
+                    retry_after_ms.div_ceil(1000)
+                )
             }
             UpstreamError(why) => write!(f, "Upstream failed: {why}"),
             UpstreamTimeout => f.write_str("Upstream did not answer within the deadline."),
             UpstreamNotConfigured => f.write_str("The gateway has no upstream token configured."),
             AdminDisabled => f.write_str("The admin API is disabled: ADMIN_TOKEN is not set."),
-            Misconfigured { setting, reason } => write!(f, "Setting {setting} is invalid: {reason}"),
-            LedgerUnavailable => f.write_str("The credit ledger is unavailable; metered calls are refused until it is back."),
+            Misconfigured { setting, reason } => {
+                write!(f, "Setting {setting} is invalid: {reason}")
+            }
+            LedgerUnavailable => f.write_str(
+                "The credit ledger is unavailable; metered calls are refused until it is back.",
+            ),
         }
     }
 }
@@ -152,7 +185,9 @@ mod tests {
 
     #[test]
     fn every_error_is_openai_shaped_json() {
-        let e = GatewayError::InsufficientQuota { retry_after_ms: 1_500 };
+        let e = GatewayError::InsufficientQuota {
+            retry_after_ms: 1_500,
+        };
         let v: serde_json::Value = serde_json::from_str(&e.to_json()).unwrap();
         assert_eq!(v["error"]["code"], "insufficient_quota");
         assert_eq!(v["error"]["type"], "insufficient_quota");
@@ -163,8 +198,14 @@ mod tests {
 
     #[test]
     fn short_throttles_invite_a_retry_and_long_ones_do_not() {
-        assert!(GatewayError::RateLimited { retry_after_ms: 900 }.should_retry());
-        assert!(!GatewayError::UpstreamRateLimited { retry_after_ms: 3_600_000 }.should_retry());
+        assert!(GatewayError::RateLimited {
+            retry_after_ms: 900
+        }
+        .should_retry());
+        assert!(!GatewayError::UpstreamRateLimited {
+            retry_after_ms: 3_600_000
+        }
+        .should_retry());
         assert!(!GatewayError::NotFound.should_retry());
     }
 }

@@ -95,10 +95,25 @@ mod tests {
 
     #[test]
     fn credentials_and_hop_by_hop_headers_stay_behind() {
-        for h in ["authorization", "Cookie", "X-HF-Bill-To", "cf-ray", "CF-Connecting-IP", "x-forwarded-for", "Transfer-Encoding", "Host"] {
+        for h in [
+            "authorization",
+            "Cookie",
+            "X-HF-Bill-To",
+            "cf-ray",
+            "CF-Connecting-IP",
+            "x-forwarded-for",
+            "Transfer-Encoding",
+            "Host",
+        ] {
             assert!(!forward_upstream(h, &[]), "{h} must not go upstream");
         }
-        for h in ["content-type", "accept", "user-agent", "x-stainless-retry-count", "x-wait-for-model"] {
+        for h in [
+            "content-type",
+            "accept",
+            "user-agent",
+            "x-stainless-retry-count",
+            "x-wait-for-model",
+        ] {
             assert!(forward_upstream(h, &[]), "{h} should go upstream");
         }
         let tokens = connection_tokens(Some("keep-alive, X-Private"));

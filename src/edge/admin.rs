@@ -27,7 +27,12 @@ fn bad(why: impl Into<String>) -> GatewayError {
 /// Checks the admin token (constant time). No token configured: the API is off.
 pub fn authorise(req: &Request, s: &Settings) -> Result<(), GatewayError> {
     let expected = s.admin_token.as_ref().ok_or(GatewayError::AdminDisabled)?;
-    let header = req.headers().get("authorization").ok().flatten().unwrap_or_default();
+    let header = req
+        .headers()
+        .get("authorization")
+        .ok()
+        .flatten()
+        .unwrap_or_default();
     let given = keys::bearer_token(&header).unwrap_or("");
     if keys::constant_time_eq(given.as_bytes(), expected.expose().as_bytes()) {
         Ok(())
@@ -37,9 +42,14 @@ pub fn authorise(req: &Request, s: &Settings) -> Result<(), GatewayError> {
 }
 
 async fn json_body<T: for<'de> Deserialize<'de>>(req: &mut Request) -> Result<T, GatewayError> {
-    let bytes = req.bytes().await.map_err(|_| bad("could not read the body"))?;
+    let bytes = req
+        .bytes()
+        .await
+        .map_err(|_| bad("could not read the body"))?;
     if bytes.len() > 64 * 1024 {
-        return Err(GatewayError::RequestTooLarge { limit_bytes: 64 * 1024 });
+        return Err(GatewayError::RequestTooLarge {
+            limit_bytes: 64 * 1024,
+        });
     }
     serde_json::from_slice(&bytes).map_err(|e| bad(format!("body: {e}")))
 }
@@ -60,7 +70,9 @@ struct NewKey {
 }
 
 /// `Some(None)` is an explicit `null` (clear), `None` is "leave as it is".
-fn double_option<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
+fn double_option<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
     Ok(Some(Option::deserialize(d)?))
 }
 
@@ -104,7 +116,9 @@ struct OrgPatch {
 
 fn check_rate(r: &Option<RateLimit>) -> Result<(), GatewayError> {
     match r {
-        Some(r) if crate::core::gcra::Quota::new(r.rpm, r.burst).is_none() => Err(bad("rate_limit: rpm and burst must be at least 1")),
+        Some(r) if crate::core::gcra::Quota::new(r.rpm, r.burst).is_none() => {
+            Err(bad("rate_limit: rpm and burst must be at least 1"))
+        }
         _ => Ok(()),
     }
 }
@@ -113,17 +127,24 @@ fn check_origins(list: &[String]) -> Result<Vec<String>, GatewayError> {
     if list.len() > 32 {
         return Err(bad("allowed_origins: at most 32"));
     }
-    list.iter().map(|o| normalise_origin(o).map_err(bad)).collect()
+    list.iter()
+        .map(|o| normalise_origin(o).map_err(bad))
+        .collect()
 }
 
-async fn seal_all(s: &Settings, given: BTreeMap<String, String>) -> Result<BTreeMap<String, String>, GatewayError> {
+async fn seal_all(
+    s: &Settings,
+    given: BTreeMap<String, String>,
+) -> Result<BTreeMap<String, String>, GatewayError> {
     let mut out = BTreeMap::new();
     for (provider, key) in given {
         if !PROVIDERS.contains(&provider.as_str()) {
             return Err(bad(format!("provider_key: unknown provider {provider:?}")));
         }
         if key.is_empty() || key.len() > 512 || !crate::core::headers::safe_value(&key, 512) {
-            return Err(bad(format!("provider_key: the key for {provider} is not a valid token")));
+            return Err(bad(format!(
+                "provider_key: the key for {provider} is not a valid token"
+            )));
         }
         out.insert(provider, sealing::seal(s, &key).await?);
     }
@@ -132,7 +153,13 @@ async fn seal_all(s: &Settings, given: BTreeMap<String, String>) -> Result<BTree
 
 /// Pushes a key's (and its account's) current policies to the ledger.
 async fn push(env: &Env, caller: &Caller) -> Result<(), GatewayError> {
-    account_do::push_policy(env, &caller.account, Some(caller.key_policy.clone()), Some(caller.account_policy)).await
+    account_do::push_policy(
+        env,
+        &caller.account,
+        Some(caller.key_policy.clone()),
+        Some(caller.account_policy),
+    )
+    .await
 }
 
 async fn org_of(env: &Env, record: &KeyRecord) -> Result<Option<OrgRecord>, GatewayError> {
@@ -145,13 +172,26 @@ async fn org_of(env: &Env, record: &KeyRecord) -> Result<Option<OrgRecord>, Gate
 pub async fn create_key(mut req: Request, env: &Env, s: &Settings) -> Result<Reply, GatewayError> {
     let n: NewKey = json_body(&mut req).await?;
     let org = match &n.org {
-        Some(id) => Some(kv::org(env, id).await?.ok_or_else(|| bad(format!("org {id:?} does not exist")))?),
+        Some(id) => Some(
+            kv::org(env, id)
+                .await?
+                .ok_or_else(|| bad(format!("org {id:?} does not exist")))?,
+        ),
         None => None,
     };
-    let plan = n.plan.or_else(|| org.as_ref().map(|o| o.plan.clone())).ok_or_else(|| bad("plan is required"))?;
-    let p = s.plan(&plan).ok_or_else(|| bad(format!("unknown plan {plan:?}")))?;
+    let plan = n
+        .plan
+        .or_else(|| org.as_ref().map(|o| o.plan.clone()))
+        .ok_or_else(|| bad("plan is required"))?;
+    let p = s
+        .plan(&plan)
+        .ok_or_else(|| bad(format!("unknown plan {plan:?}")))?;
     if org.is_some() != p.pooled {
-        return Err(bad(if p.pooled { "team and enterprise keys belong to an org: give 'org'" } else { "only pooled plans (team, enterprise) take an org" }));
+        return Err(bad(if p.pooled {
+            "team and enterprise keys belong to an org: give 'org'"
+        } else {
+            "only pooled plans (team, enterprise) take an org"
+        }));
     }
     let name = n.name.unwrap_or_default();
     if !keys::valid_name(&name) {
@@ -200,7 +240,9 @@ pub async fn list_keys(env: &Env) -> Result<Reply, GatewayError> {
 }
 
 pub async fn get_key(env: &Env, s: &Settings, id: &str) -> Result<Reply, GatewayError> {
-    let record = kv::key_by_id(env, id).await?.ok_or(GatewayError::NotFound)?;
+    let record = kv::key_by_id(env, id)
+        .await?
+        .ok_or(GatewayError::NotFound)?;
     let org = org_of(env, &record).await?;
     let mut body = record.public_json();
     let caller = auth::caller_for(record, org, s)?;
@@ -208,9 +250,16 @@ pub async fn get_key(env: &Env, s: &Settings, id: &str) -> Result<Reply, Gateway
     Ok((200, body))
 }
 
-pub async fn patch_key(mut req: Request, env: &Env, s: &Settings, id: &str) -> Result<Reply, GatewayError> {
+pub async fn patch_key(
+    mut req: Request,
+    env: &Env,
+    s: &Settings,
+    id: &str,
+) -> Result<Reply, GatewayError> {
     let p: KeyPatch = json_body(&mut req).await?;
-    let mut record = kv::key_by_id(env, id).await?.ok_or(GatewayError::NotFound)?;
+    let mut record = kv::key_by_id(env, id)
+        .await?
+        .ok_or(GatewayError::NotFound)?;
     if record.revoked {
         return Err(bad("a revoked key cannot be changed"));
     }
@@ -221,10 +270,14 @@ pub async fn patch_key(mut req: Request, env: &Env, s: &Settings, id: &str) -> R
         record.name = name;
     }
     if let Some(plan) = p.plan {
-        let new = s.plan(&plan).ok_or_else(|| bad(format!("unknown plan {plan:?}")))?;
+        let new = s
+            .plan(&plan)
+            .ok_or_else(|| bad(format!("unknown plan {plan:?}")))?;
         let old = s.plan(&record.plan);
         if old.is_some_and(|o| o.pooled != new.pooled || o.byok != new.byok) {
-            return Err(bad("a key can change plan only within the same kind (personal, org, byok)"));
+            return Err(bad(
+                "a key can change plan only within the same kind (personal, org, byok)",
+            ));
         }
         record.plan = plan;
     }
@@ -253,7 +306,9 @@ pub async fn patch_key(mut req: Request, env: &Env, s: &Settings, id: &str) -> R
 }
 
 pub async fn revoke_key(env: &Env, s: &Settings, id: &str) -> Result<Reply, GatewayError> {
-    let mut record = kv::key_by_id(env, id).await?.ok_or(GatewayError::NotFound)?;
+    let mut record = kv::key_by_id(env, id)
+        .await?
+        .ok_or(GatewayError::NotFound)?;
     if !record.revoked {
         record.revoked = true;
         record.version += 1;
@@ -265,16 +320,27 @@ pub async fn revoke_key(env: &Env, s: &Settings, id: &str) -> Result<Reply, Gate
     Ok((200, record.public_json()))
 }
 
-fn check_org_fields(plan: &str, seats: u32, bill_to: &str, s: &Settings) -> Result<(), GatewayError> {
-    let p = s.plan(plan).ok_or_else(|| bad(format!("unknown plan {plan:?}")))?;
+fn check_org_fields(
+    plan: &str,
+    seats: u32,
+    bill_to: &str,
+    s: &Settings,
+) -> Result<(), GatewayError> {
+    let p = s
+        .plan(plan)
+        .ok_or_else(|| bad(format!("unknown plan {plan:?}")))?;
     if !p.pooled {
-        return Err(bad("an org's plan must be a pooled plan (team, enterprise)"));
+        return Err(bad(
+            "an org's plan must be a pooled plan (team, enterprise)",
+        ));
     }
     if !(1..=100_000).contains(&seats) {
         return Err(bad("seats must be from 1 to 100000"));
     }
     if !keys::valid_slug(bill_to, 96) {
-        return Err(bad("bill_to must be an org name: letters, digits, '-', '_', '.'"));
+        return Err(bad(
+            "bill_to must be an org name: letters, digits, '-', '_', '.'",
+        ));
     }
     Ok(())
 }
@@ -326,7 +392,12 @@ pub async fn get_org(env: &Env, s: &Settings, id: &str) -> Result<Reply, Gateway
     Ok((200, body))
 }
 
-pub async fn patch_org(mut req: Request, env: &Env, s: &Settings, id: &str) -> Result<Reply, GatewayError> {
+pub async fn patch_org(
+    mut req: Request,
+    env: &Env,
+    s: &Settings,
+    id: &str,
+) -> Result<Reply, GatewayError> {
     let p: OrgPatch = json_body(&mut req).await?;
     kv::forget_org(id);
     let mut org = kv::org(env, id).await?.ok_or(GatewayError::NotFound)?;
@@ -355,7 +426,12 @@ pub async fn patch_org(mut req: Request, env: &Env, s: &Settings, id: &str) -> R
 }
 
 /// Dispatches an admin route (already authorised).
-pub async fn handle(req: Request, env: &Env, s: &Settings, route: &crate::core::paths::Route) -> Result<Reply, GatewayError> {
+pub async fn handle(
+    req: Request,
+    env: &Env,
+    s: &Settings,
+    route: &crate::core::paths::Route,
+) -> Result<Reply, GatewayError> {
     use crate::core::paths::Route;
     let m = req.method();
     match (route, m) {

@@ -25,17 +25,32 @@ pub struct Caller {
 impl Caller {
     /// The org to bill upstream (`X-HF-Bill-To`), for pooled org keys.
     pub fn bill_to(&self) -> Option<&str> {
-        self.org.as_ref().filter(|_| self.plan.pooled).map(|o| o.bill_to.as_str())
+        self.org
+            .as_ref()
+            .filter(|_| self.plan.pooled)
+            .map(|o| o.bill_to.as_str())
     }
 }
 
 /// Resolves the request's gateway key. Malformed keys are refused without a lookup; unknown
 /// ones cost a KV read at most once per 10 s per isolate (the negative cache).
-pub async fn authenticate(req: &Request, env: &Env, s: &Settings, origin: Option<&str>) -> Result<Caller, GatewayError> {
-    let header = req.headers().get("authorization").ok().flatten().unwrap_or_default();
+pub async fn authenticate(
+    req: &Request,
+    env: &Env,
+    s: &Settings,
+    origin: Option<&str>,
+) -> Result<Caller, GatewayError> {
+    let header = req
+        .headers()
+        .get("authorization")
+        .ok()
+        .flatten()
+        .unwrap_or_default();
     let secret = keys::bearer_key(&header).ok_or(GatewayError::InvalidApiKey)?;
     let digest = keys::digest(secret);
-    let record = kv::key_by_digest(env, &digest).await?.ok_or(GatewayError::InvalidApiKey)?;
+    let record = kv::key_by_digest(env, &digest)
+        .await?
+        .ok_or(GatewayError::InvalidApiKey)?;
     if record.revoked {
         return Err(GatewayError::InvalidApiKey);
     }
@@ -50,11 +65,17 @@ pub async fn authenticate(req: &Request, env: &Env, s: &Settings, origin: Option
 }
 
 fn plan_of<'a>(s: &'a Settings, name: &str) -> Result<&'a Plan, GatewayError> {
-    s.plan(name).ok_or_else(|| GatewayError::Misconfigured { setting: "PLANS", reason: format!("plan {name:?} is in use but not defined") })
+    s.plan(name).ok_or_else(|| GatewayError::Misconfigured {
+        setting: "PLANS",
+        reason: format!("plan {name:?} is in use but not defined"),
+    })
 }
 
 fn rate_of(q: crate::core::gcra::Quota) -> RateLimit {
-    RateLimit { rpm: q.rpm(), burst: q.burst() }
+    RateLimit {
+        rpm: q.rpm(),
+        burst: q.burst(),
+    }
 }
 
 /// An org's plan and pooled account policy: credits and default rate scale with seats.
@@ -65,18 +86,29 @@ pub fn org_policy(org: &OrgRecord, s: &Settings) -> Result<(Plan, AccountPolicy)
     let policy = AccountPolicy {
         version: org.version,
         budget: Budget {
-            credit: MicroUsd(if plan.pooled { plan.monthly_credit.0.saturating_mul(seats) } else { plan.monthly_credit.0 }),
+            credit: MicroUsd(if plan.pooled {
+                plan.monthly_credit.0.saturating_mul(seats)
+            } else {
+                plan.monthly_credit.0
+            }),
             on_exhausted: plan.on_exhausted,
             cap: org.spend_limit_micro_usd.map(MicroUsd),
         },
-        rate: org.rate_limit.unwrap_or(RateLimit { rpm: scaled(plan.quota.rpm()), burst: scaled(plan.quota.burst()) }),
+        rate: org.rate_limit.unwrap_or(RateLimit {
+            rpm: scaled(plan.quota.rpm()),
+            burst: scaled(plan.quota.burst()),
+        }),
         provider_billed: plan.byok,
     };
     Ok((plan, policy))
 }
 
 /// Derives the ledger's view of a key (and its org) from the records and the plans.
-pub fn caller_for(record: KeyRecord, org: Option<OrgRecord>, s: &Settings) -> Result<Caller, GatewayError> {
+pub fn caller_for(
+    record: KeyRecord,
+    org: Option<OrgRecord>,
+    s: &Settings,
+) -> Result<Caller, GatewayError> {
     match org {
         Some(org) => {
             let (plan, account_policy) = org_policy(&org, s)?;
@@ -84,24 +116,49 @@ pub fn caller_for(record: KeyRecord, org: Option<OrgRecord>, s: &Settings) -> Re
                 key_id: record.id.clone(),
                 version: record.version,
                 revoked: record.revoked,
-                rate: Some(record.rate_limit.unwrap_or(rate_of(plan_of(s, &record.plan).unwrap_or(&plan).quota))),
+                rate: Some(
+                    record
+                        .rate_limit
+                        .unwrap_or(rate_of(plan_of(s, &record.plan).unwrap_or(&plan).quota)),
+                ),
             };
-            Ok(Caller { account: account_do::org_account(&org.id), record, org: Some(org), plan, key_policy, account_policy })
+            Ok(Caller {
+                account: account_do::org_account(&org.id),
+                record,
+                org: Some(org),
+                plan,
+                key_policy,
+                account_policy,
+            })
         }
         None => {
             let plan = *plan_of(s, &record.plan)?;
             let account_policy = AccountPolicy {
                 version: record.version,
                 budget: Budget {
-                    credit: record.monthly_credit_micro_usd.map_or(plan.monthly_credit, MicroUsd),
+                    credit: record
+                        .monthly_credit_micro_usd
+                        .map_or(plan.monthly_credit, MicroUsd),
                     on_exhausted: plan.on_exhausted,
                     cap: record.spend_cap_micro_usd.map(MicroUsd),
                 },
                 rate: record.rate_limit.unwrap_or(rate_of(plan.quota)),
                 provider_billed: plan.byok,
             };
-            let key_policy = KeyPolicy { key_id: record.id.clone(), version: record.version, revoked: record.revoked, rate: None };
-            Ok(Caller { account: account_do::key_account(&record.id), record, org: None, plan, key_policy, account_policy })
+            let key_policy = KeyPolicy {
+                key_id: record.id.clone(),
+                version: record.version,
+                revoked: record.revoked,
+                rate: None,
+            };
+            Ok(Caller {
+                account: account_do::key_account(&record.id),
+                record,
+                org: None,
+                plan,
+                key_policy,
+                account_policy,
+            })
         }
     }
 }

@@ -35,18 +35,25 @@ struct Cache<T> {
 
 impl<T: Clone> Cache<T> {
     fn new() -> Self {
-        Cache { entries: HashMap::new() }
+        Cache {
+            entries: HashMap::new(),
+        }
     }
 
     fn get(&self, k: &str, now: UnixMillis) -> Option<Cached<T>> {
         let (v, at) = self.entries.get(k)?;
-        let ttl = if matches!(v, Cached::Hit(_)) { HIT_TTL_MS } else { MISS_TTL_MS };
+        let ttl = if matches!(v, Cached::Hit(_)) {
+            HIT_TTL_MS
+        } else {
+            MISS_TTL_MS
+        };
         (now.millis_since(*at) < ttl).then(|| v.clone())
     }
 
     fn put(&mut self, k: &str, v: Cached<T>, now: UnixMillis) {
         if self.entries.len() >= MAX_ENTRIES {
-            self.entries.retain(|_, (_, at)| now.millis_since(*at) < MISS_TTL_MS);
+            self.entries
+                .retain(|_, (_, at)| now.millis_since(*at) < MISS_TTL_MS);
             if self.entries.len() >= MAX_ENTRIES {
                 self.entries.clear();
             }
@@ -61,7 +68,10 @@ thread_local! {
 }
 
 fn store(env: &Env) -> Result<KvStore, GatewayError> {
-    env.kv(BINDING).map_err(|_| GatewayError::Misconfigured { setting: BINDING, reason: "KV namespace binding is missing".into() })
+    env.kv(BINDING).map_err(|_| GatewayError::Misconfigured {
+        setting: BINDING,
+        reason: "KV namespace binding is missing".into(),
+    })
 }
 
 fn unavailable<E>(_: E) -> GatewayError {
@@ -76,7 +86,11 @@ pub async fn key_by_digest(env: &Env, digest: &str) -> Result<Option<KeyRecord>,
         Some(Cached::Miss) => return Ok(None),
         None => {}
     }
-    let found: Option<KeyRecord> = store(env)?.get(&format!("k:{digest}")).json().await.map_err(unavailable)?;
+    let found: Option<KeyRecord> = store(env)?
+        .get(&format!("k:{digest}"))
+        .json()
+        .await
+        .map_err(unavailable)?;
     let entry = found.clone().map_or(Cached::Miss, Cached::Hit);
     KEYS.with(|c| c.borrow_mut().put(digest, entry, now));
     Ok(found)
@@ -89,15 +103,34 @@ pub fn forget_key(digest: &str) {
 
 pub async fn key_by_id(env: &Env, id: &str) -> Result<Option<KeyRecord>, GatewayError> {
     let kv = store(env)?;
-    let Some(digest) = kv.get(&format!("id:{id}")).text().await.map_err(unavailable)? else { return Ok(None) };
-    kv.get(&format!("k:{digest}")).json().await.map_err(unavailable)
+    let Some(digest) = kv
+        .get(&format!("id:{id}"))
+        .text()
+        .await
+        .map_err(unavailable)?
+    else {
+        return Ok(None);
+    };
+    kv.get(&format!("k:{digest}"))
+        .json()
+        .await
+        .map_err(unavailable)
 }
 
 pub async fn put_key(env: &Env, record: &KeyRecord) -> Result<(), GatewayError> {
     let kv = store(env)?;
-    let json = serde_json::to_string(record).map_err(|e| GatewayError::InvalidRequest(e.to_string()))?;
-    kv.put(&format!("k:{}", record.digest), json).map_err(unavailable)?.execute().await.map_err(unavailable)?;
-    kv.put(&format!("id:{}", record.id), record.digest.as_str()).map_err(unavailable)?.execute().await.map_err(unavailable)?;
+    let json =
+        serde_json::to_string(record).map_err(|e| GatewayError::InvalidRequest(e.to_string()))?;
+    kv.put(&format!("k:{}", record.digest), json)
+        .map_err(unavailable)?
+        .execute()
+        .await
+        .map_err(unavailable)?;
+    kv.put(&format!("id:{}", record.id), record.digest.as_str())
+        .map_err(unavailable)?
+        .execute()
+        .await
+        .map_err(unavailable)?;
     forget_key(&record.digest);
     Ok(())
 }
@@ -114,15 +147,25 @@ pub async fn org(env: &Env, id: &str) -> Result<Option<OrgRecord>, GatewayError>
         Some(Cached::Miss) => return Ok(None),
         None => {}
     }
-    let found: Option<OrgRecord> = store(env)?.get(&format!("org:{id}")).json().await.map_err(unavailable)?;
+    let found: Option<OrgRecord> = store(env)?
+        .get(&format!("org:{id}"))
+        .json()
+        .await
+        .map_err(unavailable)?;
     let entry = found.clone().map_or(Cached::Miss, Cached::Hit);
     ORGS.with(|c| c.borrow_mut().put(id, entry, now));
     Ok(found)
 }
 
 pub async fn put_org(env: &Env, record: &OrgRecord) -> Result<(), GatewayError> {
-    let json = serde_json::to_string(record).map_err(|e| GatewayError::InvalidRequest(e.to_string()))?;
-    store(env)?.put(&format!("org:{}", record.id), json).map_err(unavailable)?.execute().await.map_err(unavailable)?;
+    let json =
+        serde_json::to_string(record).map_err(|e| GatewayError::InvalidRequest(e.to_string()))?;
+    store(env)?
+        .put(&format!("org:{}", record.id), json)
+        .map_err(unavailable)?
+        .execute()
+        .await
+        .map_err(unavailable)?;
     forget_org(&record.id);
     Ok(())
 }
@@ -145,7 +188,11 @@ async fn list(env: &Env, prefix: &str) -> Result<Vec<String>, GatewayError> {
             q = q.cursor(c);
         }
         let page = q.execute().await.map_err(unavailable)?;
-        out.extend(page.keys.into_iter().filter_map(|k| k.name.strip_prefix(prefix).map(str::to_string)));
+        out.extend(
+            page.keys
+                .into_iter()
+                .filter_map(|k| k.name.strip_prefix(prefix).map(str::to_string)),
+        );
         match page.cursor {
             Some(c) if !page.list_complete => cursor = Some(c),
             _ => break,
@@ -163,10 +210,20 @@ const ORIGINS_KEY: &str = "cors:origins";
 /// these as well as for `CORS_ORIGINS`. Cached for a minute per isolate.
 pub async fn browser_origins(env: &Env) -> Result<Vec<String>, GatewayError> {
     let now = platform::now();
-    if let Some(list) = ORIGINS.with(|o| o.borrow().as_ref().filter(|(_, at)| now.millis_since(*at) < HIT_TTL_MS).map(|(l, _)| l.clone())) {
+    if let Some(list) = ORIGINS.with(|o| {
+        o.borrow()
+            .as_ref()
+            .filter(|(_, at)| now.millis_since(*at) < HIT_TTL_MS)
+            .map(|(l, _)| l.clone())
+    }) {
         return Ok(list);
     }
-    let list: Vec<String> = store(env)?.get(ORIGINS_KEY).json().await.map_err(unavailable)?.unwrap_or_default();
+    let list: Vec<String> = store(env)?
+        .get(ORIGINS_KEY)
+        .json()
+        .await
+        .map_err(unavailable)?
+        .unwrap_or_default();
     ORIGINS.with(|o| *o.borrow_mut() = Some((list.clone(), now)));
     Ok(list)
 }
@@ -177,7 +234,12 @@ pub async fn add_browser_origins(env: &Env, origins: &[String]) -> Result<(), Ga
         return Ok(());
     }
     let kv = store(env)?;
-    let mut list: Vec<String> = kv.get(ORIGINS_KEY).json().await.map_err(unavailable)?.unwrap_or_default();
+    let mut list: Vec<String> = kv
+        .get(ORIGINS_KEY)
+        .json()
+        .await
+        .map_err(unavailable)?
+        .unwrap_or_default();
     let before = list.len();
     for o in origins {
         if !list.contains(o) {
@@ -185,8 +247,13 @@ pub async fn add_browser_origins(env: &Env, origins: &[String]) -> Result<(), Ga
         }
     }
     if list.len() != before {
-        let json = serde_json::to_string(&list).map_err(|e| GatewayError::InvalidRequest(e.to_string()))?;
-        kv.put(ORIGINS_KEY, json).map_err(unavailable)?.execute().await.map_err(unavailable)?;
+        let json = serde_json::to_string(&list)
+            .map_err(|e| GatewayError::InvalidRequest(e.to_string()))?;
+        kv.put(ORIGINS_KEY, json)
+            .map_err(unavailable)?
+            .execute()
+            .await
+            .map_err(unavailable)?;
     }
     ORIGINS.with(|o| *o.borrow_mut() = Some((list, platform::now())));
     Ok(())

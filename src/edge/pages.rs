@@ -23,4 +23,3 @@ pub fn playground(meta: &Meta) -> worker::Result<Response> {
 pub fn admin(meta: &Meta) -> worker::Result<Response> {
     html(ADMIN, meta)
 }
-

@@ -28,7 +28,10 @@ use std::cell::RefCell;
 use std::pin::Pin;
 use std::task::{Context as TaskContext, Poll};
 use wasm_bindgen::JsValue;
-use worker::{AbortController, ByteStream, Context, Env, Fetch, Headers, Method, Request, RequestInit, Response};
+use worker::{
+    AbortController, ByteStream, Context, Env, Fetch, Headers, Method, Request, RequestInit,
+    Response,
+};
 
 /// Responses larger than this are not buffered to read their usage; they are passed through
 /// and charged by estimate.
@@ -41,7 +44,11 @@ thread_local! {
 /// How a call's actual cost is worked out once it is over.
 #[derive(Clone, Copy, Debug)]
 enum Pricing {
-    Tokens { price: Price, prompt_estimate: u64, output_bound: u64 },
+    Tokens {
+        price: Price,
+        prompt_estimate: u64,
+        output_bound: u64,
+    },
     Time,
     Free,
 }
@@ -60,8 +67,14 @@ struct Hold {
 impl Hold {
     fn settle_op(&self, actual: MicroUsd) -> Option<Op> {
         match (self.reservation, self.provider_billed) {
-            (Some(reservation), _) => Some(Op::Settle { reservation, actual }),
-            (None, true) if actual > MicroUsd::ZERO => Some(Op::RecordProviderBilled { key_id: self.key_id.clone(), actual }),
+            (Some(reservation), _) => Some(Op::Settle {
+                reservation,
+                actual,
+            }),
+            (None, true) if actual > MicroUsd::ZERO => Some(Op::RecordProviderBilled {
+                key_id: self.key_id.clone(),
+                actual,
+            }),
             _ => None,
         }
     }
@@ -74,16 +87,31 @@ impl Hold {
     /// Settles inside an already-registered `wait_until`. A failure leaves the reservation to
     /// expire: the account is never charged twice, at worst a hold lingers for its TTL.
     async fn settle_now(self, actual: MicroUsd) {
-        let Some(op) = self.settle_op(actual) else { return };
-        if account_do::call::<serde_json::Value>(&self.env, &self.account, &op).await.is_err() {
-            worker::console_error!("settle failed for account {}; the reservation will expire", self.account);
+        let Some(op) = self.settle_op(actual) else {
+            return;
+        };
+        if account_do::call::<serde_json::Value>(&self.env, &self.account, &op)
+            .await
+            .is_err()
+        {
+            worker::console_error!(
+                "settle failed for account {}; the reservation will expire",
+                self.account
+            );
         }
     }
 
     fn release(self, ctx: &Context) {
-        let Some(reservation) = self.reservation else { return };
+        let Some(reservation) = self.reservation else {
+            return;
+        };
         ctx.wait_until(async move {
-            let _ = account_do::call::<serde_json::Value>(&self.env, &self.account, &Op::Release { reservation }).await;
+            let _ = account_do::call::<serde_json::Value>(
+                &self.env,
+                &self.account,
+                &Op::Release { reservation },
+            )
+            .await;
         });
     }
 }
@@ -91,7 +119,11 @@ impl Hold {
 /// Where the call is sent.
 enum Target {
     Sandbox,
-    Url { base: String, token: String, strip_prefix: Option<String> },
+    Url {
+        base: String,
+        token: String,
+        strip_prefix: Option<String>,
+    },
 }
 
 pub async fn handle(
@@ -115,15 +147,32 @@ pub async fn handle(
             let shape = body::inspect(&raw, responses_api)?;
             let price = s.prices.price(&shape.model);
             let output_bound = shape.output_bound(caller.plan.default_max_tokens);
-            let pricing = Pricing::Tokens { price, prompt_estimate: (raw.len() as u64).div_ceil(4), output_bound };
-            let upstream_body = shape.upstream_body(&raw, caller.plan.default_max_tokens, responses_api);
+            let pricing = Pricing::Tokens {
+                price,
+                prompt_estimate: (raw.len() as u64).div_ceil(4),
+                output_bound,
+            };
+            let upstream_body =
+                shape.upstream_body(&raw, caller.plan.default_max_tokens, responses_api);
             (upstream_body, pricing, shape.model.clone(), Some(shape))
         }
-        Metering::Time => (raw, Pricing::Time, route.path_model.clone().unwrap_or_default(), None),
-        Metering::Unmetered => (raw, Pricing::Free, route.path_model.clone().unwrap_or_default(), None),
+        Metering::Time => (
+            raw,
+            Pricing::Time,
+            route.path_model.clone().unwrap_or_default(),
+            None,
+        ),
+        Metering::Unmetered => (
+            raw,
+            Pricing::Free,
+            route.path_model.clone().unwrap_or_default(),
+            None,
+        ),
     };
     let reserve = match (&pricing, &stream_shape) {
-        (Pricing::Tokens { price, .. }, Some(shape)) => price.cost(shape.worst_case(upstream_body.len(), caller.plan.default_max_tokens)),
+        (Pricing::Tokens { price, .. }, Some(shape)) => {
+            price.cost(shape.worst_case(upstream_body.len(), caller.plan.default_max_tokens))
+        }
         (Pricing::Time, _) => s.compute.cost_ms(s.retry.deadline_ms),
         _ => MicroUsd::ZERO,
     };
@@ -139,9 +188,14 @@ pub async fn handle(
             ttl_ms: s.reservation_ttl_ms,
         },
     );
-    let (admission, cooling) = future::join(admit, cooldown_do::remaining(env, &cooldown_key)).await;
+    let (admission, cooling) =
+        future::join(admit, cooldown_do::remaining(env, &cooldown_key)).await;
     let hold = match admission? {
-        Admission::Admitted { reservation, rate, stale } => {
+        Admission::Admitted {
+            reservation,
+            rate,
+            stale,
+        } => {
             meta.rate = Some(rate);
             if stale {
                 kv::forget_key(&caller.record.digest);
@@ -154,7 +208,12 @@ pub async fn handle(
                 provider_billed: caller.account_policy.provider_billed,
             }
         }
-        Admission::Denied { denial, retry_after_ms, rate, stale } => {
+        Admission::Denied {
+            denial,
+            retry_after_ms,
+            rate,
+            stale,
+        } => {
             meta.rate = rate;
             if stale {
                 kv::forget_key(&caller.record.digest);
@@ -168,7 +227,9 @@ pub async fn handle(
     };
     if let Some(wait_ms) = cooling.filter(|w| *w > 0) {
         hold.release(ctx);
-        return Err(GatewayError::UpstreamRateLimited { retry_after_ms: wait_ms });
+        return Err(GatewayError::UpstreamRateLimited {
+            retry_after_ms: wait_ms,
+        });
     }
 
     let method = req.method();
@@ -176,7 +237,20 @@ pub async fn handle(
     let out_headers = upstream_headers(req.headers(), caller.bill_to());
     let started = platform::now();
     RETRY_BUDGET.with(|b| b.borrow_mut().deposit(started));
-    let sent = send_with_retries(env, ctx, s, &target, &route, query.as_deref(), &method, &out_headers, &upstream_body, started, &cooldown_key).await;
+    let sent = send_with_retries(
+        env,
+        ctx,
+        s,
+        &target,
+        &route,
+        query.as_deref(),
+        &method,
+        &out_headers,
+        &upstream_body,
+        started,
+        &cooldown_key,
+    )
+    .await;
     let resp = match sent {
         Ok(resp) => resp,
         Err(e) => {
@@ -186,55 +260,98 @@ pub async fn handle(
     };
 
     let status = resp.status_code();
-    if let Some(id) = resp.headers().get("x-request-id").ok().flatten().filter(|v| headers::safe_value(v, 128)) {
+    if let Some(id) = resp
+        .headers()
+        .get("x-request-id")
+        .ok()
+        .flatten()
+        .filter(|v| headers::safe_value(v, 128))
+    {
         meta.request_id = id;
     }
     if status >= 500 {
         hold.release(ctx);
-        return Err(GatewayError::UpstreamError(format!("upstream answered {status}")));
+        return Err(GatewayError::UpstreamError(format!(
+            "upstream answered {status}"
+        )));
     }
     let out = downstream_headers(resp.headers(), meta);
     if !(200..300).contains(&status) {
         // upstream refused the call (bad model, bad input): nothing was served, nothing is owed
         hold.release(ctx);
-        return pass_through(resp, status, out);
+        return pass_through(resp, status, out).await;
     }
-    let is_sse = resp.headers().get("content-type").ok().flatten().is_some_and(|c| c.contains("text/event-stream"));
+    let is_sse = resp
+        .headers()
+        .get("content-type")
+        .ok()
+        .flatten()
+        .is_some_and(|c| c.contains("text/event-stream"));
     match pricing {
-        Pricing::Tokens { price, prompt_estimate, output_bound } if !is_sse => {
-            meter_whole_body(resp, status, out, ctx, hold, price, prompt_estimate, output_bound).await
+        Pricing::Tokens {
+            price,
+            prompt_estimate,
+            output_bound,
+        } if !is_sse => {
+            meter_whole_body(
+                resp,
+                status,
+                out,
+                ctx,
+                hold,
+                price,
+                prompt_estimate,
+                output_bound,
+            )
+            .await
         }
         _ => {
-            let hide_usage = stream_shape.as_ref().is_some_and(|sh: &CallShape| sh.stream && !sh.caller_wants_usage && !responses_api);
-            meter_stream(resp, status, out, ctx, hold, pricing, is_sse, hide_usage, started, s)
+            let hide_usage = stream_shape.as_ref().is_some_and(|sh: &CallShape| {
+                sh.stream && !sh.caller_wants_usage && !responses_api
+            });
+            meter_stream(
+                resp, status, out, ctx, hold, pricing, is_sse, hide_usage, started, s,
+            )
+            .await
         }
     }
 }
 
 async fn target(s: &Settings, caller: &Caller, route: &ProxyRoute) -> Result<Target, GatewayError> {
     if caller.plan.byok {
-        let provider = route
-            .provider
-            .clone()
-            .ok_or_else(|| GatewayError::InvalidRequest("byok keys call providers by path: /{provider}/...".into()))?;
-        let sealed = caller
-            .record
-            .provider_keys
-            .get(&provider)
-            .ok_or_else(|| GatewayError::InvalidRequest(format!("this key holds no provider key for {provider}")))?;
-        let base = s
-            .provider_urls
-            .get(&provider)
-            .cloned()
-            .ok_or_else(|| GatewayError::Misconfigured { setting: "PROVIDER_URLS", reason: format!("no URL for provider {provider}") })?;
+        let provider = route.provider.clone().ok_or_else(|| {
+            GatewayError::InvalidRequest("byok keys call providers by path: /{provider}/...".into())
+        })?;
+        let sealed = caller.record.provider_keys.get(&provider).ok_or_else(|| {
+            GatewayError::InvalidRequest(format!("this key holds no provider key for {provider}"))
+        })?;
+        let base =
+            s.provider_urls
+                .get(&provider)
+                .cloned()
+                .ok_or_else(|| GatewayError::Misconfigured {
+                    setting: "PROVIDER_URLS",
+                    reason: format!("no URL for provider {provider}"),
+                })?;
         let token = sealing::unseal(s, sealed).await?;
-        return Ok(Target::Url { base, token, strip_prefix: Some(format!("/{provider}")) });
+        return Ok(Target::Url {
+            base,
+            token,
+            strip_prefix: Some(format!("/{provider}")),
+        });
     }
     match &s.upstream {
         Upstream::Sandbox => Ok(Target::Sandbox),
         Upstream::Url { base, .. } => {
-            let token = s.hf_token.as_ref().ok_or(GatewayError::UpstreamNotConfigured)?;
-            Ok(Target::Url { base: base.clone(), token: token.expose().to_string(), strip_prefix: None })
+            let token = s
+                .hf_token
+                .as_ref()
+                .ok_or(GatewayError::UpstreamNotConfigured)?;
+            Ok(Target::Url {
+                base: base.clone(),
+                token: token.expose().to_string(),
+                strip_prefix: None,
+            })
         }
     }
 }
@@ -243,11 +360,19 @@ async fn read_body(req: &mut Request, limit: u64) -> Result<Vec<u8>, GatewayErro
     if matches!(req.method(), Method::Get | Method::Head) {
         return Ok(Vec::new());
     }
-    let declared = req.headers().get("content-length").ok().flatten().and_then(|v| v.trim().parse::<u64>().ok());
+    let declared = req
+        .headers()
+        .get("content-length")
+        .ok()
+        .flatten()
+        .and_then(|v| v.trim().parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit) {
         return Err(GatewayError::RequestTooLarge { limit_bytes: limit });
     }
-    let body = req.bytes().await.map_err(|_| GatewayError::InvalidRequest("could not read the request body".into()))?;
+    let body = req
+        .bytes()
+        .await
+        .map_err(|_| GatewayError::InvalidRequest("could not read the request body".into()))?;
     if body.len() as u64 > limit {
         return Err(GatewayError::RequestTooLarge { limit_bytes: limit });
     }
@@ -256,7 +381,7 @@ async fn read_body(req: &mut Request, limit: u64) -> Result<Vec<u8>, GatewayErro
 
 /// The caller's headers minus credentials, hop-by-hop and Cloudflare headers; plus the
 /// gateway's own billing header for org keys.
-fn upstream_headers(incoming: &Headers, bill_to: Option<&str>) -> Headers {
+pub fn upstream_headers(incoming: &Headers, bill_to: Option<&str>) -> Headers {
     let tokens = headers::connection_tokens(incoming.get("connection").ok().flatten().as_deref());
     let out = Headers::new();
     for (name, value) in incoming.entries() {
@@ -270,7 +395,7 @@ fn upstream_headers(incoming: &Headers, bill_to: Option<&str>) -> Headers {
     out
 }
 
-fn downstream_headers(upstream: &Headers, meta: &Meta) -> Headers {
+pub fn downstream_headers(upstream: &Headers, meta: &Meta) -> Headers {
     let out = Headers::new();
     for (name, value) in upstream.entries() {
         if headers::forward_downstream(&name) {
@@ -311,9 +436,13 @@ async fn send_with_retries(
             return Ok(resp);
         }
         let elapsed = now.millis_since(started);
-        let decision = s.retry.decide(attempt, waited.map(|(ms, _)| ms), elapsed, true, &mut OsRng);
+        let decision = s
+            .retry
+            .decide(attempt, waited.map(|(ms, _)| ms), elapsed, true, &mut OsRng);
         let decision = match decision {
-            RetryDecision::RetryAfter { wait_ms } if !RETRY_BUDGET.with(|b| b.borrow_mut().try_withdraw(now)) => {
+            RetryDecision::RetryAfter { wait_ms }
+                if !RETRY_BUDGET.with(|b| b.borrow_mut().try_withdraw(now)) =>
+            {
                 RetryDecision::GiveUp { wait_ms }
             }
             d => d,
@@ -329,7 +458,9 @@ async fn send_with_retries(
                     cooldown_do::note_locally(&key, wait_ms);
                     ctx.wait_until(async move { cooldown_do::start(&env, &key, wait_ms).await });
                 }
-                return Err(GatewayError::UpstreamRateLimited { retry_after_ms: wait_ms });
+                return Err(GatewayError::UpstreamRateLimited {
+                    retry_after_ms: wait_ms,
+                });
             }
         }
     }
@@ -348,9 +479,16 @@ async fn send_once(
 ) -> Result<Response, GatewayError> {
     let (base, token, strip) = match target {
         Target::Sandbox => return sandbox::respond(s, &route.path, body).await,
-        Target::Url { base, token, strip_prefix } => (base, token, strip_prefix),
+        Target::Url {
+            base,
+            token,
+            strip_prefix,
+        } => (base, token, strip_prefix),
     };
-    let path = strip.as_deref().and_then(|p| route.path.strip_prefix(p)).unwrap_or(&route.path);
+    let path = strip
+        .as_deref()
+        .and_then(|p| route.path.strip_prefix(p))
+        .unwrap_or(&route.path);
     let url = match query {
         Some(q) => format!("{base}{path}?{q}"),
         None => format!("{base}{path}"),
@@ -365,7 +503,8 @@ async fn send_once(
     if !body.is_empty() {
         init.with_body(Some(JsValue::from(js_sys::Uint8Array::from(body))));
     }
-    let request = Request::new_with_init(&url, &init).map_err(|_| GatewayError::UpstreamError("bad upstream request".into()))?;
+    let request = Request::new_with_init(&url, &init)
+        .map_err(|_| GatewayError::UpstreamError("bad upstream request".into()))?;
     let controller = AbortController::default();
     let signal = controller.signal();
     let fetch = Fetch::Request(request);
@@ -375,7 +514,9 @@ async fn send_once(
     futures_util::pin_mut!(timer);
     match future::select(send, timer).await {
         Either::Left((Ok(resp), _)) => Ok(resp),
-        Either::Left((Err(_), _)) => Err(GatewayError::UpstreamError("could not reach upstream".into())),
+        Either::Left((Err(_), _)) => Err(GatewayError::UpstreamError(
+            "could not reach upstream".into(),
+        )),
         Either::Right(_) => {
             controller.abort();
             Err(GatewayError::UpstreamTimeout)
@@ -383,12 +524,18 @@ async fn send_once(
     }
 }
 
-fn pass_through(mut resp: Response, status: u16, headers: Headers) -> Result<Response, GatewayError> {
+async fn pass_through(
+    mut resp: Response,
+    status: u16,
+    headers: Headers,
+) -> Result<Response, GatewayError> {
     let built = match resp.stream() {
         Ok(stream) => Response::from_stream(stream),
-        Err(_) => Response::empty(),
+        Err(_) => Response::from_bytes(resp.bytes().await.unwrap_or_default()),
     };
-    built.map(|r| r.with_status(status).with_headers(headers)).map_err(|_| GatewayError::UpstreamError("unreadable response".into()))
+    built
+        .map(|r| r.with_status(status).with_headers(headers))
+        .map_err(|_| GatewayError::UpstreamError("unreadable response".into()))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -406,16 +553,21 @@ async fn meter_whole_body(
         Ok(b) => b,
         Err(_) => {
             hold.release(ctx);
-            return Err(GatewayError::UpstreamError("upstream body could not be read".into()));
+            return Err(GatewayError::UpstreamError(
+                "upstream body could not be read".into(),
+            ));
         }
     };
-    let usage = (bytes.len() <= MAX_BUFFERED_RESPONSE).then(|| body::usage_of_body(&bytes)).flatten();
+    let usage = (bytes.len() <= MAX_BUFFERED_RESPONSE)
+        .then(|| body::usage_of_body(&bytes))
+        .flatten();
     let usage = usage.unwrap_or(TokenUsage {
         prompt: prompt_estimate,
         completion: (bytes.len() as u64).div_ceil(4).min(output_bound),
     });
     hold.settle(ctx, price.cost(usage));
-    crate::edge::response::bytes(status, bytes, headers).map_err(|_| GatewayError::UpstreamError("unreadable response".into()))
+    crate::edge::response::bytes(status, bytes, headers)
+        .map_err(|_| GatewayError::UpstreamError("unreadable response".into()))
 }
 
 /// How a stream ended, reported by `Metered` to the settle task.
@@ -426,7 +578,7 @@ struct StreamEnd {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn meter_stream(
+async fn meter_stream(
     mut resp: Response,
     status: u16,
     headers: Headers,
@@ -439,12 +591,9 @@ fn meter_stream(
     s: &Settings,
 ) -> Result<Response, GatewayError> {
     let inner = match resp.stream() {
-        Ok(st) => st,
-        Err(_) => {
-            hold.settle(ctx, MicroUsd::ZERO);
-            return crate::edge::response::bytes(status, Vec::new(), headers)
-                .map_err(|_| GatewayError::UpstreamError("unreadable response".into()));
-        }
+        Ok(st) => Source::Stream(st),
+        // a body already in memory (the sandbox): metered the same way, as one chunk
+        Err(_) => Source::Bytes(Some(resp.bytes().await.unwrap_or_default())),
     };
     let (tx, rx) = oneshot::channel::<StreamEnd>();
     let compute = s.compute;
@@ -452,7 +601,14 @@ fn meter_stream(
     let settle = async move {
         let end = rx.await.ok();
         let actual = match (pricing, end) {
-            (Pricing::Tokens { price, prompt_estimate, output_bound }, Some(end)) => price.cost(end.usage.unwrap_or(TokenUsage {
+            (
+                Pricing::Tokens {
+                    price,
+                    prompt_estimate,
+                    output_bound,
+                },
+                Some(end),
+            ) => price.cost(end.usage.unwrap_or(TokenUsage {
                 prompt: prompt_estimate,
                 completion: end.delivered_events.min(output_bound),
             })),
@@ -463,7 +619,12 @@ fn meter_stream(
         settle_hold.settle_now(actual).await;
     };
     ctx.wait_until(settle);
-    let metered = Metered { inner, meter: is_sse.then(|| SseMeter::new(hide_usage)), tx: Some(tx), finished: false };
+    let metered = Metered {
+        inner,
+        meter: is_sse.then(|| SseMeter::new(hide_usage)),
+        tx: Some(tx),
+        finished: false,
+    };
     Response::from_stream(metered)
         .map(|r| r.with_status(status).with_headers(headers))
         .map_err(|_| GatewayError::UpstreamError("unreadable response".into()))
@@ -471,8 +632,24 @@ fn meter_stream(
 
 /// Passes an upstream body through, metering it; reports how it ended exactly once, when it
 /// completes, fails, or is dropped because the caller went away.
+enum Source {
+    Stream(ByteStream),
+    Bytes(Option<Vec<u8>>),
+}
+
+impl Stream for Source {
+    type Item = Result<Vec<u8>, worker::Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
+        match &mut *self {
+            Source::Stream(s) => Pin::new(s).poll_next(cx),
+            Source::Bytes(b) => Poll::Ready(b.take().map(Ok)),
+        }
+    }
+}
+
 struct Metered {
-    inner: ByteStream,
+    inner: Source,
     meter: Option<SseMeter>,
     tx: Option<oneshot::Sender<StreamEnd>>,
     finished: bool,
@@ -481,8 +658,15 @@ struct Metered {
 impl Metered {
     fn report(&mut self) {
         if let Some(tx) = self.tx.take() {
-            let (usage, delivered_events) = self.meter.as_ref().map_or((None, 0), |m| (m.usage, m.delivered_events));
-            let _ = tx.send(StreamEnd { usage, delivered_events, ended_at: platform::now() });
+            let (usage, delivered_events) = self
+                .meter
+                .as_ref()
+                .map_or((None, 0), |m| (m.usage, m.delivered_events));
+            let _ = tx.send(StreamEnd {
+                usage,
+                delivered_events,
+                ended_at: platform::now(),
+            });
         }
     }
 }
@@ -510,7 +694,11 @@ impl Stream for Metered {
                     // clean end, or upstream broke mid-stream: either way, flush and report
                     let _ = end;
                     self.finished = true;
-                    let rest = self.meter.as_mut().map(SseMeter::finish).unwrap_or_default();
+                    let rest = self
+                        .meter
+                        .as_mut()
+                        .map(SseMeter::finish)
+                        .unwrap_or_default();
                     self.report();
                     return Poll::Ready((!rest.is_empty()).then_some(Ok(rest)));
                 }

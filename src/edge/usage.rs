@@ -8,12 +8,20 @@ use worker::Env;
 
 /// The usage document of a key (SPEC section 7), shared by `/v1/usage` and the admin API.
 pub async fn of(env: &Env, caller: &Caller) -> Result<Value, GatewayError> {
-    let report = account_do::usage(env, &caller.account, Some(caller.key_policy.clone()), Some(caller.account_policy)).await?;
+    let report = account_do::usage(
+        env,
+        &caller.account,
+        Some(caller.key_policy.clone()),
+        Some(caller.account_policy),
+    )
+    .await?;
     Ok(document(caller, report))
 }
 
 fn document(caller: &Caller, r: Option<UsageReport>) -> Value {
-    let Some(r) = r else { return json!({"key_id": caller.record.id, "plan": caller.record.plan, "org": caller.record.org}) };
+    let Some(r) = r else {
+        return json!({"key_id": caller.record.id, "plan": caller.record.plan, "org": caller.record.org});
+    };
     let rate = r.rate.map(|v| json!({"rpm": v.rpm, "burst": v.burst, "remaining": v.remaining, "reset_seconds": v.reset_ms.div_ceil(1000)}));
     json!({
         "key_id": caller.record.id,

@@ -1,0 +1,38 @@
+# hf-gate: `make dev` serves the gateway locally on the sandbox upstream, `make test` runs
+# every test, `make build` builds the release worker. Each sets up what is missing first.
+SHELL := /bin/bash
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+export WRANGLER_SEND_METRICS := false
+export CLOUDFLARE_CF_FETCH_ENABLED := false
+PORT ?= 8787
+
+.PHONY: setup build dev test test-native test-wasm test-e2e test-browser lint bench fuzz clean
+
+setup:
+	@scripts/setup.sh
+
+build: setup
+	@scripts/build.sh
+
+dev: build
+	@node scripts/dev.mjs --port $(PORT)
+
+lint: setup
+	cargo fmt --check
+	cargo clippy --all-targets -- -D warnings
+	cargo clippy --target wasm32-unknown-unknown --all-targets -- -D warnings
+
+test-native: setup
+	cargo test
+
+test-wasm: setup
+	wasm-pack test --node
+
+test-e2e: build
+	node --test --test-concurrency=1 e2e/
+
+test: setup
+	@scripts/test.sh
+
+clean:
+	rm -rf build target node_modules .wrangler

@@ -1,0 +1,212 @@
+// Shared pieces of the end-to-end tests: the built worker on workerd (Miniflare) with
+// local KV and Durable Objects, a fake upstream that records every call, and helpers.
+import http from "node:http";
+import net from "node:net";
+import { Miniflare, Log, LogLevel } from "miniflare";
+
+export const ADMIN = "adm_e2e_0123456789abcdef";
+export const HF_TOKEN = "hf_e2e_upstream_secret_token";
+
+/** Every line the worker logs, across every gateway started by this process. */
+export const workerLogs = [];
+
+class CapturingLog extends Log {
+  constructor() {
+    super(LogLevel.INFO);
+  }
+  log(message) {
+    workerLogs.push(String(message));
+  }
+}
+
+/** Starts the built gateway. `vars` are its settings, as `wrangler dev --var` would give. */
+export async function startGateway(vars = {}) {
+  const mf = new Miniflare({
+    log: new CapturingLog(),
+    workers: [
+      {
+        name: "hf-gate",
+        scriptPath: "build/index.js",
+        modules: true,
+        modulesRules: [{ type: "CompiledWasm", include: ["**/*.wasm"], fallthrough: true }],
+        compatibilityDate: "2026-04-01",
+        kvNamespaces: ["GATEWAY_KV"],
+        durableObjects: {
+          ACCOUNTS: { className: "Account", useSQLite: true },
+          COOLDOWNS: { className: "Cooldown", useSQLite: true },
+        },
+        bindings: { ADMIN_TOKEN: ADMIN, HF_TOKEN, ...vars },
+      },
+    ],
+    host: "127.0.0.1",
+    port: 0,
+    cf: false,
+  });
+  const url = (await mf.ready).href.replace(/\/$/, "");
+  return { url, mf, stop: () => mf.dispose() };
+}
+
+function collect(req) {
+  return new Promise((resolve, reject) => {
+    const parts = [];
+    req.on("data", (c) => parts.push(c));
+    req.on("end", () => resolve(Buffer.concat(parts)));
+    req.on("error", reject);
+  });
+}
+
+/** A chat completion as a provider would send it. */
+export function completion(model, usage = { prompt_tokens: 10, completion_tokens: 20 }, text = "fake reply") {
+  return {
+    id: "chatcmpl-fake",
+    object: "chat.completion",
+    created: 1,
+    model,
+    choices: [{ index: 0, message: { role: "assistant", content: text }, finish_reason: "stop" }],
+    usage: { ...usage, total_tokens: usage.prompt_tokens + usage.completion_tokens },
+  };
+}
+
+/** Writes an SSE chat stream: one chunk per word, usage last when the request asked for it. */
+export async function streamCompletion(res, body, usage = { prompt_tokens: 10, completion_tokens: 20 }, words = ["fake", "streamed", "reply"]) {
+  res.writeHead(200, { "content-type": "text/event-stream", "x-request-id": "up-stream-1" });
+  const chunk = (delta, finish = null) =>
+    `data: ${JSON.stringify({ id: "c", object: "chat.completion.chunk", created: 1, model: body.model, choices: [{ index: 0, delta, finish_reason: finish }] })}\n\n`;
+  res.write(chunk({ role: "assistant", content: "" }));
+  for (const [i, w] of words.entries()) {
+    res.write(chunk({ content: (i ? " " : "") + w }));
+    await new Promise((r) => setTimeout(r, 5));
+  }
+  res.write(chunk({}, "stop"));
+  if (body.stream_options?.include_usage) {
+    res.write(`data: ${JSON.stringify({ id: "c", object: "chat.completion.chunk", created: 1, model: body.model, choices: [], usage: { ...usage, total_tokens: usage.prompt_tokens + usage.completion_tokens } })}\n\n`);
+  }
+  res.end("data: [DONE]\n\n");
+}
+
+async function defaultHandler(req, res, call) {
+  if (req.url.startsWith("/v1/models")) {
+    res.writeHead(200, { "content-type": "application/json" });
+    return res.end(JSON.stringify({ object: "list", data: [{ id: "m/one", object: "model" }] }));
+  }
+  const body = call.json ?? {};
+  if (body.stream) return streamCompletion(res, body);
+  res.writeHead(200, { "content-type": "application/json", "x-request-id": "up-req-1" });
+  res.end(JSON.stringify(completion(body.model)));
+}
+
+/** A fake upstream on loopback. `calls` records what it received; `on(fn)` scripts it. */
+export async function startUpstream() {
+  const calls = [];
+  let handler = defaultHandler;
+  const server = http.createServer(async (req, res) => {
+    const raw = await collect(req);
+    let json;
+    try {
+      json = JSON.parse(raw.toString("utf8"));
+    } catch {}
+    const call = { method: req.method, path: req.url, headers: req.headers, raw, json };
+    calls.push(call);
+    try {
+      await handler(req, res, call, calls.length);
+    } catch (e) {
+      if (!res.headersSent) res.writeHead(599);
+      res.end(String(e));
+    }
+  });
+  await new Promise((r) => server.listen(0, "127.0.0.1", r));
+  return {
+    url: `http://127.0.0.1:${server.address().port}`,
+    calls,
+    on(fn) {
+      handler = fn;
+    },
+    reset() {
+      calls.length = 0;
+      handler = defaultHandler;
+    },
+    defaultHandler,
+    close: () => new Promise((r) => server.close(r)),
+  };
+}
+
+/** Admin API call. */
+export async function admin(gw, method, path, body) {
+  const res = await fetch(gw.url + path, {
+    method,
+    headers: { authorization: `Bearer ${ADMIN}`, "content-type": "application/json" },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  return { status: res.status, headers: res.headers, json: await res.json() };
+}
+
+/** Creates a key and returns its record with the secret (`key`). */
+export async function newKey(gw, body) {
+  const r = await admin(gw, "POST", "/admin/keys", body);
+  if (r.status !== 201) throw new Error(`key creation failed: ${r.status} ${JSON.stringify(r.json)}`);
+  return r.json;
+}
+
+/** A chat request with the gateway key. */
+export function chat(gw, key, body, extraHeaders = {}) {
+  return fetch(`${gw.url}/v1/chat/completions`, {
+    method: "POST",
+    headers: { authorization: `Bearer ${key}`, "content-type": "application/json", ...extraHeaders },
+    body: typeof body === "string" ? body : JSON.stringify(body),
+  });
+}
+
+export async function usage(gw, key) {
+  const res = await fetch(`${gw.url}/v1/usage`, { headers: { authorization: `Bearer ${key}` } });
+  return res.json();
+}
+
+/** Waits until `check()` is truthy (settles run after the response, in wait_until). */
+export async function eventually(check, ms = 3000) {
+  const until = Date.now() + ms;
+  let last;
+  while (Date.now() < until) {
+    last = await check();
+    if (last) return last;
+    await new Promise((r) => setTimeout(r, 25));
+  }
+  return last;
+}
+
+export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/**
+ * A request written to the socket byte for byte, path exactly as given (fetch and node:http
+ * would normalise or reject it): how a hostile client talks.
+ */
+export function rawRequest(gw, method, path, headers = {}, body = "") {
+  const { hostname, port } = new URL(gw.url);
+  const head = [`${method} ${path} HTTP/1.1`, `host: ${hostname}`, `content-length: ${Buffer.byteLength(body)}`, "connection: close"];
+  for (const [k, v] of Object.entries(headers)) head.push(`${k}: ${v}`);
+  return new Promise((resolve, reject) => {
+    const chunks = [];
+    const sock = net.connect(Number(port), hostname, () => sock.end(head.join("\r\n") + "\r\n\r\n" + body));
+    sock.on("data", (d) => chunks.push(d));
+    sock.on("error", reject);
+    sock.on("close", () => {
+      const raw = Buffer.concat(chunks).toString("utf8");
+      const [top, ...rest] = raw.split("\r\n\r\n");
+      const lines = top.split("\r\n");
+      const status = Number(lines[0].split(" ")[1]);
+      const hdrs = Object.fromEntries(lines.slice(1).map((l) => [l.slice(0, l.indexOf(":")).toLowerCase(), l.slice(l.indexOf(":") + 1).trim()]));
+      let text = rest.join("\r\n\r\n");
+      if (hdrs["transfer-encoding"] === "chunked") {
+        let out = "";
+        for (let at = 0; ; ) {
+          const nl = text.indexOf("\r\n", at);
+          const size = parseInt(text.slice(at, nl), 16);
+          if (!size) break;
+          out += text.slice(nl + 2, nl + 2 + size);
+          at = nl + 2 + size + 2;
+        }
+        text = out;
+      }
+      resolve({ status, headers: hdrs, text });
+    });
+  });
+}

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Every test hf-gate has, in order of cost: lint, native, wasm, then the built worker
+# end to end with real clients. Stops at the first failure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
+start=$(date +%s)
+step() { printf '\n== %s (%ss)\n' "$1" "$(( $(date +%s) - start ))"; }
+
+step "lint: rustfmt, clippy (native and wasm32)"
+cargo fmt --check
+cargo clippy --all-targets -q -- -D warnings
+cargo clippy --target wasm32-unknown-unknown --all-targets -q -- -D warnings
+
+step "native: cargo test (pure core, no workers-rs in this build)"
+cargo test -q
+
+step "wasm: wasm-pack test --node (edge pieces that need a JS host)"
+wasm-pack --log-level warn test --node
+
+step "build: release worker"
+scripts/build.sh >/dev/null 2>&1 || scripts/build.sh
+
+step "end to end: the built worker on workerd, fake upstream, real clients"
+node --test --test-concurrency=1 e2e/
+
+step "done"
