@@ -1,6 +1,8 @@
 //! The edge pieces that need a JS host, run under Node by `wasm-pack test --node`: the
 //! platform clock and randomness, and the conversions between the core and worker types.
 #![cfg(target_arch = "wasm32")]
+// `#[wasm_bindgen_test]` functions are tests, but clippy does not see them as such.
+#![allow(clippy::unwrap_used)]
 
 use hf_gate::core::account::RateView;
 use hf_gate::core::error::GatewayError;
