@@ -22,3 +22,10 @@ have wasm-pack "$WASM_PACK_VERSION" || cargo install wasm-pack --version "$WASM_
 if [ ! -x node_modules/.bin/wrangler ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   npm ci --no-audit --no-fund --loglevel=error
 fi
+
+# The Python clients the end-to-end tests drive (openai, huggingface_hub), in a local venv.
+if [ ! -x .venv/bin/python ] || [ e2e/requirements.txt -nt .venv/.installed ]; then
+  python3 -m venv .venv
+  .venv/bin/pip install --quiet --disable-pip-version-check -r e2e/requirements.txt
+  touch .venv/.installed
+fi
