@@ -29,3 +29,10 @@ if [ ! -x .venv/bin/python ] || [ e2e/requirements.txt -nt .venv/.installed ]; t
   .venv/bin/pip install --quiet --disable-pip-version-check -r e2e/requirements.txt
   touch .venv/.installed
 fi
+
+# Headless Chromium for the browser tests (Debian's package; playwright-core drives it).
+if [ ! -x /usr/bin/chromium ]; then
+  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
+fi

@@ -18,7 +18,7 @@ pub async fn handle(req: Request, env: Env, ctx: Context) -> Result<Response> {
         request_id: random_id(&mut OsRng),
         ..Meta::default()
     };
-    let origin = req.headers().get("origin").ok().flatten();
+    let origin = effective_origin(&req);
     let outcome = dispatch(req, &env, &ctx, &mut meta, origin.as_deref()).await;
     match outcome {
         Ok(resp) => Ok(resp),
@@ -32,6 +32,17 @@ pub async fn handle(req: Request, env: Env, ctx: Context) -> Result<Response> {
             response::error(&e, &meta)
         }
     }
+}
+
+/// The page origin a request comes from: its `Origin`, or, for a same-origin request that
+/// carries none (a browser's same-origin GET), the gateway's own origin.
+fn effective_origin(req: &Request) -> Option<String> {
+    let h = req.headers();
+    if let Some(o) = h.get("origin").ok().flatten().filter(|o| o != "null") {
+        return Some(o);
+    }
+    let same = h.get("sec-fetch-site").ok().flatten().is_some_and(|v| v == "same-origin");
+    same.then(|| req.url().ok()).flatten().map(|u| u.origin().ascii_serialization())
 }
 
 async fn dispatch(
