@@ -34,6 +34,7 @@ export async function startGateway(vars = {}) {
         durableObjects: {
           ACCOUNTS: { className: "Account", useSQLite: true },
           COOLDOWNS: { className: "Cooldown", useSQLite: true },
+          REGISTRY: { className: "Registry", useSQLite: true },
         },
         bindings: { ADMIN_TOKEN: ADMIN, HF_TOKEN, ...vars },
       },

@@ -32,11 +32,7 @@ fn step() -> impl Strategy<Value = Step> {
 
 fn budget() -> impl Strategy<Value = Budget> {
     prop_oneof![
-        (1u64..200_000).prop_map(|c| Budget {
-            credit: MicroUsd(c),
-            on_exhausted: OnExhausted::Block,
-            cap: None
-        }),
+        (1u64..200_000).prop_map(|c| Budget { credit: MicroUsd(c), on_exhausted: OnExhausted::Block, cap: None }),
         (1u64..100_000, 1u64..300_000).prop_map(|(c, cap)| Budget {
             credit: MicroUsd(c),
             on_exhausted: OnExhausted::Payg,
@@ -116,21 +112,14 @@ proptest! {
 #[test]
 fn rollover_from_december_to_january() {
     let dec_31 = UnixMillis(1_798_761_599_000); // 2026-12-31T23:59:59Z
-    let b = Budget {
-        credit: MicroUsd(100),
-        on_exhausted: OnExhausted::Block,
-        cap: None,
-    };
+    let b = Budget { credit: MicroUsd(100), on_exhausted: OnExhausted::Block, cap: None };
     let mut l = Ledger::new(dec_31);
     let id = l.reserve(dec_31, MicroUsd(100), &b, 60_000).unwrap();
     l.settle(dec_31, id, MicroUsd(100), &b);
     let err = l.reserve(dec_31, MicroUsd(1), &b, 60_000).unwrap_err();
     assert_eq!(err.retry_at.to_string(), "2027-01-01T00:00:00Z");
     assert!(l.reserve(err.retry_at, MicroUsd(1), &b, 60_000).is_ok());
-    assert_eq!(
-        l.usage(err.retry_at, &b).period.end.to_string(),
-        "2027-02-01T00:00:00Z"
-    );
+    assert_eq!(l.usage(err.retry_at, &b).period.end.to_string(), "2027-02-01T00:00:00Z");
 }
 
 #[test]

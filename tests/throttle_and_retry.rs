@@ -4,9 +4,7 @@
 
 use hf_gate::core::gcra::{check, state_at, Quota, Tat};
 use hf_gate::core::rand::ScriptedRng;
-use hf_gate::core::retry::{
-    upstream_wait, RetryBudget, RetryDecision, RetryPolicy, WaitSource, MAX_UPSTREAM_WAIT_MS,
-};
+use hf_gate::core::retry::{upstream_wait, RetryBudget, RetryDecision, RetryPolicy, WaitSource, MAX_UPSTREAM_WAIT_MS};
 use hf_gate::core::time::{Clock, FakeClock, UnixMillis};
 use proptest::prelude::*;
 
@@ -109,74 +107,36 @@ fn the_reference_schedule_burst_steady_idle() {
     log.push(step(&clock, &mut tat));
     log.push(step(&clock, &mut tat));
     clock.advance_ms(10_000);
-    assert_eq!(
-        state_at(q, tat, clock.now()).remaining,
-        3,
-        "idle refills the whole burst"
-    );
+    assert_eq!(state_at(q, tat, clock.now()).remaining, 3, "idle refills the whole burst");
     for _ in 0..3 {
         log.push(step(&clock, &mut tat));
     }
     assert_eq!(
         log,
-        [
-            "ok r=2",
-            "ok r=1",
-            "ok r=0",
-            "wait 1000",
-            "wait 600",
-            "ok r=0",
-            "wait 1000",
-            "ok r=2",
-            "ok r=1",
-            "ok r=0"
-        ]
+        ["ok r=2", "ok r=1", "ok r=0", "wait 1000", "wait 600", "ok r=0", "wait 1000", "ok r=2", "ok r=1", "ok r=0"]
     );
 }
 
 #[test]
 fn retry_after_in_every_form() {
     let now = UnixMillis(784_111_777_000 - 5_000); // 5 s before Sun, 06 Nov 1994 08:49:37 GMT
-    let cases: &[(&str, &str, Option<(u64, WaitSource)>)] = &[
+    type Case = (&'static str, &'static str, Option<(u64, WaitSource)>);
+    let cases: &[Case] = &[
         ("retry-after", "0", Some((0, WaitSource::RetryAfter))),
         ("retry-after", "30", Some((30_000, WaitSource::RetryAfter))),
         ("retry-after", " 2 ", Some((2_000, WaitSource::RetryAfter))),
         ("retry-after", "1.5", Some((1_500, WaitSource::RetryAfter))),
-        (
-            "retry-after",
-            "Sun, 06 Nov 1994 08:49:37 GMT",
-            Some((5_000, WaitSource::RetryAfter)),
-        ),
-        (
-            "retry-after",
-            "Sat, 05 Nov 1994 08:49:37 GMT",
-            Some((0, WaitSource::RetryAfter)),
-        ),
-        (
-            "retry-after",
-            "Sun, 06 Nov 2094 08:49:37 GMT",
-            Some((MAX_UPSTREAM_WAIT_MS, WaitSource::RetryAfter)),
-        ),
+        ("retry-after", "Sun, 06 Nov 1994 08:49:37 GMT", Some((5_000, WaitSource::RetryAfter))),
+        ("retry-after", "Sat, 05 Nov 1994 08:49:37 GMT", Some((0, WaitSource::RetryAfter))),
+        ("retry-after", "Sun, 06 Nov 2094 08:49:37 GMT", Some((MAX_UPSTREAM_WAIT_MS, WaitSource::RetryAfter))),
         ("retry-after", "-3", None),
         ("retry-after", "3 seconds", None),
         ("retry-after", "", None),
-        (
-            "retry-after-ms",
-            "250",
-            Some((250, WaitSource::RetryAfterMs)),
-        ),
+        ("retry-after-ms", "250", Some((250, WaitSource::RetryAfterMs))),
         ("retry-after-ms", "0.4", Some((1, WaitSource::RetryAfterMs))),
         ("retry-after-ms", "-250", None),
-        (
-            "ratelimit",
-            "\"default\";r=0;t=12",
-            Some((12_000, WaitSource::RateLimitReset)),
-        ),
-        (
-            "ratelimit",
-            "\"a\";r=0;t=60, \"b\";r=0;t=5",
-            Some((5_000, WaitSource::RateLimitReset)),
-        ),
+        ("ratelimit", "\"default\";r=0;t=12", Some((12_000, WaitSource::RateLimitReset))),
+        ("ratelimit", "\"a\";r=0;t=60, \"b\";r=0;t=5", Some((5_000, WaitSource::RateLimitReset))),
         ("ratelimit", "\"a\";r=3", None),
     ];
     for (name, value, expected) in cases {

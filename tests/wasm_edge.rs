@@ -37,43 +37,19 @@ async fn a_429_becomes_a_response_with_every_retry_header() {
     let meta = Meta {
         request_id: "req-1".into(),
         cors_origin: Some("https://app.example".into()),
-        rate: Some(RateView {
-            rpm: 60,
-            burst: 10,
-            remaining: 0,
-            reset_ms: 1_500,
-        }),
+        rate: Some(RateView { rpm: 60, burst: 10, remaining: 0, reset_ms: 1_500 }),
         sandbox: false,
     };
-    let mut resp = response::error(
-        &GatewayError::RateLimited {
-            retry_after_ms: 1_500,
-        },
-        &meta,
-    )
-    .unwrap();
+    let mut resp = response::error(&GatewayError::RateLimited { retry_after_ms: 1_500 }, &meta).unwrap();
     assert_eq!(resp.status_code(), 429);
     let h = resp.headers();
     assert_eq!(h.get("retry-after").unwrap().as_deref(), Some("2"));
     assert_eq!(h.get("retry-after-ms").unwrap().as_deref(), Some("1500"));
     assert_eq!(h.get("x-should-retry").unwrap().as_deref(), Some("true"));
-    assert_eq!(
-        h.get("ratelimit").unwrap().as_deref(),
-        Some("\"rpm\";r=0;t=2")
-    );
-    assert_eq!(
-        h.get("ratelimit-policy").unwrap().as_deref(),
-        Some("\"rpm\";q=60;w=60;burst=10")
-    );
-    assert_eq!(
-        h.get("access-control-allow-origin").unwrap().as_deref(),
-        Some("https://app.example")
-    );
-    assert!(h
-        .get("access-control-expose-headers")
-        .unwrap()
-        .unwrap()
-        .contains("retry-after"));
+    assert_eq!(h.get("ratelimit").unwrap().as_deref(), Some("\"rpm\";r=0;t=2"));
+    assert_eq!(h.get("ratelimit-policy").unwrap().as_deref(), Some("\"rpm\";q=60;w=60;burst=10"));
+    assert_eq!(h.get("access-control-allow-origin").unwrap().as_deref(), Some("https://app.example"));
+    assert!(h.get("access-control-expose-headers").unwrap().unwrap().contains("retry-after"));
     assert_eq!(h.get("x-request-id").unwrap().as_deref(), Some("req-1"));
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["error"]["code"], "rate_limit_exceeded");
@@ -81,21 +57,10 @@ async fn a_429_becomes_a_response_with_every_retry_header() {
 
 #[wasm_bindgen_test]
 async fn exhausted_credits_tell_clients_not_to_retry() {
-    let resp = response::error(
-        &GatewayError::InsufficientQuota {
-            retry_after_ms: 86_400_000,
-        },
-        &Meta::default(),
-    )
-    .unwrap();
-    assert_eq!(
-        resp.headers().get("x-should-retry").unwrap().as_deref(),
-        Some("false")
-    );
-    assert_eq!(
-        resp.headers().get("retry-after").unwrap().as_deref(),
-        Some("86400")
-    );
+    let resp =
+        response::error(&GatewayError::InsufficientQuota { retry_after_ms: 86_400_000 }, &Meta::default()).unwrap();
+    assert_eq!(resp.headers().get("x-should-retry").unwrap().as_deref(), Some("false"));
+    assert_eq!(resp.headers().get("retry-after").unwrap().as_deref(), Some("86400"));
 }
 
 #[wasm_bindgen_test]
@@ -119,17 +84,9 @@ fn upstream_headers_drop_credentials_and_add_billing() {
     assert_eq!(out.get("cf-ray").unwrap(), None);
     assert_eq!(out.get("x-hop").unwrap(), None);
     assert_eq!(out.get("x-hf-bill-to").unwrap().as_deref(), Some("acme"));
-    assert_eq!(
-        out.get("content-type").unwrap().as_deref(),
-        Some("application/json")
-    );
+    assert_eq!(out.get("content-type").unwrap().as_deref(), Some("application/json"));
     assert_eq!(out.get("user-agent").unwrap().as_deref(), Some("test"));
-    assert_eq!(
-        upstream_headers(&incoming, None)
-            .get("x-hf-bill-to")
-            .unwrap(),
-        None
-    );
+    assert_eq!(upstream_headers(&incoming, None).get("x-hf-bill-to").unwrap(), None);
 }
 
 #[wasm_bindgen_test]
@@ -138,16 +95,10 @@ fn downstream_headers_drop_cookies_and_add_the_gateways_own() {
     upstream.set("set-cookie", "tracking=1").unwrap();
     upstream.set("content-type", "text/event-stream").unwrap();
     upstream.set("access-control-allow-origin", "*").unwrap();
-    let meta = Meta {
-        request_id: "r".into(),
-        ..Meta::default()
-    };
+    let meta = Meta { request_id: "r".into(), ..Meta::default() };
     let out = downstream_headers(&upstream, &meta);
     assert_eq!(out.get("set-cookie").unwrap(), None);
     assert_eq!(out.get("access-control-allow-origin").unwrap(), None);
-    assert_eq!(
-        out.get("content-type").unwrap().as_deref(),
-        Some("text/event-stream")
-    );
+    assert_eq!(out.get("content-type").unwrap().as_deref(), Some("text/event-stream"));
     assert_eq!(out.get("x-request-id").unwrap().as_deref(), Some("r"));
 }

@@ -101,12 +101,7 @@ fn quota(r: RateLimit) -> Option<Quota> {
 }
 
 fn view(r: RateLimit, a: gcra::Allow) -> RateView {
-    RateView {
-        rpm: r.rpm,
-        burst: r.burst,
-        remaining: a.remaining,
-        reset_ms: a.reset_ms,
-    }
+    RateView { rpm: r.rpm, burst: r.burst, remaining: a.remaining, reset_ms: a.reset_ms }
 }
 
 fn tighter(a: RateView, b: Option<RateView>) -> RateView {
@@ -118,10 +113,7 @@ fn tighter(a: RateView, b: Option<RateView>) -> RateView {
 
 impl AccountState {
     pub fn new(now: UnixMillis) -> Self {
-        AccountState {
-            ledger: Ledger::new(now),
-            ..Default::default()
-        }
+        AccountState { ledger: Ledger::new(now), ..Default::default() }
     }
 
     /// Keeps the newer of the stored and offered account policy; says if the offer was stale.
@@ -154,12 +146,7 @@ impl AccountState {
         let (key, stale_k) = self.merge_key_policy(req.key);
         let stale = stale_a || stale_k;
         if key.revoked {
-            return Admission::Denied {
-                denial: Denial::Revoked,
-                retry_after_ms: 0,
-                rate: None,
-                stale,
-            };
+            return Admission::Denied { denial: Denial::Revoked, retry_after_ms: 0, rate: None, stale };
         }
         let key_state = self.keys.get(&key.key_id).cloned().unwrap_or_default();
 
@@ -171,12 +158,7 @@ impl AccountState {
             match gcra::check(q, key_state.tat, now, 1) {
                 Ok((tat, allow)) => key_decision = Some((tat, view(r, allow))),
                 Err(no) => {
-                    let rate = RateView {
-                        rpm: r.rpm,
-                        burst: r.burst,
-                        remaining: 0,
-                        reset_ms: no.wait_ms,
-                    };
+                    let rate = RateView { rpm: r.rpm, burst: r.burst, remaining: 0, reset_ms: no.wait_ms };
                     return throttled(no.wait_ms, Some(rate), stale);
                 }
             }
@@ -187,22 +169,15 @@ impl AccountState {
         let (account_tat, account_view) = match gcra::check(q, self.tat, now, 1) {
             Ok((tat, allow)) => (tat, view(account.rate, allow)),
             Err(no) => {
-                let rate = RateView {
-                    rpm: account.rate.rpm,
-                    burst: account.rate.burst,
-                    remaining: 0,
-                    reset_ms: no.wait_ms,
-                };
+                let rate =
+                    RateView { rpm: account.rate.rpm, burst: account.rate.burst, remaining: 0, reset_ms: no.wait_ms };
                 return throttled(no.wait_ms, Some(rate), stale);
             }
         };
 
         let mut reservation = None;
         if req.reserve > MicroUsd::ZERO && !account.provider_billed {
-            match self
-                .ledger
-                .reserve(now, req.reserve, &account.budget, req.ttl_ms)
-            {
+            match self.ledger.reserve(now, req.reserve, &account.budget, req.ttl_ms) {
                 Ok(id) => {
                     self.owners.insert(id, key.key_id.clone());
                     reservation = Some(id);
@@ -225,11 +200,7 @@ impl AccountState {
         if let Some((tat, _)) = key_decision {
             entry.tat = tat;
         }
-        Admission::Admitted {
-            reservation,
-            rate: tighter(account_view, key_decision.map(|(_, v)| v)),
-            stale,
-        }
+        Admission::Admitted { reservation, rate: tighter(account_view, key_decision.map(|(_, v)| v)), stale }
     }
 
     /// Settles a reservation to the call's actual cost (see `Ledger::settle`), attributing the
@@ -284,8 +255,7 @@ impl AccountState {
     /// The throttle of a key as it stands, without taking from it.
     pub fn rate_view(&self, key_id: &str, now: UnixMillis) -> Option<RateView> {
         let account = self.policy?;
-        let account_view =
-            quota(account.rate).map(|q| view(account.rate, gcra::state_at(q, self.tat, now)))?;
+        let account_view = quota(account.rate).map(|q| view(account.rate, gcra::state_at(q, self.tat, now)))?;
         let key = self.keys.get(key_id);
         let key_view = key.and_then(|k| {
             let r = k.policy.as_ref()?.rate?;
@@ -297,20 +267,12 @@ impl AccountState {
     /// A key's own spend this period.
     pub fn key_used(&self, key_id: &str, now: UnixMillis) -> MicroUsd {
         let period = BillingPeriod::containing(now).start;
-        self.keys
-            .get(key_id)
-            .filter(|k| k.period_start == period)
-            .map_or(MicroUsd::ZERO, |k| k.used)
+        self.keys.get(key_id).filter(|k| k.period_start == period).map_or(MicroUsd::ZERO, |k| k.used)
     }
 }
 
 fn throttled(wait_ms: u64, rate: Option<RateView>, stale: bool) -> Admission {
-    Admission::Denied {
-        denial: Denial::RateLimited,
-        retry_after_ms: wait_ms,
-        rate,
-        stale,
-    }
+    Admission::Denied { denial: Denial::RateLimited, retry_after_ms: wait_ms, rate, stale }
 }
 
 #[cfg(test)]
@@ -322,23 +284,11 @@ mod tests {
 
     fn req(key: &str, version: u64, revoked: bool, reserve: u64) -> AdmitRequest {
         AdmitRequest {
-            key: KeyPolicy {
-                key_id: key.into(),
-                version,
-                revoked,
-                rate: Some(RateLimit { rpm: 60, burst: 2 }),
-            },
+            key: KeyPolicy { key_id: key.into(), version, revoked, rate: Some(RateLimit { rpm: 60, burst: 2 }) },
             account: AccountPolicy {
                 version: 1,
-                budget: Budget {
-                    credit: MicroUsd(1_000),
-                    on_exhausted: OnExhausted::Block,
-                    cap: None,
-                },
-                rate: RateLimit {
-                    rpm: 600,
-                    burst: 100,
-                },
+                budget: Budget { credit: MicroUsd(1_000), on_exhausted: OnExhausted::Block, cap: None },
+                rate: RateLimit { rpm: 600, burst: 100 },
                 provider_billed: false,
             },
             reserve: MicroUsd(reserve),
@@ -349,22 +299,10 @@ mod tests {
     #[test]
     fn a_revocation_beats_any_older_copy() {
         let mut s = AccountState::new(NOW);
-        assert!(matches!(
-            s.admit(req("k", 1, false, 0), NOW),
-            Admission::Admitted { .. }
-        ));
-        s.merge_key_policy(KeyPolicy {
-            key_id: "k".into(),
-            version: 2,
-            revoked: true,
-            rate: None,
-        });
+        assert!(matches!(s.admit(req("k", 1, false, 0), NOW), Admission::Admitted { .. }));
+        s.merge_key_policy(KeyPolicy { key_id: "k".into(), version: 2, revoked: true, rate: None });
         match s.admit(req("k", 1, false, 0), NOW) {
-            Admission::Denied {
-                denial: Denial::Revoked,
-                stale: true,
-                ..
-            } => {}
+            Admission::Denied { denial: Denial::Revoked, stale: true, .. } => {}
             other => panic!("{other:?}"),
         }
     }
@@ -372,51 +310,26 @@ mod tests {
     #[test]
     fn each_key_in_a_pool_has_its_own_throttle() {
         let mut s = AccountState::new(NOW);
-        assert!(matches!(
-            s.admit(req("a", 1, false, 0), NOW),
-            Admission::Admitted { .. }
-        ));
-        assert!(matches!(
-            s.admit(req("a", 1, false, 0), NOW),
-            Admission::Admitted { .. }
-        ));
+        assert!(matches!(s.admit(req("a", 1, false, 0), NOW), Admission::Admitted { .. }));
+        assert!(matches!(s.admit(req("a", 1, false, 0), NOW), Admission::Admitted { .. }));
         match s.admit(req("a", 1, false, 0), NOW) {
-            Admission::Denied {
-                denial: Denial::RateLimited,
-                retry_after_ms: 1_000,
-                ..
-            } => {}
+            Admission::Denied { denial: Denial::RateLimited, retry_after_ms: 1_000, .. } => {}
             other => panic!("{other:?}"),
         }
-        assert!(matches!(
-            s.admit(req("b", 1, false, 0), NOW),
-            Admission::Admitted { .. }
-        ));
+        assert!(matches!(s.admit(req("b", 1, false, 0), NOW), Admission::Admitted { .. }));
     }
 
     #[test]
     fn credits_are_pooled_and_attributed_per_key() {
         let mut s = AccountState::new(NOW);
-        let Admission::Admitted {
-            reservation: Some(r),
-            ..
-        } = s.admit(req("a", 1, false, 600), NOW)
-        else {
-            panic!()
-        };
+        let Admission::Admitted { reservation: Some(r), .. } = s.admit(req("a", 1, false, 600), NOW) else { panic!() };
         assert!(matches!(
             s.admit(req("b", 1, false, 600), NOW.saturating_add_ms(1_000)),
-            Admission::Denied {
-                denial: Denial::InsufficientQuota,
-                ..
-            }
+            Admission::Denied { denial: Denial::InsufficientQuota, .. }
         ));
         s.settle(r, MicroUsd(100), NOW);
         assert_eq!(s.key_used("a", NOW), MicroUsd(100));
-        assert!(matches!(
-            s.admit(req("b", 1, false, 600), NOW.saturating_add_ms(2_000)),
-            Admission::Admitted { .. }
-        ));
+        assert!(matches!(s.admit(req("b", 1, false, 600), NOW.saturating_add_ms(2_000)), Admission::Admitted { .. }));
         assert_eq!(s.usage(NOW).unwrap().used, MicroUsd(100));
     }
 
@@ -426,10 +339,7 @@ mod tests {
         for _ in 0..5 {
             assert!(matches!(
                 s.admit(req("a", 1, false, 5_000), NOW),
-                Admission::Denied {
-                    denial: Denial::InsufficientQuota,
-                    ..
-                }
+                Admission::Denied { denial: Denial::InsufficientQuota, .. }
             ));
         }
         assert_eq!(s.rate_view("a", NOW).unwrap().remaining, 2);

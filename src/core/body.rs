@@ -28,19 +28,14 @@ pub struct CallShape {
 pub fn inspect(body: &[u8], responses_api: bool) -> Result<CallShape, GatewayError> {
     let bad = |why: &str| GatewayError::InvalidRequest(why.to_string());
     let v: Value = serde_json::from_slice(body).map_err(|_| bad("body must be a JSON object"))?;
-    let obj = v
-        .as_object()
-        .ok_or_else(|| bad("body must be a JSON object"))?;
+    let obj = v.as_object().ok_or_else(|| bad("body must be a JSON object"))?;
     let model = match obj.get("model") {
         Some(Value::String(m)) if !m.trim().is_empty() && m.len() <= 256 => m.clone(),
         Some(_) => return Err(bad("'model' must be a non-empty string")),
         None => return Err(bad("'model' is required")),
     };
-    let fields: &[&'static str] = if responses_api {
-        &["max_output_tokens"]
-    } else {
-        &["max_completion_tokens", "max_tokens"]
-    };
+    let fields: &[&'static str] =
+        if responses_api { &["max_output_tokens"] } else { &["max_completion_tokens", "max_tokens"] };
     let mut max_tokens = None;
     let mut bound_field = fields[fields.len() - 1];
     for f in fields {
@@ -51,11 +46,7 @@ pub fn inspect(body: &[u8], responses_api: bool) -> Result<CallShape, GatewayErr
                     max_tokens = Some(max_tokens.map_or(t, |m: u64| m.min(t)));
                     bound_field = f;
                 }
-                _ => {
-                    return Err(bad(&format!(
-                        "'{f}' must be an integer from 1 to {MAX_OUTPUT_TOKENS}"
-                    )))
-                }
+                _ => return Err(bad(&format!("'{f}' must be an integer from 1 to {MAX_OUTPUT_TOKENS}"))),
             },
             Some(_) => return Err(bad(&format!("'{f}' must be an integer"))),
         }
@@ -69,10 +60,8 @@ pub fn inspect(body: &[u8], responses_api: bool) -> Result<CallShape, GatewayErr
     if stream_options.is_some_and(|o| !o.is_object()) {
         return Err(bad("'stream_options' must be an object"));
     }
-    let caller_wants_usage = stream_options
-        .and_then(|o| o.get("include_usage"))
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
+    let caller_wants_usage =
+        stream_options.and_then(|o| o.get("include_usage")).and_then(Value::as_bool).unwrap_or(false);
     Ok(CallShape {
         model,
         max_tokens,
@@ -101,12 +90,7 @@ impl CallShape {
     /// The body to send upstream: with the output bound made explicit (so the reservation is
     /// a true upper bound) and, for streams of the chat API, `stream_options.include_usage`
     /// on (so the final usage chunk arrives and can be metered).
-    pub fn upstream_body(
-        &self,
-        body: &[u8],
-        default_max_tokens: u64,
-        responses_api: bool,
-    ) -> Vec<u8> {
+    pub fn upstream_body(&self, body: &[u8], default_max_tokens: u64, responses_api: bool) -> Vec<u8> {
         let need_bound = self.max_tokens.is_none();
         let need_usage = self.stream && !responses_api && !self.caller_wants_usage;
         if !need_bound && !need_usage {
@@ -121,12 +105,8 @@ impl CallShape {
         }
         if need_usage && self.stream_options_present {
             // The caller's stream_options must be edited, not shadowed: re-serialise (rare).
-            return reserialise(
-                body,
-                self.bound_field,
-                need_bound.then_some(default_max_tokens),
-            )
-            .unwrap_or_else(|| body.to_vec());
+            return reserialise(body, self.bound_field, need_bound.then_some(default_max_tokens))
+                .unwrap_or_else(|| body.to_vec());
         }
         splice_after_brace(body, &insert).unwrap_or_else(|| body.to_vec())
     }
@@ -152,11 +132,8 @@ fn reserialise(body: &[u8], bound_field: &str, bound: Option<u64>) -> Option<Vec
     if let Some(b) = bound {
         obj.insert(bound_field.to_string(), Value::from(b));
     }
-    let opts = obj
-        .entry("stream_options")
-        .or_insert_with(|| Value::Object(Default::default()));
-    opts.as_object_mut()?
-        .insert("include_usage".into(), Value::Bool(true));
+    let opts = obj.entry("stream_options").or_insert_with(|| Value::Object(Default::default()));
+    opts.as_object_mut()?.insert("include_usage".into(), Value::Bool(true));
     serde_json::to_vec(&v).ok()
 }
 
@@ -173,10 +150,7 @@ pub fn usage_of(v: &Value) -> Option<TokenUsage> {
     if prompt.is_none() && completion.is_none() {
         return None;
     }
-    Some(TokenUsage {
-        prompt: prompt.unwrap_or(0),
-        completion: completion.unwrap_or(0),
-    })
+    Some(TokenUsage { prompt: prompt.unwrap_or(0), completion: completion.unwrap_or(0) })
 }
 
 /// Usage from a whole (non-streamed) response body; `None` if it is not JSON or has none.
@@ -211,11 +185,7 @@ mod tests {
 
     #[test]
     fn the_smaller_of_two_bounds_counts() {
-        let s = inspect(
-            br#"{"model":"m","max_tokens":50,"max_completion_tokens":20}"#,
-            false,
-        )
-        .unwrap();
+        let s = inspect(br#"{"model":"m","max_tokens":50,"max_completion_tokens":20}"#, false).unwrap();
         assert_eq!(s.max_tokens, Some(20));
     }
 
@@ -226,9 +196,7 @@ mod tests {
         let out = s.upstream_body(body, 256, false);
         let v: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["max_tokens"], 256);
-        assert!(String::from_utf8(out)
-            .unwrap()
-            .ends_with(r#""messages":[{"role":"user","content":"hi"}]}"#));
+        assert!(String::from_utf8(out).unwrap().ends_with(r#""messages":[{"role":"user","content":"hi"}]}"#));
     }
 
     #[test]
@@ -255,21 +223,9 @@ mod tests {
     #[test]
     fn usage_is_read_in_both_namings() {
         let chat = serde_json::json!({"usage": {"prompt_tokens": 3, "completion_tokens": 4}});
-        assert_eq!(
-            usage_of(&chat),
-            Some(TokenUsage {
-                prompt: 3,
-                completion: 4
-            })
-        );
+        assert_eq!(usage_of(&chat), Some(TokenUsage { prompt: 3, completion: 4 }));
         let resp = serde_json::json!({"type": "response.completed", "response": {"usage": {"input_tokens": 5, "output_tokens": 6}}});
-        assert_eq!(
-            usage_of(&resp),
-            Some(TokenUsage {
-                prompt: 5,
-                completion: 6
-            })
-        );
+        assert_eq!(usage_of(&resp), Some(TokenUsage { prompt: 5, completion: 6 }));
         assert_eq!(usage_of(&serde_json::json!({"usage": null})), None);
         assert_eq!(usage_of_body(b"garbage"), None);
     }

@@ -93,13 +93,9 @@ pub fn normalise_origin(o: &str) -> Result<String, String> {
         .ok_or_else(|| format!("origin {o:?} must start with http:// or https://"))?;
     let ok = !rest.is_empty()
         && rest.len() <= 253
-        && rest
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'));
+        && rest.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'));
     if !ok {
-        return Err(format!(
-            "origin {o:?} must be scheme://host[:port] with nothing after"
-        ));
+        return Err(format!("origin {o:?} must be scheme://host[:port] with nothing after"));
     }
     Ok(lower)
 }
@@ -114,22 +110,15 @@ pub fn allow_origin(global: &Origins, extra: &[String], origin: Option<&str>) ->
 
 /// Whether a browser key may be used for this request: only with an `Origin` it lists.
 pub fn key_permits(allowed_origins: &[String], origin: Option<&str>) -> bool {
-    allowed_origins.is_empty()
-        || origin.is_some_and(|o| allowed_origins.iter().any(|a| a.eq_ignore_ascii_case(o)))
+    allowed_origins.is_empty() || origin.is_some_and(|o| allowed_origins.iter().any(|a| a.eq_ignore_ascii_case(o)))
 }
 
 /// `Access-Control-Allow-Headers` for a preflight: the known list, plus whatever else the page
 /// asked for that is a plain header name (so new SDK headers do not break pages).
 pub fn allow_headers(requested: Option<&str>) -> String {
     let mut out: Vec<String> = ALLOW_HEADERS.iter().map(|h| h.to_string()).collect();
-    for h in requested
-        .unwrap_or("")
-        .split(',')
-        .map(|h| h.trim().to_ascii_lowercase())
-    {
-        let token = !h.is_empty()
-            && h.len() <= 64
-            && h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    for h in requested.unwrap_or("").split(',').map(|h| h.trim().to_ascii_lowercase()) {
+        let token = !h.is_empty() && h.len() <= 64 && h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
         if token && !out.contains(&h) && out.len() < 64 {
             out.push(h);
         }
@@ -144,19 +133,13 @@ mod tests {
     #[test]
     fn global_and_key_origins_both_allow() {
         let g = Origins::parse("https://a.example, http://localhost:5173").unwrap();
-        assert_eq!(
-            allow_origin(&g, &[], Some("https://a.example")),
-            Some("https://a.example".into())
-        );
+        assert_eq!(allow_origin(&g, &[], Some("https://a.example")), Some("https://a.example".into()));
         assert_eq!(allow_origin(&g, &[], Some("https://b.example")), None);
         assert_eq!(
             allow_origin(&g, &["https://b.example".into()], Some("https://b.example")),
             Some("https://b.example".into())
         );
-        assert_eq!(
-            allow_origin(&Origins::Any, &[], Some("https://z.example")),
-            Some("https://z.example".into())
-        );
+        assert_eq!(allow_origin(&Origins::Any, &[], Some("https://z.example")), Some("https://z.example".into()));
         assert_eq!(allow_origin(&Origins::Any, &[], None), None);
     }
 
@@ -172,20 +155,14 @@ mod tests {
     #[test]
     fn preflight_headers_cover_the_sdks_and_refuse_junk() {
         let h = allow_headers(Some("X-Stainless-OS, x-new-thing, bad header, a\r\nb"));
-        assert!(
-            h.contains("authorization")
-                && h.contains("x-stainless-os")
-                && h.contains("x-new-thing")
-        );
+        assert!(h.contains("authorization") && h.contains("x-stainless-os") && h.contains("x-new-thing"));
         assert!(!h.contains("bad header"));
         assert!(!h.contains('\r'));
     }
 
     #[test]
     fn bad_origin_settings_say_what_is_wrong() {
-        assert!(Origins::parse("https://ok.example,ftp://x")
-            .unwrap_err()
-            .contains("ftp://x"));
+        assert!(Origins::parse("https://ok.example,ftp://x").unwrap_err().contains("ftp://x"));
         assert_eq!(Origins::parse("").unwrap(), Origins::None);
     }
 }

@@ -90,15 +90,11 @@ impl GatewayError {
             InvalidApiKey => "authentication_error",
             OriginNotAllowed => "permission_error",
             NotFound => "not_found_error",
-            MethodNotAllowed | RequestTooLarge { .. } | InvalidRequest(_) => {
-                "invalid_request_error"
-            }
+            MethodNotAllowed | RequestTooLarge { .. } | InvalidRequest(_) => "invalid_request_error",
             RateLimited { .. } | UpstreamRateLimited { .. } => "rate_limit_error",
             InsufficientQuota { .. } => "insufficient_quota",
             UpstreamError(_) | UpstreamTimeout => "upstream_error",
-            UpstreamNotConfigured | AdminDisabled | Misconfigured { .. } | LedgerUnavailable => {
-                "server_error"
-            }
+            UpstreamNotConfigured | AdminDisabled | Misconfigured { .. } | LedgerUnavailable => "server_error",
         }
     }
 
@@ -117,9 +113,7 @@ impl GatewayError {
     pub fn should_retry(&self) -> bool {
         match self {
             GatewayError::InsufficientQuota { .. } => false,
-            e => e
-                .retry_after_ms()
-                .is_some_and(|ms| ms <= LONGEST_SENSIBLE_SLEEP_MS),
+            e => e.retry_after_ms().is_some_and(|ms| ms <= LONGEST_SENSIBLE_SLEEP_MS),
         }
     }
 
@@ -136,9 +130,7 @@ impl fmt::Display for GatewayError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         use GatewayError::*;
         match self {
-            InvalidApiKey => f.write_str(
-                "Invalid or revoked gateway key. Send it as 'Authorization: Bearer hfg_...'.",
-            ),
+            InvalidApiKey => f.write_str("Invalid or revoked gateway key. Send it as 'Authorization: Bearer hfg_...'."),
             OriginNotAllowed => f.write_str("This key may not be used from this origin."),
             NotFound => f.write_str("No such route."),
             MethodNotAllowed => f.write_str("Method not allowed on this route."),
@@ -147,11 +139,7 @@ impl fmt::Display for GatewayError {
             }
             InvalidRequest(why) => write!(f, "Invalid request: {why}"),
             RateLimited { retry_after_ms } => {
-                write!(
-                    f,
-                    "Rate limit exceeded for this key. Retry in {} s.",
-                    retry_after_ms.div_ceil(1000)
-                )
+                write!(f, "Rate limit exceeded for this key. Retry in {} s.", retry_after_ms.div_ceil(1000))
             }
             InsufficientQuota { retry_after_ms } => write!(
                 f,
@@ -159,11 +147,7 @@ impl fmt::Display for GatewayError {
                 retry_after_ms.div_ceil(1000)
             ),
             UpstreamRateLimited { retry_after_ms } => {
-                write!(
-                    f,
-                    "The provider is rate limiting this model. Retry in {} s.",
-                    retry_after_ms.div_ceil(1000)
-                )
+                write!(f, "The provider is rate limiting this model. Retry in {} s.", retry_after_ms.div_ceil(1000))
             }
             UpstreamError(why) => write!(f, "Upstream failed: {why}"),
             UpstreamTimeout => f.write_str("Upstream did not answer within the deadline."),
@@ -172,9 +156,9 @@ impl fmt::Display for GatewayError {
             Misconfigured { setting, reason } => {
                 write!(f, "Setting {setting} is invalid: {reason}")
             }
-            LedgerUnavailable => f.write_str(
-                "The credit ledger is unavailable; metered calls are refused until it is back.",
-            ),
+            LedgerUnavailable => {
+                f.write_str("The credit ledger is unavailable; metered calls are refused until it is back.")
+            }
         }
     }
 }
@@ -185,9 +169,7 @@ mod tests {
 
     #[test]
     fn every_error_is_openai_shaped_json() {
-        let e = GatewayError::InsufficientQuota {
-            retry_after_ms: 1_500,
-        };
+        let e = GatewayError::InsufficientQuota { retry_after_ms: 1_500 };
         let v: serde_json::Value = serde_json::from_str(&e.to_json()).unwrap();
         assert_eq!(v["error"]["code"], "insufficient_quota");
         assert_eq!(v["error"]["type"], "insufficient_quota");
@@ -198,14 +180,8 @@ mod tests {
 
     #[test]
     fn short_throttles_invite_a_retry_and_long_ones_do_not() {
-        assert!(GatewayError::RateLimited {
-            retry_after_ms: 900
-        }
-        .should_retry());
-        assert!(!GatewayError::UpstreamRateLimited {
-            retry_after_ms: 3_600_000
-        }
-        .should_retry());
+        assert!(GatewayError::RateLimited { retry_after_ms: 900 }.should_retry());
+        assert!(!GatewayError::UpstreamRateLimited { retry_after_ms: 3_600_000 }.should_retry());
         assert!(!GatewayError::NotFound.should_retry());
     }
 }

@@ -23,10 +23,7 @@ pub struct Quota {
 
 impl Quota {
     pub fn new(rpm: u32, burst: u32) -> Option<Self> {
-        Some(Quota {
-            rpm: NonZeroU32::new(rpm)?,
-            burst: NonZeroU32::new(burst)?,
-        })
+        Some(Quota { rpm: NonZeroU32::new(rpm)?, burst: NonZeroU32::new(burst)? })
     }
 
     pub fn rpm(&self) -> u32 {
@@ -94,10 +91,7 @@ pub fn check(quota: Quota, tat: Tat, now: UnixMillis, cost: u32) -> Result<(Tat,
     if allow_at > now_us {
         let wait_us = allow_at - now_us;
         let wait_ms = wait_us.div_ceil(1000);
-        return Err(NotUntil {
-            earliest_retry: now.saturating_add_ms(wait_ms),
-            wait_ms,
-        });
+        return Err(NotUntil { earliest_retry: now.saturating_add_ms(wait_ms), wait_ms });
     }
     Ok((Tat(new_tat), state_at(quota, Tat(new_tat), now)))
 }
@@ -108,10 +102,7 @@ pub fn state_at(quota: Quota, tat: Tat, now: UnixMillis) -> Allow {
     let t = quota.emission_us();
     let ahead = tat.0.saturating_sub(now_us);
     let free = quota.tolerance_us().saturating_sub(ahead);
-    Allow {
-        remaining: (free / t).min(u64::from(quota.burst())) as u32,
-        reset_ms: ahead.div_ceil(1000),
-    }
+    Allow { remaining: (free / t).min(u64::from(quota.burst())) as u32, reset_ms: ahead.div_ceil(1000) }
 }
 
 #[cfg(test)]

@@ -69,12 +69,7 @@ pub fn forward_upstream(name: &str, connection_tokens: &[String]) -> bool {
 
 /// The header names listed in a `Connection` header.
 pub fn connection_tokens(value: Option<&str>) -> Vec<String> {
-    value
-        .unwrap_or("")
-        .split(',')
-        .map(|t| t.trim().to_ascii_lowercase())
-        .filter(|t| !t.is_empty())
-        .collect()
+    value.unwrap_or("").split(',').map(|t| t.trim().to_ascii_lowercase()).filter(|t| !t.is_empty()).collect()
 }
 
 /// Whether an upstream response header is passed back to the caller.
@@ -107,13 +102,7 @@ mod tests {
         ] {
             assert!(!forward_upstream(h, &[]), "{h} must not go upstream");
         }
-        for h in [
-            "content-type",
-            "accept",
-            "user-agent",
-            "x-stainless-retry-count",
-            "x-wait-for-model",
-        ] {
+        for h in ["content-type", "accept", "user-agent", "x-stainless-retry-count", "x-wait-for-model"] {
             assert!(forward_upstream(h, &[]), "{h} should go upstream");
         }
         let tokens = connection_tokens(Some("keep-alive, X-Private"));

@@ -26,10 +26,7 @@ pub const MINT_BYTES: usize = KEY_RANDOM_BYTES + 10;
 /// them must stop the mint, never weaken the key, so the caller fetches them).
 pub fn mint_key(random: &[u8; MINT_BYTES]) -> MintedKey {
     let (secret, id) = random.split_at(KEY_RANDOM_BYTES);
-    MintedKey {
-        secret: format!("{KEY_PREFIX}{}", base64url(secret)),
-        id: format!("key_{}", base32(id)),
-    }
+    MintedKey { secret: format!("{KEY_PREFIX}{}", base64url(secret)), id: format!("key_{}", base32(id)) }
 }
 
 /// A short random id (request ids): 16 hex digits from `rng`.
@@ -49,6 +46,17 @@ pub fn digest(secret: &str) -> String {
     hex(&Sha256::digest(secret.as_bytes()))
 }
 
+/// The first 64 bits of a digest: what the key registry keeps, so an unknown key can be
+/// refused without a lookup.
+///
+/// ```
+/// use hf_gate::core::keys::{digest, digest_prefix};
+/// assert_eq!(digest_prefix(&digest("abc")), 0xba7816bf8f01cfea);
+/// ```
+pub fn digest_prefix(digest_hex: &str) -> u64 {
+    digest_hex.get(..16).and_then(|h| u64::from_str_radix(h, 16).ok()).unwrap_or(0)
+}
+
 /// The gateway key in an `Authorization` header, if it has the shape of one. Anything else is
 /// refused here, before any lookup is spent on it.
 ///
@@ -62,19 +70,14 @@ pub fn bearer_key(authorization: &str) -> Option<&str> {
     let token = bearer_token(authorization)?;
     let well_formed = token.len() == KEY_LEN
         && token.starts_with(KEY_PREFIX)
-        && token[KEY_PREFIX.len()..]
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        && token[KEY_PREFIX.len()..].bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
     well_formed.then_some(token)
 }
 
 /// The token of `Bearer <token>` (scheme case-insensitive).
 pub fn bearer_token(authorization: &str) -> Option<&str> {
     let (scheme, token) = authorization.trim().split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim())
-        .filter(|t| !t.is_empty())
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
 }
 
 /// Compares two secrets in time that depends only on their lengths.
@@ -100,10 +103,7 @@ pub fn base64url(bytes: &[u8]) -> String {
     const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |acc, (i, b)| acc | (u32::from(*b) << (16 - 8 * i)));
+        let n = chunk.iter().enumerate().fold(0u32, |acc, (i, b)| acc | (u32::from(*b) << (16 - 8 * i)));
         let chars = chunk.len() + 1;
         for i in 0..chars {
             out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
@@ -235,10 +235,7 @@ impl OrgRecord {
 /// Names, org ids and `bill_to`: short, printable, no separators that could smuggle a path
 /// or a header.
 pub fn valid_slug(s: &str, max: usize) -> bool {
-    !s.is_empty()
-        && s.len() <= max
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    !s.is_empty() && s.len() <= max && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 /// A display name: printable, no control characters.

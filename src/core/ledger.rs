@@ -9,9 +9,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// An amount of money in millionths of a US dollar.
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct MicroUsd(pub u64);
 
@@ -114,10 +112,7 @@ pub struct Usage {
 
 impl Ledger {
     pub fn new(now: UnixMillis) -> Self {
-        Ledger {
-            period_start: BillingPeriod::containing(now).start,
-            ..Ledger::default()
-        }
+        Ledger { period_start: BillingPeriod::containing(now).start, ..Ledger::default() }
     }
 
     /// Starts a new period if `now` is past the current one. No cron: the first call of a
@@ -135,9 +130,7 @@ impl Ledger {
     }
 
     pub fn reserved(&self) -> MicroUsd {
-        self.reservations
-            .values()
-            .fold(MicroUsd::ZERO, |acc, r| acc.saturating_add(r.amount))
+        self.reservations.values().fold(MicroUsd::ZERO, |acc, r| acc.saturating_add(r.amount))
     }
 
     pub fn reservation_ids(&self) -> impl Iterator<Item = u64> + '_ {
@@ -161,20 +154,12 @@ impl Ledger {
         if let Some(ceiling) = budget.ceiling() {
             let committed = self.used.saturating_add(self.reserved());
             if committed.saturating_add(amount) > ceiling || committed >= ceiling {
-                return Err(Exhausted {
-                    retry_at: BillingPeriod::containing(now).end,
-                });
+                return Err(Exhausted { retry_at: BillingPeriod::containing(now).end });
             }
         }
         self.next_id = self.next_id.wrapping_add(1);
         let id = self.next_id;
-        self.reservations.insert(
-            id,
-            Reservation {
-                amount,
-                expires_at: now.saturating_add_ms(ttl_ms),
-            },
-        );
+        self.reservations.insert(id, Reservation { amount, expires_at: now.saturating_add_ms(ttl_ms) });
         self.requests = self.requests.saturating_add(1);
         Ok(id)
     }
@@ -183,13 +168,7 @@ impl Ledger {
     /// account past its ceiling (what does not fit is reported as `unbilled`), so a hard-capped
     /// account never goes below zero. A reservation that already expired is charged all the
     /// same, within the same bound: the call did happen.
-    pub fn settle(
-        &mut self,
-        now: UnixMillis,
-        id: u64,
-        actual: MicroUsd,
-        budget: &Budget,
-    ) -> Settled {
+    pub fn settle(&mut self, now: UnixMillis, id: u64, actual: MicroUsd, budget: &Budget) -> Settled {
         self.roll(now);
         self.reservations.remove(&id);
         let charged = match budget.ceiling() {
@@ -202,10 +181,7 @@ impl Ledger {
         self.used = self.used.saturating_add(charged);
         let day = self.daily.entry(now.day_index()).or_insert(0);
         *day = day.saturating_add(charged.0);
-        Settled {
-            charged,
-            unbilled: actual.saturating_sub(charged),
-        }
+        Settled { charged, unbilled: actual.saturating_sub(charged) }
     }
 
     /// Gives a reservation back in full (the call failed upstream). Unknown ids are ignored,
@@ -240,9 +216,7 @@ impl Ledger {
             (MicroUsd::ZERO, MicroUsd::ZERO)
         };
         let reserved = self.reserved();
-        let spendable = budget
-            .ceiling()
-            .map_or(budget.credit, |c| c.min(budget.credit));
+        let spendable = budget.ceiling().map_or(budget.credit, |c| c.min(budget.credit));
         Usage {
             period,
             limit: budget.credit,
@@ -268,11 +242,7 @@ mod tests {
     const NOV_22: UnixMillis = UnixMillis(1_795_352_400_000); // 2026-11-22T13:00:00Z
 
     fn free() -> Budget {
-        Budget {
-            credit: MicroUsd(100_000),
-            on_exhausted: OnExhausted::Block,
-            cap: None,
-        }
+        Budget { credit: MicroUsd(100_000), on_exhausted: OnExhausted::Block, cap: None }
     }
 
     #[test]
@@ -281,13 +251,7 @@ mod tests {
         let id = l.reserve(NOV_22, MicroUsd(5_000), &free(), 60_000).unwrap();
         assert_eq!(l.reserved(), MicroUsd(5_000));
         let s = l.settle(NOV_22, id, MicroUsd(1_234), &free());
-        assert_eq!(
-            s,
-            Settled {
-                charged: MicroUsd(1_234),
-                unbilled: MicroUsd::ZERO
-            }
-        );
+        assert_eq!(s, Settled { charged: MicroUsd(1_234), unbilled: MicroUsd::ZERO });
         assert_eq!(l.used, MicroUsd(1_234));
         assert_eq!(l.reserved(), MicroUsd::ZERO);
     }
@@ -295,12 +259,8 @@ mod tests {
     #[test]
     fn a_reservation_that_would_cross_the_ceiling_is_refused_until_next_period() {
         let mut l = Ledger::new(NOV_22);
-        let a = l
-            .reserve(NOV_22, MicroUsd(60_000), &free(), 60_000)
-            .unwrap();
-        let err = l
-            .reserve(NOV_22, MicroUsd(50_000), &free(), 60_000)
-            .unwrap_err();
+        let a = l.reserve(NOV_22, MicroUsd(60_000), &free(), 60_000).unwrap();
+        let err = l.reserve(NOV_22, MicroUsd(50_000), &free(), 60_000).unwrap_err();
         assert_eq!(err.retry_at.to_string(), "2026-12-01T00:00:00Z");
         l.release(a);
         assert!(l.reserve(NOV_22, MicroUsd(50_000), &free(), 60_000).is_ok());
@@ -309,9 +269,7 @@ mod tests {
     #[test]
     fn settle_never_pushes_a_hard_capped_account_past_its_ceiling() {
         let mut l = Ledger::new(NOV_22);
-        let id = l
-            .reserve(NOV_22, MicroUsd(90_000), &free(), 60_000)
-            .unwrap();
+        let id = l.reserve(NOV_22, MicroUsd(90_000), &free(), 60_000).unwrap();
         let s = l.settle(NOV_22, id, MicroUsd(150_000), &free());
         assert_eq!(s.charged, MicroUsd(100_000));
         assert_eq!(s.unbilled, MicroUsd(50_000));
@@ -320,16 +278,11 @@ mod tests {
 
     #[test]
     fn payg_continues_past_credits_up_to_the_cap() {
-        let pro = Budget {
-            credit: MicroUsd(2_000_000),
-            on_exhausted: OnExhausted::Payg,
-            cap: Some(MicroUsd(5_000_000)),
-        };
+        let pro =
+            Budget { credit: MicroUsd(2_000_000), on_exhausted: OnExhausted::Payg, cap: Some(MicroUsd(5_000_000)) };
         let mut l = Ledger::new(NOV_22);
         for _ in 0..5 {
-            let id = l
-                .reserve(NOV_22, MicroUsd(1_000_000), &pro, 60_000)
-                .unwrap();
+            let id = l.reserve(NOV_22, MicroUsd(1_000_000), &pro, 60_000).unwrap();
             l.settle(NOV_22, id, MicroUsd(1_000_000), &pro);
         }
         assert!(l.reserve(NOV_22, MicroUsd(1), &pro, 60_000).is_err());
@@ -341,8 +294,7 @@ mod tests {
     #[test]
     fn expired_reservations_are_given_back() {
         let mut l = Ledger::new(NOV_22);
-        l.reserve(NOV_22, MicroUsd(100_000), &free(), 1_000)
-            .unwrap();
+        l.reserve(NOV_22, MicroUsd(100_000), &free(), 1_000).unwrap();
         assert!(l.reserve(NOV_22, MicroUsd(1), &free(), 1_000).is_err());
         assert_eq!(l.next_expiry(), Some(NOV_22.saturating_add_ms(1_000)));
         assert_eq!(l.expire(NOV_22.saturating_add_ms(999)), 0);
@@ -353,21 +305,14 @@ mod tests {
     #[test]
     fn the_first_call_of_a_month_starts_a_new_period() {
         let mut l = Ledger::new(NOV_22);
-        let id = l
-            .reserve(NOV_22, MicroUsd(100_000), &free(), 60_000)
-            .unwrap();
+        let id = l.reserve(NOV_22, MicroUsd(100_000), &free(), 60_000).unwrap();
         l.settle(NOV_22, id, MicroUsd(100_000), &free());
         assert!(l.reserve(NOV_22, MicroUsd(1), &free(), 60_000).is_err());
         let dec_1 = BillingPeriod::containing(NOV_22).end;
-        assert!(l
-            .reserve(UnixMillis(dec_1.0 - 1), MicroUsd(1), &free(), 60_000)
-            .is_err());
+        assert!(l.reserve(UnixMillis(dec_1.0 - 1), MicroUsd(1), &free(), 60_000).is_err());
         assert!(l.reserve(dec_1, MicroUsd(1), &free(), 60_000).is_ok());
         assert_eq!(l.used, MicroUsd::ZERO);
         // November's spend is kept in the daily history
-        assert_eq!(
-            l.daily().next(),
-            Some((NOV_22.day_index(), MicroUsd(100_000)))
-        );
+        assert_eq!(l.daily().next(), Some((NOV_22.day_index(), MicroUsd(100_000))));
     }
 }

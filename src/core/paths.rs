@@ -66,13 +66,15 @@ pub enum Route {
     AdminKey(String),
     AdminOrgs,
     AdminOrg(String),
+    /// Per-isolate counters.
+    AdminStats,
 }
 
 impl Route {
     /// The methods a route answers (besides `OPTIONS`, which is CORS preflight everywhere).
     pub fn allows(&self, method: &str) -> bool {
         match self {
-            Route::Playground | Route::AdminPage | Route::Health | Route::Usage => {
+            Route::Playground | Route::AdminPage | Route::Health | Route::Usage | Route::AdminStats => {
                 method == "GET" || method == "HEAD"
             }
             Route::AdminKeys | Route::AdminOrgs => method == "GET" || method == "POST",
@@ -100,11 +102,7 @@ pub fn check_path(path: &str) -> Result<(), GatewayError> {
         return bad("has characters that are not allowed");
     }
     let lower = path.to_ascii_lowercase();
-    if lower.contains("%2f")
-        || lower.contains("%5c")
-        || lower.contains("%2e")
-        || lower.contains("%00")
-    {
+    if lower.contains("%2f") || lower.contains("%5c") || lower.contains("%2e") || lower.contains("%00") {
         return bad("has encoded separators");
     }
     let segments: Vec<&str> = path[1..].split('/').collect();
@@ -132,11 +130,7 @@ pub fn check_path(path: &str) -> Result<(), GatewayError> {
 /// ```
 pub fn route(path: &str) -> Result<Route, GatewayError> {
     check_path(path)?;
-    let trimmed = if path.len() > 1 {
-        path.trim_end_matches('/')
-    } else {
-        path
-    };
+    let trimmed = if path.len() > 1 { path.trim_end_matches('/') } else { path };
     let proxy = |metering, provider: Option<&str>, path_model: Option<&str>| {
         Ok(Route::Proxy(ProxyRoute {
             path: trimmed.to_string(),
@@ -152,9 +146,8 @@ pub fn route(path: &str) -> Result<Route, GatewayError> {
         "/v1/usage" => return Ok(Route::Usage),
         "/admin/keys" => return Ok(Route::AdminKeys),
         "/admin/orgs" => return Ok(Route::AdminOrgs),
-        "/v1/chat/completions" | "/v1/responses" | "/v1/completions" => {
-            return proxy(Metering::Tokens, None, None)
-        }
+        "/admin/stats" => return Ok(Route::AdminStats),
+        "/v1/chat/completions" | "/v1/responses" | "/v1/completions" => return proxy(Metering::Tokens, None, None),
         "/v1/models" => return proxy(Metering::Unmetered, None, None),
         _ => {}
     }
@@ -173,9 +166,8 @@ pub fn route(path: &str) -> Result<Route, GatewayError> {
     if !PROVIDERS.contains(&provider) || rest.is_empty() {
         return Err(GatewayError::NotFound);
     }
-    let is_chat = rest.ends_with("chat/completions")
-        || rest.ends_with("v1/responses")
-        || rest.ends_with("v1/completions");
+    let is_chat =
+        rest.ends_with("chat/completions") || rest.ends_with("v1/responses") || rest.ends_with("v1/completions");
     if is_chat {
         return proxy(Metering::Tokens, Some(provider), None);
     }
@@ -232,10 +224,7 @@ mod tests {
 
     #[test]
     fn unknown_providers_are_not_found() {
-        assert_eq!(
-            route("/evil.com/v1/chat/completions"),
-            Err(GatewayError::NotFound)
-        );
+        assert_eq!(route("/evil.com/v1/chat/completions"), Err(GatewayError::NotFound));
         assert_eq!(route("/together"), Err(GatewayError::NotFound));
     }
 
@@ -243,34 +232,15 @@ mod tests {
     fn client_routes_are_recognised() {
         assert!(matches!(
             route("/v1/chat/completions"),
-            Ok(Route::Proxy(ProxyRoute {
-                metering: Metering::Tokens,
-                ..
-            }))
+            Ok(Route::Proxy(ProxyRoute { metering: Metering::Tokens, .. }))
         ));
-        assert!(matches!(
-            route("/v1/models/"),
-            Ok(Route::Proxy(ProxyRoute {
-                metering: Metering::Unmetered,
-                ..
-            }))
-        ));
-        let Ok(Route::Proxy(p)) = route("/hf-inference/models/BAAI/bge-small-en-v1.5") else {
-            panic!()
-        };
+        assert!(matches!(route("/v1/models/"), Ok(Route::Proxy(ProxyRoute { metering: Metering::Unmetered, .. }))));
+        let Ok(Route::Proxy(p)) = route("/hf-inference/models/BAAI/bge-small-en-v1.5") else { panic!() };
         assert_eq!(p.metering, Metering::Time);
         assert_eq!(p.path_model.as_deref(), Some("BAAI/bge-small-en-v1.5"));
-        let Ok(Route::Proxy(p)) = route("/v1/models/meta-llama/Llama-3.1-8B-Instruct") else {
-            panic!()
-        };
-        assert_eq!(
-            p.path_model.as_deref(),
-            Some("meta-llama/Llama-3.1-8B-Instruct")
-        );
-        assert_eq!(
-            route("/admin/keys/key_abc"),
-            Ok(Route::AdminKey("key_abc".into()))
-        );
+        let Ok(Route::Proxy(p)) = route("/v1/models/meta-llama/Llama-3.1-8B-Instruct") else { panic!() };
+        assert_eq!(p.path_model.as_deref(), Some("meta-llama/Llama-3.1-8B-Instruct"));
+        assert_eq!(route("/admin/keys/key_abc"), Ok(Route::AdminKey("key_abc".into())));
         assert_eq!(route("/admin/keys/a/b"), Err(GatewayError::NotFound));
         assert_eq!(route("/"), Ok(Route::Playground));
     }

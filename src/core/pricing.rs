@@ -53,18 +53,14 @@ impl PriceTable {
         let mut models = HashMap::with_capacity(raw.len());
         let mut fallback = None;
         for (model, p) in raw {
-            let price = Price {
-                input: usd_per_million(p.input, &model)?,
-                output: usd_per_million(p.output, &model)?,
-            };
+            let price = Price { input: usd_per_million(p.input, &model)?, output: usd_per_million(p.output, &model)? };
             if model == "*" {
                 fallback = Some(price);
             } else {
                 models.insert(model, price);
             }
         }
-        let fallback = fallback
-            .ok_or_else(|| "a \"*\" entry is required to price unknown models".to_string())?;
+        let fallback = fallback.ok_or_else(|| "a \"*\" entry is required to price unknown models".to_string())?;
         Ok(PriceTable { models, fallback })
     }
 
@@ -81,9 +77,7 @@ impl PriceTable {
 
 fn usd_per_million(v: f64, model: &str) -> Result<u64, String> {
     if !v.is_finite() || !(0.0..=1e6).contains(&v) {
-        return Err(format!(
-            "price for {model} must be a non-negative number of USD per 1M tokens"
-        ));
+        return Err(format!("price for {model} must be a non-negative number of USD per 1M tokens"));
     }
     Ok((v * 1e6).round() as u64)
 }
@@ -118,10 +112,7 @@ pub struct ComputePrice(pub u64);
 
 impl ComputePrice {
     pub fn parse(s: &str) -> Result<Self, String> {
-        let v: f64 = s
-            .trim()
-            .parse()
-            .map_err(|_| "expected a decimal USD per second, like 0.00012".to_string())?;
+        let v: f64 = s.trim().parse().map_err(|_| "expected a decimal USD per second, like 0.00012".to_string())?;
         if !v.is_finite() || !(0.0..=1000.0).contains(&v) {
             return Err("must be between 0 and 1000 USD per second".into());
         }
@@ -149,27 +140,13 @@ mod tests {
     #[test]
     fn the_default_table_parses_and_prices_unknown_models() {
         let t = PriceTable::parse(DEFAULT_PRICES).unwrap();
-        assert_eq!(
-            t.price("meta-llama/Llama-3.1-8B-Instruct:together"),
-            Price {
-                input: 100_000,
-                output: 100_000
-            }
-        );
-        assert_eq!(
-            t.price("someone/new-model"),
-            Price {
-                input: 1_000_000,
-                output: 3_000_000
-            }
-        );
+        assert_eq!(t.price("meta-llama/Llama-3.1-8B-Instruct:together"), Price { input: 100_000, output: 100_000 });
+        assert_eq!(t.price("someone/new-model"), Price { input: 1_000_000, output: 3_000_000 });
     }
 
     #[test]
     fn bad_tables_are_refused_with_a_reason() {
-        assert!(PriceTable::parse(r#"{"m": {"input": 1, "output": 1}}"#)
-            .unwrap_err()
-            .contains("\"*\""));
+        assert!(PriceTable::parse(r#"{"m": {"input": 1, "output": 1}}"#).unwrap_err().contains("\"*\""));
         assert!(PriceTable::parse(r#"{"*": {"input": -1, "output": 1}}"#).is_err());
         assert!(PriceTable::parse(r#"{"*": {"input": "1", "output": 1}}"#).is_err());
         assert!(PriceTable::parse("[]").is_err());
@@ -177,27 +154,9 @@ mod tests {
 
     #[test]
     fn costs_round_up_and_never_overflow() {
-        let p = Price {
-            input: 1,
-            output: 1,
-        };
-        assert_eq!(
-            p.cost(TokenUsage {
-                prompt: 1,
-                completion: 0
-            }),
-            MicroUsd(1)
-        );
-        let huge = Price {
-            input: u64::MAX,
-            output: u64::MAX,
-        };
-        assert_eq!(
-            huge.cost(TokenUsage {
-                prompt: u64::MAX,
-                completion: u64::MAX
-            }),
-            MicroUsd(u64::MAX)
-        );
+        let p = Price { input: 1, output: 1 };
+        assert_eq!(p.cost(TokenUsage { prompt: 1, completion: 0 }), MicroUsd(1));
+        let huge = Price { input: u64::MAX, output: u64::MAX };
+        assert_eq!(huge.cost(TokenUsage { prompt: u64::MAX, completion: u64::MAX }), MicroUsd(u64::MAX));
     }
 }

@@ -27,10 +27,8 @@ pub struct ScriptedRng {
 
 impl ScriptedRng {
     pub fn units(values: &[f64]) -> Self {
-        let script = values
-            .iter()
-            .map(|v| ((v.clamp(0.0, 1.0 - f64::EPSILON) * (1u64 << 53) as f64) as u64) << 11)
-            .collect();
+        let script =
+            values.iter().map(|v| ((v.clamp(0.0, 1.0 - f64::EPSILON) * (1u64 << 53) as f64) as u64) << 11).collect();
         ScriptedRng { script, at: 0 }
     }
 }

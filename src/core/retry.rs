@@ -29,10 +29,7 @@ pub enum WaitSource {
 /// let h = |name: &str| match name { "retry-after" => Some("3".to_string()), _ => None };
 /// assert_eq!(upstream_wait(h, UnixMillis(0)), Some((3_000, WaitSource::RetryAfter)));
 /// ```
-pub fn upstream_wait(
-    header: impl Fn(&str) -> Option<String>,
-    now: UnixMillis,
-) -> Option<(u64, WaitSource)> {
+pub fn upstream_wait(header: impl Fn(&str) -> Option<String>, now: UnixMillis) -> Option<(u64, WaitSource)> {
     if let Some(ms) = header("retry-after-ms").and_then(|v| parse_non_negative(&v)) {
         return Some((clamp_ms(ms), WaitSource::RetryAfterMs));
     }
@@ -41,10 +38,7 @@ pub fn upstream_wait(
             return Some((clamp_ms(secs * 1000.0), WaitSource::RetryAfter));
         }
         if let Some(at) = parse_http_date(&v) {
-            return Some((
-                at.millis_since(now).min(MAX_UPSTREAM_WAIT_MS),
-                WaitSource::RetryAfter,
-            ));
+            return Some((at.millis_since(now).min(MAX_UPSTREAM_WAIT_MS), WaitSource::RetryAfter));
         }
     }
     if let Some(secs) = header("ratelimit").and_then(|v| ratelimit_reset_secs(&v)) {
@@ -75,10 +69,7 @@ fn clamp_ms(ms: f64) -> u64 {
 fn ratelimit_reset_secs(v: &str) -> Option<f64> {
     v.split(',')
         .filter_map(|item| {
-            item.split(';')
-                .skip(1)
-                .filter_map(|p| p.trim().strip_prefix("t="))
-                .find_map(parse_non_negative)
+            item.split(';').skip(1).filter_map(|p| p.trim().strip_prefix("t=")).find_map(parse_non_negative)
         })
         .min_by(|a, b| a.total_cmp(b))
 }
@@ -131,10 +122,7 @@ impl RetryPolicy {
     /// assert_eq!(p.backoff_ms(2, &mut rng), 1_000);
     /// ```
     pub fn backoff_ms(&self, attempt: u32, rng: &mut impl Rng) -> u64 {
-        let step = self
-            .backoff_base_ms
-            .saturating_mul(1u64 << attempt.min(32))
-            .min(self.backoff_cap_ms);
+        let step = self.backoff_base_ms.saturating_mul(1u64 << attempt.min(32)).min(self.backoff_cap_ms);
         (rng.unit() * step as f64) as u64
     }
 
@@ -210,10 +198,7 @@ impl RetryBudget {
     /// A call was made.
     pub fn deposit(&mut self, now: UnixMillis) {
         self.refill(now);
-        self.balance = self
-            .balance
-            .saturating_add(self.deposit_milli)
-            .min(self.max_milli);
+        self.balance = self.balance.saturating_add(self.deposit_milli).min(self.max_milli);
     }
 
     /// Takes one retry if the budget has it.
@@ -240,73 +225,41 @@ mod tests {
     use crate::core::rand::ScriptedRng;
 
     fn headers<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
-        move |name| {
-            pairs
-                .iter()
-                .find(|(k, _)| *k == name)
-                .map(|(_, v)| v.to_string())
-        }
+        move |name| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
     }
 
     #[test]
     fn retry_after_ms_wins_over_retry_after() {
         let h = headers(&[("retry-after-ms", "1500.5"), ("retry-after", "9")]);
-        assert_eq!(
-            upstream_wait(h, UnixMillis(0)),
-            Some((1_501, WaitSource::RetryAfterMs))
-        );
+        assert_eq!(upstream_wait(h, UnixMillis(0)), Some((1_501, WaitSource::RetryAfterMs)));
     }
 
     #[test]
     fn http_dates_count_from_now_and_past_dates_mean_now() {
         let now = UnixMillis(784_111_777_000 - 30_000);
         let h = headers(&[("retry-after", "Sun, 06 Nov 1994 08:49:37 GMT")]);
-        assert_eq!(
-            upstream_wait(&h, now),
-            Some((30_000, WaitSource::RetryAfter))
-        );
-        assert_eq!(
-            upstream_wait(&h, UnixMillis(900_000_000_000)),
-            Some((0, WaitSource::RetryAfter))
-        );
+        assert_eq!(upstream_wait(&h, now), Some((30_000, WaitSource::RetryAfter)));
+        assert_eq!(upstream_wait(&h, UnixMillis(900_000_000_000)), Some((0, WaitSource::RetryAfter)));
     }
 
     #[test]
     fn garbage_falls_through_to_the_next_source() {
-        let h = headers(&[
-            ("retry-after-ms", "-5"),
-            ("retry-after", "soon"),
-            ("ratelimit", "\"d\";r=0;t=7"),
-        ]);
-        assert_eq!(
-            upstream_wait(h, UnixMillis(0)),
-            Some((7_000, WaitSource::RateLimitReset))
-        );
+        let h = headers(&[("retry-after-ms", "-5"), ("retry-after", "soon"), ("ratelimit", "\"d\";r=0;t=7")]);
+        assert_eq!(upstream_wait(h, UnixMillis(0)), Some((7_000, WaitSource::RateLimitReset)));
         for bad in ["-1", "1e3", "NaN", "inf", "", " ", "0x10", "1,5"] {
-            assert_eq!(
-                upstream_wait(headers(&[("retry-after", bad)]), UnixMillis(0)),
-                None,
-                "{bad}"
-            );
+            assert_eq!(upstream_wait(headers(&[("retry-after", bad)]), UnixMillis(0)), None, "{bad}");
         }
     }
 
     #[test]
     fn enormous_waits_are_clamped() {
         let h = headers(&[("retry-after", "99999999999999999999999")]);
-        assert_eq!(
-            upstream_wait(h, UnixMillis(0)),
-            Some((MAX_UPSTREAM_WAIT_MS, WaitSource::RetryAfter))
-        );
+        assert_eq!(upstream_wait(h, UnixMillis(0)), Some((MAX_UPSTREAM_WAIT_MS, WaitSource::RetryAfter)));
     }
 
     #[test]
     fn the_backoff_schedule_doubles_under_its_cap() {
-        let p = RetryPolicy {
-            backoff_base_ms: 100,
-            backoff_cap_ms: 1_000,
-            ..RetryPolicy::default()
-        };
+        let p = RetryPolicy { backoff_base_ms: 100, backoff_cap_ms: 1_000, ..RetryPolicy::default() };
         let mut top = ScriptedRng::units(&[1.0 - f64::EPSILON]);
         let steps: Vec<u64> = (0..6).map(|a| p.backoff_ms(a, &mut top)).collect();
         assert_eq!(steps, vec![99, 199, 399, 799, 999, 999]);
@@ -318,30 +271,12 @@ mod tests {
     fn short_waits_are_retried_and_long_ones_given_back() {
         let p = RetryPolicy::default();
         let mut r = ScriptedRng::units(&[0.5]);
-        assert_eq!(
-            p.decide(0, Some(1_000), 0, true, &mut r),
-            RetryDecision::RetryAfter { wait_ms: 1_000 }
-        );
-        assert_eq!(
-            p.decide(0, Some(30_000), 0, true, &mut r),
-            RetryDecision::GiveUp { wait_ms: 30_000 }
-        );
-        assert_eq!(
-            p.decide(2, Some(10), 0, true, &mut r),
-            RetryDecision::GiveUp { wait_ms: 10 }
-        );
-        assert_eq!(
-            p.decide(0, Some(10), 0, false, &mut r),
-            RetryDecision::GiveUp { wait_ms: 10 }
-        );
-        assert_eq!(
-            p.decide(0, Some(1_000), 119_500, true, &mut r),
-            RetryDecision::GiveUp { wait_ms: 1_000 }
-        );
-        assert_eq!(
-            p.decide(1, None, 0, true, &mut r),
-            RetryDecision::RetryAfter { wait_ms: 500 }
-        );
+        assert_eq!(p.decide(0, Some(1_000), 0, true, &mut r), RetryDecision::RetryAfter { wait_ms: 1_000 });
+        assert_eq!(p.decide(0, Some(30_000), 0, true, &mut r), RetryDecision::GiveUp { wait_ms: 30_000 });
+        assert_eq!(p.decide(2, Some(10), 0, true, &mut r), RetryDecision::GiveUp { wait_ms: 10 });
+        assert_eq!(p.decide(0, Some(10), 0, false, &mut r), RetryDecision::GiveUp { wait_ms: 10 });
+        assert_eq!(p.decide(0, Some(1_000), 119_500, true, &mut r), RetryDecision::GiveUp { wait_ms: 1_000 });
+        assert_eq!(p.decide(1, None, 0, true, &mut r), RetryDecision::RetryAfter { wait_ms: 500 });
     }
 
     #[test]

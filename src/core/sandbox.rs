@@ -17,17 +17,9 @@ pub struct Reply {
 /// gateway, so it is an object with a model). The text echoes the last user message.
 pub fn reply(body: &[u8], max_tokens: u64) -> Reply {
     let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
-    let model = v
-        .get("model")
-        .and_then(Value::as_str)
-        .unwrap_or("sandbox")
-        .to_string();
+    let model = v.get("model").and_then(Value::as_str).unwrap_or("sandbox").to_string();
     let (prompt_chars, last_user) = prompt_of(&v);
-    let said: String = last_user
-        .chars()
-        .filter(|c| !c.is_control())
-        .take(120)
-        .collect();
+    let said: String = last_user.chars().filter(|c| !c.is_control()).take(120).collect();
     let text = if said.trim().is_empty() {
         "Hello from the hf-gate sandbox. Send a message and it will be echoed back.".to_string()
     } else {
@@ -37,57 +29,29 @@ pub fn reply(body: &[u8], max_tokens: u64) -> Reply {
     let limit = usize::try_from(max_tokens).unwrap_or(usize::MAX);
     let finish_reason = if all.len() > limit { "length" } else { "stop" };
     let words: Vec<String> = all.into_iter().take(limit).collect();
-    let usage = TokenUsage {
-        prompt: (prompt_chars as u64).div_ceil(4).max(1),
-        completion: words.len() as u64,
-    };
-    Reply {
-        model,
-        words,
-        usage,
-        finish_reason,
-    }
+    let usage = TokenUsage { prompt: (prompt_chars as u64).div_ceil(4).max(1), completion: words.len() as u64 };
+    Reply { model, words, usage, finish_reason }
 }
 
 /// Total characters of the prompt, and the text of the last user turn.
 fn prompt_of(v: &Value) -> (usize, String) {
     let text_of = |c: &Value| match c {
         Value::String(s) => s.clone(),
-        Value::Array(parts) => parts
-            .iter()
-            .filter_map(|p| p.get("text").and_then(Value::as_str))
-            .collect::<Vec<_>>()
-            .join(" "),
+        Value::Array(parts) => {
+            parts.iter().filter_map(|p| p.get("text").and_then(Value::as_str)).collect::<Vec<_>>().join(" ")
+        }
         _ => String::new(),
     };
     if let Some(msgs) = v.get("messages").and_then(Value::as_array) {
-        let total = msgs
-            .iter()
-            .map(|m| m.get("content").map_or(0, |c| text_of(c).len()))
-            .sum();
-        let last = msgs
-            .iter()
-            .rev()
-            .find(|m| m.get("role").and_then(Value::as_str) == Some("user"));
-        return (
-            total,
-            last.and_then(|m| m.get("content"))
-                .map(text_of)
-                .unwrap_or_default(),
-        );
+        let total = msgs.iter().map(|m| m.get("content").map_or(0, |c| text_of(c).len())).sum();
+        let last = msgs.iter().rev().find(|m| m.get("role").and_then(Value::as_str) == Some("user"));
+        return (total, last.and_then(|m| m.get("content")).map(text_of).unwrap_or_default());
     }
     match v.get("input") {
         Some(Value::String(s)) => (s.len(), s.clone()),
         Some(Value::Array(items)) => {
-            let texts: Vec<String> = items
-                .iter()
-                .filter_map(|i| i.get("content"))
-                .map(text_of)
-                .collect();
-            (
-                texts.iter().map(String::len).sum(),
-                texts.last().cloned().unwrap_or_default(),
-            )
+            let texts: Vec<String> = items.iter().filter_map(|i| i.get("content")).map(text_of).collect();
+            (texts.iter().map(String::len).sum(), texts.last().cloned().unwrap_or_default())
         }
         _ => (0, String::new()),
     }
@@ -125,18 +89,17 @@ impl Reply {
                    "system_fingerprint": "hf-gate-sandbox",
                    "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]})
         };
-        let mut events = vec![chunk(
-            json!({"role": "assistant", "content": ""}),
-            Value::Null,
-        )];
+        let mut events = vec![chunk(json!({"role": "assistant", "content": ""}), Value::Null)];
         for (i, w) in self.words.iter().enumerate() {
             let piece = if i == 0 { w.clone() } else { format!(" {w}") };
             events.push(chunk(json!({"content": piece}), Value::Null));
         }
         events.push(chunk(json!({}), json!(self.finish_reason)));
         if include_usage {
-            events.push(json!({"id": id, "object": "chat.completion.chunk", "created": created_secs, "model": self.model,
-                               "choices": [], "usage": self.usage_json()}));
+            events.push(
+                json!({"id": id, "object": "chat.completion.chunk", "created": created_secs, "model": self.model,
+                               "choices": [], "usage": self.usage_json()}),
+            );
         }
         let mut out: Vec<String> = events.iter().map(|e| format!("data: {e}\n\n")).collect();
         out.push("data: [DONE]\n\n".into());
@@ -199,17 +162,8 @@ mod tests {
         let body = br#"{"model":"m","messages":[{"role":"user","content":"ping pong"}]}"#;
         let a = reply(body, 1024);
         assert_eq!(a, reply(body, 1024));
-        assert_eq!(
-            a.text(),
-            "Hello from the hf-gate sandbox. You said: ping pong"
-        );
-        assert_eq!(
-            a.usage,
-            TokenUsage {
-                prompt: 3,
-                completion: 9
-            }
-        );
+        assert_eq!(a.text(), "Hello from the hf-gate sandbox. You said: ping pong");
+        assert_eq!(a.usage, TokenUsage { prompt: 3, completion: 9 });
         let short = reply(body, 2);
         assert_eq!(short.text(), "Hello from");
         assert_eq!(short.finish_reason, "length");
@@ -217,16 +171,10 @@ mod tests {
 
     #[test]
     fn streams_end_with_done_and_carry_usage_when_asked() {
-        let r = reply(
-            br#"{"model":"m","messages":[{"role":"user","content":"x"}]}"#,
-            1024,
-        );
+        let r = reply(br#"{"model":"m","messages":[{"role":"user","content":"x"}]}"#, 1024);
         let with = r.chat_chunks("c1", 0, true);
         assert_eq!(with.last().map(String::as_str), Some("data: [DONE]\n\n"));
         assert!(with[with.len() - 2].contains("\"usage\""));
-        assert!(!r
-            .chat_chunks("c1", 0, false)
-            .iter()
-            .any(|e| e.contains("usage")));
+        assert!(!r.chat_chunks("c1", 0, false).iter().any(|e| e.contains("usage")));
     }
 }

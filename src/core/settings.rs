@@ -100,31 +100,19 @@ fn default_plans() -> BTreeMap<String, Plan> {
         .into_iter()
         .filter_map(|(name, credit, on_exhausted, rpm, burst, pooled, byok)| {
             let quota = Quota::new(rpm, burst)?;
-            let plan = Plan {
-                monthly_credit: MicroUsd(credit),
-                on_exhausted,
-                quota,
-                default_max_tokens: 1024,
-                pooled,
-                byok,
-            };
+            let plan =
+                Plan { monthly_credit: MicroUsd(credit), on_exhausted, quota, default_max_tokens: 1024, pooled, byok };
             Some((name.to_string(), plan))
         })
         .collect()
 }
 
 fn invalid(setting: &'static str, reason: impl Into<String>) -> GatewayError {
-    GatewayError::Misconfigured {
-        setting,
-        reason: reason.into(),
-    }
+    GatewayError::Misconfigured { setting, reason: reason.into() }
 }
 
 fn parse_u64(setting: &'static str, v: &str, min: u64, max: u64) -> Result<u64, GatewayError> {
-    let n: u64 = v
-        .trim()
-        .parse()
-        .map_err(|_| invalid(setting, "expected a whole number"))?;
+    let n: u64 = v.trim().parse().map_err(|_| invalid(setting, "expected a whole number"))?;
     if !(min..=max).contains(&n) {
         return Err(invalid(setting, format!("must be between {min} and {max}")));
     }
@@ -136,17 +124,13 @@ impl Settings {
     pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Settings, GatewayError> {
         let get = |name: &str| var(name).filter(|v| !v.trim().is_empty());
         let upstream = parse_upstream(get("UPSTREAM_URL").as_deref().unwrap_or(DEFAULT_UPSTREAM))?;
-        let prices = PriceTable::parse(get("PRICES").as_deref().unwrap_or(DEFAULT_PRICES))
-            .map_err(|e| invalid("PRICES", e))?;
+        let prices =
+            PriceTable::parse(get("PRICES").as_deref().unwrap_or(DEFAULT_PRICES)).map_err(|e| invalid("PRICES", e))?;
         let plans = parse_plans(get("PLANS").as_deref())?;
-        let compute = ComputePrice::parse(
-            get("COMPUTE_USD_PER_SECOND")
-                .as_deref()
-                .unwrap_or("0.00012"),
-        )
-        .map_err(|e| invalid("COMPUTE_USD_PER_SECOND", e))?;
-        let cors = Origins::parse(get("CORS_ORIGINS").as_deref().unwrap_or(""))
-            .map_err(|e| invalid("CORS_ORIGINS", e))?;
+        let compute = ComputePrice::parse(get("COMPUTE_USD_PER_SECOND").as_deref().unwrap_or("0.00012"))
+            .map_err(|e| invalid("COMPUTE_USD_PER_SECOND", e))?;
+        let cors =
+            Origins::parse(get("CORS_ORIGINS").as_deref().unwrap_or("")).map_err(|e| invalid("CORS_ORIGINS", e))?;
         let max_body_bytes = match get("MAX_BODY_BYTES") {
             Some(v) => parse_u64("MAX_BODY_BYTES", &v, 1024, 100 * 1024 * 1024)?,
             None => DEFAULT_MAX_BODY_BYTES,
@@ -209,59 +193,35 @@ fn parse_upstream(v: &str) -> Result<Upstream, GatewayError> {
         .or_else(|| base.strip_prefix("http://"))
         .ok_or_else(|| invalid("UPSTREAM_URL", "must be 'sandbox' or an http(s) URL"))?;
     let host = rest.split('/').next().unwrap_or("");
-    if host.is_empty()
-        || !rest.bytes().all(|b| b.is_ascii_graphic())
-        || rest.contains(['?', '#', '@'])
-    {
-        return Err(invalid(
-            "UPSTREAM_URL",
-            "must be 'sandbox' or an http(s) URL with a host and no query",
-        ));
+    if host.is_empty() || !rest.bytes().all(|b| b.is_ascii_graphic()) || rest.contains(['?', '#', '@']) {
+        return Err(invalid("UPSTREAM_URL", "must be 'sandbox' or an http(s) URL with a host and no query"));
     }
-    Ok(Upstream::Url {
-        base: base.to_string(),
-        host: host.to_string(),
-    })
+    Ok(Upstream::Url { base: base.to_string(), host: host.to_string() })
 }
 
 fn parse_plans(v: Option<&str>) -> Result<BTreeMap<String, Plan>, GatewayError> {
     let mut plans = default_plans();
     let Some(v) = v else { return Ok(plans) };
-    let patches: BTreeMap<String, PlanPatch> = serde_json::from_str(v)
-        .map_err(|e| invalid("PLANS", format!("expected {{\"plan\": {{...}}}}: {e}")))?;
+    let patches: BTreeMap<String, PlanPatch> =
+        serde_json::from_str(v).map_err(|e| invalid("PLANS", format!("expected {{\"plan\": {{...}}}}: {e}")))?;
     for (name, p) in patches {
         if !crate::core::keys::valid_slug(&name, 32) {
-            return Err(invalid(
-                "PLANS",
-                format!("plan name {name:?} must be a short slug"),
-            ));
+            return Err(invalid("PLANS", format!("plan name {name:?} must be a short slug")));
         }
-        let base = plans
-            .get(&name)
-            .or_else(|| plans.get("free"))
-            .copied()
-            .ok_or_else(|| invalid("PLANS", "no base plan"))?;
+        let base =
+            plans.get(&name).or_else(|| plans.get("free")).copied().ok_or_else(|| invalid("PLANS", "no base plan"))?;
         let rpm = p.rpm.unwrap_or(base.quota.rpm());
         let burst = p.burst.unwrap_or(base.quota.burst());
-        let quota = Quota::new(rpm, burst).ok_or_else(|| {
-            invalid(
-                "PLANS",
-                format!("plan {name}: rpm and burst must be at least 1"),
-            )
-        })?;
+        let quota = Quota::new(rpm, burst)
+            .ok_or_else(|| invalid("PLANS", format!("plan {name}: rpm and burst must be at least 1")))?;
         let default_max_tokens = p.default_max_tokens.unwrap_or(base.default_max_tokens);
         if !(1..=crate::core::body::MAX_OUTPUT_TOKENS).contains(&default_max_tokens) {
-            return Err(invalid(
-                "PLANS",
-                format!("plan {name}: default_max_tokens must be from 1 to 1000000"),
-            ));
+            return Err(invalid("PLANS", format!("plan {name}: default_max_tokens must be from 1 to 1000000")));
         }
         plans.insert(
             name,
             Plan {
-                monthly_credit: p
-                    .monthly_credit_micro_usd
-                    .map_or(base.monthly_credit, MicroUsd),
+                monthly_credit: p.monthly_credit_micro_usd.map_or(base.monthly_credit, MicroUsd),
                 on_exhausted: p.on_exhausted.unwrap_or(base.on_exhausted),
                 quota,
                 default_max_tokens,
@@ -274,19 +234,12 @@ fn parse_plans(v: Option<&str>) -> Result<BTreeMap<String, Plan>, GatewayError> 
 }
 
 fn parse_provider_urls(v: &str) -> Result<HashMap<String, String>, GatewayError> {
-    let raw: HashMap<String, String> = serde_json::from_str(v).map_err(|e| {
-        invalid(
-            "PROVIDER_URLS",
-            format!("expected {{\"provider\": \"https://...\"}}: {e}"),
-        )
-    })?;
+    let raw: HashMap<String, String> = serde_json::from_str(v)
+        .map_err(|e| invalid("PROVIDER_URLS", format!("expected {{\"provider\": \"https://...\"}}: {e}")))?;
     raw.into_iter()
         .map(|(p, url)| match parse_upstream(&url) {
             Ok(Upstream::Url { base, .. }) => Ok((p, base)),
-            _ => Err(invalid(
-                "PROVIDER_URLS",
-                format!("{p}: must be an http(s) URL"),
-            )),
+            _ => Err(invalid("PROVIDER_URLS", format!("{p}: must be an http(s) URL"))),
         })
         .collect()
 }
@@ -296,12 +249,7 @@ mod tests {
     use super::*;
 
     fn vars<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
-        move |n| {
-            pairs
-                .iter()
-                .find(|(k, _)| *k == n)
-                .map(|(_, v)| v.to_string())
-        }
+        move |n| pairs.iter().find(|(k, _)| *k == n).map(|(_, v)| v.to_string())
     }
 
     #[test]
@@ -352,11 +300,7 @@ mod tests {
 
     #[test]
     fn secrets_do_not_print() {
-        let s = Settings::from_vars(vars(&[
-            ("HF_TOKEN", "hf_supersecret"),
-            ("ADMIN_TOKEN", "adm"),
-        ]))
-        .unwrap();
+        let s = Settings::from_vars(vars(&[("HF_TOKEN", "hf_supersecret"), ("ADMIN_TOKEN", "adm")])).unwrap();
         let shown = format!("{s:?}");
         assert!(!shown.contains("hf_supersecret"));
         assert!(!shown.contains("adm\""));

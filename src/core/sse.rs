@@ -24,10 +24,7 @@ impl SseMeter {
     /// `hide_usage_only_events`: the gateway asked for usage, not the caller, so the chunk
     /// that carries nothing but usage is metered and not forwarded.
     pub fn new(hide_usage_only_events: bool) -> Self {
-        SseMeter {
-            hide_usage_only_events,
-            ..SseMeter::default()
-        }
+        SseMeter { hide_usage_only_events, ..SseMeter::default() }
     }
 
     /// Takes a chunk from upstream; returns the bytes to send on (complete events only).
@@ -88,10 +85,7 @@ impl SseMeter {
         };
         if let Some(u) = usage_of(&v) {
             self.usage = Some(u);
-            let usage_only = v
-                .get("choices")
-                .and_then(|c| c.as_array())
-                .is_some_and(|c| c.is_empty());
+            let usage_only = v.get("choices").and_then(|c| c.as_array()).is_some_and(|c| c.is_empty());
             if usage_only && self.hide_usage_only_events {
                 self.delivered_events -= 1;
                 return false;
@@ -141,13 +135,7 @@ mod tests {
             out.extend(m.feed(&STREAM.as_bytes()[split..]));
             out.extend(m.finish());
             assert_eq!(out, STREAM.as_bytes(), "split at {split}");
-            assert_eq!(
-                m.usage,
-                Some(TokenUsage {
-                    prompt: 9,
-                    completion: 2
-                })
-            );
+            assert_eq!(m.usage, Some(TokenUsage { prompt: 9, completion: 2 }));
             assert!(m.done);
             assert_eq!(m.delivered_events, 3);
         }
@@ -159,13 +147,7 @@ mod tests {
         let out = String::from_utf8(m.feed(STREAM.as_bytes())).unwrap();
         assert!(!out.contains("usage"));
         assert!(out.ends_with("data: [DONE]\n\n"));
-        assert_eq!(
-            m.usage,
-            Some(TokenUsage {
-                prompt: 9,
-                completion: 2
-            })
-        );
+        assert_eq!(m.usage, Some(TokenUsage { prompt: 9, completion: 2 }));
         assert_eq!(m.delivered_events, 2);
     }
 

@@ -13,19 +13,7 @@ use std::fmt;
 /// assert_eq!(t.saturating_add_ms(500), UnixMillis(1_500));
 /// assert_eq!(UnixMillis(1_500).millis_since(t), 500);
 /// ```
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    Hash,
-    Default,
-    serde::Serialize,
-    serde::Deserialize,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default, serde::Serialize, serde::Deserialize)]
 #[serde(transparent)]
 pub struct UnixMillis(pub u64);
 
@@ -58,9 +46,7 @@ pub struct FakeClock {
 
 impl FakeClock {
     pub fn at(now: UnixMillis) -> Self {
-        FakeClock {
-            now: std::cell::Cell::new(now.0),
-        }
+        FakeClock { now: std::cell::Cell::new(now.0) }
     }
     pub fn advance_ms(&self, ms: u64) {
         self.now.set(self.now.get().saturating_add(ms));
@@ -127,28 +113,13 @@ pub struct BillingPeriod {
 impl BillingPeriod {
     pub fn containing(now: UnixMillis) -> Self {
         let d = civil_from_days(i64::from(now.day_index()));
-        let first = Date {
-            year: d.year,
-            month: d.month,
-            day: 1,
-        };
+        let first = Date { year: d.year, month: d.month, day: 1 };
         let next = if d.month == 12 {
-            Date {
-                year: d.year + 1,
-                month: 1,
-                day: 1,
-            }
+            Date { year: d.year + 1, month: 1, day: 1 }
         } else {
-            Date {
-                year: d.year,
-                month: d.month + 1,
-                day: 1,
-            }
+            Date { year: d.year, month: d.month + 1, day: 1 }
         };
-        BillingPeriod {
-            start: millis_of(first),
-            end: millis_of(next),
-        }
+        BillingPeriod { start: millis_of(first), end: millis_of(next) }
     }
 
     /// The period just before this one.
@@ -186,9 +157,7 @@ pub fn format_day(day_index: u32) -> String {
     format!("{:04}-{:02}-{:02}", d.year, d.month, d.day)
 }
 
-const MONTHS: [&str; 12] = [
-    "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
-];
+const MONTHS: [&str; 12] = ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"];
 
 /// Parses an IMF-fixdate HTTP-date (`Sun, 06 Nov 1994 08:49:37 GMT`), the form RFC 9110 says
 /// senders must use. Obsolete forms are refused (`None`) rather than guessed at.
@@ -210,11 +179,7 @@ pub fn parse_http_date(s: &str) -> Option<UnixMillis> {
     if !(1..=31).contains(&day) || h > 23 || m > 59 || sec > 60 || year < 1970 {
         return None;
     }
-    let days = days_from_civil(Date {
-        year: i64::from(year),
-        month,
-        day,
-    });
+    let days = days_from_civil(Date { year: i64::from(year), month, day });
     let secs = (days as u64) * 86_400 + u64::from(h) * 3600 + u64::from(m) * 60 + u64::from(sec);
     Some(UnixMillis(secs.checked_mul(1000)?))
 }
@@ -240,18 +205,12 @@ mod tests {
     #[test]
     fn formats_rfc3339() {
         assert_eq!(UnixMillis(0).to_string(), "1970-01-01T00:00:00Z");
-        assert_eq!(
-            UnixMillis(1_795_352_400_000).to_string(),
-            "2026-11-22T13:00:00Z"
-        );
+        assert_eq!(UnixMillis(1_795_352_400_000).to_string(), "2026-11-22T13:00:00Z");
     }
 
     #[test]
     fn parses_imf_fixdate_and_refuses_other_forms() {
-        assert_eq!(
-            parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT"),
-            Some(UnixMillis(784_111_777_000))
-        );
+        assert_eq!(parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT"), Some(UnixMillis(784_111_777_000)));
         assert_eq!(parse_http_date("Sunday, 06-Nov-94 08:49:37 GMT"), None);
         assert_eq!(parse_http_date("Sun Nov  6 08:49:37 1994"), None);
         assert_eq!(parse_http_date("Sun, 06 Nov 1994 08:49:37 UTC"), None);
@@ -261,11 +220,7 @@ mod tests {
 
     #[test]
     fn leap_day_belongs_to_february() {
-        let feb29 = millis_of(Date {
-            year: 2028,
-            month: 2,
-            day: 29,
-        });
+        let feb29 = millis_of(Date { year: 2028, month: 2, day: 29 });
         let p = BillingPeriod::containing(feb29.saturating_add_ms(MS_PER_DAY - 1));
         assert_eq!(p.start.to_string(), "2028-02-01T00:00:00Z");
         assert_eq!(p.end.to_string(), "2028-03-01T00:00:00Z");

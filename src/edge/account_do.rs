@@ -2,9 +2,7 @@
 //! client for it. All decisions are `core::account::AccountState`'s; this file loads and
 //! stores that state, runs the expiry alarm, and speaks a small JSON protocol.
 
-use crate::core::account::{
-    AccountPolicy, AccountState, Admission, AdmitRequest, KeyPolicy, RateView,
-};
+use crate::core::account::{AccountPolicy, AccountState, Admission, AdmitRequest, KeyPolicy, RateView};
 use crate::core::error::GatewayError;
 use crate::core::ledger::MicroUsd;
 use crate::core::time::{format_day, BillingPeriod};
@@ -12,10 +10,7 @@ use crate::edge::platform;
 use serde::{Deserialize, Serialize};
 use std::cell::{Cell, RefCell};
 use wasm_bindgen::JsValue;
-use worker::{
-    durable_object, DurableObject, Env, Headers, Method, Request, RequestInit, Response, Result,
-    State,
-};
+use worker::{durable_object, DurableObject, Env, Headers, Method, Request, RequestInit, Response, Result, State};
 
 pub const BINDING: &str = "ACCOUNTS";
 const STATE_KEY: &str = "state";
@@ -76,17 +71,13 @@ pub struct Account {
 
 impl DurableObject for Account {
     fn new(state: State, _env: Env) -> Self {
-        Account {
-            state,
-            mem: RefCell::new(None),
-            alarm_at: Cell::new(None),
-        }
+        Account { state, mem: RefCell::new(None), alarm_at: Cell::new(None) }
     }
 
     async fn fetch(&self, mut req: Request) -> Result<Response> {
-        let op: Op = match req.json().await {
-            Ok(op) => op,
-            Err(_) => return Response::error("bad op", 400),
+        let op: Op = match req.text().await.map(|t| serde_json::from_str(&t)) {
+            Ok(Ok(op)) => op,
+            _ => return Response::error("bad op", 400),
         };
         self.load().await?;
         let now = platform::now();
@@ -104,11 +95,7 @@ impl DurableObject for Account {
     async fn alarm(&self) -> Result<Response> {
         self.load().await?;
         self.alarm_at.set(None);
-        let expired = self
-            .mem
-            .borrow_mut()
-            .as_mut()
-            .map_or(0, |st| st.expire(platform::now()));
+        let expired = self.mem.borrow_mut().as_mut().map_or(0, |st| st.expire(platform::now()));
         if expired > 0 {
             self.save().await?;
         } else {
@@ -119,37 +106,20 @@ impl DurableObject for Account {
 }
 
 /// Runs one operation against the state; returns the reply and whether state changed.
-fn apply(
-    st: &mut AccountState,
-    op: Op,
-    now: crate::core::time::UnixMillis,
-) -> (serde_json::Value, bool) {
+fn apply(st: &mut AccountState, op: Op, now: crate::core::time::UnixMillis) -> (serde_json::Value, bool) {
     match op {
         Op::Admit(req) => (to_json(&st.admit(req, now)), true),
-        Op::Settle {
-            reservation,
-            actual,
-        } => {
+        Op::Settle { reservation, actual } => {
             let s = st.settle(reservation, actual, now);
-            (
-                serde_json::json!({"charged": s.charged, "unbilled": s.unbilled}),
-                true,
-            )
+            (serde_json::json!({"charged": s.charged, "unbilled": s.unbilled}), true)
         }
-        Op::Release { reservation } => (
-            serde_json::json!({"released": st.release(reservation)}),
-            true,
-        ),
+        Op::Release { reservation } => (serde_json::json!({"released": st.release(reservation)}), true),
         Op::RecordProviderBilled { key_id, actual } => {
             st.record_provider_billed(&key_id, actual, now);
             (serde_json::json!({}), true)
         }
         Op::Policy { key, account } => (serde_json::json!({}), merge(st, key, account)),
-        Op::Usage {
-            key_id,
-            key,
-            account,
-        } => {
+        Op::Usage { key_id, key, account } => {
             let changed = merge(st, key, account);
             (to_json(&report(st, key_id.as_deref(), now)), changed)
         }
@@ -176,11 +146,7 @@ fn to_json<T: Serialize>(v: &T) -> serde_json::Value {
     serde_json::to_value(v).unwrap_or(serde_json::Value::Null)
 }
 
-fn report(
-    st: &AccountState,
-    key_id: Option<&str>,
-    now: crate::core::time::UnixMillis,
-) -> Option<UsageReport> {
+fn report(st: &AccountState, key_id: Option<&str>, now: crate::core::time::UnixMillis) -> Option<UsageReport> {
     let u = st.usage(now)?;
     let period = BillingPeriod::containing(now);
     Some(UsageReport {
@@ -196,11 +162,7 @@ fn report(
         key_used_micro_usd: key_id.map_or(0, |k| st.key_used(k, now).0),
         requests: st.ledger.requests,
         rate: key_id.and_then(|k| st.rate_view(k, now)),
-        daily: st
-            .ledger
-            .daily()
-            .map(|(d, v)| (format_day(d), v.0))
-            .collect(),
+        daily: st.ledger.daily().map(|(d, v)| (format_day(d), v.0)).collect(),
     })
 }
 
@@ -219,11 +181,7 @@ impl Account {
     }
 
     async fn save(&self) -> Result<()> {
-        let snapshot = self
-            .mem
-            .borrow()
-            .as_ref()
-            .and_then(|st| serde_json::to_string(st).ok());
+        let snapshot = self.mem.borrow().as_ref().and_then(|st| serde_json::to_string(st).ok());
         if let Some(s) = snapshot {
             self.state.storage().put(STATE_KEY, s).await?;
         }
@@ -232,11 +190,7 @@ impl Account {
 
     /// Keeps an alarm at the earliest reservation expiry, so abandoned holds are released.
     async fn schedule(&self) -> Result<()> {
-        let next = self
-            .mem
-            .borrow()
-            .as_ref()
-            .and_then(|st| st.ledger.next_expiry());
+        let next = self.mem.borrow().as_ref().and_then(|st| st.ledger.next_expiry());
         if let Some(at) = next {
             if self.alarm_at.get().is_none_or(|cur| at.0 < cur) {
                 self.state.storage().set_alarm(at.0 as i64).await?;
@@ -265,18 +219,12 @@ pub async fn call<T: for<'de> Deserialize<'de>>(
 ) -> std::result::Result<T, GatewayError> {
     let down = |_| GatewayError::LedgerUnavailable;
     let ns = env.durable_object(BINDING).map_err(down)?;
-    let stub = ns
-        .id_from_name(account)
-        .map_err(down)?
-        .get_stub()
-        .map_err(down)?;
+    let stub = ns.id_from_name(account).map_err(down)?.get_stub().map_err(down)?;
     let body = serde_json::to_string(op).map_err(|_| GatewayError::LedgerUnavailable)?;
     let headers = Headers::new();
     let _ = headers.set("content-type", "application/json");
     let mut init = RequestInit::new();
-    init.with_method(Method::Post)
-        .with_headers(headers)
-        .with_body(Some(JsValue::from_str(&body)));
+    init.with_method(Method::Post).with_headers(headers).with_body(Some(JsValue::from_str(&body)));
     let req = Request::new_with_init("https://account.internal/op", &init).map_err(down)?;
     let mut resp = stub.fetch_with_request(req).await.map_err(down)?;
     if resp.status_code() != 200 {
@@ -285,11 +233,7 @@ pub async fn call<T: for<'de> Deserialize<'de>>(
     resp.json().await.map_err(down)
 }
 
-pub async fn admit(
-    env: &Env,
-    account: &str,
-    req: AdmitRequest,
-) -> std::result::Result<Admission, GatewayError> {
+pub async fn admit(env: &Env, account: &str, req: AdmitRequest) -> std::result::Result<Admission, GatewayError> {
     call(env, account, &Op::Admit(req)).await
 }
 
@@ -300,16 +244,7 @@ pub async fn usage(
     policy: Option<AccountPolicy>,
 ) -> std::result::Result<Option<UsageReport>, GatewayError> {
     let key_id = key.as_ref().map(|k| k.key_id.clone());
-    call(
-        env,
-        account,
-        &Op::Usage {
-            key_id,
-            key,
-            account: policy,
-        },
-    )
-    .await
+    call(env, account, &Op::Usage { key_id, key, account: policy }).await
 }
 
 pub async fn push_policy(
@@ -318,14 +253,5 @@ pub async fn push_policy(
     key: Option<KeyPolicy>,
     policy: Option<AccountPolicy>,
 ) -> std::result::Result<(), GatewayError> {
-    call::<serde_json::Value>(
-        env,
-        account,
-        &Op::Policy {
-            key,
-            account: policy,
-        },
-    )
-    .await
-    .map(|_| ())
+    call::<serde_json::Value>(env, account, &Op::Policy { key, account: policy }).await.map(|_| ())
 }

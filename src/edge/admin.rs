@@ -6,15 +6,18 @@
 
 use crate::core::cors::normalise_origin;
 use crate::core::error::GatewayError;
+use crate::core::gcra::{self, Quota, Tat};
 use crate::core::keys::{self, KeyRecord, OrgRecord, RateLimit, MINT_BYTES};
 use crate::core::paths::PROVIDERS;
 use crate::core::settings::Settings;
 use crate::edge::auth::{self, Caller};
 use crate::edge::platform;
 use crate::edge::{account_do, kv, sealing, usage};
+use crate::edge::{registry_do, stats};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use std::collections::BTreeMap;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
 use worker::{Env, Method, Request};
 
 /// What the admin API may answer: a status and a JSON body.
@@ -24,32 +27,49 @@ fn bad(why: impl Into<String>) -> GatewayError {
     GatewayError::InvalidRequest(why.into())
 }
 
-/// Checks the admin token (constant time). No token configured: the API is off.
+/// Wrong admin tokens a client may send: a burst of 5, then one every 10 s.
+const GUESS_RPM: u32 = 6;
+const GUESS_BURST: u32 = 5;
+
+thread_local! {
+    /// client address -> GCRA state of its failed admin attempts
+    static GUESSES: RefCell<HashMap<String, Tat>> = RefCell::new(HashMap::new());
+}
+
+/// Checks the admin token (constant time). No token configured: the API is off. A client
+/// that keeps guessing is throttled before its token is even compared.
 pub fn authorise(req: &Request, s: &Settings) -> Result<(), GatewayError> {
     let expected = s.admin_token.as_ref().ok_or(GatewayError::AdminDisabled)?;
-    let header = req
-        .headers()
-        .get("authorization")
-        .ok()
-        .flatten()
-        .unwrap_or_default();
+    let client = req.headers().get("cf-connecting-ip").ok().flatten().unwrap_or_else(|| "local".into());
+    let now = platform::now();
+    let quota = Quota::new(GUESS_RPM, GUESS_BURST).ok_or(GatewayError::AdminDisabled)?;
+    let tat = GUESSES.with(|g| g.borrow().get(&client).copied()).unwrap_or_default();
+    if let Err(no) = gcra::check(quota, tat, now, 1) {
+        stats::bump(stats::Counter::AdminThrottled);
+        return Err(GatewayError::RateLimited { retry_after_ms: no.wait_ms });
+    }
+    let header = req.headers().get("authorization").ok().flatten().unwrap_or_default();
     let given = keys::bearer_token(&header).unwrap_or("");
     if keys::constant_time_eq(given.as_bytes(), expected.expose().as_bytes()) {
-        Ok(())
-    } else {
-        Err(GatewayError::InvalidApiKey)
+        return Ok(());
     }
+    stats::bump(stats::Counter::AdminAuthFailures);
+    if let Ok((next, _)) = gcra::check(quota, tat, now, 1) {
+        GUESSES.with(|g| {
+            let mut g = g.borrow_mut();
+            if g.len() > 10_000 {
+                g.clear();
+            }
+            g.insert(client, next);
+        });
+    }
+    Err(GatewayError::InvalidApiKey)
 }
 
 async fn json_body<T: for<'de> Deserialize<'de>>(req: &mut Request) -> Result<T, GatewayError> {
-    let bytes = req
-        .bytes()
-        .await
-        .map_err(|_| bad("could not read the body"))?;
+    let bytes = req.bytes().await.map_err(|_| bad("could not read the body"))?;
     if bytes.len() > 64 * 1024 {
-        return Err(GatewayError::RequestTooLarge {
-            limit_bytes: 64 * 1024,
-        });
+        return Err(GatewayError::RequestTooLarge { limit_bytes: 64 * 1024 });
     }
     serde_json::from_slice(&bytes).map_err(|e| bad(format!("body: {e}")))
 }
@@ -70,9 +90,7 @@ struct NewKey {
 }
 
 /// `Some(None)` is an explicit `null` (clear), `None` is "leave as it is".
-fn double_option<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
-    d: D,
-) -> Result<Option<Option<T>>, D::Error> {
+fn double_option<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
     Ok(Some(Option::deserialize(d)?))
 }
 
@@ -127,24 +145,17 @@ fn check_origins(list: &[String]) -> Result<Vec<String>, GatewayError> {
     if list.len() > 32 {
         return Err(bad("allowed_origins: at most 32"));
     }
-    list.iter()
-        .map(|o| normalise_origin(o).map_err(bad))
-        .collect()
+    list.iter().map(|o| normalise_origin(o).map_err(bad)).collect()
 }
 
-async fn seal_all(
-    s: &Settings,
-    given: BTreeMap<String, String>,
-) -> Result<BTreeMap<String, String>, GatewayError> {
+async fn seal_all(s: &Settings, given: BTreeMap<String, String>) -> Result<BTreeMap<String, String>, GatewayError> {
     let mut out = BTreeMap::new();
     for (provider, key) in given {
         if !PROVIDERS.contains(&provider.as_str()) {
             return Err(bad(format!("provider_key: unknown provider {provider:?}")));
         }
         if key.is_empty() || key.len() > 512 || !crate::core::headers::safe_value(&key, 512) {
-            return Err(bad(format!(
-                "provider_key: the key for {provider} is not a valid token"
-            )));
+            return Err(bad(format!("provider_key: the key for {provider} is not a valid token")));
         }
         out.insert(provider, sealing::seal(s, &key).await?);
     }
@@ -153,13 +164,7 @@ async fn seal_all(
 
 /// Pushes a key's (and its account's) current policies to the ledger.
 async fn push(env: &Env, caller: &Caller) -> Result<(), GatewayError> {
-    account_do::push_policy(
-        env,
-        &caller.account,
-        Some(caller.key_policy.clone()),
-        Some(caller.account_policy),
-    )
-    .await
+    account_do::push_policy(env, &caller.account, Some(caller.key_policy.clone()), Some(caller.account_policy)).await
 }
 
 async fn org_of(env: &Env, record: &KeyRecord) -> Result<Option<OrgRecord>, GatewayError> {
@@ -172,20 +177,11 @@ async fn org_of(env: &Env, record: &KeyRecord) -> Result<Option<OrgRecord>, Gate
 pub async fn create_key(mut req: Request, env: &Env, s: &Settings) -> Result<Reply, GatewayError> {
     let n: NewKey = json_body(&mut req).await?;
     let org = match &n.org {
-        Some(id) => Some(
-            kv::org(env, id)
-                .await?
-                .ok_or_else(|| bad(format!("org {id:?} does not exist")))?,
-        ),
+        Some(id) => Some(kv::org(env, id).await?.ok_or_else(|| bad(format!("org {id:?} does not exist")))?),
         None => None,
     };
-    let plan = n
-        .plan
-        .or_else(|| org.as_ref().map(|o| o.plan.clone()))
-        .ok_or_else(|| bad("plan is required"))?;
-    let p = s
-        .plan(&plan)
-        .ok_or_else(|| bad(format!("unknown plan {plan:?}")))?;
+    let plan = n.plan.or_else(|| org.as_ref().map(|o| o.plan.clone())).ok_or_else(|| bad("plan is required"))?;
+    let p = s.plan(&plan).ok_or_else(|| bad(format!("unknown plan {plan:?}")))?;
     if org.is_some() != p.pooled {
         return Err(bad(if p.pooled {
             "team and enterprise keys belong to an org: give 'org'"
@@ -222,6 +218,7 @@ pub async fn create_key(mut req: Request, env: &Env, s: &Settings) -> Result<Rep
         digest: keys::digest(&minted.secret),
     };
     push(env, &auth::caller_for(record.clone(), org, s)?).await?;
+    registry_do::add(env, keys::digest_prefix(&record.digest)).await?;
     kv::add_browser_origins(env, &record.allowed_origins).await?;
     kv::put_key(env, &record).await?;
     let mut body = record.public_json();
@@ -240,9 +237,7 @@ pub async fn list_keys(env: &Env) -> Result<Reply, GatewayError> {
 }
 
 pub async fn get_key(env: &Env, s: &Settings, id: &str) -> Result<Reply, GatewayError> {
-    let record = kv::key_by_id(env, id)
-        .await?
-        .ok_or(GatewayError::NotFound)?;
+    let record = kv::key_by_id(env, id).await?.ok_or(GatewayError::NotFound)?;
     let org = org_of(env, &record).await?;
     let mut body = record.public_json();
     let caller = auth::caller_for(record, org, s)?;
@@ -250,16 +245,9 @@ pub async fn get_key(env: &Env, s: &Settings, id: &str) -> Result<Reply, Gateway
     Ok((200, body))
 }
 
-pub async fn patch_key(
-    mut req: Request,
-    env: &Env,
-    s: &Settings,
-    id: &str,
-) -> Result<Reply, GatewayError> {
+pub async fn patch_key(mut req: Request, env: &Env, s: &Settings, id: &str) -> Result<Reply, GatewayError> {
     let p: KeyPatch = json_body(&mut req).await?;
-    let mut record = kv::key_by_id(env, id)
-        .await?
-        .ok_or(GatewayError::NotFound)?;
+    let mut record = kv::key_by_id(env, id).await?.ok_or(GatewayError::NotFound)?;
     if record.revoked {
         return Err(bad("a revoked key cannot be changed"));
     }
@@ -270,14 +258,10 @@ pub async fn patch_key(
         record.name = name;
     }
     if let Some(plan) = p.plan {
-        let new = s
-            .plan(&plan)
-            .ok_or_else(|| bad(format!("unknown plan {plan:?}")))?;
+        let new = s.plan(&plan).ok_or_else(|| bad(format!("unknown plan {plan:?}")))?;
         let old = s.plan(&record.plan);
         if old.is_some_and(|o| o.pooled != new.pooled || o.byok != new.byok) {
-            return Err(bad(
-                "a key can change plan only within the same kind (personal, org, byok)",
-            ));
+            return Err(bad("a key can change plan only within the same kind (personal, org, byok)"));
         }
         record.plan = plan;
     }
@@ -306,9 +290,7 @@ pub async fn patch_key(
 }
 
 pub async fn revoke_key(env: &Env, s: &Settings, id: &str) -> Result<Reply, GatewayError> {
-    let mut record = kv::key_by_id(env, id)
-        .await?
-        .ok_or(GatewayError::NotFound)?;
+    let mut record = kv::key_by_id(env, id).await?.ok_or(GatewayError::NotFound)?;
     if !record.revoked {
         record.revoked = true;
         record.version += 1;
@@ -320,27 +302,16 @@ pub async fn revoke_key(env: &Env, s: &Settings, id: &str) -> Result<Reply, Gate
     Ok((200, record.public_json()))
 }
 
-fn check_org_fields(
-    plan: &str,
-    seats: u32,
-    bill_to: &str,
-    s: &Settings,
-) -> Result<(), GatewayError> {
-    let p = s
-        .plan(plan)
-        .ok_or_else(|| bad(format!("unknown plan {plan:?}")))?;
+fn check_org_fields(plan: &str, seats: u32, bill_to: &str, s: &Settings) -> Result<(), GatewayError> {
+    let p = s.plan(plan).ok_or_else(|| bad(format!("unknown plan {plan:?}")))?;
     if !p.pooled {
-        return Err(bad(
-            "an org's plan must be a pooled plan (team, enterprise)",
-        ));
+        return Err(bad("an org's plan must be a pooled plan (team, enterprise)"));
     }
     if !(1..=100_000).contains(&seats) {
         return Err(bad("seats must be from 1 to 100000"));
     }
     if !keys::valid_slug(bill_to, 96) {
-        return Err(bad(
-            "bill_to must be an org name: letters, digits, '-', '_', '.'",
-        ));
+        return Err(bad("bill_to must be an org name: letters, digits, '-', '_', '.'"));
     }
     Ok(())
 }
@@ -392,12 +363,7 @@ pub async fn get_org(env: &Env, s: &Settings, id: &str) -> Result<Reply, Gateway
     Ok((200, body))
 }
 
-pub async fn patch_org(
-    mut req: Request,
-    env: &Env,
-    s: &Settings,
-    id: &str,
-) -> Result<Reply, GatewayError> {
+pub async fn patch_org(mut req: Request, env: &Env, s: &Settings, id: &str) -> Result<Reply, GatewayError> {
     let p: OrgPatch = json_body(&mut req).await?;
     kv::forget_org(id);
     let mut org = kv::org(env, id).await?.ok_or(GatewayError::NotFound)?;
@@ -444,6 +410,7 @@ pub async fn handle(
         (Route::AdminOrgs, _) => list_orgs(env).await,
         (Route::AdminOrg(id), Method::Get) => get_org(env, s, id).await,
         (Route::AdminOrg(id), Method::Patch) => patch_org(req, env, s, id).await,
+        (Route::AdminStats, _) => Ok((200, json!({"isolate": stats::snapshot()}))),
         _ => Err(GatewayError::MethodNotAllowed),
     }
 }

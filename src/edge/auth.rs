@@ -25,10 +25,7 @@ pub struct Caller {
 impl Caller {
     /// The org to bill upstream (`X-HF-Bill-To`), for pooled org keys.
     pub fn bill_to(&self) -> Option<&str> {
-        self.org
-            .as_ref()
-            .filter(|_| self.plan.pooled)
-            .map(|o| o.bill_to.as_str())
+        self.org.as_ref().filter(|_| self.plan.pooled).map(|o| o.bill_to.as_str())
     }
 }
 
@@ -40,17 +37,10 @@ pub async fn authenticate(
     s: &Settings,
     origin: Option<&str>,
 ) -> Result<Caller, GatewayError> {
-    let header = req
-        .headers()
-        .get("authorization")
-        .ok()
-        .flatten()
-        .unwrap_or_default();
+    let header = req.headers().get("authorization").ok().flatten().unwrap_or_default();
     let secret = keys::bearer_key(&header).ok_or(GatewayError::InvalidApiKey)?;
     let digest = keys::digest(secret);
-    let record = kv::key_by_digest(env, &digest)
-        .await?
-        .ok_or(GatewayError::InvalidApiKey)?;
+    let record = kv::key_by_digest(env, &digest).await?.ok_or(GatewayError::InvalidApiKey)?;
     if record.revoked {
         return Err(GatewayError::InvalidApiKey);
     }
@@ -72,10 +62,7 @@ fn plan_of<'a>(s: &'a Settings, name: &str) -> Result<&'a Plan, GatewayError> {
 }
 
 fn rate_of(q: crate::core::gcra::Quota) -> RateLimit {
-    RateLimit {
-        rpm: q.rpm(),
-        burst: q.burst(),
-    }
+    RateLimit { rpm: q.rpm(), burst: q.burst() }
 }
 
 /// An org's plan and pooled account policy: credits and default rate scale with seats.
@@ -94,21 +81,14 @@ pub fn org_policy(org: &OrgRecord, s: &Settings) -> Result<(Plan, AccountPolicy)
             on_exhausted: plan.on_exhausted,
             cap: org.spend_limit_micro_usd.map(MicroUsd),
         },
-        rate: org.rate_limit.unwrap_or(RateLimit {
-            rpm: scaled(plan.quota.rpm()),
-            burst: scaled(plan.quota.burst()),
-        }),
+        rate: org.rate_limit.unwrap_or(RateLimit { rpm: scaled(plan.quota.rpm()), burst: scaled(plan.quota.burst()) }),
         provider_billed: plan.byok,
     };
     Ok((plan, policy))
 }
 
 /// Derives the ledger's view of a key (and its org) from the records and the plans.
-pub fn caller_for(
-    record: KeyRecord,
-    org: Option<OrgRecord>,
-    s: &Settings,
-) -> Result<Caller, GatewayError> {
+pub fn caller_for(record: KeyRecord, org: Option<OrgRecord>, s: &Settings) -> Result<Caller, GatewayError> {
     match org {
         Some(org) => {
             let (plan, account_policy) = org_policy(&org, s)?;
@@ -116,11 +96,7 @@ pub fn caller_for(
                 key_id: record.id.clone(),
                 version: record.version,
                 revoked: record.revoked,
-                rate: Some(
-                    record
-                        .rate_limit
-                        .unwrap_or(rate_of(plan_of(s, &record.plan).unwrap_or(&plan).quota)),
-                ),
+                rate: Some(record.rate_limit.unwrap_or(rate_of(plan_of(s, &record.plan).unwrap_or(&plan).quota))),
             };
             Ok(Caller {
                 account: account_do::org_account(&org.id),
@@ -136,21 +112,15 @@ pub fn caller_for(
             let account_policy = AccountPolicy {
                 version: record.version,
                 budget: Budget {
-                    credit: record
-                        .monthly_credit_micro_usd
-                        .map_or(plan.monthly_credit, MicroUsd),
+                    credit: record.monthly_credit_micro_usd.map_or(plan.monthly_credit, MicroUsd),
                     on_exhausted: plan.on_exhausted,
                     cap: record.spend_cap_micro_usd.map(MicroUsd),
                 },
                 rate: record.rate_limit.unwrap_or(rate_of(plan.quota)),
                 provider_billed: plan.byok,
             };
-            let key_policy = KeyPolicy {
-                key_id: record.id.clone(),
-                version: record.version,
-                revoked: record.revoked,
-                rate: None,
-            };
+            let key_policy =
+                KeyPolicy { key_id: record.id.clone(), version: record.version, revoked: record.revoked, rate: None };
             Ok(Caller {
                 account: account_do::key_account(&record.id),
                 record,

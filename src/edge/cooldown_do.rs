@@ -11,9 +11,7 @@ use serde::{Deserialize, Serialize};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use wasm_bindgen::JsValue;
-use worker::{
-    durable_object, DurableObject, Env, Method, Request, RequestInit, Response, Result, State,
-};
+use worker::{durable_object, DurableObject, Env, Method, Request, RequestInit, Response, Result, State};
 
 pub const BINDING: &str = "COOLDOWNS";
 const RECHECK_MS: u64 = 1_000;
@@ -32,10 +30,7 @@ pub struct Cooldown {
 
 impl DurableObject for Cooldown {
     fn new(state: State, _env: Env) -> Self {
-        Cooldown {
-            state,
-            until: Cell::new(None),
-        }
+        Cooldown { state, until: Cell::new(None) }
     }
 
     async fn fetch(&self, mut req: Request) -> Result<Response> {
@@ -49,15 +44,13 @@ impl DurableObject for Cooldown {
             }
         };
         if req.method() == Method::Post {
-            let offered: Until = req.json().await?;
+            let offered: Until = serde_json::from_str(&req.text().await?)?;
             if offered.until > current {
                 self.until.set(Some(offered.until));
                 self.state.storage().put("until", offered.until.0).await?;
             }
         }
-        Response::from_json(&Until {
-            until: self.until.get().unwrap_or(current),
-        })
+        Response::from_json(&Until { until: self.until.get().unwrap_or(current) })
     }
 }
 
@@ -79,18 +72,11 @@ fn remember(route: &str, until: UnixMillis, now: UnixMillis) {
 }
 
 async fn ask(env: &Env, route: &str, set: Option<UnixMillis>) -> Option<UnixMillis> {
-    let stub = env
-        .durable_object(BINDING)
-        .ok()?
-        .id_from_name(route)
-        .ok()?
-        .get_stub()
-        .ok()?;
+    let stub = env.durable_object(BINDING).ok()?.id_from_name(route).ok()?.get_stub().ok()?;
     let mut init = RequestInit::new();
     if let Some(until) = set {
         let body = serde_json::to_string(&Until { until }).ok()?;
-        init.with_method(Method::Post)
-            .with_body(Some(JsValue::from_str(&body)));
+        init.with_method(Method::Post).with_body(Some(JsValue::from_str(&body)));
     }
     let req = Request::new_with_init("https://cooldown.internal/", &init).ok()?;
     let mut resp = stub.fetch_with_request(req).await.ok()?;

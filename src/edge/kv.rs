@@ -6,9 +6,10 @@
 //! and tells the edge when its copy is stale.
 
 use crate::core::error::GatewayError;
-use crate::core::keys::{KeyRecord, OrgRecord};
+use crate::core::keys::{digest_prefix, KeyRecord, OrgRecord};
 use crate::core::time::UnixMillis;
-use crate::edge::platform;
+use crate::edge::stats::{self, Counter};
+use crate::edge::{platform, registry_do};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use worker::kv::KvStore;
@@ -17,9 +18,9 @@ use worker::Env;
 pub const BINDING: &str = "GATEWAY_KV";
 /// How long a known record is served from memory.
 const HIT_TTL_MS: u64 = 60_000;
-/// How long an unknown key is remembered as unknown: a flood of made-up keys costs one KV
-/// read per key per 10 s, and a key created meanwhile is found at most 10 s late (the admin
-/// API clears this cache in its own isolate at once).
+/// How long an unknown key is remembered as unknown. Made-up keys rarely get this far: the
+/// key registry refuses them without a KV read. A key created meanwhile is found at most
+/// 10 s late (the admin API clears this cache in its own isolate at once).
 const MISS_TTL_MS: u64 = 10_000;
 const MAX_ENTRIES: usize = 10_000;
 
@@ -35,25 +36,18 @@ struct Cache<T> {
 
 impl<T: Clone> Cache<T> {
     fn new() -> Self {
-        Cache {
-            entries: HashMap::new(),
-        }
+        Cache { entries: HashMap::new() }
     }
 
     fn get(&self, k: &str, now: UnixMillis) -> Option<Cached<T>> {
         let (v, at) = self.entries.get(k)?;
-        let ttl = if matches!(v, Cached::Hit(_)) {
-            HIT_TTL_MS
-        } else {
-            MISS_TTL_MS
-        };
+        let ttl = if matches!(v, Cached::Hit(_)) { HIT_TTL_MS } else { MISS_TTL_MS };
         (now.millis_since(*at) < ttl).then(|| v.clone())
     }
 
     fn put(&mut self, k: &str, v: Cached<T>, now: UnixMillis) {
         if self.entries.len() >= MAX_ENTRIES {
-            self.entries
-                .retain(|_, (_, at)| now.millis_since(*at) < MISS_TTL_MS);
+            self.entries.retain(|_, (_, at)| now.millis_since(*at) < MISS_TTL_MS);
             if self.entries.len() >= MAX_ENTRIES {
                 self.entries.clear();
             }
@@ -68,10 +62,8 @@ thread_local! {
 }
 
 fn store(env: &Env) -> Result<KvStore, GatewayError> {
-    env.kv(BINDING).map_err(|_| GatewayError::Misconfigured {
-        setting: BINDING,
-        reason: "KV namespace binding is missing".into(),
-    })
+    env.kv(BINDING)
+        .map_err(|_| GatewayError::Misconfigured { setting: BINDING, reason: "KV namespace binding is missing".into() })
 }
 
 fn unavailable<E>(_: E) -> GatewayError {
@@ -82,15 +74,22 @@ fn unavailable<E>(_: E) -> GatewayError {
 pub async fn key_by_digest(env: &Env, digest: &str) -> Result<Option<KeyRecord>, GatewayError> {
     let now = platform::now();
     match KEYS.with(|c| c.borrow().get(digest, now)) {
-        Some(Cached::Hit(r)) => return Ok(Some(r)),
-        Some(Cached::Miss) => return Ok(None),
+        Some(Cached::Hit(r)) => {
+            stats::bump(Counter::KeyCacheHits);
+            return Ok(Some(r));
+        }
+        Some(Cached::Miss) => {
+            stats::bump(Counter::NegativeCacheHits);
+            return Ok(None);
+        }
         None => {}
     }
-    let found: Option<KeyRecord> = store(env)?
-        .get(&format!("k:{digest}"))
-        .json()
-        .await
-        .map_err(unavailable)?;
+    if !registry_do::may_exist(env, digest_prefix(digest)).await {
+        KEYS.with(|c| c.borrow_mut().put(digest, Cached::Miss, now));
+        return Ok(None);
+    }
+    stats::bump(Counter::KvKeyReads);
+    let found: Option<KeyRecord> = get_json(&store(env)?, &format!("k:{digest}")).await?;
     let entry = found.clone().map_or(Cached::Miss, Cached::Hit);
     KEYS.with(|c| c.borrow_mut().put(digest, entry, now));
     Ok(found)
@@ -103,29 +102,16 @@ pub fn forget_key(digest: &str) {
 
 pub async fn key_by_id(env: &Env, id: &str) -> Result<Option<KeyRecord>, GatewayError> {
     let kv = store(env)?;
-    let Some(digest) = kv
-        .get(&format!("id:{id}"))
-        .text()
-        .await
-        .map_err(unavailable)?
-    else {
+    let Some(digest) = kv.get(&format!("id:{id}")).text().await.map_err(unavailable)? else {
         return Ok(None);
     };
-    kv.get(&format!("k:{digest}"))
-        .json()
-        .await
-        .map_err(unavailable)
+    get_json(&kv, &format!("k:{digest}")).await
 }
 
 pub async fn put_key(env: &Env, record: &KeyRecord) -> Result<(), GatewayError> {
     let kv = store(env)?;
-    let json =
-        serde_json::to_string(record).map_err(|e| GatewayError::InvalidRequest(e.to_string()))?;
-    kv.put(&format!("k:{}", record.digest), json)
-        .map_err(unavailable)?
-        .execute()
-        .await
-        .map_err(unavailable)?;
+    let json = serde_json::to_string(record).map_err(|e| GatewayError::InvalidRequest(e.to_string()))?;
+    kv.put(&format!("k:{}", record.digest), json).map_err(unavailable)?.execute().await.map_err(unavailable)?;
     kv.put(&format!("id:{}", record.id), record.digest.as_str())
         .map_err(unavailable)?
         .execute()
@@ -147,25 +133,15 @@ pub async fn org(env: &Env, id: &str) -> Result<Option<OrgRecord>, GatewayError>
         Some(Cached::Miss) => return Ok(None),
         None => {}
     }
-    let found: Option<OrgRecord> = store(env)?
-        .get(&format!("org:{id}"))
-        .json()
-        .await
-        .map_err(unavailable)?;
+    let found: Option<OrgRecord> = get_json(&store(env)?, &format!("org:{id}")).await?;
     let entry = found.clone().map_or(Cached::Miss, Cached::Hit);
     ORGS.with(|c| c.borrow_mut().put(id, entry, now));
     Ok(found)
 }
 
 pub async fn put_org(env: &Env, record: &OrgRecord) -> Result<(), GatewayError> {
-    let json =
-        serde_json::to_string(record).map_err(|e| GatewayError::InvalidRequest(e.to_string()))?;
-    store(env)?
-        .put(&format!("org:{}", record.id), json)
-        .map_err(unavailable)?
-        .execute()
-        .await
-        .map_err(unavailable)?;
+    let json = serde_json::to_string(record).map_err(|e| GatewayError::InvalidRequest(e.to_string()))?;
+    store(env)?.put(&format!("org:{}", record.id), json).map_err(unavailable)?.execute().await.map_err(unavailable)?;
     forget_org(&record.id);
     Ok(())
 }
@@ -178,6 +154,15 @@ pub async fn org_ids(env: &Env) -> Result<Vec<String>, GatewayError> {
     list(env, "org:").await
 }
 
+/// A JSON value from KV, parsed by serde_json (not the runtime's JSON.parse, which rounds
+/// large integers to doubles).
+async fn get_json<T: serde::de::DeserializeOwned>(kv: &KvStore, key: &str) -> Result<Option<T>, GatewayError> {
+    match kv.get(key).text().await.map_err(unavailable)? {
+        Some(text) => serde_json::from_str(&text).map(Some).map_err(|_| GatewayError::LedgerUnavailable),
+        None => Ok(None),
+    }
+}
+
 async fn list(env: &Env, prefix: &str) -> Result<Vec<String>, GatewayError> {
     let kv = store(env)?;
     let mut out = Vec::new();
@@ -188,11 +173,7 @@ async fn list(env: &Env, prefix: &str) -> Result<Vec<String>, GatewayError> {
             q = q.cursor(c);
         }
         let page = q.execute().await.map_err(unavailable)?;
-        out.extend(
-            page.keys
-                .into_iter()
-                .filter_map(|k| k.name.strip_prefix(prefix).map(str::to_string)),
-        );
+        out.extend(page.keys.into_iter().filter_map(|k| k.name.strip_prefix(prefix).map(str::to_string)));
         match page.cursor {
             Some(c) if !page.list_complete => cursor = Some(c),
             _ => break,
@@ -210,20 +191,12 @@ const ORIGINS_KEY: &str = "cors:origins";
 /// these as well as for `CORS_ORIGINS`. Cached for a minute per isolate.
 pub async fn browser_origins(env: &Env) -> Result<Vec<String>, GatewayError> {
     let now = platform::now();
-    if let Some(list) = ORIGINS.with(|o| {
-        o.borrow()
-            .as_ref()
-            .filter(|(_, at)| now.millis_since(*at) < HIT_TTL_MS)
-            .map(|(l, _)| l.clone())
-    }) {
+    if let Some(list) = ORIGINS
+        .with(|o| o.borrow().as_ref().filter(|(_, at)| now.millis_since(*at) < HIT_TTL_MS).map(|(l, _)| l.clone()))
+    {
         return Ok(list);
     }
-    let list: Vec<String> = store(env)?
-        .get(ORIGINS_KEY)
-        .json()
-        .await
-        .map_err(unavailable)?
-        .unwrap_or_default();
+    let list: Vec<String> = get_json(&store(env)?, ORIGINS_KEY).await?.unwrap_or_default();
     ORIGINS.with(|o| *o.borrow_mut() = Some((list.clone(), now)));
     Ok(list)
 }
@@ -234,12 +207,7 @@ pub async fn add_browser_origins(env: &Env, origins: &[String]) -> Result<(), Ga
         return Ok(());
     }
     let kv = store(env)?;
-    let mut list: Vec<String> = kv
-        .get(ORIGINS_KEY)
-        .json()
-        .await
-        .map_err(unavailable)?
-        .unwrap_or_default();
+    let mut list: Vec<String> = get_json(&kv, ORIGINS_KEY).await?.unwrap_or_default();
     let before = list.len();
     for o in origins {
         if !list.contains(o) {
@@ -247,13 +215,8 @@ pub async fn add_browser_origins(env: &Env, origins: &[String]) -> Result<(), Ga
         }
     }
     if list.len() != before {
-        let json = serde_json::to_string(&list)
-            .map_err(|e| GatewayError::InvalidRequest(e.to_string()))?;
-        kv.put(ORIGINS_KEY, json)
-            .map_err(unavailable)?
-            .execute()
-            .await
-            .map_err(unavailable)?;
+        let json = serde_json::to_string(&list).map_err(|e| GatewayError::InvalidRequest(e.to_string()))?;
+        kv.put(ORIGINS_KEY, json).map_err(unavailable)?.execute().await.map_err(unavailable)?;
     }
     ORIGINS.with(|o| *o.borrow_mut() = Some((list, platform::now())));
     Ok(())

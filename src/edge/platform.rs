@@ -35,10 +35,8 @@ impl Rng for OsRng {
 
 /// Random bytes for secrets: an error, never a weaker fallback.
 pub fn secure_random(buf: &mut [u8]) -> Result<(), GatewayError> {
-    getrandom::fill(buf).map_err(|_| GatewayError::Misconfigured {
-        setting: "crypto",
-        reason: "no random source".into(),
-    })
+    getrandom::fill(buf)
+        .map_err(|_| GatewayError::Misconfigured { setting: "crypto", reason: "no random source".into() })
 }
 
 pub async fn sleep_ms(ms: u64) {

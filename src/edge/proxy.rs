@@ -28,10 +28,7 @@ use std::cell::RefCell;
 use std::pin::Pin;
 use std::task::{Context as TaskContext, Poll};
 use wasm_bindgen::JsValue;
-use worker::{
-    AbortController, ByteStream, Context, Env, Fetch, Headers, Method, Request, RequestInit,
-    Response,
-};
+use worker::{AbortController, ByteStream, Context, Env, Fetch, Headers, Method, Request, RequestInit, Response};
 
 /// Responses larger than this are not buffered to read their usage; they are passed through
 /// and charged by estimate.
@@ -44,11 +41,7 @@ thread_local! {
 /// How a call's actual cost is worked out once it is over.
 #[derive(Clone, Copy, Debug)]
 enum Pricing {
-    Tokens {
-        price: Price,
-        prompt_estimate: u64,
-        output_bound: u64,
-    },
+    Tokens { price: Price, prompt_estimate: u64, output_bound: u64 },
     Time,
     Free,
 }
@@ -67,14 +60,10 @@ struct Hold {
 impl Hold {
     fn settle_op(&self, actual: MicroUsd) -> Option<Op> {
         match (self.reservation, self.provider_billed) {
-            (Some(reservation), _) => Some(Op::Settle {
-                reservation,
-                actual,
-            }),
-            (None, true) if actual > MicroUsd::ZERO => Some(Op::RecordProviderBilled {
-                key_id: self.key_id.clone(),
-                actual,
-            }),
+            (Some(reservation), _) => Some(Op::Settle { reservation, actual }),
+            (None, true) if actual > MicroUsd::ZERO => {
+                Some(Op::RecordProviderBilled { key_id: self.key_id.clone(), actual })
+            }
             _ => None,
         }
     }
@@ -90,14 +79,8 @@ impl Hold {
         let Some(op) = self.settle_op(actual) else {
             return;
         };
-        if account_do::call::<serde_json::Value>(&self.env, &self.account, &op)
-            .await
-            .is_err()
-        {
-            worker::console_error!(
-                "settle failed for account {}; the reservation will expire",
-                self.account
-            );
+        if account_do::call::<serde_json::Value>(&self.env, &self.account, &op).await.is_err() {
+            worker::console_error!("settle failed for account {}; the reservation will expire", self.account);
         }
     }
 
@@ -106,12 +89,7 @@ impl Hold {
             return;
         };
         ctx.wait_until(async move {
-            let _ = account_do::call::<serde_json::Value>(
-                &self.env,
-                &self.account,
-                &Op::Release { reservation },
-            )
-            .await;
+            let _ = account_do::call::<serde_json::Value>(&self.env, &self.account, &Op::Release { reservation }).await;
         });
     }
 }
@@ -119,11 +97,7 @@ impl Hold {
 /// Where the call is sent.
 enum Target {
     Sandbox,
-    Url {
-        base: String,
-        token: String,
-        strip_prefix: Option<String>,
-    },
+    Url { base: String, token: String, strip_prefix: Option<String> },
 }
 
 pub async fn handle(
@@ -147,27 +121,12 @@ pub async fn handle(
             let shape = body::inspect(&raw, responses_api)?;
             let price = s.prices.price(&shape.model);
             let output_bound = shape.output_bound(caller.plan.default_max_tokens);
-            let pricing = Pricing::Tokens {
-                price,
-                prompt_estimate: (raw.len() as u64).div_ceil(4),
-                output_bound,
-            };
-            let upstream_body =
-                shape.upstream_body(&raw, caller.plan.default_max_tokens, responses_api);
+            let pricing = Pricing::Tokens { price, prompt_estimate: (raw.len() as u64).div_ceil(4), output_bound };
+            let upstream_body = shape.upstream_body(&raw, caller.plan.default_max_tokens, responses_api);
             (upstream_body, pricing, shape.model.clone(), Some(shape))
         }
-        Metering::Time => (
-            raw,
-            Pricing::Time,
-            route.path_model.clone().unwrap_or_default(),
-            None,
-        ),
-        Metering::Unmetered => (
-            raw,
-            Pricing::Free,
-            route.path_model.clone().unwrap_or_default(),
-            None,
-        ),
+        Metering::Time => (raw, Pricing::Time, route.path_model.clone().unwrap_or_default(), None),
+        Metering::Unmetered => (raw, Pricing::Free, route.path_model.clone().unwrap_or_default(), None),
     };
     let reserve = match (&pricing, &stream_shape) {
         (Pricing::Tokens { price, .. }, Some(shape)) => {
@@ -188,14 +147,9 @@ pub async fn handle(
             ttl_ms: s.reservation_ttl_ms,
         },
     );
-    let (admission, cooling) =
-        future::join(admit, cooldown_do::remaining(env, &cooldown_key)).await;
+    let (admission, cooling) = future::join(admit, cooldown_do::remaining(env, &cooldown_key)).await;
     let hold = match admission? {
-        Admission::Admitted {
-            reservation,
-            rate,
-            stale,
-        } => {
+        Admission::Admitted { reservation, rate, stale } => {
             meta.rate = Some(rate);
             if stale {
                 kv::forget_key(&caller.record.digest);
@@ -208,12 +162,7 @@ pub async fn handle(
                 provider_billed: caller.account_policy.provider_billed,
             }
         }
-        Admission::Denied {
-            denial,
-            retry_after_ms,
-            rate,
-            stale,
-        } => {
+        Admission::Denied { denial, retry_after_ms, rate, stale } => {
             meta.rate = rate;
             if stale {
                 kv::forget_key(&caller.record.digest);
@@ -227,9 +176,7 @@ pub async fn handle(
     };
     if let Some(wait_ms) = cooling.filter(|w| *w > 0) {
         hold.release(ctx);
-        return Err(GatewayError::UpstreamRateLimited {
-            retry_after_ms: wait_ms,
-        });
+        return Err(GatewayError::UpstreamRateLimited { retry_after_ms: wait_ms });
     }
 
     let method = req.method();
@@ -260,20 +207,12 @@ pub async fn handle(
     };
 
     let status = resp.status_code();
-    if let Some(id) = resp
-        .headers()
-        .get("x-request-id")
-        .ok()
-        .flatten()
-        .filter(|v| headers::safe_value(v, 128))
-    {
+    if let Some(id) = resp.headers().get("x-request-id").ok().flatten().filter(|v| headers::safe_value(v, 128)) {
         meta.request_id = id;
     }
     if status >= 500 {
         hold.release(ctx);
-        return Err(GatewayError::UpstreamError(format!(
-            "upstream answered {status}"
-        )));
+        return Err(GatewayError::UpstreamError(format!("upstream answered {status}")));
     }
     let out = downstream_headers(resp.headers(), meta);
     if !(200..300).contains(&status) {
@@ -281,77 +220,42 @@ pub async fn handle(
         hold.release(ctx);
         return pass_through(resp, status, out).await;
     }
-    let is_sse = resp
-        .headers()
-        .get("content-type")
-        .ok()
-        .flatten()
-        .is_some_and(|c| c.contains("text/event-stream"));
+    let is_sse = resp.headers().get("content-type").ok().flatten().is_some_and(|c| c.contains("text/event-stream"));
     match pricing {
-        Pricing::Tokens {
-            price,
-            prompt_estimate,
-            output_bound,
-        } if !is_sse => {
-            meter_whole_body(
-                resp,
-                status,
-                out,
-                ctx,
-                hold,
-                price,
-                prompt_estimate,
-                output_bound,
-            )
-            .await
+        Pricing::Tokens { price, prompt_estimate, output_bound } if !is_sse => {
+            meter_whole_body(resp, status, out, ctx, hold, price, prompt_estimate, output_bound).await
         }
         _ => {
-            let hide_usage = stream_shape.as_ref().is_some_and(|sh: &CallShape| {
-                sh.stream && !sh.caller_wants_usage && !responses_api
-            });
-            meter_stream(
-                resp, status, out, ctx, hold, pricing, is_sse, hide_usage, started, s,
-            )
-            .await
+            let hide_usage = stream_shape
+                .as_ref()
+                .is_some_and(|sh: &CallShape| sh.stream && !sh.caller_wants_usage && !responses_api);
+            meter_stream(resp, status, out, ctx, hold, pricing, is_sse, hide_usage, started, s).await
         }
     }
 }
 
 async fn target(s: &Settings, caller: &Caller, route: &ProxyRoute) -> Result<Target, GatewayError> {
     if caller.plan.byok {
-        let provider = route.provider.clone().ok_or_else(|| {
-            GatewayError::InvalidRequest("byok keys call providers by path: /{provider}/...".into())
+        let provider = route
+            .provider
+            .clone()
+            .ok_or_else(|| GatewayError::InvalidRequest("byok keys call providers by path: /{provider}/...".into()))?;
+        let sealed =
+            caller.record.provider_keys.get(&provider).ok_or_else(|| {
+                GatewayError::InvalidRequest(format!("this key holds no provider key for {provider}"))
+            })?;
+        let base = s.provider_urls.get(&provider).cloned().ok_or_else(|| GatewayError::Misconfigured {
+            setting: "PROVIDER_URLS",
+            reason: format!("no URL for provider {provider}"),
         })?;
-        let sealed = caller.record.provider_keys.get(&provider).ok_or_else(|| {
-            GatewayError::InvalidRequest(format!("this key holds no provider key for {provider}"))
-        })?;
-        let base =
-            s.provider_urls
-                .get(&provider)
-                .cloned()
-                .ok_or_else(|| GatewayError::Misconfigured {
-                    setting: "PROVIDER_URLS",
-                    reason: format!("no URL for provider {provider}"),
-                })?;
         let token = sealing::unseal(s, sealed).await?;
-        return Ok(Target::Url {
-            base,
-            token,
-            strip_prefix: Some(format!("/{provider}")),
-        });
+        return Ok(Target::Url { base, token, strip_prefix: Some(format!("/{provider}")) });
     }
     match &s.upstream {
         Upstream::Sandbox => Ok(Target::Sandbox),
         Upstream::Url { base, .. } => {
-            let token = s
-                .hf_token
-                .as_ref()
-                .ok_or(GatewayError::UpstreamNotConfigured)?;
-            Ok(Target::Url {
-                base: base.clone(),
-                token: token.expose().to_string(),
-                strip_prefix: None,
-            })
+            let token = s.hf_token.as_ref().ok_or(GatewayError::UpstreamNotConfigured)?;
+            Ok(Target::Url { base: base.clone(), token: token.expose().to_string(), strip_prefix: None })
         }
     }
 }
@@ -360,19 +264,11 @@ async fn read_body(req: &mut Request, limit: u64) -> Result<Vec<u8>, GatewayErro
     if matches!(req.method(), Method::Get | Method::Head) {
         return Ok(Vec::new());
     }
-    let declared = req
-        .headers()
-        .get("content-length")
-        .ok()
-        .flatten()
-        .and_then(|v| v.trim().parse::<u64>().ok());
+    let declared = req.headers().get("content-length").ok().flatten().and_then(|v| v.trim().parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit) {
         return Err(GatewayError::RequestTooLarge { limit_bytes: limit });
     }
-    let body = req
-        .bytes()
-        .await
-        .map_err(|_| GatewayError::InvalidRequest("could not read the request body".into()))?;
+    let body = req.bytes().await.map_err(|_| GatewayError::InvalidRequest("could not read the request body".into()))?;
     if body.len() as u64 > limit {
         return Err(GatewayError::RequestTooLarge { limit_bytes: limit });
     }
@@ -436,13 +332,9 @@ async fn send_with_retries(
             return Ok(resp);
         }
         let elapsed = now.millis_since(started);
-        let decision = s
-            .retry
-            .decide(attempt, waited.map(|(ms, _)| ms), elapsed, true, &mut OsRng);
+        let decision = s.retry.decide(attempt, waited.map(|(ms, _)| ms), elapsed, true, &mut OsRng);
         let decision = match decision {
-            RetryDecision::RetryAfter { wait_ms }
-                if !RETRY_BUDGET.with(|b| b.borrow_mut().try_withdraw(now)) =>
-            {
+            RetryDecision::RetryAfter { wait_ms } if !RETRY_BUDGET.with(|b| b.borrow_mut().try_withdraw(now)) => {
                 RetryDecision::GiveUp { wait_ms }
             }
             d => d,
@@ -458,9 +350,7 @@ async fn send_with_retries(
                     cooldown_do::note_locally(&key, wait_ms);
                     ctx.wait_until(async move { cooldown_do::start(&env, &key, wait_ms).await });
                 }
-                return Err(GatewayError::UpstreamRateLimited {
-                    retry_after_ms: wait_ms,
-                });
+                return Err(GatewayError::UpstreamRateLimited { retry_after_ms: wait_ms });
             }
         }
     }
@@ -479,16 +369,9 @@ async fn send_once(
 ) -> Result<Response, GatewayError> {
     let (base, token, strip) = match target {
         Target::Sandbox => return sandbox::respond(s, &route.path, body).await,
-        Target::Url {
-            base,
-            token,
-            strip_prefix,
-        } => (base, token, strip_prefix),
+        Target::Url { base, token, strip_prefix } => (base, token, strip_prefix),
     };
-    let path = strip
-        .as_deref()
-        .and_then(|p| route.path.strip_prefix(p))
-        .unwrap_or(&route.path);
+    let path = strip.as_deref().and_then(|p| route.path.strip_prefix(p)).unwrap_or(&route.path);
     let url = match query {
         Some(q) => format!("{base}{path}?{q}"),
         None => format!("{base}{path}"),
@@ -503,8 +386,8 @@ async fn send_once(
     if !body.is_empty() {
         init.with_body(Some(JsValue::from(js_sys::Uint8Array::from(body))));
     }
-    let request = Request::new_with_init(&url, &init)
-        .map_err(|_| GatewayError::UpstreamError("bad upstream request".into()))?;
+    let request =
+        Request::new_with_init(&url, &init).map_err(|_| GatewayError::UpstreamError("bad upstream request".into()))?;
     let controller = AbortController::default();
     let signal = controller.signal();
     let fetch = Fetch::Request(request);
@@ -514,9 +397,7 @@ async fn send_once(
     futures_util::pin_mut!(timer);
     match future::select(send, timer).await {
         Either::Left((Ok(resp), _)) => Ok(resp),
-        Either::Left((Err(_), _)) => Err(GatewayError::UpstreamError(
-            "could not reach upstream".into(),
-        )),
+        Either::Left((Err(_), _)) => Err(GatewayError::UpstreamError("could not reach upstream".into())),
         Either::Right(_) => {
             controller.abort();
             Err(GatewayError::UpstreamTimeout)
@@ -524,11 +405,7 @@ async fn send_once(
     }
 }
 
-async fn pass_through(
-    mut resp: Response,
-    status: u16,
-    headers: Headers,
-) -> Result<Response, GatewayError> {
+async fn pass_through(mut resp: Response, status: u16, headers: Headers) -> Result<Response, GatewayError> {
     let built = match resp.stream() {
         Ok(stream) => Response::from_stream(stream),
         Err(_) => Response::from_bytes(resp.bytes().await.unwrap_or_default()),
@@ -553,14 +430,10 @@ async fn meter_whole_body(
         Ok(b) => b,
         Err(_) => {
             hold.release(ctx);
-            return Err(GatewayError::UpstreamError(
-                "upstream body could not be read".into(),
-            ));
+            return Err(GatewayError::UpstreamError("upstream body could not be read".into()));
         }
     };
-    let usage = (bytes.len() <= MAX_BUFFERED_RESPONSE)
-        .then(|| body::usage_of_body(&bytes))
-        .flatten();
+    let usage = (bytes.len() <= MAX_BUFFERED_RESPONSE).then(|| body::usage_of_body(&bytes)).flatten();
     let usage = usage.unwrap_or(TokenUsage {
         prompt: prompt_estimate,
         completion: (bytes.len() as u64).div_ceil(4).min(output_bound),
@@ -601,17 +474,12 @@ async fn meter_stream(
     let settle = async move {
         let end = rx.await.ok();
         let actual = match (pricing, end) {
-            (
-                Pricing::Tokens {
-                    price,
-                    prompt_estimate,
-                    output_bound,
-                },
-                Some(end),
-            ) => price.cost(end.usage.unwrap_or(TokenUsage {
-                prompt: prompt_estimate,
-                completion: end.delivered_events.min(output_bound),
-            })),
+            (Pricing::Tokens { price, prompt_estimate, output_bound }, Some(end)) => {
+                price.cost(end.usage.unwrap_or(TokenUsage {
+                    prompt: prompt_estimate,
+                    completion: end.delivered_events.min(output_bound),
+                }))
+            }
             (Pricing::Time, Some(end)) => compute.cost_ms(end.ended_at.millis_since(started)),
             (Pricing::Time, None) => compute.cost_ms(platform::now().millis_since(started)),
             _ => MicroUsd::ZERO,
@@ -619,12 +487,7 @@ async fn meter_stream(
         settle_hold.settle_now(actual).await;
     };
     ctx.wait_until(settle);
-    let metered = Metered {
-        inner,
-        meter: is_sse.then(|| SseMeter::new(hide_usage)),
-        tx: Some(tx),
-        finished: false,
-    };
+    let metered = Metered { inner, meter: is_sse.then(|| SseMeter::new(hide_usage)), tx: Some(tx), finished: false };
     Response::from_stream(metered)
         .map(|r| r.with_status(status).with_headers(headers))
         .map_err(|_| GatewayError::UpstreamError("unreadable response".into()))
@@ -658,15 +521,8 @@ struct Metered {
 impl Metered {
     fn report(&mut self) {
         if let Some(tx) = self.tx.take() {
-            let (usage, delivered_events) = self
-                .meter
-                .as_ref()
-                .map_or((None, 0), |m| (m.usage, m.delivered_events));
-            let _ = tx.send(StreamEnd {
-                usage,
-                delivered_events,
-                ended_at: platform::now(),
-            });
+            let (usage, delivered_events) = self.meter.as_ref().map_or((None, 0), |m| (m.usage, m.delivered_events));
+            let _ = tx.send(StreamEnd { usage, delivered_events, ended_at: platform::now() });
         }
     }
 }
@@ -694,11 +550,7 @@ impl Stream for Metered {
                     // clean end, or upstream broke mid-stream: either way, flush and report
                     let _ = end;
                     self.finished = true;
-                    let rest = self
-                        .meter
-                        .as_mut()
-                        .map(SseMeter::finish)
-                        .unwrap_or_default();
+                    let rest = self.meter.as_mut().map(SseMeter::finish).unwrap_or_default();
                     self.report();
                     return Poll::Ready((!rest.is_empty()).then_some(Ok(rest)));
                 }

@@ -28,14 +28,8 @@ impl Meta {
         }
         let _ = h.append("vary", "Origin");
         if let Some(r) = self.rate {
-            let _ = h.set(
-                "ratelimit-policy",
-                &format!("\"rpm\";q={};w=60;burst={}", r.rpm, r.burst),
-            );
-            let _ = h.set(
-                "ratelimit",
-                &format!("\"rpm\";r={};t={}", r.remaining, r.reset_ms.div_ceil(1000)),
-            );
+            let _ = h.set("ratelimit-policy", &format!("\"rpm\";q={};w=60;burst={}", r.rpm, r.burst));
+            let _ = h.set("ratelimit", &format!("\"rpm\";r={};t={}", r.remaining, r.reset_ms.div_ceil(1000)));
         }
         if self.sandbox {
             let _ = h.set("x-upstream", "sandbox");
@@ -51,10 +45,7 @@ pub fn error(err: &GatewayError, meta: &Meta) -> Result<Response> {
     if let Some(ms) = err.retry_after_ms() {
         let _ = h.set("retry-after", &ms.div_ceil(1000).to_string());
         let _ = h.set("retry-after-ms", &ms.to_string());
-        let _ = h.set(
-            "x-should-retry",
-            if err.should_retry() { "true" } else { "false" },
-        );
+        let _ = h.set("x-should-retry", if err.should_retry() { "true" } else { "false" });
     }
     if matches!(err, GatewayError::InvalidApiKey) {
         let _ = h.set("www-authenticate", "Bearer realm=\"hf-gate\"");
@@ -73,7 +64,5 @@ pub fn json(status: u16, body: &serde_json::Value, meta: &Meta) -> Result<Respon
 
 /// A fixed body with the given headers.
 pub fn bytes(status: u16, body: Vec<u8>, headers: Headers) -> Result<Response> {
-    Ok(Response::from_bytes(body)?
-        .with_status(status)
-        .with_headers(headers))
+    Ok(Response::from_bytes(body)?.with_status(status).with_headers(headers))
 }

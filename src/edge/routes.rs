@@ -14,19 +14,13 @@ use worker::{Context, Env, Headers, Method, Request, Response, Result};
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 pub async fn handle(req: Request, env: Env, ctx: Context) -> Result<Response> {
-    let mut meta = Meta {
-        request_id: random_id(&mut OsRng),
-        ..Meta::default()
-    };
+    let mut meta = Meta { request_id: random_id(&mut OsRng), ..Meta::default() };
     let origin = effective_origin(&req);
     let outcome = dispatch(req, &env, &ctx, &mut meta, origin.as_deref()).await;
     match outcome {
         Ok(resp) => Ok(resp),
         Err(e) => {
-            if matches!(
-                e,
-                GatewayError::Misconfigured { .. } | GatewayError::LedgerUnavailable
-            ) {
+            if matches!(e, GatewayError::Misconfigured { .. } | GatewayError::LedgerUnavailable) {
                 worker::console_error!("{} ({})", e, meta.request_id);
             }
             response::error(&e, &meta)
@@ -64,11 +58,9 @@ async fn dispatch(
         return Err(GatewayError::MethodNotAllowed);
     }
     let built = match route {
-        Route::Health => response::json(
-            200,
-            &json!({"status": "ok", "upstream": s.upstream_label(), "version": VERSION}),
-            meta,
-        ),
+        Route::Health => {
+            response::json(200, &json!({"status": "ok", "upstream": s.upstream_label(), "version": VERSION}), meta)
+        }
         Route::Playground => pages::playground(meta),
         Route::AdminPage => pages::admin(meta),
         Route::Usage => {
@@ -102,25 +94,13 @@ async fn preflight(
         meta.apply(&h);
         return response::bytes(204, Vec::new(), h).map_err(|_| GatewayError::NotFound);
     };
-    let extra = if s.cors.contains(origin) {
-        Vec::new()
-    } else {
-        kv::browser_origins(env).await?
-    };
-    let allowed =
-        cors::allow_origin(&s.cors, &extra, Some(origin)).ok_or(GatewayError::OriginNotAllowed)?;
+    let extra = if s.cors.contains(origin) { Vec::new() } else { kv::browser_origins(env).await? };
+    let allowed = cors::allow_origin(&s.cors, &extra, Some(origin)).ok_or(GatewayError::OriginNotAllowed)?;
     meta.cors_origin = Some(allowed);
-    let requested = req
-        .headers()
-        .get("access-control-request-headers")
-        .ok()
-        .flatten();
+    let requested = req.headers().get("access-control-request-headers").ok().flatten();
     let h = Headers::new();
     let _ = h.set("access-control-allow-methods", cors::ALLOW_METHODS);
-    let _ = h.set(
-        "access-control-allow-headers",
-        &cors::allow_headers(requested.as_deref()),
-    );
+    let _ = h.set("access-control-allow-headers", &cors::allow_headers(requested.as_deref()));
     let _ = h.set("access-control-max-age", cors::MAX_AGE_SECS);
     let _ = h.append("vary", "Access-Control-Request-Headers");
     meta.apply(&h);

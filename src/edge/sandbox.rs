@@ -23,39 +23,27 @@ fn respond_sse(events: Vec<String>, delay_ms: u64) -> Result<Response, GatewayEr
     let _ = h.set("content-type", "text/event-stream");
     let _ = h.set("cache-control", "no-cache");
     let _ = h.set("x-request-id", &random_id(&mut OsRng));
-    let chunks = stream::unfold(
-        (events.into_iter(), true),
-        move |(mut it, first)| async move {
-            let next = it.next()?;
-            if !first && delay_ms > 0 {
-                platform::sleep_ms(delay_ms).await;
-            }
-            Some((Ok::<Vec<u8>, worker::Error>(next.into_bytes()), (it, false)))
-        },
-    );
-    Response::from_stream(chunks)
-        .map(|r| r.with_headers(h))
-        .map_err(|_| GatewayError::UpstreamError("sandbox".into()))
+    let chunks = stream::unfold((events.into_iter(), true), move |(mut it, first)| async move {
+        let next = it.next()?;
+        if !first && delay_ms > 0 {
+            platform::sleep_ms(delay_ms).await;
+        }
+        Some((Ok::<Vec<u8>, worker::Error>(next.into_bytes()), (it, false)))
+    });
+    Response::from_stream(chunks).map(|r| r.with_headers(h)).map_err(|_| GatewayError::UpstreamError("sandbox".into()))
 }
 
 /// Answers one upstream call in-process. `body` is what the gateway would send upstream.
-pub async fn respond(
-    s: &Settings,
-    path: &str,
-    body_bytes: &[u8],
-) -> Result<Response, GatewayError> {
+pub async fn respond(s: &Settings, path: &str, body_bytes: &[u8]) -> Result<Response, GatewayError> {
     let created = platform::now().0 / 1000;
     let id = format!("sbx-{}", random_id(&mut OsRng));
-    let rest = path
-        .strip_prefix('/')
-        .and_then(|p| p.split_once('/'))
-        .map_or(path, |(first, rest)| {
-            if crate::core::paths::PROVIDERS.contains(&first) {
-                rest
-            } else {
-                &path[1..]
-            }
-        });
+    let rest = path.strip_prefix('/').and_then(|p| p.split_once('/')).map_or(path, |(first, rest)| {
+        if crate::core::paths::PROVIDERS.contains(&first) {
+            rest
+        } else {
+            &path[1..]
+        }
+    });
     match rest {
         "v1/chat/completions" | "v1/responses" => {
             let responses_api = rest == "v1/responses";
@@ -64,24 +52,17 @@ pub async fn respond(
             match (shape.stream, responses_api) {
                 (false, false) => respond_json(200, &reply.chat_completion(&id, created)),
                 (false, true) => respond_json(200, &reply.response(&id, created)),
-                (true, false) => respond_sse(
-                    reply.chat_chunks(&id, created, shape.caller_wants_usage),
-                    s.sandbox_chunk_delay_ms,
-                ),
-                (true, true) => respond_sse(
-                    reply.response_events(&id, created),
-                    s.sandbox_chunk_delay_ms,
-                ),
+                (true, false) => {
+                    respond_sse(reply.chat_chunks(&id, created, shape.caller_wants_usage), s.sandbox_chunk_delay_ms)
+                }
+                (true, true) => respond_sse(reply.response_events(&id, created), s.sandbox_chunk_delay_ms),
             }
         }
         "v1/models" => respond_json(200, &sandbox::models(&s.prices)),
         _ if rest.starts_with("v1/models/") => {
             let wanted = &rest["v1/models/".len()..];
             let list = sandbox::models(&s.prices);
-            let found = list["data"]
-                .as_array()
-                .and_then(|d| d.iter().find(|m| m["id"] == wanted))
-                .cloned();
+            let found = list["data"].as_array().and_then(|d| d.iter().find(|m| m["id"] == wanted)).cloned();
             match found {
                 Some(m) => respond_json(200, &m),
                 None => respond_json(
@@ -92,10 +73,7 @@ pub async fn respond(
         }
         _ if rest.starts_with("models/") => {
             let model = &rest["models/".len()..];
-            respond_json(
-                200,
-                &serde_json::json!([{"label": "sandbox", "score": 1.0, "model": model}]),
-            )
+            respond_json(200, &serde_json::json!([{"label": "sandbox", "score": 1.0, "model": model}]))
         }
         _ => respond_json(
             404,

@@ -8,13 +8,8 @@ use worker::Env;
 
 /// The usage document of a key (SPEC section 7), shared by `/v1/usage` and the admin API.
 pub async fn of(env: &Env, caller: &Caller) -> Result<Value, GatewayError> {
-    let report = account_do::usage(
-        env,
-        &caller.account,
-        Some(caller.key_policy.clone()),
-        Some(caller.account_policy),
-    )
-    .await?;
+    let report =
+        account_do::usage(env, &caller.account, Some(caller.key_policy.clone()), Some(caller.account_policy)).await?;
     Ok(document(caller, report))
 }
 
