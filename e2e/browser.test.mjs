@@ -7,10 +7,11 @@ import { mkdirSync, mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { chromium } from "playwright-core";
-import { ADMIN, startGateway, newKey } from "./harness.mjs";
+import { ADMIN, startGateway, newKey, record } from "./harness.mjs";
 
 const ARTIFACTS = "e2e/artifacts";
 let gw, browser, allowed, other;
+const pending = [];
 
 /** A static page server: one origin per port. */
 async function pageServer() {
@@ -33,8 +34,19 @@ before(async () => {
     viewport: { width: 1200, height: 760 },
     args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
   });
+  // what the browser received from the gateway goes into the secret-hygiene transcript
+  browser.on("response", (r) => {
+    if (!r.url().startsWith(gw.url)) return;
+    const creates = r.request().method() === "POST" && r.url().endsWith("/admin/keys");
+    pending.push(
+      Promise.all([r.allHeaders(), r.text()])
+        .then(([headers, body]) => record("response", `${r.status()} ${JSON.stringify(headers)}\n${creates ? "<key creation body>" : body}`, { url: r.url() }))
+        .catch(() => record("response", `${r.status()}`, { url: r.url() })),
+    );
+  });
 });
 after(async () => {
+  await Promise.all(pending);
   await browser?.close();
   await gw?.stop();
   await allowed?.close();

@@ -2,10 +2,49 @@
 // local KV and Durable Objects, a fake upstream that records every call, and helpers.
 import http from "node:http";
 import net from "node:net";
+import { appendFileSync, mkdirSync } from "node:fs";
+import { basename } from "node:path";
 import { Miniflare, Log, LogLevel } from "miniflare";
 
 export const ADMIN = "adm_e2e_0123456789abcdef";
 export const HF_TOKEN = "hf_e2e_upstream_secret_token";
+
+// Secret hygiene: every response the gateway gives and every line it logs, in every test
+// file, goes into a transcript; e2e/hygiene/secrets.check.mjs greps them all for secrets.
+const TRANSCRIPTS = "e2e/artifacts/transcripts";
+mkdirSync(TRANSCRIPTS, { recursive: true });
+const transcriptFile = `${TRANSCRIPTS}/${basename(process.argv[1] ?? "run")}-${process.pid}.jsonl`;
+const gatewayUrls = new Set();
+
+/** Records something the gateway said (a response or a log line) for the hygiene check. */
+export function record(kind, text, extra = {}) {
+  appendFileSync(transcriptFile, JSON.stringify({ kind, text: String(text), ...extra }) + "\n");
+}
+
+/** Notes a secret the hygiene check must never find where it does not belong. */
+export function secret(value, label) {
+  record("secret", value, { label });
+}
+
+secret(ADMIN, "ADMIN_TOKEN");
+secret(HF_TOKEN, "HF_TOKEN");
+
+const realFetch = globalThis.fetch;
+globalThis.fetch = async (input, init) => {
+  const res = await realFetch(input, init);
+  const url = typeof input === "string" ? input : input.url ?? String(input);
+  if ([...gatewayUrls].some((g) => url.startsWith(g))) {
+    const method = (init?.method ?? input.method ?? "GET").toUpperCase();
+    const headers = JSON.stringify([...res.headers]);
+    // the one response allowed to carry a gateway key is the one that creates it
+    const createsKey = method === "POST" && new URL(url).pathname === "/admin/keys";
+    res.clone().text().then(
+      (body) => record("response", `${res.status} ${headers}\n${createsKey ? "<key creation body>" : body}`, { url }),
+      () => record("response", `${res.status} ${headers}`, { url }),
+    );
+  }
+  return res;
+};
 
 /** Every line the worker logs, across every gateway started by this process. */
 export const workerLogs = [];
@@ -16,13 +55,38 @@ class CapturingLog extends Log {
   }
   log(message) {
     workerLogs.push(String(message));
+    record("log", message);
   }
 }
 
-/** Starts the built gateway. `vars` are its settings, as `wrangler dev --var` would give. */
-export async function startGateway(vars = {}) {
+function captureStdio(stdout, stderr) {
+  for (const stream of [stdout, stderr]) {
+    stream.setEncoding("utf8");
+    stream.on("data", (chunk) => {
+      workerLogs.push(chunk);
+      record("log", chunk);
+    });
+  }
+}
+
+// A Durable Object that is always overloaded: the ledger down, for fail-closed tests.
+const BROKEN_LEDGER = `
+export class Broken {
+  async fetch() { throw new Error("Durable Object is overloaded. Requests queued for too long."); }
+}
+export default { fetch() { return new Response("broken ledger host"); } };
+`;
+
+/**
+ * Starts the built gateway. `vars` are its settings, as `wrangler dev --var` would give.
+ * `brokenLedger` binds the account Durable Objects to one that always fails.
+ */
+export async function startGateway(vars = {}, { brokenLedger = false } = {}) {
+  const accounts = brokenLedger ? { className: "Broken", scriptName: "broken" } : { className: "Account", useSQLite: true };
+  const extra = brokenLedger ? [{ name: "broken", modules: true, script: BROKEN_LEDGER, compatibilityDate: "2026-04-01" }] : [];
   const mf = new Miniflare({
     log: new CapturingLog(),
+    handleRuntimeStdio: captureStdio,
     workers: [
       {
         name: "hf-gate",
@@ -32,18 +96,20 @@ export async function startGateway(vars = {}) {
         compatibilityDate: "2026-04-01",
         kvNamespaces: ["GATEWAY_KV"],
         durableObjects: {
-          ACCOUNTS: { className: "Account", useSQLite: true },
+          ACCOUNTS: accounts,
           COOLDOWNS: { className: "Cooldown", useSQLite: true },
           REGISTRY: { className: "Registry", useSQLite: true },
         },
         bindings: { ADMIN_TOKEN: ADMIN, HF_TOKEN, ...vars },
       },
+      ...extra,
     ],
     host: "127.0.0.1",
     port: 0,
     cf: false,
   });
   const url = (await mf.ready).href.replace(/\/$/, "");
+  gatewayUrls.add(url);
   return { url, mf, stop: () => mf.dispose() };
 }
 
@@ -145,6 +211,7 @@ export async function admin(gw, method, path, body) {
 export async function newKey(gw, body) {
   const r = await admin(gw, "POST", "/admin/keys", body);
   if (r.status !== 201) throw new Error(`key creation failed: ${r.status} ${JSON.stringify(r.json)}`);
+  secret(r.json.key, `gateway key ${r.json.id}`);
   return r.json;
 }
 
@@ -207,6 +274,7 @@ export function rawRequest(gw, method, path, headers = {}, body = "") {
         }
         text = out;
       }
+      record("response", `${status} ${JSON.stringify(hdrs)}\n${text}`, { url: path });
       resolve({ status, headers: hdrs, text });
     });
   });

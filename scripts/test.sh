@@ -22,6 +22,10 @@ step "build: release worker"
 scripts/build.sh >/dev/null 2>&1 || scripts/build.sh
 
 step "end to end: the built worker on workerd, fake upstream, real clients"
+rm -rf e2e/artifacts/transcripts
 node --test --test-concurrency=1 e2e/
+
+step "secret hygiene: every response and log line of the suite"
+node --test e2e/hygiene/secrets.check.mjs
 
 step "done"

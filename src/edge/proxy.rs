@@ -23,7 +23,7 @@ use crate::edge::response::Meta;
 use crate::edge::{cooldown_do, kv, sandbox, sealing};
 use futures_channel::oneshot;
 use futures_util::future::{self, Either};
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt};
 use std::cell::RefCell;
 use std::pin::Pin;
 use std::task::{Context as TaskContext, Poll};
@@ -264,15 +264,38 @@ async fn read_body(req: &mut Request, limit: u64) -> Result<Vec<u8>, GatewayErro
     if matches!(req.method(), Method::Get | Method::Head) {
         return Ok(Vec::new());
     }
+    let too_large = GatewayError::RequestTooLarge { limit_bytes: limit };
     let declared = req.headers().get("content-length").ok().flatten().and_then(|v| v.trim().parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit) {
-        return Err(GatewayError::RequestTooLarge { limit_bytes: limit });
+        return Err(too_large);
     }
-    let body = req.bytes().await.map_err(|_| GatewayError::InvalidRequest("could not read the request body".into()))?;
-    if body.len() as u64 > limit {
-        return Err(GatewayError::RequestTooLarge { limit_bytes: limit });
+    let unreadable = |_| GatewayError::InvalidRequest("could not read the request body".into());
+    let source = match req.stream() {
+        Ok(stream) => Source::Stream(stream),
+        Err(_) => Source::Bytes(Some(req.bytes().await.map_err(unreadable)?)),
+    };
+    // chunked bodies carry no length: read them up to the limit and no further
+    match read_capped(source, usize::try_from(limit).unwrap_or(usize::MAX)).await.map_err(unreadable)? {
+        Capped::Whole(body) => Ok(body),
+        Capped::Over(..) => Err(too_large),
     }
-    Ok(body)
+}
+
+/// A body read up to a cap: all of it, or the part read so far and the rest unread.
+enum Capped {
+    Whole(Vec<u8>),
+    Over(Vec<u8>, Source),
+}
+
+async fn read_capped(mut source: Source, cap: usize) -> Result<Capped, worker::Error> {
+    let mut buf = Vec::new();
+    while let Some(chunk) = source.next().await {
+        buf.extend_from_slice(&chunk?);
+        if buf.len() > cap {
+            return Ok(Capped::Over(buf, source));
+        }
+    }
+    Ok(Capped::Whole(buf))
 }
 
 /// The caller's headers minus credentials, hop-by-hop and Cloudflare headers; plus the
@@ -426,21 +449,32 @@ async fn meter_whole_body(
     prompt_estimate: u64,
     output_bound: u64,
 ) -> Result<Response, GatewayError> {
-    let bytes = match resp.bytes().await {
-        Ok(b) => b,
+    let source = match resp.stream() {
+        Ok(stream) => Source::Stream(stream),
+        Err(_) => Source::Bytes(Some(resp.bytes().await.unwrap_or_default())),
+    };
+    let unreadable = |_| GatewayError::UpstreamError("unreadable response".into());
+    let (bytes, rest) = match read_capped(source, MAX_BUFFERED_RESPONSE).await {
+        Ok(Capped::Whole(bytes)) => (bytes, None),
+        Ok(Capped::Over(head, rest)) => (head, Some(rest)),
         Err(_) => {
             hold.release(ctx);
             return Err(GatewayError::UpstreamError("upstream body could not be read".into()));
         }
     };
-    let usage = (bytes.len() <= MAX_BUFFERED_RESPONSE).then(|| body::usage_of_body(&bytes)).flatten();
-    let usage = usage.unwrap_or(TokenUsage {
-        prompt: prompt_estimate,
-        completion: (bytes.len() as u64).div_ceil(4).min(output_bound),
-    });
-    hold.settle(ctx, price.cost(usage));
-    crate::edge::response::bytes(status, bytes, headers)
-        .map_err(|_| GatewayError::UpstreamError("unreadable response".into()))
+    let Some(rest) = rest else {
+        // whole: charge what `usage` says, or an estimate from the size when it says nothing
+        let usage = body::usage_of_body(&bytes).unwrap_or(TokenUsage {
+            prompt: prompt_estimate,
+            completion: (bytes.len() as u64).div_ceil(4).min(output_bound),
+        });
+        hold.settle(ctx, price.cost(usage));
+        return crate::edge::response::bytes(status, bytes, headers).map_err(unreadable);
+    };
+    // too large to hold for its usage: passed through as it comes, charged the worst case
+    hold.settle(ctx, price.cost(TokenUsage { prompt: prompt_estimate, completion: output_bound }));
+    let stream = futures_util::stream::iter([Ok(bytes)]).chain(rest);
+    Response::from_stream(stream).map(|r| r.with_status(status).with_headers(headers)).map_err(unreadable)
 }
 
 /// How a stream ended, reported by `Metered` to the settle task.
