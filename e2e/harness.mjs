@@ -79,9 +79,10 @@ export default { fetch() { return new Response("broken ledger host"); } };
 
 /**
  * Starts the built gateway. `vars` are its settings, as `wrangler dev --var` would give.
- * `brokenLedger` binds the account Durable Objects to one that always fails.
+ * `brokenLedger` binds the account Durable Objects to one that always fails; `persist` keeps
+ * KV and Durable Object state in a folder, so a second gateway can start where one stopped.
  */
-export async function startGateway(vars = {}, { brokenLedger = false } = {}) {
+export async function startGateway(vars = {}, { brokenLedger = false, persist = undefined } = {}) {
   const accounts = brokenLedger ? { className: "Broken", scriptName: "broken" } : { className: "Account", useSQLite: true };
   const extra = brokenLedger ? [{ name: "broken", modules: true, script: BROKEN_LEDGER, compatibilityDate: "2026-04-01" }] : [];
   const mf = new Miniflare({
@@ -107,6 +108,7 @@ export async function startGateway(vars = {}, { brokenLedger = false } = {}) {
     host: "127.0.0.1",
     port: 0,
     cf: false,
+    ...(persist ? { kvPersist: `${persist}/kv`, durableObjectsPersist: `${persist}/do` } : {}),
   });
   const url = (await mf.ready).href.replace(/\/$/, "");
   gatewayUrls.add(url);
@@ -249,7 +251,8 @@ export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
  */
 export function rawRequest(gw, method, path, headers = {}, body = "") {
   const { hostname, port } = new URL(gw.url);
-  const head = [`${method} ${path} HTTP/1.1`, `host: ${hostname}`, `content-length: ${Buffer.byteLength(body)}`, "connection: close"];
+  const head = [`${method} ${path} HTTP/1.1`, `host: ${hostname}`, "connection: close"];
+  if (!Object.keys(headers).some((k) => k.toLowerCase() === "content-length")) head.push(`content-length: ${Buffer.byteLength(body)}`);
   for (const [k, v] of Object.entries(headers)) head.push(`${k}: ${v}`);
   return new Promise((resolve, reject) => {
     const chunks = [];

@@ -8,9 +8,11 @@
 
 use crate::core::time::UnixMillis;
 use crate::edge::{platform, stats};
+use futures_util::future::{FutureExt, LocalBoxFuture, Shared};
 use serde::{Deserialize, Serialize};
 use std::cell::RefCell;
 use std::collections::{BTreeSet, HashSet};
+use std::rc::Rc;
 use wasm_bindgen::JsValue;
 use worker::{durable_object, DurableObject, Env, Method, Request, RequestInit, Response, Result, State};
 
@@ -61,8 +63,13 @@ impl DurableObject for Registry {
     }
 }
 
+type Refresh = Shared<LocalBoxFuture<'static, Option<Rc<HashSet<u64>>>>>;
+
 thread_local! {
-    static COPY: RefCell<Option<(HashSet<u64>, UnixMillis)>> = const { RefCell::new(None) };
+    static COPY: RefCell<Option<(Rc<HashSet<u64>>, UnixMillis)>> = const { RefCell::new(None) };
+    /// The registry read under way, shared by every request that needs it meanwhile, so a
+    /// burst on a stale copy costs one read, not one per request.
+    static IN_FLIGHT: RefCell<Option<Refresh>> = const { RefCell::new(None) };
 }
 
 async fn ask(env: &Env, add: Option<u64>) -> Option<Vec<u64>> {
@@ -77,8 +84,28 @@ async fn ask(env: &Env, add: Option<u64>) -> Option<Vec<u64>> {
     resp.json::<Prefixes>().await.ok().map(|p| p.prefixes)
 }
 
-fn store(prefixes: Vec<u64>, now: UnixMillis) {
-    COPY.with(|c| *c.borrow_mut() = Some((prefixes.into_iter().collect(), now)));
+fn store(prefixes: Vec<u64>, now: UnixMillis) -> Rc<HashSet<u64>> {
+    let set = Rc::new(prefixes.into_iter().collect::<HashSet<u64>>());
+    COPY.with(|c| *c.borrow_mut() = Some((set.clone(), now)));
+    set
+}
+
+fn refresh(env: &Env) -> Refresh {
+    IN_FLIGHT.with(|f| {
+        f.borrow_mut()
+            .get_or_insert_with(|| {
+                let env = env.clone();
+                async move {
+                    stats::bump(stats::Counter::RegistryReads);
+                    let read = ask(&env, None).await.map(|p| store(p, platform::now()));
+                    IN_FLIGHT.with(|f| f.borrow_mut().take());
+                    read
+                }
+                .boxed_local()
+                .shared()
+            })
+            .clone()
+    })
 }
 
 /// Whether a key with this digest prefix may exist. `false` means certainly not.
@@ -88,22 +115,16 @@ pub async fn may_exist(env: &Env, prefix: u64) -> bool {
         Some((set, at)) => (set.contains(&prefix), now.millis_since(*at) < REFRESH_MS),
         None => (false, false),
     });
-    if known {
-        return true;
+    let exists = match (known, fresh) {
+        (true, _) => true,
+        (false, true) => false,
+        // unknown to a stale copy: ask again; if the registry cannot say, KV decides
+        (false, false) => refresh(env).await.is_none_or(|set| set.contains(&prefix)),
+    };
+    if !exists {
+        stats::bump(stats::Counter::UnknownKeyRefusedByRegistry);
     }
-    if fresh {
-        stats::bump(stats::Counter::UnknownKeyRefusedWithoutLookup);
-        return false;
-    }
-    stats::bump(stats::Counter::RegistryReads);
-    match ask(env, None).await {
-        Some(prefixes) => {
-            let found = prefixes.contains(&prefix);
-            store(prefixes, now);
-            found
-        }
-        None => true,
-    }
+    exists
 }
 
 /// Registers a new key's prefix, everywhere and in this isolate at once.
