@@ -8,7 +8,6 @@
 
 use crate::core::time::UnixMillis;
 use crate::edge::{platform, stats};
-use futures_util::future::{FutureExt, LocalBoxFuture, Shared};
 use serde::{Deserialize, Serialize};
 use std::cell::RefCell;
 use std::collections::{BTreeSet, HashSet};
@@ -63,14 +62,16 @@ impl DurableObject for Registry {
     }
 }
 
-type Refresh = Shared<LocalBoxFuture<'static, Option<Rc<HashSet<u64>>>>>;
-
 thread_local! {
     static COPY: RefCell<Option<(Rc<HashSet<u64>>, UnixMillis)>> = const { RefCell::new(None) };
-    /// The registry read under way, shared by every request that needs it meanwhile, so a
-    /// burst on a stale copy costs one read, not one per request.
-    static IN_FLIGHT: RefCell<Option<Refresh>> = const { RefCell::new(None) };
+    /// When a request of this isolate started refreshing the copy. Meanwhile the others use
+    /// the stale copy rather than each reading the registry again. (They cannot wait for that
+    /// read: in Workers, one request may not await I/O that belongs to another.)
+    static REFRESHING: RefCell<Option<UnixMillis>> = const { RefCell::new(None) };
 }
+
+/// A refresh older than this is presumed dead (its request went away) and may be retried.
+const REFRESH_GIVE_UP_MS: u64 = 2_000;
 
 async fn ask(env: &Env, add: Option<u64>) -> Option<Vec<u64>> {
     let stub = env.durable_object(BINDING).ok()?.id_from_name("registry").ok()?.get_stub().ok()?;
@@ -90,24 +91,6 @@ fn store(prefixes: Vec<u64>, now: UnixMillis) -> Rc<HashSet<u64>> {
     set
 }
 
-fn refresh(env: &Env) -> Refresh {
-    IN_FLIGHT.with(|f| {
-        f.borrow_mut()
-            .get_or_insert_with(|| {
-                let env = env.clone();
-                async move {
-                    stats::bump(stats::Counter::RegistryReads);
-                    let read = ask(&env, None).await.map(|p| store(p, platform::now()));
-                    IN_FLIGHT.with(|f| f.borrow_mut().take());
-                    read
-                }
-                .boxed_local()
-                .shared()
-            })
-            .clone()
-    })
-}
-
 /// Whether a key with this digest prefix may exist. `false` means certainly not.
 pub async fn may_exist(env: &Env, prefix: u64) -> bool {
     let now = platform::now();
@@ -115,11 +98,21 @@ pub async fn may_exist(env: &Env, prefix: u64) -> bool {
         Some((set, at)) => (set.contains(&prefix), now.millis_since(*at) < REFRESH_MS),
         None => (false, false),
     });
+    let have_copy = COPY.with(|c| c.borrow().is_some());
+    let someone_refreshing =
+        REFRESHING.with(|r| r.borrow().is_some_and(|at| now.millis_since(at) < REFRESH_GIVE_UP_MS));
     let exists = match (known, fresh) {
         (true, _) => true,
         (false, true) => false,
+        (false, false) if have_copy && someone_refreshing => false,
         // unknown to a stale copy: ask again; if the registry cannot say, KV decides
-        (false, false) => refresh(env).await.is_none_or(|set| set.contains(&prefix)),
+        (false, false) => {
+            REFRESHING.with(|r| *r.borrow_mut() = Some(now));
+            stats::bump(stats::Counter::RegistryReads);
+            let read = ask(env, None).await.map(|p| store(p, platform::now()));
+            REFRESHING.with(|r| *r.borrow_mut() = None);
+            read.is_none_or(|set| set.contains(&prefix))
+        }
     };
     if !exists {
         stats::bump(stats::Counter::UnknownKeyRefusedByRegistry);
