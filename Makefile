@@ -6,7 +6,7 @@ export WRANGLER_SEND_METRICS := false
 export CLOUDFLARE_CF_FETCH_ENABLED := false
 PORT ?= 8787
 
-.PHONY: setup build dev test test-native test-wasm test-e2e test-browser lint bench fuzz clean
+.PHONY: setup build dev test test-native test-wasm test-e2e lint bench fuzz clean
 
 setup:
 	@scripts/setup.sh
@@ -36,3 +36,7 @@ test: setup
 
 clean:
 	rm -rf build target node_modules .wrangler
+
+# A long fuzzing pass over every parser that takes outside input (make test runs a short one).
+fuzz: setup
+	FUZZ_CASES=$${FUZZ_CASES:-2000000} cargo test --release --test fuzz_parsers -- --nocapture
