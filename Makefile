@@ -29,7 +29,7 @@ test-wasm: setup
 	wasm-pack test --node
 
 test-e2e: build
-	node --test --test-concurrency=1 e2e/
+	node --test --test-concurrency=1 --test-timeout=120000 e2e/
 
 test: setup
 	@scripts/test.sh

@@ -18,12 +18,13 @@ cargo test -q
 step "wasm: wasm-pack test --node (edge pieces that need a JS host)"
 wasm-pack --log-level warn test --node
 
-step "build: release worker"
+step "build: release worker, held to its size budget"
 scripts/build.sh >/dev/null 2>&1 || scripts/build.sh
+node scripts/size.mjs --check
 
 step "end to end: the built worker on workerd, fake upstream, real clients"
 rm -rf e2e/artifacts/transcripts
-node --test --test-concurrency=1 e2e/
+node --test --test-concurrency=1 --test-timeout=120000 e2e/
 
 step "secret hygiene: every response and log line of the suite"
 node --test e2e/hygiene/secrets.check.mjs

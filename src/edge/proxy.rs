@@ -180,7 +180,10 @@ pub async fn handle(
     }
 
     let method = req.method();
-    let query = req.url().ok().and_then(|u| u.query().map(str::to_string));
+    // the raw URL string, not `req.url()`: parsing it would pull the url crate's IDNA tables
+    // into the bundle for nothing
+    let raw_url = req.inner().url();
+    let query = raw_url.split_once('?').map(|(_, q)| q.split('#').next().unwrap_or(q).to_string());
     let out_headers = upstream_headers(req.headers(), caller.bill_to());
     let started = platform::now();
     RETRY_BUDGET.with(|b| b.borrow_mut().deposit(started));

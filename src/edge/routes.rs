@@ -36,7 +36,14 @@ fn effective_origin(req: &Request) -> Option<String> {
         return Some(o);
     }
     let same = h.get("sec-fetch-site").ok().flatten().is_some_and(|v| v == "same-origin");
-    same.then(|| req.url().ok()).flatten().map(|u| u.origin().ascii_serialization())
+    same.then(|| url_origin(&req.inner().url())).flatten()
+}
+
+/// `scheme://host[:port]` of an absolute URL (the runtime hands requests over normalised).
+fn url_origin(url: &str) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    Some(format!("{scheme}://{authority}"))
 }
 
 async fn dispatch(
