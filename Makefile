@@ -40,3 +40,11 @@ clean:
 # A long fuzzing pass over every parser that takes outside input (make test runs a short one).
 fuzz: setup
 	FUZZ_CASES=$${FUZZ_CASES:-2000000} cargo test --release --test fuzz_parsers -- --nocapture
+
+# Benchmarks: the core decisions (cargo bench), then the gateway under load against the
+# upstream, nginx, the runtime's floor and wrangler dev (bench/run.mjs). About 5 minutes.
+bench: build
+	@command -v nginx >/dev/null && command -v wrk >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx wrk >/dev/null; }
+	cargo bench --bench core
+	node bench/run.mjs

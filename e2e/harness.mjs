@@ -5,6 +5,7 @@ import net from "node:net";
 import { appendFileSync, mkdirSync } from "node:fs";
 import { basename } from "node:path";
 import { Miniflare, Log, LogLevel } from "miniflare";
+import { gatewayOptions } from "./miniflare.mjs";
 
 export const ADMIN = "adm_e2e_0123456789abcdef";
 export const HF_TOKEN = "hf_e2e_upstream_secret_token";
@@ -69,47 +70,15 @@ function captureStdio(stdout, stderr) {
   }
 }
 
-// A Durable Object that is always overloaded: the ledger down, for fail-closed tests.
-const BROKEN_LEDGER = `
-export class Broken {
-  async fetch() { throw new Error("Durable Object is overloaded. Requests queued for too long."); }
-}
-export default { fetch() { return new Response("broken ledger host"); } };
-`;
-
 /**
  * Starts the built gateway. `vars` are its settings, as `wrangler dev --var` would give.
  * `brokenLedger` binds the account Durable Objects to one that always fails; `persist` keeps
  * KV and Durable Object state in a folder, so a second gateway can start where one stopped.
  */
 export async function startGateway(vars = {}, { brokenLedger = false, persist = undefined } = {}) {
-  const accounts = brokenLedger ? { className: "Broken", scriptName: "broken" } : { className: "Account", useSQLite: true };
-  const extra = brokenLedger ? [{ name: "broken", modules: true, script: BROKEN_LEDGER, compatibilityDate: "2026-04-01" }] : [];
-  const mf = new Miniflare({
-    log: new CapturingLog(),
-    handleRuntimeStdio: captureStdio,
-    workers: [
-      {
-        name: "hf-gate",
-        scriptPath: "build/index.js",
-        modules: true,
-        modulesRules: [{ type: "CompiledWasm", include: ["**/*.wasm"], fallthrough: true }],
-        compatibilityDate: "2026-04-01",
-        kvNamespaces: ["GATEWAY_KV"],
-        durableObjects: {
-          ACCOUNTS: accounts,
-          COOLDOWNS: { className: "Cooldown", useSQLite: true },
-          REGISTRY: { className: "Registry", useSQLite: true },
-        },
-        bindings: { ADMIN_TOKEN: ADMIN, HF_TOKEN, ...vars },
-      },
-      ...extra,
-    ],
-    host: "127.0.0.1",
-    port: 0,
-    cf: false,
-    ...(persist ? { kvPersist: `${persist}/kv`, durableObjectsPersist: `${persist}/do` } : {}),
-  });
+  const mf = new Miniflare(
+    gatewayOptions({ bindings: { ADMIN_TOKEN: ADMIN, HF_TOKEN, ...vars }, brokenLedger, persist, log: new CapturingLog(), handleRuntimeStdio: captureStdio }),
+  );
   const url = (await mf.ready).href.replace(/\/$/, "");
   gatewayUrls.add(url);
   return { url, mf, stop: () => mf.dispose() };

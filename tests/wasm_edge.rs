@@ -39,6 +39,7 @@ async fn a_429_becomes_a_response_with_every_retry_header() {
         cors_origin: Some("https://app.example".into()),
         rate: Some(RateView { rpm: 60, burst: 10, remaining: 0, reset_ms: 1_500 }),
         sandbox: false,
+        timing: vec![("ledger", 3)],
     };
     let mut resp = response::error(&GatewayError::RateLimited { retry_after_ms: 1_500 }, &meta).unwrap();
     assert_eq!(resp.status_code(), 429);
@@ -51,6 +52,7 @@ async fn a_429_becomes_a_response_with_every_retry_header() {
     assert_eq!(h.get("access-control-allow-origin").unwrap().as_deref(), Some("https://app.example"));
     assert!(h.get("access-control-expose-headers").unwrap().unwrap().contains("retry-after"));
     assert_eq!(h.get("x-request-id").unwrap().as_deref(), Some("req-1"));
+    assert_eq!(h.get("server-timing").unwrap().as_deref(), Some("ledger;dur=3"));
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["error"]["code"], "rate_limit_exceeded");
 }

@@ -226,8 +226,16 @@ pub async fn call<T: for<'de> Deserialize<'de>>(
     let mut init = RequestInit::new();
     init.with_method(Method::Post).with_headers(headers).with_body(Some(JsValue::from_str(&body)));
     let req = Request::new_with_init("https://account.internal/op", &init).map_err(down)?;
-    let mut resp = stub.fetch_with_request(req).await.map_err(down)?;
+    let mut resp = match stub.fetch_with_request(req).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            // the runtime's words (overloaded, reset, ...): operators need them; no secrets
+            worker::console_error!("ledger {account} unreachable: {e}");
+            return Err(GatewayError::LedgerUnavailable);
+        }
+    };
     if resp.status_code() != 200 {
+        worker::console_error!("ledger {account} answered {}", resp.status_code());
         return Err(GatewayError::LedgerUnavailable);
     }
     resp.json().await.map_err(down)

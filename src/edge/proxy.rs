@@ -147,7 +147,9 @@ pub async fn handle(
             ttl_ms: s.reservation_ttl_ms,
         },
     );
+    let admit_started = platform::now();
     let (admission, cooling) = future::join(admit, cooldown_do::remaining(env, &cooldown_key)).await;
+    meta.timing.push(("ledger", platform::now().millis_since(admit_started)));
     let hold = match admission? {
         Admission::Admitted { reservation, rate, stale } => {
             meta.rate = Some(rate);
@@ -201,6 +203,7 @@ pub async fn handle(
         &cooldown_key,
     )
     .await;
+    meta.timing.push(("upstream", platform::now().millis_since(started)));
     let resp = match sent {
         Ok(resp) => resp,
         Err(e) => {

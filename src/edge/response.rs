@@ -16,6 +16,8 @@ pub struct Meta {
     pub rate: Option<RateView>,
     /// Set when a sandbox answered, so nobody mistakes it for the real router.
     pub sandbox: bool,
+    /// `Server-Timing` entries: where the gateway's time went (milliseconds).
+    pub timing: Vec<(&'static str, u64)>,
 }
 
 impl Meta {
@@ -30,6 +32,10 @@ impl Meta {
         if let Some(r) = self.rate {
             let _ = h.set("ratelimit-policy", &format!("\"rpm\";q={};w=60;burst={}", r.rpm, r.burst));
             let _ = h.set("ratelimit", &format!("\"rpm\";r={};t={}", r.remaining, r.reset_ms.div_ceil(1000)));
+        }
+        if !self.timing.is_empty() {
+            let t: Vec<String> = self.timing.iter().map(|(name, ms)| format!("{name};dur={ms}")).collect();
+            let _ = h.set("server-timing", &t.join(", "));
         }
         if self.sandbox {
             let _ = h.set("x-upstream", "sandbox");
