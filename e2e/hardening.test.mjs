@@ -3,6 +3,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { mkdtempSync } from "node:fs";
+import net from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { ADMIN, startGateway, startUpstream, admin, newKey, chat, usage, eventually, completion, rawRequest, secret, sleep } from "./harness.mjs";
@@ -12,7 +13,7 @@ const PRICES = JSON.stringify({ "*": { input: 1.0, output: 1.0 } });
 
 before(async () => {
   up = await startUpstream();
-  gw = await startGateway({ UPSTREAM_URL: up.url, PRICES, UPSTREAM_DEADLINE_MS: "2000", MAX_BODY_BYTES: "65536" });
+  gw = await startGateway({ UPSTREAM_URL: up.url, PRICES, UPSTREAM_DEADLINE_MS: "2000", MAX_BODY_BYTES: "65536", STREAM_IDLE_MS: "800" });
 });
 after(async () => {
   await gw?.stop();
@@ -52,6 +53,43 @@ test("upstream faults: each ends in the contract's answer and a consistent ledge
     assert.equal(r.status, 200);
     assert.ok(r.text.startsWith("data: "), "what arrived was passed on");
     assert.ok(r.used > 0 && r.used <= 100 + 60, `charged ${r.used} for what was delivered`);
+  });
+  await t.test("a stream that goes silent mid-way is cut and charged for what came", async () => {
+    const r = await fault("stalled", (req, res) => {
+      res.writeHead(200, { "content-type": "text/event-stream" });
+      res.write(`data: ${JSON.stringify({ choices: [{ delta: { content: "first" } }] })}\n\n`);
+      // ...and nothing more, ever
+    }, (k) => chat(gw, k, body("m/stalled", { stream: true })));
+    assert.equal(r.status, 200);
+    assert.ok(r.text.includes("first"));
+    assert.ok(r.used > 0 && r.used < 100 + 60, `charged ${r.used}`);
+  });
+  await t.test("a caller that hangs up mid-stream is settled for what was delivered", async () => {
+    up.reset();
+    up.on(async (req, res) => {
+      res.writeHead(200, { "content-type": "text/event-stream" });
+      for (let i = 0; i < 100 && !res.destroyed; i++) {
+        res.write(`data: ${JSON.stringify({ choices: [{ delta: { content: `w${i} ` } }] })}\n\n`);
+        await sleep(20);
+      }
+      res.end("data: [DONE]\n\n");
+    });
+    const k = await newKey(gw, { plan: "pro" });
+    const { hostname, port } = new URL(gw.url);
+    const payload = JSON.stringify(body("m/hangup", { stream: true, max_tokens: 1000 }));
+    await new Promise((resolve) => {
+      const sock = net.connect(Number(port), hostname, () =>
+        sock.write(`POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer ${k.key}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(payload)}\r\n\r\n${payload}`));
+      let seen = 0;
+      sock.on("data", (d) => {
+        seen += d.length;
+        if (seen > 300) sock.destroy(); // gone, without a word
+      });
+      sock.on("close", resolve);
+    });
+    const u = await settled(k.key);
+    assert.ok(u, "the abandoned stream's reservation was settled");
+    assert.ok(u.credits.used_micro_usd > 0 && u.credits.used_micro_usd < 1000 + 60, `charged ${u.credits.used_micro_usd}`);
   });
   await t.test("a malformed SSE stream", async () => {
     const r = await fault("badsse", (req, res) => {

@@ -85,6 +85,9 @@ pub struct Settings {
     pub reservation_ttl_ms: u64,
     /// Delay between sandbox stream chunks, so local streaming looks like streaming.
     pub sandbox_chunk_delay_ms: u64,
+    /// A stream silent this long is over: upstream stalled, or the caller hung up. It is then
+    /// settled for what was delivered. Under the runtime's 30 s wait_until grace.
+    pub stream_idle_ms: u64,
 }
 
 fn default_plans() -> BTreeMap<String, Plan> {
@@ -166,6 +169,7 @@ impl Settings {
             provider_urls,
             reservation_ttl_ms: num("RESERVATION_TTL_MS", 900_000, 1_000, 86_400_000)?,
             sandbox_chunk_delay_ms: num("SANDBOX_CHUNK_DELAY_MS", 20, 0, 5_000)?,
+            stream_idle_ms: num("STREAM_IDLE_MS", 20_000, 100, 25_000)?,
         })
     }
 

@@ -21,12 +21,14 @@ use crate::edge::auth::{self, Caller};
 use crate::edge::platform::{self, OsRng};
 use crate::edge::response::Meta;
 use crate::edge::{cooldown_do, kv, sandbox, sealing};
-use futures_channel::oneshot;
 use futures_util::future::{self, Either};
 use futures_util::{Stream, StreamExt};
 use std::cell::RefCell;
+use std::future::Future;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::task::{Context as TaskContext, Poll};
+use std::time::Duration;
 use wasm_bindgen::JsValue;
 use worker::{AbortController, ByteStream, Context, Env, Fetch, Headers, Method, Request, RequestInit, Response};
 
@@ -483,11 +485,13 @@ async fn meter_whole_body(
     Response::from_stream(stream).map(|r| r.with_status(status).with_headers(headers)).map_err(unreadable)
 }
 
-/// How a stream ended, reported by `Metered` to the settle task.
-struct StreamEnd {
+/// What a metered stream has delivered so far, shared with its settle task.
+#[derive(Debug, Default)]
+struct Progress {
     usage: Option<TokenUsage>,
     delivered_events: u64,
-    ended_at: UnixMillis,
+    last_activity: UnixMillis,
+    ended_at: Option<UnixMillis>,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -508,26 +512,47 @@ async fn meter_stream(
         // a body already in memory (the sandbox): metered the same way, as one chunk
         Err(_) => Source::Bytes(Some(resp.bytes().await.unwrap_or_default())),
     };
-    let (tx, rx) = oneshot::channel::<StreamEnd>();
+    let progress = Rc::new(RefCell::new(Progress { last_activity: platform::now(), ..Progress::default() }));
+    let idle_ms = s.stream_idle_ms;
     let compute = s.compute;
-    let settle_hold = hold.clone();
+    let watched = progress.clone();
+    // The settle task watches the stream rather than waiting for it to say it ended: a
+    // caller that hangs up may leave the stream neither finished nor dropped, and its cost
+    // must still be settled (for what was delivered) within the runtime's wait_until grace.
     let settle = async move {
-        let end = rx.await.ok();
-        let actual = match (pricing, end) {
-            (Pricing::Tokens { price, prompt_estimate, output_bound }, Some(end)) => {
-                price.cost(end.usage.unwrap_or(TokenUsage {
-                    prompt: prompt_estimate,
-                    completion: end.delivered_events.min(output_bound),
-                }))
+        loop {
+            let (ended, last) = {
+                let p = watched.borrow();
+                (p.ended_at.is_some(), p.last_activity)
+            };
+            if ended || platform::now().millis_since(last) >= idle_ms {
+                break;
             }
-            (Pricing::Time, Some(end)) => compute.cost_ms(end.ended_at.millis_since(started)),
-            (Pricing::Time, None) => compute.cost_ms(platform::now().millis_since(started)),
-            _ => MicroUsd::ZERO,
+            platform::sleep_ms((idle_ms / 4).clamp(50, 1_000)).await;
+        }
+        let actual = {
+            let p = watched.borrow();
+            let ended_at = p.ended_at.unwrap_or(p.last_activity);
+            match pricing {
+                Pricing::Tokens { price, prompt_estimate, output_bound } => price.cost(p.usage.unwrap_or(TokenUsage {
+                    prompt: prompt_estimate,
+                    completion: p.delivered_events.min(output_bound),
+                })),
+                Pricing::Time => compute.cost_ms(ended_at.millis_since(started)),
+                Pricing::Free => MicroUsd::ZERO,
+            }
         };
-        settle_hold.settle_now(actual).await;
+        hold.settle_now(actual).await;
     };
     ctx.wait_until(settle);
-    let metered = Metered { inner, meter: is_sse.then(|| SseMeter::new(hide_usage)), tx: Some(tx), finished: false };
+    let metered = Metered {
+        inner,
+        meter: is_sse.then(|| SseMeter::new(hide_usage)),
+        progress,
+        idle_ms,
+        idle: None,
+        finished: false,
+    };
     Response::from_stream(metered)
         .map(|r| r.with_status(status).with_headers(headers))
         .map_err(|_| GatewayError::UpstreamError("unreadable response".into()))
@@ -551,19 +576,38 @@ impl Stream for Source {
     }
 }
 
+/// Passes an upstream body through, metering it as it goes. Ends (as a cut) when upstream
+/// finishes, fails, or goes silent for longer than the idle limit.
 struct Metered {
     inner: Source,
     meter: Option<SseMeter>,
-    tx: Option<oneshot::Sender<StreamEnd>>,
+    progress: Rc<RefCell<Progress>>,
+    idle_ms: u64,
+    idle: Option<Pin<Box<worker::Delay>>>,
     finished: bool,
 }
 
 impl Metered {
-    fn report(&mut self) {
-        if let Some(tx) = self.tx.take() {
-            let (usage, delivered_events) = self.meter.as_ref().map_or((None, 0), |m| (m.usage, m.delivered_events));
-            let _ = tx.send(StreamEnd { usage, delivered_events, ended_at: platform::now() });
+    fn record(&mut self) {
+        let mut p = self.progress.borrow_mut();
+        if let Some(m) = &self.meter {
+            p.usage = m.usage;
+            p.delivered_events = m.delivered_events;
         }
+        p.last_activity = platform::now();
+    }
+
+    fn end(&mut self) {
+        self.record();
+        let mut p = self.progress.borrow_mut();
+        p.ended_at.get_or_insert_with(platform::now);
+    }
+
+    fn finish(&mut self) -> Poll<Option<Result<Vec<u8>, worker::Error>>> {
+        self.finished = true;
+        let rest = self.meter.as_mut().map(SseMeter::finish).unwrap_or_default();
+        self.end();
+        Poll::Ready((!rest.is_empty()).then_some(Ok(rest)))
     }
 }
 
@@ -576,24 +620,29 @@ impl Stream for Metered {
         }
         loop {
             match Pin::new(&mut self.inner).poll_next(cx) {
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {
+                    let idle_ms = self.idle_ms;
+                    let timer =
+                        self.idle.get_or_insert_with(|| Box::pin(worker::Delay::from(Duration::from_millis(idle_ms))));
+                    if timer.as_mut().poll(cx).is_ready() {
+                        // upstream went silent mid-stream: cut it here, charged for what came
+                        return self.finish();
+                    }
+                    return Poll::Pending;
+                }
                 Poll::Ready(Some(Ok(chunk))) => {
+                    self.idle = None;
                     let out = match self.meter.as_mut() {
                         Some(m) => m.feed(&chunk),
                         None => chunk,
                     };
+                    self.record();
                     if !out.is_empty() {
                         return Poll::Ready(Some(Ok(out)));
                     }
                 }
-                Poll::Ready(end) => {
-                    // clean end, or upstream broke mid-stream: either way, flush and report
-                    let _ = end;
-                    self.finished = true;
-                    let rest = self.meter.as_mut().map(SseMeter::finish).unwrap_or_default();
-                    self.report();
-                    return Poll::Ready((!rest.is_empty()).then_some(Ok(rest)));
-                }
+                // clean end, or upstream broke mid-stream: either way, flush and report
+                Poll::Ready(_) => return self.finish(),
             }
         }
     }
@@ -601,6 +650,6 @@ impl Stream for Metered {
 
 impl Drop for Metered {
     fn drop(&mut self) {
-        self.report();
+        self.end();
     }
 }
