@@ -21,6 +21,7 @@ use crate::edge::auth::{self, Caller};
 use crate::edge::platform::{self, OsRng};
 use crate::edge::response::Meta;
 use crate::edge::{cooldown_do, kv, sandbox, sealing};
+use futures_channel::oneshot;
 use futures_util::future::{self, Either};
 use futures_util::{Stream, StreamExt};
 use std::cell::RefCell;
@@ -519,6 +520,7 @@ async fn meter_stream(
     // The settle task watches the stream rather than waiting for it to say it ended: a
     // caller that hangs up may leave the stream neither finished nor dropped, and its cost
     // must still be settled (for what was delivered) within the runtime's wait_until grace.
+    let (ended_tx, mut ended_rx) = oneshot::channel::<()>();
     let settle = async move {
         loop {
             let (ended, last) = {
@@ -528,7 +530,12 @@ async fn meter_stream(
             if ended || platform::now().millis_since(last) >= idle_ms {
                 break;
             }
-            platform::sleep_ms((idle_ms / 4).clamp(50, 1_000)).await;
+            // woken at once when the stream ends, or after a while to look for idleness
+            let tick = platform::sleep_ms((idle_ms / 4).clamp(50, 1_000));
+            futures_util::pin_mut!(tick);
+            if let Either::Left(_) = future::select(&mut ended_rx, tick).await {
+                break;
+            }
         }
         let actual = {
             let p = watched.borrow();
@@ -549,6 +556,7 @@ async fn meter_stream(
         inner,
         meter: is_sse.then(|| SseMeter::new(hide_usage)),
         progress,
+        ended: Some(ended_tx),
         idle_ms,
         idle: None,
         finished: false,
@@ -582,6 +590,8 @@ struct Metered {
     inner: Source,
     meter: Option<SseMeter>,
     progress: Rc<RefCell<Progress>>,
+    /// Wakes the settle task the moment the stream ends.
+    ended: Option<oneshot::Sender<()>>,
     idle_ms: u64,
     idle: Option<Pin<Box<worker::Delay>>>,
     finished: bool,
@@ -599,8 +609,10 @@ impl Metered {
 
     fn end(&mut self) {
         self.record();
-        let mut p = self.progress.borrow_mut();
-        p.ended_at.get_or_insert_with(platform::now);
+        self.progress.borrow_mut().ended_at.get_or_insert_with(platform::now);
+        if let Some(tx) = self.ended.take() {
+            let _ = tx.send(());
+        }
     }
 
     fn finish(&mut self) -> Poll<Option<Result<Vec<u8>, worker::Error>>> {
