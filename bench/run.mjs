@@ -12,7 +12,7 @@ import { mkdirSync, mkdtempSync, writeFileSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import http from "node:http";
-import { Miniflare } from "miniflare";
+import { Log, LogLevel, Miniflare } from "miniflare";
 import { gatewayOptions } from "../e2e/miniflare.mjs";
 import { bundleSize } from "../scripts/size.mjs";
 
@@ -115,6 +115,19 @@ async function createKey(base) {
 // What the gateway logs under load: a failed settle would mean lost accounting, so it is
 // counted and reported, not just scrolled past.
 const gatewayLog = [];
+// Miniflare's request log ("POST /v1/chat/completions 503 Service Unavailable (2ms)"): the
+// status of every answer that was not a 2xx, so an odd one can be explained.
+const oddStatuses = {};
+class StatusLog extends Log {
+  constructor() {
+    super(LogLevel.INFO);
+  }
+  log(message) {
+    const m = /(GET|POST) (\S+) (\d{3}) /.exec(String(message).replace(/\x1b\[[0-9;]*m/g, ""));
+    if (m && !m[3].startsWith("2")) oddStatuses[`${m[1]} ${m[2]} ${m[3]}`] = (oddStatuses[`${m[1]} ${m[2]} ${m[3]}`] ?? 0) + 1;
+  }
+}
+
 function captureGatewayLog(stdout, stderr) {
   for (const s of [stdout, stderr]) s.on("data", (d) => gatewayLog.push(String(d)));
 }
@@ -129,7 +142,7 @@ async function startTargets() {
   cleanups.push(() => empty.dispose());
   const emptyUrl = (await empty.ready).href.replace(/\/$/, "");
   const vars = { UPSTREAM_URL: ng.upstream, HF_TOKEN: "hf_bench", ADMIN_TOKEN: ADMIN };
-  const gw = new Miniflare(gatewayOptions({ bindings: vars, handleRuntimeStdio: captureGatewayLog }));
+  const gw = new Miniflare(gatewayOptions({ bindings: vars, handleRuntimeStdio: captureGatewayLog, log: new StatusLog() }));
   cleanups.push(() => gw.dispose());
   const gwUrl = (await gw.ready).href.replace(/\/$/, "");
   const wranglerPort = await freePort();
@@ -309,11 +322,12 @@ async function main() {
     }
   }
   const ledgerFailures = gatewayLog.join("").split("\n").filter((l) => /settle failed|ledger .* (unreachable|answered)/.test(l));
+  if (Object.keys(oddStatuses).length) console.error(`gateway answers that were not 2xx: ${JSON.stringify(oddStatuses)}`);
   if (ledgerFailures.length) console.error(`gateway logged ${ledgerFailures.length} ledger failures under load, e.g. ${ledgerFailures[0]}`);
   const size = bundleSize();
   const meta = {
     date: new Date().toISOString(), rounds: ROUNDS, seconds_per_run: SECONDS, cpus: (await import("node:os")).cpus().length, load: "wrk",
-    bundle: size, gateway_ledger_failures: ledgerFailures.length,
+    bundle: size, gateway_ledger_failures: ledgerFailures.length, gateway_non_2xx: oddStatuses,
   };
   writeFileSync(`${OUT}/bench.json`, JSON.stringify({ meta, summary, runs: results, ttfb: firstBytes }, null, 2));
   writeFileSync(`${OUT}/latency.svg`, svgChart(results, targets));
