@@ -22,6 +22,11 @@ export function record(kind, text, extra = {}) {
   appendFileSync(transcriptFile, JSON.stringify({ kind, text: String(text), ...extra }) + "\n");
 }
 
+/** Records every response from a gateway started outside `startGateway` (wrangler dev). */
+export function watchGateway(url) {
+  gatewayUrls.add(url);
+}
+
 /** Notes a secret the hygiene check must never find where it does not belong. */
 export function secret(value, label) {
   record("secret", value, { label });
