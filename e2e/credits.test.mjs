@@ -218,3 +218,34 @@ test("a free key with no max_tokens is bounded by the plan's default, sent upstr
   assert.equal(res.status, 200);
   assert.equal(up.calls[0].json.max_tokens, 1024);
 });
+
+test("a reservation nobody settles (its isolate died) is released by the ledger's own alarm", async () => {
+  const g = await startGateway({ UPSTREAM_URL: up.url, PRICES, RESERVATION_TTL_MS: "1000" });
+  try {
+    const k = await newKey(g, { plan: "free", monthly_credit_micro_usd: 1000 });
+    // hold 800 straight in the account's Durable Object, as an edge would just before dying
+    const ns = await g.mf.getDurableObjectNamespace("ACCOUNTS");
+    const stub = ns.get(ns.idFromName(`key:${k.id}`));
+    const admit = {
+      op: "admit",
+      key: { key_id: k.id, version: 1, revoked: false, rate: null },
+      account: { version: 1, budget: { credit: 1000, on_exhausted: "block", cap: null }, rate: { rpm: 600, burst: 50 }, provider_billed: false },
+      reserve: 800,
+      ttl_ms: 1000,
+    };
+    const held = await (await stub.fetch("https://account.internal/op", { method: "POST", body: JSON.stringify(admit) })).json();
+    assert.equal(held.outcome, "admitted");
+    assert.equal((await usage(g, k.key)).credits.reserved_micro_usd, 800);
+    const refused = await chat(g, k.key, { model: "m/x", max_tokens: 300, messages: [] });
+    assert.equal(refused.status, 429, "the held 800 counts against the 1000");
+    await refused.json();
+    const u = await eventually(async () => {
+      const u = await usage(g, k.key);
+      return u.credits.reserved_micro_usd === 0 && u;
+    }, 5000);
+    assert.ok(u, "the alarm gave the reservation back");
+    assert.equal(u.credits.used_micro_usd, 0, "an abandoned hold is released, not charged");
+  } finally {
+    await g.stop();
+  }
+});

@@ -156,8 +156,10 @@ fn the_exact_backoff_schedule_with_scripted_jitter() {
     };
     let mut rng = ScriptedRng::units(&[0.5, 0.25, 0.9, 0.0, 0.5, 0.5]);
     let waits: Vec<u64> = (0..6)
-        .map(|attempt| match p.decide(attempt, None, 0, true, &mut rng) {
-            RetryDecision::RetryAfter { wait_ms } | RetryDecision::GiveUp { wait_ms } => wait_ms,
+        .map(|attempt| {
+            match p.decide(attempt, None, 0, &mut RetryBudget::new(1.0, 100, 100), UnixMillis(0), &mut rng) {
+                RetryDecision::RetryAfter { wait_ms } | RetryDecision::GiveUp { wait_ms } => wait_ms,
+            }
         })
         .collect();
     // full jitter over 500, 1000, 2000, 4000, 8000, 16000 ms

@@ -127,22 +127,22 @@ impl RetryPolicy {
     }
 
     /// Decides after attempt number `attempt` (0 = the first send) got a 429 whose wait was
-    /// `upstream_wait_ms` (or none), `elapsed_ms` into the call. `budget_ok` says whether the
-    /// shared retry budget has a retry to spend.
+    /// `upstream_wait_ms` (or none), `elapsed_ms` into the call, at `now`. A retry that fits
+    /// the policy still needs one from the shared `budget`; only a retry spends it.
     pub fn decide(
         &self,
         attempt: u32,
         upstream_wait_ms: Option<u64>,
         elapsed_ms: u64,
-        budget_ok: bool,
+        budget: &mut RetryBudget,
+        now: UnixMillis,
         rng: &mut impl Rng,
     ) -> RetryDecision {
         let wait_ms = upstream_wait_ms.unwrap_or_else(|| self.backoff_ms(attempt, rng));
         let fits = attempt < self.max_retries
             && wait_ms <= self.max_wait_ms
-            && elapsed_ms.saturating_add(wait_ms) < self.deadline_ms
-            && budget_ok;
-        if fits {
+            && elapsed_ms.saturating_add(wait_ms) < self.deadline_ms;
+        if fits && budget.try_withdraw(now) {
             RetryDecision::RetryAfter { wait_ms }
         } else {
             RetryDecision::GiveUp { wait_ms }
@@ -271,12 +271,25 @@ mod tests {
     fn short_waits_are_retried_and_long_ones_given_back() {
         let p = RetryPolicy::default();
         let mut r = ScriptedRng::units(&[0.5]);
-        assert_eq!(p.decide(0, Some(1_000), 0, true, &mut r), RetryDecision::RetryAfter { wait_ms: 1_000 });
-        assert_eq!(p.decide(0, Some(30_000), 0, true, &mut r), RetryDecision::GiveUp { wait_ms: 30_000 });
-        assert_eq!(p.decide(2, Some(10), 0, true, &mut r), RetryDecision::GiveUp { wait_ms: 10 });
-        assert_eq!(p.decide(0, Some(10), 0, false, &mut r), RetryDecision::GiveUp { wait_ms: 10 });
-        assert_eq!(p.decide(0, Some(1_000), 119_500, true, &mut r), RetryDecision::GiveUp { wait_ms: 1_000 });
-        assert_eq!(p.decide(1, None, 0, true, &mut r), RetryDecision::RetryAfter { wait_ms: 500 });
+        let mut plenty = RetryBudget::new(1.0, 100, 100);
+        let now = UnixMillis(0);
+        let mut d = |attempt, wait, elapsed| p.decide(attempt, wait, elapsed, &mut plenty, now, &mut r);
+        assert_eq!(d(0, Some(1_000), 0), RetryDecision::RetryAfter { wait_ms: 1_000 });
+        assert_eq!(d(0, Some(30_000), 0), RetryDecision::GiveUp { wait_ms: 30_000 });
+        assert_eq!(d(2, Some(10), 0), RetryDecision::GiveUp { wait_ms: 10 });
+        assert_eq!(d(0, Some(1_000), 119_500), RetryDecision::GiveUp { wait_ms: 1_000 });
+        assert_eq!(d(1, None, 0), RetryDecision::RetryAfter { wait_ms: 500 });
+    }
+
+    #[test]
+    fn an_empty_budget_turns_a_retry_into_a_give_up_and_a_give_up_spends_nothing() {
+        let p = RetryPolicy::default();
+        let mut r = ScriptedRng::units(&[0.5]);
+        let now = UnixMillis(0);
+        let mut one = RetryBudget::new(0.0, 1, 1); // a single retry to spend
+        assert_eq!(p.decide(0, Some(30_000), 0, &mut one, now, &mut r), RetryDecision::GiveUp { wait_ms: 30_000 });
+        assert_eq!(p.decide(0, Some(10), 0, &mut one, now, &mut r), RetryDecision::RetryAfter { wait_ms: 10 });
+        assert_eq!(p.decide(0, Some(10), 0, &mut one, now, &mut r), RetryDecision::GiveUp { wait_ms: 10 });
     }
 
     #[test]

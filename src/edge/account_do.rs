@@ -10,7 +10,9 @@ use crate::edge::platform;
 use serde::{Deserialize, Serialize};
 use std::cell::{Cell, RefCell};
 use wasm_bindgen::JsValue;
-use worker::{durable_object, DurableObject, Env, Headers, Method, Request, RequestInit, Response, Result, State};
+use worker::{
+    durable_object, DurableObject, Env, Headers, Method, Request, RequestInit, Response, Result, ScheduledTime, State,
+};
 
 pub const BINDING: &str = "ACCOUNTS";
 const STATE_KEY: &str = "state";
@@ -193,7 +195,9 @@ impl Account {
         let next = self.mem.borrow().as_ref().and_then(|st| st.ledger.next_expiry());
         if let Some(at) = next {
             if self.alarm_at.get().is_none_or(|cur| at.0 < cur) {
-                self.state.storage().set_alarm(at.0 as i64).await?;
+                // an absolute time: `set_alarm(i64)` would read the number as an offset from now
+                let when = js_sys::Date::new(&JsValue::from_f64(at.0 as f64));
+                self.state.storage().set_alarm(ScheduledTime::new(when)).await?;
                 self.alarm_at.set(Some(at.0));
             }
         }

@@ -192,20 +192,15 @@ pub async fn handle(
     let out_headers = upstream_headers(req.headers(), caller.bill_to());
     let started = platform::now();
     RETRY_BUDGET.with(|b| b.borrow_mut().deposit(started));
-    let sent = send_with_retries(
-        env,
-        ctx,
-        s,
-        &target,
-        &route,
-        query.as_deref(),
-        &method,
-        &out_headers,
-        &upstream_body,
-        started,
-        &cooldown_key,
-    )
-    .await;
+    let outbound = Outbound {
+        target: &target,
+        route: &route,
+        query: query.as_deref(),
+        method: &method,
+        headers: &out_headers,
+        body: &upstream_body,
+    };
+    let sent = send_with_retries(env, ctx, s, &outbound, started, &cooldown_key).await;
     meta.timing.push(("upstream", platform::now().millis_since(started)));
     let resp = match sent {
         Ok(resp) => resp,
@@ -334,17 +329,21 @@ pub fn downstream_headers(upstream: &Headers, meta: &Meta) -> Headers {
     out
 }
 
-#[allow(clippy::too_many_arguments)]
+/// One upstream call, as sent on every attempt.
+struct Outbound<'a> {
+    target: &'a Target,
+    route: &'a ProxyRoute,
+    query: Option<&'a str>,
+    method: &'a Method,
+    headers: &'a Headers,
+    body: &'a [u8],
+}
+
 async fn send_with_retries(
     env: &Env,
     ctx: &Context,
     s: &Settings,
-    target: &Target,
-    route: &ProxyRoute,
-    query: Option<&str>,
-    method: &Method,
-    headers: &Headers,
-    body: &[u8],
+    out: &Outbound<'_>,
     started: UnixMillis,
     cooldown_key: &str,
 ) -> Result<Response, GatewayError> {
@@ -355,7 +354,7 @@ async fn send_with_retries(
         if left == 0 {
             return Err(GatewayError::UpstreamTimeout);
         }
-        let resp = send_once(s, target, route, query, method, headers, body, left).await?;
+        let resp = send_once(s, out, left).await?;
         let status = resp.status_code();
         let now = platform::now();
         let waited = retry::upstream_wait(|n| resp.headers().get(n).ok().flatten(), now);
@@ -364,13 +363,9 @@ async fn send_with_retries(
             return Ok(resp);
         }
         let elapsed = now.millis_since(started);
-        let decision = s.retry.decide(attempt, waited.map(|(ms, _)| ms), elapsed, true, &mut OsRng);
-        let decision = match decision {
-            RetryDecision::RetryAfter { wait_ms } if !RETRY_BUDGET.with(|b| b.borrow_mut().try_withdraw(now)) => {
-                RetryDecision::GiveUp { wait_ms }
-            }
-            d => d,
-        };
+        let wait = waited.map(|(ms, _)| ms);
+        let decision =
+            RETRY_BUDGET.with(|b| s.retry.decide(attempt, wait, elapsed, &mut b.borrow_mut(), now, &mut OsRng));
         match decision {
             RetryDecision::RetryAfter { wait_ms } => {
                 platform::sleep_ms(wait_ms).await;
@@ -388,17 +383,8 @@ async fn send_with_retries(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn send_once(
-    s: &Settings,
-    target: &Target,
-    route: &ProxyRoute,
-    query: Option<&str>,
-    method: &Method,
-    headers: &Headers,
-    body: &[u8],
-    left_ms: u64,
-) -> Result<Response, GatewayError> {
+async fn send_once(s: &Settings, out: &Outbound<'_>, left_ms: u64) -> Result<Response, GatewayError> {
+    let Outbound { target, route, query, method, headers, body } = *out;
     let (base, token, strip) = match target {
         Target::Sandbox => return sandbox::respond(s, &route.path, body).await,
         Target::Url { base, token, strip_prefix } => (base, token, strip_prefix),
