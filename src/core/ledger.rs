@@ -137,10 +137,6 @@ impl Ledger {
         self.reservations.keys().copied()
     }
 
-    pub fn reservation_count(&self) -> usize {
-        self.reservations.len()
-    }
-
     /// Holds `amount` for a call about to go upstream, or refuses if that could break the
     /// budget's ceiling. The hold expires at `now + ttl_ms` unless settled or released.
     pub fn reserve(

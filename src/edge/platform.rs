@@ -2,20 +2,12 @@
 
 use crate::core::error::GatewayError;
 use crate::core::rand::Rng;
-use crate::core::time::{Clock, UnixMillis};
+use crate::core::time::UnixMillis;
 use std::time::Duration;
 
 /// `Date.now()`. (Inside a Worker it advances on I/O, which is all the gateway measures.)
 pub fn now() -> UnixMillis {
     UnixMillis(js_sys::Date::now().max(0.0) as u64)
-}
-
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> UnixMillis {
-        now()
-    }
 }
 
 /// The runtime's CSPRNG (`crypto.getRandomValues` through `getrandom`).

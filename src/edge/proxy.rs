@@ -51,7 +51,6 @@ enum Pricing {
 
 /// A reservation (or, for provider-billed keys, a usage record) that must be settled or
 /// released. Both are sent after the response, through `wait_until`.
-#[derive(Clone)]
 struct Hold {
     env: Env,
     account: String,
@@ -423,14 +422,22 @@ async fn send_once(s: &Settings, out: &Outbound<'_>, left_ms: u64) -> Result<Res
     }
 }
 
+/// An upstream response's body as one stream, whether it arrived as a stream (fetch) or is
+/// already in memory (the sandbox).
+async fn response_body(resp: &mut Response) -> Source {
+    match resp.stream() {
+        Ok(stream) => Source::Stream(stream),
+        Err(_) => Source::Bytes(Some(resp.bytes().await.unwrap_or_default())),
+    }
+}
+
+fn unreadable<E>(_: E) -> GatewayError {
+    GatewayError::UpstreamError("unreadable response".into())
+}
+
 async fn pass_through(mut resp: Response, status: u16, headers: Headers) -> Result<Response, GatewayError> {
-    let built = match resp.stream() {
-        Ok(stream) => Response::from_stream(stream),
-        Err(_) => Response::from_bytes(resp.bytes().await.unwrap_or_default()),
-    };
-    built
-        .map(|r| r.with_status(status).with_headers(headers))
-        .map_err(|_| GatewayError::UpstreamError("unreadable response".into()))
+    let body = response_body(&mut resp).await;
+    Response::from_stream(body).map(|r| r.with_status(status).with_headers(headers)).map_err(unreadable)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -444,11 +451,7 @@ async fn meter_whole_body(
     prompt_estimate: u64,
     output_bound: u64,
 ) -> Result<Response, GatewayError> {
-    let source = match resp.stream() {
-        Ok(stream) => Source::Stream(stream),
-        Err(_) => Source::Bytes(Some(resp.bytes().await.unwrap_or_default())),
-    };
-    let unreadable = |_| GatewayError::UpstreamError("unreadable response".into());
+    let source = response_body(&mut resp).await;
     let (bytes, rest) = match read_capped(source, MAX_BUFFERED_RESPONSE).await {
         Ok(Capped::Whole(bytes)) => (bytes, None),
         Ok(Capped::Over(head, rest)) => (head, Some(rest)),
@@ -494,11 +497,7 @@ async fn meter_stream(
     started: UnixMillis,
     s: &Settings,
 ) -> Result<Response, GatewayError> {
-    let inner = match resp.stream() {
-        Ok(st) => Source::Stream(st),
-        // a body already in memory (the sandbox): metered the same way, as one chunk
-        Err(_) => Source::Bytes(Some(resp.bytes().await.unwrap_or_default())),
-    };
+    let inner = response_body(&mut resp).await;
     let progress = Rc::new(RefCell::new(Progress { last_activity: platform::now(), ..Progress::default() }));
     let idle_ms = s.stream_idle_ms;
     let compute = s.compute;
@@ -547,9 +546,7 @@ async fn meter_stream(
         idle: None,
         finished: false,
     };
-    Response::from_stream(metered)
-        .map(|r| r.with_status(status).with_headers(headers))
-        .map_err(|_| GatewayError::UpstreamError("unreadable response".into()))
+    Response::from_stream(metered).map(|r| r.with_status(status).with_headers(headers)).map_err(unreadable)
 }
 
 /// Passes an upstream body through, metering it; reports how it ended exactly once, when it

@@ -84,7 +84,12 @@ async fn dispatch(
             response::json(status, &body, meta)
         }
     };
-    built.map_err(|_| GatewayError::UpstreamError("response could not be built".into()))
+    built.map_err(not_built)
+}
+
+/// The runtime refused to build a response (it never does in practice): a 502, not a panic.
+fn not_built<E>(_: E) -> GatewayError {
+    GatewayError::UpstreamError("response could not be built".into())
 }
 
 /// `OPTIONS`: approved for origins in `CORS_ORIGINS` or allowed by some browser key.
@@ -99,7 +104,7 @@ async fn preflight(
         let h = Headers::new();
         let _ = h.set("allow", cors::ALLOW_METHODS);
         meta.apply(&h);
-        return response::bytes(204, Vec::new(), h).map_err(|_| GatewayError::NotFound);
+        return response::bytes(204, Vec::new(), h).map_err(not_built);
     };
     let extra = if s.cors.contains(origin) { Vec::new() } else { kv::browser_origins(env).await? };
     let allowed = cors::allow_origin(&s.cors, &extra, Some(origin)).ok_or(GatewayError::OriginNotAllowed)?;
@@ -111,5 +116,5 @@ async fn preflight(
     let _ = h.set("access-control-max-age", cors::MAX_AGE_SECS);
     let _ = h.append("vary", "Access-Control-Request-Headers");
     meta.apply(&h);
-    response::bytes(204, Vec::new(), h).map_err(|_| GatewayError::NotFound)
+    response::bytes(204, Vec::new(), h).map_err(not_built)
 }
