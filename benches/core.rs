@@ -3,8 +3,8 @@
 //! in five rounds; the median round's nanoseconds per call are printed.
 #![allow(clippy::unwrap_used)] // a benchmark, not a request path
 
-use hf_gate::core::account::{AccountPolicy, AccountState, AdmitRequest, KeyPolicy};
-use hf_gate::core::body::inspect;
+use hf_gate::core::account::{AccountPolicy, AccountState, AdmitRequest, Cost, KeyPolicy};
+use hf_gate::core::body::{apply, inspect, Api};
 use hf_gate::core::gcra::{check, Quota, Tat};
 use hf_gate::core::keys::RateLimit;
 use hf_gate::core::keys::{bearer_key, digest};
@@ -57,7 +57,7 @@ fn main() {
     bench("ledger reserve + settle", |i| {
         let now = UnixMillis(NOW + i);
         let id = ledger.reserve(now, MicroUsd(1_000), &budget, 60_000).unwrap();
-        black_box(ledger.settle(now, id, MicroUsd(700), &budget));
+        black_box(ledger.settle(now, id, MicroUsd(700)));
     });
 
     let policy = AccountPolicy {
@@ -66,11 +66,17 @@ fn main() {
         rate: RateLimit { rpm: 6_000_000, burst: 100_000 },
         provider_billed: false,
     };
-    let key = KeyPolicy { key_id: "key_abcdefghijklmnop".into(), version: 1, revoked: false, rate: None };
+    let key =
+        KeyPolicy { key_id: "key_abcdefghijklmnop".into(), version: 1, revoked: false, rate: None, ceiling: None };
     let mut account = AccountState::new(UnixMillis(NOW));
     bench("account admit (throttle + reserve) + settle", |i| {
         let now = UnixMillis(NOW + i);
-        let req = AdmitRequest { key: key.clone(), account: policy, reserve: MicroUsd(1_000), ttl_ms: 60_000 };
+        let req = AdmitRequest {
+            key: key.clone(),
+            account: policy,
+            cost: Cost::Fixed { amount: MicroUsd(1_000) },
+            ttl_ms: 60_000,
+        };
         if let hf_gate::core::account::Admission::Admitted { reservation: Some(r), .. } = account.admit(req, now) {
             black_box(account.settle(r, MicroUsd(700), now));
         }
@@ -102,9 +108,9 @@ fn main() {
     });
 
     let body = br#"{"model":"meta-llama/Llama-3.1-8B-Instruct","stream":true,"messages":[{"role":"system","content":"You are helpful."},{"role":"user","content":"Write a haiku about edge gateways and credits."}]}"#;
-    bench("body::inspect + upstream_body (chat, 200 B)", |_| {
-        let shape = inspect(black_box(body), false).unwrap();
-        black_box(shape.upstream_body(body, 1024, false));
+    bench("body::inspect + bounded upstream body (chat, 200 B)", |_| {
+        let shape = inspect(black_box(body), Api::Chat, 16_384).unwrap();
+        black_box(apply(body, &shape.edits(1024)));
     });
 
     let chunk = format!(

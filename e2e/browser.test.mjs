@@ -173,8 +173,9 @@ test("the playground streams a reply and its usage meter moves", async () => {
 });
 
 test("the playground shows a countdown when a 429 arrives", async () => {
-  const key = await newKey(gw, { plan: "free", name: "countdown", allowed_origins: [gw.url], rate_limit: { rpm: 2, burst: 2 } });
-  // the page spends one on /v1/models when it loads, the first message the other
+  const key = await newKey(gw, { plan: "free", name: "countdown", allowed_origins: [gw.url], rate_limit: { rpm: 2, burst: 3 } });
+  // the page spends two when it loads (/v1/models and /v1/usage, which is throttled like any
+  // call), the first message the third
   const page = await browser.newPage();
   await page.goto(`${gw.url}/?key=${key.key}`);
   await page.fill("#prompt", "one");

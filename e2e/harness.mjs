@@ -200,9 +200,17 @@ export function chat(gw, key, body, extraHeaders = {}) {
   });
 }
 
+/**
+ * The key's `/v1/usage`. Reading it takes from the key's throttle like any call, so a test
+ * polling it waits out a 429 as a client would (`retry-after-ms`).
+ */
 export async function usage(gw, key) {
-  const res = await fetch(`${gw.url}/v1/usage`, { headers: { authorization: `Bearer ${key}` } });
-  return res.json();
+  for (let i = 0; ; i++) {
+    const res = await fetch(`${gw.url}/v1/usage`, { headers: { authorization: `Bearer ${key}` } });
+    if (res.status !== 429 || i >= 20) return res.json();
+    await res.arrayBuffer();
+    await sleep(Number(res.headers.get("retry-after-ms") ?? 1000));
+  }
 }
 
 /** Waits until `check()` is truthy (settles run after the response, in wait_until). */

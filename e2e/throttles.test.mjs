@@ -82,7 +82,7 @@ test("upstream 503 with retry-after-ms is retried the same way", async () => {
   assert.equal(up.calls.length, 2);
 });
 
-test("upstream 429 with Retry-After: 30: the caller gets it, and the route cools down for everyone", async () => {
+test("upstream 429 with Retry-After: 30: the caller gets it, and the route cools down for every caller of that token", async () => {
   up.reset();
   up.on((req, res, call) => {
     if (call.json?.model === "m/hot") {
@@ -110,7 +110,7 @@ test("upstream 429 with Retry-After: 30: the caller gets it, and the route cools
   const elsewhere = await chat(gw, k.key, body("m/cool"));
   assert.equal(elsewhere.status, 200, "another model still works");
   // the cooldown lives in a Durable Object, not only in this isolate's memory
-  const stub = (await gw.mf.getDurableObjectNamespace("COOLDOWNS")).get((await gw.mf.getDurableObjectNamespace("COOLDOWNS")).idFromName("auto/m/hot"));
+  const stub = (await gw.mf.getDurableObjectNamespace("COOLDOWNS")).get((await gw.mf.getDurableObjectNamespace("COOLDOWNS")).idFromName("hf:|auto/m/hot"));
   const held = await (await stub.fetch("https://cooldown.internal/")).json();
   assert.ok(held.until > Date.now() + 25_000);
   const u = await eventually(async () => {

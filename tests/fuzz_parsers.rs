@@ -3,7 +3,7 @@
 //! brief pass; `make fuzz` sets FUZZ_CASES high for a long one.
 #![cfg(not(target_arch = "wasm32"))]
 
-use hf_gate::core::body::{inspect, usage_of_body};
+use hf_gate::core::body::{apply, inspect, usage_of_body, Api};
 use hf_gate::core::keys::{base64url_decode, bearer_key};
 use hf_gate::core::paths::{check_path, route};
 use hf_gate::core::settings::Settings;
@@ -72,22 +72,18 @@ proptest! {
     }
 
     #[test]
-    fn bodies_never_panic_and_accepted_ones_stay_valid_json(b in jsonish(), default_max in 1u64..100_000) {
-        for responses_api in [false, true] {
-            if let Ok(shape) = inspect(&b, responses_api) {
-                let out = shape.upstream_body(&b, default_max, responses_api);
+    fn bodies_never_panic_and_accepted_ones_stay_valid_json(b in jsonish(), output in 1u64..100_000) {
+        for api in [Api::Chat, Api::Completions, Api::Responses] {
+            if let Ok(shape) = inspect(&b, api, 1_000) {
+                let out = apply(&b, &shape.edits(output));
                 let v: serde_json::Value = serde_json::from_slice(&out).expect("upstream body stays JSON");
                 prop_assert_eq!(v["model"].as_str(), Some(shape.model.as_str()));
-                match shape.max_tokens {
-                    // no bound from the caller: the plan's default is made explicit upstream
-                    None => prop_assert_eq!(v[shape.bound_field].as_u64(), Some(default_max)),
-                    // the caller's bound goes upstream as it was
-                    Some(t) => {
-                        let fields: &[&str] = if responses_api { &["max_output_tokens"] } else { &["max_tokens", "max_completion_tokens"] };
-                        let sent = fields.iter().filter_map(|f| v[*f].as_u64()).min();
-                        prop_assert_eq!(sent, Some(t));
-                    }
-                }
+                // the bound granted is what every limit field carries upstream
+                let limits: Vec<u64> = ["max_tokens", "max_completion_tokens", "max_output_tokens", "max_new_tokens"]
+                    .iter().filter_map(|f| v.get(*f)).map(|x| x.as_u64().unwrap_or(0)).collect();
+                prop_assert!(!limits.is_empty() && limits.iter().all(|l| *l == output), "{:?}", limits);
+                // and the edited body inspects again: no duplicate key was written
+                prop_assert!(inspect(&out, api, 1_000).is_ok());
             }
         }
         let _ = usage_of_body(&b);

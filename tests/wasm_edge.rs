@@ -8,8 +8,8 @@ use hf_gate::core::account::RateView;
 use hf_gate::core::error::GatewayError;
 use hf_gate::core::rand::Rng;
 use hf_gate::edge::platform::{self, OsRng};
-use hf_gate::edge::proxy::{downstream_headers, upstream_headers};
 use hf_gate::edge::response::{self, Meta};
+use hf_gate::edge::upstream::{downstream_headers, upstream_headers};
 use wasm_bindgen_test::wasm_bindgen_test;
 use worker::Headers;
 
@@ -40,6 +40,7 @@ async fn a_429_becomes_a_response_with_every_retry_header() {
         rate: Some(RateView { rpm: 60, burst: 10, remaining: 0, reset_ms: 1_500 }),
         sandbox: false,
         timing: vec![("ledger", 3)],
+        output_limit: None,
     };
     let mut resp = response::error(&GatewayError::RateLimited { retry_after_ms: 1_500 }, &meta).unwrap();
     assert_eq!(resp.status_code(), 429);
@@ -59,8 +60,11 @@ async fn a_429_becomes_a_response_with_every_retry_header() {
 
 #[wasm_bindgen_test]
 async fn exhausted_credits_tell_clients_not_to_retry() {
-    let resp =
-        response::error(&GatewayError::InsufficientQuota { retry_after_ms: 86_400_000 }, &Meta::default()).unwrap();
+    let resp = response::error(
+        &GatewayError::InsufficientQuota { retry_after_ms: 86_400_000, affordable: None },
+        &Meta::default(),
+    )
+    .unwrap();
     assert_eq!(resp.headers().get("x-should-retry").unwrap().as_deref(), Some("false"));
     assert_eq!(resp.headers().get("retry-after").unwrap().as_deref(), Some("86400"));
 }

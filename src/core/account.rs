@@ -8,6 +8,7 @@
 use crate::core::gcra::{self, Quota, Tat};
 use crate::core::keys::RateLimit;
 use crate::core::ledger::{Budget, Ledger, MicroUsd, Settled, Usage};
+use crate::core::pricing::{Price, TokenUsage};
 use crate::core::time::{BillingPeriod, UnixMillis};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -22,6 +23,10 @@ pub struct KeyPolicy {
     /// The key's own throttle inside a shared account (org keys); `None` when the key is the
     /// account and the account's throttle is the key's.
     pub rate: Option<RateLimit>,
+    /// The most this key may spend in a period inside a shared pool (its credit override or
+    /// spending cap, whichever is lower); `None` when the key is the account.
+    #[serde(default)]
+    pub ceiling: Option<MicroUsd>,
 }
 
 /// The account's money and rate rules, versioned like `KeyPolicy`.
@@ -34,12 +39,37 @@ pub struct AccountPolicy {
     pub provider_billed: bool,
 }
 
+/// What a call may cost at worst, as the edge bounds it before sending.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Cost {
+    /// A fixed worst case (time-billed calls); zero for calls that cost nothing.
+    Fixed { amount: MicroUsd },
+    /// A token-priced call: the prompt bound, the output bound asked for per choice, the
+    /// choices it multiplies, and the least output worth sending (below it the call is
+    /// refused rather than cut to nothing).
+    Tokens { price: Price, prompt: u64, output: u64, choices: u64, min_output: u64 },
+}
+
+impl Cost {
+    pub const FREE: Cost = Cost::Fixed { amount: MicroUsd::ZERO };
+
+    /// The worst case of the whole call as asked.
+    pub fn full(&self) -> MicroUsd {
+        match *self {
+            Cost::Fixed { amount } => amount,
+            Cost::Tokens { price, prompt, output, choices, .. } => {
+                price.cost(TokenUsage { prompt, completion: output.saturating_mul(choices) })
+            }
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AdmitRequest {
     pub key: KeyPolicy,
     pub account: AccountPolicy,
-    /// Worst-case cost to hold; zero for calls that cost nothing.
-    pub reserve: MicroUsd,
+    pub cost: Cost,
     pub ttl_ms: u64,
 }
 
@@ -65,6 +95,9 @@ pub enum Denial {
 pub enum Admission {
     Admitted {
         reservation: Option<u64>,
+        /// For a token-priced call, the output bound per choice the reservation covers: what
+        /// was asked, or less when the remaining credit cannot pay for that much.
+        output: Option<u64>,
         rate: RateView,
         /// The edge's copy of a policy is older than the ledger's: drop it from caches.
         stale: bool,
@@ -74,6 +107,10 @@ pub enum Admission {
         retry_after_ms: u64,
         rate: Option<RateView>,
         stale: bool,
+        /// For a token-priced call refused for credit: the output tokens it could still have
+        /// paid for (fewer than the least worth sending), if the prompt fits at all.
+        #[serde(default)]
+        affordable: Option<u64>,
     },
 }
 
@@ -83,6 +120,9 @@ pub struct KeyState {
     pub tat: Tat,
     /// This key's share of the account's spend in `period_start`'s period.
     pub used: MicroUsd,
+    /// What this key was charged beyond its reservations, same period.
+    #[serde(default)]
+    pub overrun: MicroUsd,
     pub period_start: UnixMillis,
 }
 
@@ -127,11 +167,13 @@ impl AccountState {
         }
     }
 
-    /// Keeps the newer of the stored and offered key policy; says if the offer was stale.
+    /// Keeps the newer of the stored and offered key policy; says if the offer was stale. A
+    /// revocation is final: no offer of any version brings a revoked key back.
     pub fn merge_key_policy(&mut self, offered: KeyPolicy) -> (KeyPolicy, bool) {
         let entry = self.keys.entry(offered.key_id.clone()).or_default();
         match &entry.policy {
             Some(stored) if stored.version > offered.version => (stored.clone(), true),
+            Some(stored) if stored.revoked && !offered.revoked => (stored.clone(), true),
             _ => {
                 entry.policy = Some(offered.clone());
                 (offered, false)
@@ -146,7 +188,13 @@ impl AccountState {
         let (key, stale_k) = self.merge_key_policy(req.key);
         let stale = stale_a || stale_k;
         if key.revoked {
-            return Admission::Denied { denial: Denial::Revoked, retry_after_ms: 0, rate: None, stale };
+            return Admission::Denied {
+                denial: Denial::Revoked,
+                retry_after_ms: 0,
+                rate: None,
+                stale,
+                affordable: None,
+            };
         }
         let key_state = self.keys.get(&key.key_id).cloned().unwrap_or_default();
 
@@ -175,21 +223,42 @@ impl AccountState {
             }
         };
 
+        let rate = tighter(account_view, key_decision.map(|(_, v)| v));
         let mut reservation = None;
-        if req.reserve > MicroUsd::ZERO && !account.provider_billed {
-            match self.ledger.reserve(now, req.reserve, &account.budget, req.ttl_ms) {
+        let mut output = match req.cost {
+            Cost::Tokens { output, .. } => Some(output),
+            Cost::Fixed { .. } => None,
+        };
+        let full = req.cost.full();
+        if full > MicroUsd::ZERO && !account.provider_billed {
+            let exhausted = |affordable| Admission::Denied {
+                denial: Denial::InsufficientQuota,
+                retry_after_ms: BillingPeriod::containing(now).end.millis_since(now),
+                rate: Some(rate),
+                stale,
+                affordable,
+            };
+            let (amount, granted) = match (self.headroom(&key, &account.budget, now), req.cost) {
+                (Some(room), _) if room == MicroUsd::ZERO => return exhausted(None),
+                (Some(room), Cost::Tokens { price, prompt, output: wanted, choices, min_output }) if full > room => {
+                    // not enough for all it asked: a smaller bound, if a useful one fits
+                    match price.affordable_output(room, prompt, choices, wanted) {
+                        Some(out) if out >= min_output.min(wanted) && out > 0 => {
+                            (price.cost(TokenUsage { prompt, completion: out.saturating_mul(choices) }), Some(out))
+                        }
+                        affordable => return exhausted(affordable),
+                    }
+                }
+                (Some(room), Cost::Fixed { .. }) if full > room => return exhausted(None),
+                _ => (full, output),
+            };
+            match self.ledger.reserve(now, amount, &account.budget, req.ttl_ms) {
                 Ok(id) => {
                     self.owners.insert(id, key.key_id.clone());
                     reservation = Some(id);
+                    output = granted;
                 }
-                Err(ex) => {
-                    return Admission::Denied {
-                        denial: Denial::InsufficientQuota,
-                        retry_after_ms: ex.retry_at.millis_since(now),
-                        rate: Some(tighter(account_view, key_decision.map(|(_, v)| v))),
-                        stale,
-                    }
-                }
+                Err(_) => return exhausted(None),
             }
         } else {
             self.ledger.roll(now);
@@ -200,18 +269,36 @@ impl AccountState {
         if let Some((tat, _)) = key_decision {
             entry.tat = tat;
         }
-        Admission::Admitted { reservation, rate: tighter(account_view, key_decision.map(|(_, v)| v)), stale }
+        Admission::Admitted { reservation, output, rate, stale }
     }
 
-    /// Settles a reservation to the call's actual cost (see `Ledger::settle`), attributing the
-    /// charge to the key that made it.
+    /// What may still be committed for `key`: the account's headroom, and inside a shared
+    /// pool the key's own ceiling less its spend and holds. `None` when nothing bounds it.
+    fn headroom(&self, key: &KeyPolicy, budget: &Budget, now: UnixMillis) -> Option<MicroUsd> {
+        let account = self.ledger.headroom(budget);
+        let own = key.ceiling.map(|ceiling| {
+            let held = self
+                .owners
+                .iter()
+                .filter(|(_, k)| **k == key.key_id)
+                .filter_map(|(id, _)| self.ledger.held(*id))
+                .fold(MicroUsd::ZERO, MicroUsd::saturating_add);
+            ceiling.saturating_sub(self.key_used(&key.key_id, now).saturating_add(held))
+        });
+        match (account, own) {
+            (Some(a), Some(o)) => Some(a.min(o)),
+            (a, o) => a.or(o),
+        }
+    }
+
+    /// Settles a reservation to the call's actual cost (see `Ledger::settle`), charged in full
+    /// to the key that made it, overrun included.
     pub fn settle(&mut self, reservation: u64, actual: MicroUsd, now: UnixMillis) -> Settled {
-        let Some(policy) = self.policy else {
-            return Settled::default();
-        };
-        let settled = self.ledger.settle(now, reservation, actual, &policy.budget);
+        let settled = self.ledger.settle(now, reservation, actual);
         if let Some(key_id) = self.owners.remove(&reservation) {
-            self.charge_key(&key_id, settled.charged, now);
+            if !settled.unknown {
+                self.charge_key(&key_id, settled.charged, settled.overrun, now);
+            }
         }
         settled
     }
@@ -225,24 +312,27 @@ impl AccountState {
     /// Records what a provider-billed (`byok`) call cost, without touching credits.
     pub fn record_provider_billed(&mut self, key_id: &str, actual: MicroUsd, now: UnixMillis) {
         self.ledger.record_provider_billed(now, actual);
-        self.charge_key(key_id, actual, now);
+        self.charge_key(key_id, actual, MicroUsd::ZERO, now);
     }
 
-    fn charge_key(&mut self, key_id: &str, amount: MicroUsd, now: UnixMillis) {
+    fn charge_key(&mut self, key_id: &str, amount: MicroUsd, overrun: MicroUsd, now: UnixMillis) {
         let period = BillingPeriod::containing(now).start;
         let k = self.keys.entry(key_id.to_string()).or_default();
         if k.period_start != period {
             k.period_start = period;
             k.used = MicroUsd::ZERO;
+            k.overrun = MicroUsd::ZERO;
         }
         k.used = k.used.saturating_add(amount);
+        k.overrun = k.overrun.saturating_add(overrun);
     }
 
     /// Gives back reservations past their expiry; returns how many.
     pub fn expire(&mut self, now: UnixMillis) -> usize {
         let n = self.ledger.expire(now);
         if n > 0 {
-            let live: std::collections::BTreeSet<u64> = self.ledger.reservation_ids().collect();
+            // expired holds keep their owner: a late settle is still the key's to pay
+            let live: std::collections::BTreeSet<u64> = self.ledger.settleable_ids().collect();
             self.owners.retain(|id, _| live.contains(id));
         }
         n
@@ -266,13 +356,22 @@ impl AccountState {
 
     /// A key's own spend this period.
     pub fn key_used(&self, key_id: &str, now: UnixMillis) -> MicroUsd {
+        self.key_period(key_id, now).map_or(MicroUsd::ZERO, |k| k.used)
+    }
+
+    /// What a key was charged beyond its reservations this period.
+    pub fn key_overrun(&self, key_id: &str, now: UnixMillis) -> MicroUsd {
+        self.key_period(key_id, now).map_or(MicroUsd::ZERO, |k| k.overrun)
+    }
+
+    fn key_period(&self, key_id: &str, now: UnixMillis) -> Option<&KeyState> {
         let period = BillingPeriod::containing(now).start;
-        self.keys.get(key_id).filter(|k| k.period_start == period).map_or(MicroUsd::ZERO, |k| k.used)
+        self.keys.get(key_id).filter(|k| k.period_start == period)
     }
 }
 
 fn throttled(wait_ms: u64, rate: Option<RateView>, stale: bool) -> Admission {
-    Admission::Denied { denial: Denial::RateLimited, retry_after_ms: wait_ms, rate, stale }
+    Admission::Denied { denial: Denial::RateLimited, retry_after_ms: wait_ms, rate, stale, affordable: None }
 }
 
 #[cfg(test)]
@@ -284,14 +383,20 @@ mod tests {
 
     fn req(key: &str, version: u64, revoked: bool, reserve: u64) -> AdmitRequest {
         AdmitRequest {
-            key: KeyPolicy { key_id: key.into(), version, revoked, rate: Some(RateLimit { rpm: 60, burst: 2 }) },
+            key: KeyPolicy {
+                key_id: key.into(),
+                version,
+                revoked,
+                rate: Some(RateLimit { rpm: 60, burst: 2 }),
+                ceiling: None,
+            },
             account: AccountPolicy {
                 version: 1,
                 budget: Budget { credit: MicroUsd(1_000), on_exhausted: OnExhausted::Block, cap: None },
                 rate: RateLimit { rpm: 600, burst: 100 },
                 provider_billed: false,
             },
-            reserve: MicroUsd(reserve),
+            cost: Cost::Fixed { amount: MicroUsd(reserve) },
             ttl_ms: 60_000,
         }
     }
@@ -300,8 +405,18 @@ mod tests {
     fn a_revocation_beats_any_older_copy() {
         let mut s = AccountState::new(NOW);
         assert!(matches!(s.admit(req("k", 1, false, 0), NOW), Admission::Admitted { .. }));
-        s.merge_key_policy(KeyPolicy { key_id: "k".into(), version: 2, revoked: true, rate: None });
+        s.merge_key_policy(KeyPolicy { key_id: "k".into(), version: 2, revoked: true, rate: None, ceiling: None });
         match s.admit(req("k", 1, false, 0), NOW) {
+            Admission::Denied { denial: Denial::Revoked, stale: true, .. } => {}
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn no_newer_copy_brings_a_revoked_key_back() {
+        let mut s = AccountState::new(NOW);
+        s.merge_key_policy(KeyPolicy { key_id: "k".into(), version: 2, revoked: true, rate: None, ceiling: None });
+        match s.admit(req("k", 9, false, 0), NOW) {
             Admission::Denied { denial: Denial::Revoked, stale: true, .. } => {}
             other => panic!("{other:?}"),
         }
@@ -343,5 +458,85 @@ mod tests {
             ));
         }
         assert_eq!(s.rate_view("a", NOW).unwrap().remaining, 2);
+    }
+
+    fn tokens(output: u64, choices: u64) -> Cost {
+        // $1 per 1M in and out: a token is a micro-USD
+        Cost::Tokens {
+            price: Price { input: 1_000_000, output: 1_000_000 },
+            prompt: 100,
+            output,
+            choices,
+            min_output: 16,
+        }
+    }
+
+    #[test]
+    fn a_call_the_credit_cannot_cover_gets_a_smaller_output_bound() {
+        let mut s = AccountState::new(NOW);
+        let mut r = req("a", 1, false, 0);
+        r.cost = tokens(2_000, 1);
+        // 1000 of credit: 100 for the prompt leaves 900 output tokens
+        match s.admit(r.clone(), NOW) {
+            Admission::Admitted { output: Some(900), reservation: Some(_), .. } => {}
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(s.usage(NOW).unwrap().remaining, MicroUsd::ZERO);
+        // nothing left: refused, and told what would have been affordable
+        let mut s = AccountState::new(NOW);
+        r.cost = tokens(2_000, 1);
+        r.account.budget.credit = MicroUsd(110);
+        match s.admit(r, NOW) {
+            Admission::Denied { denial: Denial::InsufficientQuota, affordable: Some(10), .. } => {}
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn choices_share_the_lowered_bound() {
+        let mut s = AccountState::new(NOW);
+        let mut r = req("a", 1, false, 0);
+        r.cost = tokens(2_000, 3);
+        match s.admit(r, NOW) {
+            Admission::Admitted { output: Some(300), .. } => {}
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_keys_own_ceiling_holds_inside_the_pool() {
+        let mut s = AccountState::new(NOW);
+        let capped = |reserve| {
+            let mut r = req("a", 1, false, reserve);
+            r.key.ceiling = Some(MicroUsd(300));
+            r
+        };
+        let Admission::Admitted { reservation: Some(id), .. } = s.admit(capped(200), NOW) else { panic!() };
+        assert!(matches!(
+            s.admit(capped(200), NOW.saturating_add_ms(1_000)),
+            Admission::Denied { denial: Denial::InsufficientQuota, .. }
+        ));
+        s.settle(id, MicroUsd(250), NOW);
+        assert!(matches!(
+            s.admit(capped(100), NOW.saturating_add_ms(2_000)),
+            Admission::Denied { denial: Denial::InsufficientQuota, .. }
+        ));
+        // the pool itself still has room for the other keys
+        assert!(matches!(s.admit(req("b", 1, false, 500), NOW.saturating_add_ms(2_000)), Admission::Admitted { .. }));
+    }
+
+    #[test]
+    fn an_overrun_is_charged_to_the_key_that_made_the_call() {
+        let mut s = AccountState::new(NOW);
+        let Admission::Admitted { reservation: Some(id), .. } = s.admit(req("a", 1, false, 100), NOW) else { panic!() };
+        let settled = s.settle(id, MicroUsd(1_500), NOW);
+        assert_eq!(settled.overrun, MicroUsd(1_400));
+        assert_eq!((s.key_used("a", NOW), s.key_overrun("a", NOW)), (MicroUsd(1_500), MicroUsd(1_400)));
+        assert!(s.settle(id, MicroUsd(1_500), NOW).unknown);
+        assert_eq!(s.key_used("a", NOW), MicroUsd(1_500));
+        assert!(matches!(
+            s.admit(req("b", 1, false, 1), NOW.saturating_add_ms(1_000)),
+            Admission::Denied { denial: Denial::InsufficientQuota, .. }
+        ));
     }
 }

@@ -1,150 +1,682 @@
-//! Reading a caller's request body just enough to price it: the model, the output bound and
-//! whether it streams; and adjusting it so the worst case is really bounded and streamed usage
-//! really arrives. Bodies are spliced, not re-serialised, whenever that is possible.
+//! Reading a caller's request body just enough to bound what the call can cost, and the edits
+//! that make that bound true for the body actually sent upstream.
+//!
+//! The rule (README, "How a call is metered"): the reservation is `prompt bound x input price +
+//! output bound x choices x output price`, where
+//! - the *output bound* is the smallest limit the caller gave in any output-limit field
+//!   (`max_tokens`, `max_completion_tokens`, `max_output_tokens`, `max_new_tokens`; `null` is
+//!   absent), or the plan's default; the bound finally granted is written into *every* such
+//!   field the body carries (or the API's own field when it carries none), so whichever one an
+//!   upstream honours, it is within the reservation;
+//! - *choices* is `n` (and `best_of`, and the number of prompts of a batched completion):
+//!   every choice can run to the output bound;
+//! - the *prompt bound* counts the text the request carries, not the JSON around it: decoded
+//!   UTF-8 bytes of every string in the messages (a byte-level BPE token is at least one byte,
+//!   so no tokenizer in use produces more tokens than bytes), a per-message and a per-request
+//!   overhead for chat templates, each image, audio or file part at a configurable ceiling
+//!   (`MEDIA_PART_TOKENS`), and everything else in the body (tools, schemas, unknown fields)
+//!   counted whole, punctuation included, plus room for the indentation a template renders.
+//!
+//! The body is never turned into a tree: serde visitors walk it once and keep counts, a few
+//! scalars and the byte spans of the fields to edit. Edits are splices into the original
+//! bytes, so what upstream gets is the caller's body with the bounds replaced in place: never a
+//! second copy of a key, never a field the caller did not send besides the bound and the
+//! usage request.
 
 use crate::core::error::GatewayError;
 use crate::core::pricing::TokenUsage;
-use serde_json::Value;
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use std::collections::hash_map::DefaultHasher;
+use std::collections::HashSet;
+use std::fmt;
+use std::hash::{Hash, Hasher};
 
 /// The largest output bound the gateway accepts from a caller.
 pub const MAX_OUTPUT_TOKENS: u64 = 1_000_000;
+/// Below this many output tokens a call is refused rather than cut down to what the
+/// remaining credit buys (or the caller's own bound, when that is smaller).
+pub const MIN_USEFUL_OUTPUT_TOKENS: u64 = 16;
+/// The most choices (`n`, `best_of`) one call may ask for.
+pub const MAX_CHOICES: u64 = 128;
+/// Tokens a chat template adds per message (role markers, separators).
+pub const MESSAGE_OVERHEAD_TOKENS: u64 = 8;
+/// Tokens a template adds once per request (begin-of-text, default system headers).
+pub const REQUEST_OVERHEAD_TOKENS: u64 = 64;
+/// Tokens a template adds when tools are given (tool-calling instructions).
+pub const TOOLS_OVERHEAD_TOKENS: u64 = 512;
+/// The default ceiling of one image, audio or file part (a high-resolution image in the
+/// largest vision encoders served today).
+pub const DEFAULT_MEDIA_PART_TOKENS: u64 = 16_384;
+/// Every field an upstream may honour as a bound on the output, whatever the API.
+pub const LIMIT_FIELDS: &[&str] = &["max_tokens", "max_completion_tokens", "max_output_tokens", "max_new_tokens"];
+
+const MAX_TOP_LEVEL_FIELDS: usize = 1_024;
+const MAX_STREAM_OPTIONS_BYTES: usize = 4_096;
+const MAX_MODEL_LEN: usize = 256;
+/// Part types that carry media rather than text.
+const MEDIA_TYPES: &[&str] = &[
+    "image_url",
+    "input_image",
+    "image",
+    "image_file",
+    "input_audio",
+    "audio",
+    "file",
+    "input_file",
+    "video_url",
+    "video",
+];
+/// Members of a media part that hold its payload (a URL or base64 data, not prompt text).
+const MEDIA_PAYLOAD_KEYS: &[&str] =
+    &["image_url", "input_audio", "image", "audio", "file", "file_data", "video_url", "video", "url", "data"];
+
+/// The token-priced API a path speaks, decided once where paths are parsed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Api {
+    /// `/v1/chat/completions`: `messages`, `max_tokens` / `max_completion_tokens`, `n`.
+    Chat,
+    /// `/v1/completions`: `prompt` (one or a batch), `max_tokens`, `n`, `best_of`.
+    Completions,
+    /// `/v1/responses`: `input`, `instructions`, `max_output_tokens`.
+    Responses,
+}
+
+impl Api {
+    /// The field written when the body carries no output limit at all.
+    pub fn limit_field(self) -> &'static str {
+        match self {
+            Api::Chat | Api::Completions => "max_tokens",
+            Api::Responses => "max_output_tokens",
+        }
+    }
+
+    /// Where the prompt is.
+    fn prompt_field(self) -> &'static str {
+        match self {
+            Api::Chat => "messages",
+            Api::Completions => "prompt",
+            Api::Responses => "input",
+        }
+    }
+
+    /// Whether a stream reports usage only when asked (`stream_options.include_usage`); the
+    /// responses API always reports it in its final event.
+    pub fn usage_on_request(self) -> bool {
+        !matches!(self, Api::Responses)
+    }
+}
+
+/// A byte range of the body: `start..end`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Span {
+    pub start: usize,
+    pub end: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum StreamOptions {
+    Absent,
+    Null(Span),
+    Object { after_open: usize, empty: bool, include_usage: Option<Span> },
+}
 
 /// What the gateway needs to know about a token-priced call.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CallShape {
+    pub api: Api,
     pub model: String,
-    /// The caller's output bound, if it gave one.
-    pub max_tokens: Option<u64>,
+    /// The smallest output limit the caller gave, if any.
+    pub requested_output: Option<u64>,
+    /// How many completions one call produces: `n`, `best_of` and batched prompts multiplied.
+    pub choices: u64,
+    /// An upper bound of the prompt's tokens.
+    pub prompt_tokens: u64,
     pub stream: bool,
     /// The caller asked for `stream_options.include_usage` itself.
     pub caller_wants_usage: bool,
-    /// Which field bounds the output for this API (`max_tokens`, `max_output_tokens`, ...).
-    pub bound_field: &'static str,
-    stream_options_present: bool,
+    /// Offset just past the body's opening brace.
+    after_open: usize,
+    /// Every output-limit field present (with a `null` value too).
+    limit_spans: Vec<Span>,
+    stream_options: StreamOptions,
 }
 
-/// Inspects a chat-completions or responses body. Wrong types, negative or absurd bounds
-/// and a missing model are refused: they are how a call would dodge its reservation.
-pub fn inspect(body: &[u8], responses_api: bool) -> Result<CallShape, GatewayError> {
-    let bad = |why: &str| GatewayError::InvalidRequest(why.to_string());
-    let v: Value = serde_json::from_slice(body).map_err(|_| bad("body must be a JSON object"))?;
-    let obj = v.as_object().ok_or_else(|| bad("body must be a JSON object"))?;
-    let model = match obj.get("model") {
-        Some(Value::String(m)) if !m.trim().is_empty() && m.len() <= 256 => m.clone(),
-        Some(_) => return Err(bad("'model' must be a non-empty string")),
-        None => return Err(bad("'model' is required")),
-    };
-    let fields: &[&'static str] =
-        if responses_api { &["max_output_tokens"] } else { &["max_completion_tokens", "max_tokens"] };
-    let mut max_tokens = None;
-    let mut bound_field = fields[fields.len() - 1];
-    for f in fields {
-        match obj.get(*f) {
-            None | Some(Value::Null) => {}
-            Some(Value::Number(n)) => match n.as_u64() {
-                Some(t) if (1..=MAX_OUTPUT_TOKENS).contains(&t) => {
-                    max_tokens = Some(max_tokens.map_or(t, |m: u64| m.min(t)));
-                    bound_field = f;
-                }
-                _ => return Err(bad(&format!("'{f}' must be an integer from 1 to {MAX_OUTPUT_TOKENS}"))),
-            },
-            Some(_) => return Err(bad(&format!("'{f}' must be an integer"))),
-        }
-    }
-    let stream = match obj.get("stream") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
-        Some(_) => return Err(bad("'stream' must be a boolean")),
-    };
-    let stream_options = obj.get("stream_options").filter(|o| !o.is_null());
-    if stream_options.is_some_and(|o| !o.is_object()) {
-        return Err(bad("'stream_options' must be an object"));
-    }
-    let caller_wants_usage =
-        stream_options.and_then(|o| o.get("include_usage")).and_then(Value::as_bool).unwrap_or(false);
-    Ok(CallShape {
-        model,
-        max_tokens,
-        stream,
-        caller_wants_usage,
-        bound_field,
-        stream_options_present: stream_options.is_some(),
-    })
+/// Replace `start..end` of the body with `insert` (an insertion when `start == end`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Edit {
+    pub start: usize,
+    pub end: usize,
+    pub insert: Vec<u8>,
 }
 
 impl CallShape {
-    /// The output bound the call will run under: the caller's, or the plan's default.
+    /// The output bound the caller asked for, or the plan's default.
     pub fn output_bound(&self, default_max_tokens: u64) -> u64 {
-        self.max_tokens.unwrap_or(default_max_tokens)
+        self.requested_output.unwrap_or(default_max_tokens)
     }
 
-    /// The worst case to reserve: every byte of the body a prompt token (see
-    /// `pricing::prompt_token_estimate`) and the full output bound.
-    pub fn worst_case(&self, body_len: usize, default_max_tokens: u64) -> TokenUsage {
-        TokenUsage {
-            prompt: crate::core::pricing::prompt_token_estimate(body_len),
-            completion: self.output_bound(default_max_tokens),
-        }
+    /// The most tokens upstream can bill when the body sent carries `output` as its bound.
+    pub fn worst_case(&self, output: u64) -> TokenUsage {
+        TokenUsage { prompt: self.prompt_tokens, completion: output.saturating_mul(self.choices) }
     }
 
-    /// The body to send upstream: with the output bound made explicit (so the reservation is
-    /// a true upper bound) and, for streams of the chat API, `stream_options.include_usage`
-    /// on (so the final usage chunk arrives and can be metered).
-    pub fn upstream_body(&self, body: &[u8], default_max_tokens: u64, responses_api: bool) -> Vec<u8> {
-        let need_bound = self.max_tokens.is_none();
-        let need_usage = self.stream && !responses_api && !self.caller_wants_usage;
-        if !need_bound && !need_usage {
-            return body.to_vec();
+    /// Whether the gateway, not the caller, asks upstream for streamed usage: the usage-only
+    /// chunk is then metered and not forwarded.
+    pub fn hides_usage(&self) -> bool {
+        self.stream && self.api.usage_on_request() && !self.caller_wants_usage
+    }
+
+    /// The splices that make the body carry `output` in every output-limit field and, for a
+    /// stream, ask for usage. Sorted, non-overlapping.
+    pub fn edits(&self, output: u64) -> Vec<Edit> {
+        let n = output.to_string().into_bytes();
+        let mut edits: Vec<Edit> =
+            self.limit_spans.iter().map(|s| Edit { start: s.start, end: s.end, insert: n.clone() }).collect();
+        let mut front = Vec::new();
+        if self.limit_spans.is_empty() {
+            front.extend_from_slice(format!("\"{}\":{output},", self.api.limit_field()).as_bytes());
         }
-        let mut insert = String::new();
-        if need_bound {
-            insert.push_str(&format!("\"{}\":{},", self.bound_field, default_max_tokens));
+        if self.stream && self.api.usage_on_request() {
+            match self.stream_options {
+                StreamOptions::Absent => front.extend_from_slice(br#""stream_options":{"include_usage":true},"#),
+                StreamOptions::Null(s) => {
+                    edits.push(Edit { start: s.start, end: s.end, insert: br#"{"include_usage":true}"#.to_vec() })
+                }
+                StreamOptions::Object { include_usage: Some(s), .. } => {
+                    edits.push(Edit { start: s.start, end: s.end, insert: b"true".to_vec() })
+                }
+                StreamOptions::Object { after_open, empty, include_usage: None } => {
+                    let insert = if empty { &br#""include_usage":true"#[..] } else { &br#""include_usage":true,"#[..] };
+                    edits.push(Edit { start: after_open, end: after_open, insert: insert.to_vec() });
+                }
+            }
         }
-        if need_usage && !self.stream_options_present {
-            insert.push_str("\"stream_options\":{\"include_usage\":true},");
+        if !front.is_empty() {
+            edits.push(Edit { start: self.after_open, end: self.after_open, insert: front });
         }
-        if need_usage && self.stream_options_present {
-            // The caller's stream_options must be edited, not shadowed: re-serialise (rare).
-            return reserialise(body, self.bound_field, need_bound.then_some(default_max_tokens))
-                .unwrap_or_else(|| body.to_vec());
-        }
-        splice_after_brace(body, &insert).unwrap_or_else(|| body.to_vec())
+        edits.sort_by_key(|e| (e.start, e.end));
+        edits
     }
 }
 
-/// Inserts `fields` (each ending in `,`) right after the object's opening brace. `inspect`
-/// has already proved the body is a non-empty object (it has a `model`).
-fn splice_after_brace(body: &[u8], fields: &str) -> Option<Vec<u8>> {
-    let at = body.iter().position(|b| !b.is_ascii_whitespace())?;
-    if body[at] != b'{' {
+/// The pieces of the edited body, in order: ranges of the original and inserted bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Piece<'a> {
+    Original(usize, usize),
+    Inserted(&'a [u8]),
+}
+
+/// Walks `edits` over a body of `len` bytes: what to copy, in order. The edge uses it to build
+/// the upstream body straight into the runtime's memory; `apply` builds it here.
+pub fn pieces(len: usize, edits: &[Edit]) -> Vec<Piece<'_>> {
+    let mut out = Vec::with_capacity(edits.len() * 2 + 1);
+    let mut at = 0;
+    for e in edits {
+        if e.start > at {
+            out.push(Piece::Original(at, e.start));
+        }
+        if !e.insert.is_empty() {
+            out.push(Piece::Inserted(&e.insert));
+        }
+        at = at.max(e.end);
+    }
+    if at < len {
+        out.push(Piece::Original(at, len));
+    }
+    out
+}
+
+/// The body with `edits` applied.
+pub fn apply(body: &[u8], edits: &[Edit]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + edits.iter().map(|e| e.insert.len()).sum::<usize>());
+    for p in pieces(body.len(), edits) {
+        match p {
+            Piece::Original(a, b) => out.extend_from_slice(&body[a..b]),
+            Piece::Inserted(bytes) => out.extend_from_slice(bytes),
+        }
+    }
+    out
+}
+
+/// Inspects a chat, completions or responses body. Anything that could make the bound
+/// untrue is refused with a 400: a body that is not one JSON object, a duplicate key, a
+/// missing model, a bound or choice count that is not a plain integer in range, a
+/// `stream_options` that is not an object.
+///
+/// ```
+/// use hf_gate::core::body::{apply, inspect, Api};
+/// let body = br#"{"model":"m","max_tokens":null,"messages":[{"role":"user","content":"hi"}]}"#;
+/// let shape = inspect(body, Api::Chat, 1_000).unwrap();
+/// assert_eq!(shape.requested_output, None);
+/// let sent = apply(body, &shape.edits(256));
+/// assert_eq!(sent, br#"{"model":"m","max_tokens":256,"messages":[{"role":"user","content":"hi"}]}"#);
+/// ```
+pub fn inspect(body: &[u8], api: Api, media_part_tokens: u64) -> Result<CallShape, GatewayError> {
+    let bad = |e: serde_json::Error| GatewayError::InvalidRequest(e.to_string());
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let top = Top { body, api, media_part_tokens }.deserialize(&mut de).map_err(bad)?;
+    de.end().map_err(bad)?;
+    Ok(top)
+}
+
+/// What a part of the prompt added up to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Tally {
+    text: u64,
+    media_parts: u64,
+}
+
+impl Tally {
+    fn add(&mut self, o: Tally) {
+        self.text = self.text.saturating_add(o.text);
+        self.media_parts = self.media_parts.saturating_add(o.media_parts);
+    }
+}
+
+fn offset_of(body: &[u8], raw: &RawValue) -> Option<Span> {
+    let start = (raw.get().as_ptr() as usize).checked_sub(body.as_ptr() as usize)?;
+    let end = start.checked_add(raw.get().len())?;
+    (end <= body.len()).then_some(Span { start, end })
+}
+
+fn hash_key(k: &str) -> u64 {
+    let mut h = DefaultHasher::new();
+    k.hash(&mut h);
+    h.finish()
+}
+
+/// An integer literal from 1 to `max`, written plainly (no sign, fraction or exponent).
+fn plain_integer(raw: &str, max: u64) -> Option<u64> {
+    let digits = raw.as_bytes();
+    if digits.is_empty() || digits.len() > 20 || digits[0] == b'0' || !digits.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    let mut out = Vec::with_capacity(body.len() + fields.len());
-    out.extend_from_slice(&body[..=at]);
-    out.extend_from_slice(fields.as_bytes());
-    out.extend_from_slice(&body[at + 1..]);
-    Some(out)
+    raw.parse::<u64>().ok().filter(|n| (1..=max).contains(n))
 }
 
-fn reserialise(body: &[u8], bound_field: &str, bound: Option<u64>) -> Option<Vec<u8>> {
-    let mut v: Value = serde_json::from_slice(body).ok()?;
-    let obj = v.as_object_mut()?;
-    if let Some(b) = bound {
-        obj.insert(bound_field.to_string(), Value::from(b));
+/// Lines a template may render a JSON value over (every `,`, `{` and `[` can start one).
+fn lines_of(raw: &str) -> u64 {
+    raw.bytes().filter(|b| matches!(b, b',' | b'{' | b'[')).count() as u64
+}
+
+struct Top<'b> {
+    body: &'b [u8],
+    api: Api,
+    media_part_tokens: u64,
+}
+
+impl<'de, 'b> DeserializeSeed<'de> for Top<'b> {
+    type Value = CallShape;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<CallShape, D::Error> {
+        d.deserialize_map(self)
     }
-    let opts = obj.entry("stream_options").or_insert_with(|| Value::Object(Default::default()));
-    opts.as_object_mut()?.insert("include_usage".into(), Value::Bool(true));
-    serde_json::to_vec(&v).ok()
+}
+
+impl<'de, 'b> Visitor<'de> for Top<'b> {
+    type Value = CallShape;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("the body to be a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<CallShape, A::Error> {
+        let after_open = self.body.iter().position(|b| !b.is_ascii_whitespace()).map_or(0, |p| p + 1);
+        let mut seen = HashSet::new();
+        let mut model = None;
+        let mut limits: Vec<(Span, Option<u64>)> = Vec::new();
+        let mut choices = 1u64;
+        let mut stream = false;
+        let mut stream_options = StreamOptions::Absent;
+        let mut caller_wants_usage = false;
+        let mut tally = Tally::default();
+        let mut messages = 0u64;
+        let mut prompts = 1u64;
+        let mut rendered = 0u64;
+        let mut tools = false;
+        while let Some(key) = map.next_key::<KeyText>()? {
+            let key = key.0;
+            if seen.len() >= MAX_TOP_LEVEL_FIELDS {
+                return Err(de::Error::custom(format_args!("at most {MAX_TOP_LEVEL_FIELDS} top-level fields")));
+            }
+            if !seen.insert(hash_key(&key)) {
+                return Err(de::Error::custom(format_args!("duplicate key '{}'", truncate(&key))));
+            }
+            match key.as_str() {
+                "model" => {
+                    let m: String = map.next_value().map_err(|_| de::Error::custom("'model' must be a string"))?;
+                    if m.trim().is_empty() || m.len() > MAX_MODEL_LEN {
+                        return Err(de::Error::custom("'model' must be a non-empty string of at most 256 bytes"));
+                    }
+                    model = Some(m);
+                }
+                f if LIMIT_FIELDS.contains(&f) => {
+                    let raw: &RawValue = map.next_value()?;
+                    let span = offset_of(self.body, raw).ok_or_else(|| de::Error::custom("unreadable body"))?;
+                    let value = match raw.get() {
+                        "null" => None,
+                        text => Some(plain_integer(text, MAX_OUTPUT_TOKENS).ok_or_else(|| {
+                            de::Error::custom(format_args!("'{f}' must be an integer from 1 to {MAX_OUTPUT_TOKENS}"))
+                        })?),
+                    };
+                    limits.push((span, value));
+                }
+                f @ ("n" | "best_of") => {
+                    let raw: &RawValue = map.next_value()?;
+                    if raw.get() != "null" {
+                        let n = plain_integer(raw.get(), MAX_CHOICES).ok_or_else(|| {
+                            de::Error::custom(format_args!("'{f}' must be an integer from 1 to {MAX_CHOICES}"))
+                        })?;
+                        choices = choices.max(n);
+                    }
+                }
+                "stream" => {
+                    let raw: &RawValue = map.next_value()?;
+                    stream = match raw.get() {
+                        "true" => true,
+                        "false" | "null" => false,
+                        _ => return Err(de::Error::custom("'stream' must be a boolean")),
+                    };
+                }
+                "stream_options" => {
+                    let raw: &RawValue = map.next_value()?;
+                    let span = offset_of(self.body, raw).ok_or_else(|| de::Error::custom("unreadable body"))?;
+                    (stream_options, caller_wants_usage) = read_stream_options(self.body, raw, span)?;
+                }
+                f if f == self.api.prompt_field() => {
+                    let found = map.next_value_seed(PromptSeed)?;
+                    tally.add(found.tally);
+                    messages = messages.saturating_add(found.elements.max(1));
+                    if self.api == Api::Completions {
+                        prompts = found.batch.max(1);
+                    }
+                }
+                other => {
+                    let raw: &RawValue = map.next_value()?;
+                    let text = raw.get();
+                    if text.starts_with('"') {
+                        // a top-level string (instructions, system, suffix): its text, at most
+                        tally.text = tally.text.saturating_add(text.len().saturating_sub(2) as u64);
+                    } else if text.starts_with(['{', '[']) {
+                        // tools, schemas, unknown fields: counted whole, with room for the
+                        // line breaks and indentation a template renders them with
+                        rendered = rendered.saturating_add(text.len() as u64).saturating_add(2 * lines_of(text));
+                        tools |= matches!(other, "tools" | "functions");
+                    }
+                }
+            }
+        }
+        let model = model.ok_or_else(|| de::Error::custom("'model' is required"))?;
+        let prompt_tokens = REQUEST_OVERHEAD_TOKENS
+            .saturating_add(tally.text)
+            .saturating_add(rendered)
+            .saturating_add(messages.saturating_mul(MESSAGE_OVERHEAD_TOKENS))
+            .saturating_add(tally.media_parts.saturating_mul(self.media_part_tokens))
+            .saturating_add(if tools { TOOLS_OVERHEAD_TOKENS } else { 0 });
+        if caller_wants_usage && !stream {
+            caller_wants_usage = false;
+        }
+        Ok(CallShape {
+            api: self.api,
+            model,
+            requested_output: limits.iter().filter_map(|(_, v)| *v).min(),
+            choices: choices.saturating_mul(prompts),
+            prompt_tokens,
+            stream,
+            caller_wants_usage,
+            after_open,
+            limit_spans: limits.into_iter().map(|(s, _)| s).collect(),
+            stream_options,
+        })
+    }
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(40).collect()
+}
+
+fn read_stream_options<E: de::Error>(body: &[u8], raw: &RawValue, span: Span) -> Result<(StreamOptions, bool), E> {
+    match raw.get() {
+        "null" => Ok((StreamOptions::Null(span), false)),
+        text if text.starts_with('{') => {
+            if text.len() > MAX_STREAM_OPTIONS_BYTES {
+                return Err(E::custom("'stream_options' is too large"));
+            }
+            let mut de = serde_json::Deserializer::from_str(text);
+            let found = de.deserialize_map(StreamOptionsVisitor { body }).map_err(E::custom)?;
+            Ok((
+                StreamOptions::Object {
+                    after_open: span.start + 1,
+                    empty: found.members == 0,
+                    include_usage: found.span,
+                },
+                found.include_usage,
+            ))
+        }
+        _ => Err(E::custom("'stream_options' must be an object")),
+    }
+}
+
+struct StreamOptionsFound {
+    members: usize,
+    span: Option<Span>,
+    include_usage: bool,
+}
+
+struct StreamOptionsVisitor<'b> {
+    body: &'b [u8],
+}
+
+impl<'de, 'b> Visitor<'de> for StreamOptionsVisitor<'b> {
+    type Value = StreamOptionsFound;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("'stream_options' to be an object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<StreamOptionsFound, A::Error> {
+        let mut seen = HashSet::new();
+        let mut found = StreamOptionsFound { members: 0, span: None, include_usage: false };
+        while let Some(key) = map.next_key::<KeyText>()? {
+            found.members += 1;
+            if !seen.insert(key.0.clone()) {
+                return Err(de::Error::custom(format_args!("duplicate key 'stream_options.{}'", truncate(&key.0))));
+            }
+            let raw: &RawValue = map.next_value()?;
+            if key.0 == "include_usage" {
+                found.include_usage = match raw.get() {
+                    "true" => true,
+                    "false" | "null" => false,
+                    _ => return Err(de::Error::custom("'stream_options.include_usage' must be a boolean")),
+                };
+                found.span = offset_of(self.body, raw);
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// A key, decoded (escapes resolved, so `"max\u005ftokens"` is `max_tokens`).
+struct KeyText(String);
+
+impl<'de> Deserialize<'de> for KeyText {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(KeyText)
+    }
+}
+
+/// The prompt field: its text, and how many messages or batched prompts it holds.
+struct PromptSeed;
+
+#[derive(Default)]
+struct PromptFound {
+    tally: Tally,
+    /// Elements of the top-level array (messages, input items, prompts).
+    elements: u64,
+    /// Elements that are a prompt of their own (a string or an array of token ids).
+    batch: u64,
+}
+
+impl<'de> DeserializeSeed<'de> for PromptSeed {
+    type Value = PromptFound;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<PromptFound, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for PromptSeed {
+    type Value = PromptFound;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("messages, an input or a prompt")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<PromptFound, A::Error> {
+        let mut found = PromptFound::default();
+        loop {
+            let mut tally = Tally::default();
+            let Some(kind) = seq.next_element_seed(Count { tally: &mut tally })? else { break };
+            found.tally.add(tally);
+            found.elements += 1;
+            if matches!(kind, Kind::Text { .. } | Kind::Array) {
+                found.batch += 1;
+            }
+        }
+        Ok(found)
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<PromptFound, E> {
+        Ok(PromptFound { tally: Tally { text: v.len() as u64, media_parts: 0 }, elements: 1, batch: 1 })
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<PromptFound, A::Error> {
+        let mut tally = Tally::default();
+        Count { tally: &mut tally }.visit_map(map)?;
+        Ok(PromptFound { tally, elements: 1, batch: 1 })
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<PromptFound, E> {
+        Ok(PromptFound { tally: Tally { text: 20, media_parts: 0 }, elements: 1, batch: 1 })
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<PromptFound, E> {
+        self.visit_u64(0)
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<PromptFound, E> {
+        self.visit_u64(0)
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<PromptFound, E> {
+        self.visit_u64(0)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<PromptFound, E> {
+        Ok(PromptFound::default())
+    }
+}
+
+/// What one counted value was.
+enum Kind {
+    Text { media_type: bool },
+    Other,
+    Array,
+}
+
+/// Counts the prompt text of one value: string bytes (decoded), scalars at their printed
+/// size, media parts at the ceiling. Object keys of messages are structure, not text.
+struct Count<'t> {
+    tally: &'t mut Tally,
+}
+
+impl<'de, 't> DeserializeSeed<'de> for Count<'t> {
+    type Value = Kind;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Kind, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'t> Count<'t> {
+    fn text(self, bytes: u64) -> Kind {
+        self.tally.text = self.tally.text.saturating_add(bytes);
+        Kind::Other
+    }
+}
+
+impl<'de, 't> Visitor<'de> for Count<'t> {
+    type Value = Kind;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Kind, E> {
+        self.tally.text = self.tally.text.saturating_add(v.len() as u64);
+        Ok(Kind::Text { media_type: MEDIA_TYPES.contains(&v) })
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Kind, E> {
+        Ok(self.text(v.checked_ilog10().map_or(1, |d| u64::from(d) + 1)))
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Kind, E> {
+        Ok(self.text(20))
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Kind, E> {
+        // the literal's length is gone once parsed; a float's shortest form is at most 24
+        Ok(self.text(24))
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Kind, E> {
+        Ok(self.text(5))
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Kind, E> {
+        Ok(self.text(4))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Kind, A::Error> {
+        while seq.next_element_seed(Count { tally: &mut *self.tally })?.is_some() {}
+        Ok(Kind::Array)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Kind, A::Error> {
+        // a media part's payload (base64 or a URL) is not prompt text: it is counted aside
+        // and, once the part's `type` says it is media, replaced by the ceiling
+        let mut payload = Tally::default();
+        let mut media = false;
+        while let Some(key) = map.next_key::<KeyText>()? {
+            if key.0 == "type" {
+                media |=
+                    matches!(map.next_value_seed(Count { tally: &mut *self.tally })?, Kind::Text { media_type: true });
+            } else if MEDIA_PAYLOAD_KEYS.contains(&key.0.as_str()) {
+                map.next_value_seed(Count { tally: &mut payload })?;
+            } else {
+                map.next_value_seed(Count { tally: &mut *self.tally })?;
+            }
+        }
+        if media {
+            self.tally.media_parts = self.tally.media_parts.saturating_add(1);
+        } else {
+            self.tally.add(payload);
+        }
+        Ok(Kind::Other)
+    }
 }
 
 /// Token usage from an OpenAI-shaped JSON value: `usage` at the top (chat completions) or
 /// under `response` (responses API events), with either naming of the two counts.
-pub fn usage_of(v: &Value) -> Option<TokenUsage> {
+pub fn usage_of(v: &serde_json::Value) -> Option<TokenUsage> {
     let u = v
         .get("usage")
         .filter(|u| u.is_object())
         .or_else(|| v.get("response")?.get("usage").filter(|u| u.is_object()))?;
-    let count = |a: &str, b: &str| u.get(a).or_else(|| u.get(b)).and_then(Value::as_u64);
+    let count = |a: &str, b: &str| u.get(a).or_else(|| u.get(b)).and_then(serde_json::Value::as_u64);
     let prompt = count("prompt_tokens", "input_tokens");
     let completion = count("completion_tokens", "output_tokens");
     if prompt.is_none() && completion.is_none() {
@@ -153,14 +685,52 @@ pub fn usage_of(v: &Value) -> Option<TokenUsage> {
     Some(TokenUsage { prompt: prompt.unwrap_or(0), completion: completion.unwrap_or(0) })
 }
 
+#[derive(Deserialize)]
+struct Counts {
+    prompt_tokens: Option<u64>,
+    input_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
+    output_tokens: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct Nested {
+    usage: Option<Counts>,
+}
+
+#[derive(Deserialize)]
+struct UsageCarrier {
+    usage: Option<Counts>,
+    response: Option<Nested>,
+}
+
 /// Usage from a whole (non-streamed) response body; `None` if it is not JSON or has none.
+/// Read without building the body's tree: everything but the counts is skipped.
 pub fn usage_of_body(body: &[u8]) -> Option<TokenUsage> {
-    usage_of(&serde_json::from_slice::<Value>(body).ok()?)
+    let carrier: UsageCarrier = serde_json::from_slice(body).ok()?;
+    let c = carrier.usage.or_else(|| carrier.response?.usage)?;
+    let prompt = c.prompt_tokens.or(c.input_tokens);
+    let completion = c.completion_tokens.or(c.output_tokens);
+    if prompt.is_none() && completion.is_none() {
+        return None;
+    }
+    Some(TokenUsage { prompt: prompt.unwrap_or(0), completion: completion.unwrap_or(0) })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
+
+    fn chat(body: &str) -> Result<CallShape, GatewayError> {
+        inspect(body.as_bytes(), Api::Chat, 1_000)
+    }
+
+    fn sent(body: &str, api: Api, output: u64) -> Value {
+        let shape = inspect(body.as_bytes(), api, 1_000).unwrap();
+        let out = apply(body.as_bytes(), &shape.edits(output));
+        serde_json::from_slice(&out).unwrap()
+    }
 
     #[test]
     fn dodgy_bounds_and_models_are_refused() {
@@ -171,53 +741,145 @@ mod tests {
             r#"{"model":"m","max_tokens":-1}"#,
             r#"{"model":"m","max_tokens":0}"#,
             r#"{"model":"m","max_tokens":1.5}"#,
+            r#"{"model":"m","max_tokens":10.0}"#,
+            r#"{"model":"m","max_tokens":1e3}"#,
             r#"{"model":"m","max_tokens":"100"}"#,
             r#"{"model":"m","max_tokens":1e300}"#,
             r#"{"model":"m","max_tokens":99999999999}"#,
+            r#"{"model":"m","max_completion_tokens":[]}"#,
+            r#"{"model":"m","n":0}"#,
+            r#"{"model":"m","n":129}"#,
+            r#"{"model":"m","n":1000000}"#,
+            r#"{"model":"m","best_of":"2"}"#,
             r#"{"model":"m","stream":"yes"}"#,
             r#"{"model":"m","stream_options":5}"#,
+            r#"{"model":"m","stream_options":{"include_usage":"yes"}}"#,
             r#"[1,2]"#,
+            r#"{"model":"m"} trailing"#,
             "not json",
         ] {
-            assert!(inspect(body.as_bytes(), false).is_err(), "{body}");
+            assert!(chat(body).is_err(), "{body}");
         }
     }
 
     #[test]
-    fn the_smaller_of_two_bounds_counts() {
-        let s = inspect(br#"{"model":"m","max_tokens":50,"max_completion_tokens":20}"#, false).unwrap();
-        assert_eq!(s.max_tokens, Some(20));
+    fn a_duplicate_key_is_refused_however_it_is_spelled() {
+        for body in [
+            r#"{"model":"m","max_tokens":5,"max_tokens":null}"#,
+            r#"{"model":"m","max_tokens":5,"max\u005ftokens":null}"#,
+            r#"{"model":"m","model":"n"}"#,
+            r#"{"model":"m","x":1,"x":2}"#,
+            r#"{"model":"m","stream":true,"stream_options":{"include_usage":true,"include_usage":false}}"#,
+        ] {
+            let err = chat(body).unwrap_err();
+            assert!(err.to_string().contains("duplicate key"), "{body}: {err}");
+        }
     }
 
     #[test]
-    fn a_missing_bound_is_made_explicit_by_splicing() {
-        let body = br#"  {"model":"m","messages":[{"role":"user","content":"hi"}]}"#;
-        let s = inspect(body, false).unwrap();
-        let out = s.upstream_body(body, 256, false);
-        let v: Value = serde_json::from_slice(&out).unwrap();
-        assert_eq!(v["max_tokens"], 256);
-        assert!(String::from_utf8(out).unwrap().ends_with(r#""messages":[{"role":"user","content":"hi"}]}"#));
+    fn null_means_absent_and_is_replaced_in_place() {
+        let body = r#"{"model":"m","max_tokens":null,"stream":true,"stream_options":null,"messages":[]}"#;
+        let shape = chat(body).unwrap();
+        assert_eq!(shape.requested_output, None);
+        let out = String::from_utf8(apply(body.as_bytes(), &shape.edits(300))).unwrap();
+        assert_eq!(
+            out,
+            r#"{"model":"m","max_tokens":300,"stream":true,"stream_options":{"include_usage":true},"messages":[]}"#
+        );
     }
 
     #[test]
-    fn streams_ask_upstream_for_usage_without_touching_the_rest() {
-        let body = br#"{"model":"m","stream":true,"max_tokens":5}"#;
-        let s = inspect(body, false).unwrap();
-        assert!(!s.caller_wants_usage);
-        let v: Value = serde_json::from_slice(&s.upstream_body(body, 256, false)).unwrap();
+    fn the_bound_is_written_into_every_limit_field_the_body_carries() {
+        let v =
+            sent(r#"{"model":"m","max_tokens":50,"max_completion_tokens":20,"max_new_tokens":null}"#, Api::Chat, 20);
+        assert_eq!((v["max_tokens"].as_u64(), v["max_completion_tokens"].as_u64()), (Some(20), Some(20)));
+        assert_eq!(v["max_new_tokens"], 20);
+        assert_eq!(
+            chat(r#"{"model":"m","max_tokens":50,"max_completion_tokens":20}"#).unwrap().requested_output,
+            Some(20)
+        );
+        let v = sent(r#"{"model":"m","input":"hi"}"#, Api::Responses, 77);
+        assert_eq!(v["max_output_tokens"], 77);
+        assert!(v.get("max_tokens").is_none());
+    }
+
+    #[test]
+    fn choices_multiply_the_output_bound() {
+        assert_eq!(chat(r#"{"model":"m","n":4}"#).unwrap().worst_case(100).completion, 400);
+        assert_eq!(chat(r#"{"model":"m","n":null}"#).unwrap().choices, 1);
+        let batch = inspect(br#"{"model":"m","prompt":["a","b","c"],"n":2,"best_of":3}"#, Api::Completions, 1).unwrap();
+        assert_eq!(batch.choices, 9);
+        let ids = inspect(br#"{"model":"m","prompt":[1,2,3]}"#, Api::Completions, 1).unwrap();
+        assert_eq!(ids.choices, 1);
+    }
+
+    #[test]
+    fn the_prompt_counts_text_not_json() {
+        let long = "x".repeat(1_000);
+        let body = format!(r#"{{"model":"m","messages":[{{"role":"user","content":"{long}"}}]}}"#);
+        let shape = chat(&body).unwrap();
+        // 1000 bytes of text + "user" + one message and the request overhead
+        assert_eq!(shape.prompt_tokens, 1_000 + 4 + MESSAGE_OVERHEAD_TOKENS + REQUEST_OVERHEAD_TOKENS);
+        // escapes count as the bytes they decode to: "é" is two bytes, "\n" one
+        let shape = chat(r#"{"model":"m","messages":[{"role":"u","content":"\u00e9\n"}]}"#).unwrap();
+        assert_eq!(shape.prompt_tokens, 3 + 1 + MESSAGE_OVERHEAD_TOKENS + REQUEST_OVERHEAD_TOKENS);
+    }
+
+    #[test]
+    fn images_cost_the_ceiling_whatever_their_size() {
+        let data = "A".repeat(100_000);
+        let body = format!(
+            r#"{{"model":"m","messages":[{{"role":"user","content":[{{"image_url":{{"url":"data:image/png;base64,{data}"}},"type":"image_url"}},{{"type":"text","text":"what is it"}}]}}]}}"#
+        );
+        let shape = inspect(body.as_bytes(), Api::Chat, 5_000).unwrap();
+        let text = "user".len() + "image_url".len() + "text".len() + "what is it".len();
+        assert_eq!(shape.prompt_tokens, 5_000 + text as u64 + MESSAGE_OVERHEAD_TOKENS + REQUEST_OVERHEAD_TOKENS);
+    }
+
+    #[test]
+    fn tools_are_counted_whole_with_their_template() {
+        let tools = r#"[{"type":"function","function":{"name":"f","parameters":{"type":"object"}}}]"#;
+        let body = format!(r#"{{"model":"m","tools":{tools},"messages":[]}}"#);
+        let shape = chat(&body).unwrap();
+        assert_eq!(
+            shape.prompt_tokens,
+            tools.len() as u64
+                + 2 * lines_of(tools)
+                + TOOLS_OVERHEAD_TOKENS
+                + MESSAGE_OVERHEAD_TOKENS
+                + REQUEST_OVERHEAD_TOKENS
+        );
+    }
+
+    #[test]
+    fn streams_ask_upstream_for_usage_without_shadowing_the_callers_options() {
+        let v = sent(r#"{"model":"m","stream":true,"max_tokens":5}"#, Api::Chat, 5);
         assert_eq!(v["stream_options"]["include_usage"], true);
-        assert_eq!(v["max_tokens"], 5);
-        let edited = br#"{"model":"m","stream":true,"max_tokens":5,"stream_options":{"include_usage":false}}"#;
-        let s = inspect(edited, false).unwrap();
-        let v: Value = serde_json::from_slice(&s.upstream_body(edited, 256, false)).unwrap();
+        let edited = r#"{"model":"m","stream":true,"stream_options":{"include_usage":false,"x":1}}"#;
+        let shape = chat(edited).unwrap();
+        assert!(shape.hides_usage());
+        let v = sent(edited, Api::Chat, 5);
+        assert_eq!(
+            (v["stream_options"]["include_usage"].clone(), v["stream_options"]["x"].clone()),
+            (true.into(), 1.into())
+        );
+        let v = sent(r#"{"model":"m","stream":true,"stream_options":{ }}"#, Api::Chat, 5);
         assert_eq!(v["stream_options"]["include_usage"], true);
+        let asked = chat(r#"{"model":"m","stream":true,"stream_options":{"include_usage":true}}"#).unwrap();
+        assert!(!asked.hides_usage());
+        // the responses API reports usage by itself
+        let v = sent(r#"{"model":"m","stream":true,"input":"x"}"#, Api::Responses, 5);
+        assert!(v.get("stream_options").is_none());
     }
 
     #[test]
-    fn an_unchanged_body_passes_byte_for_byte() {
-        let body = br#"{"model":"m", "max_tokens": 7}"#;
-        let s = inspect(body, false).unwrap();
-        assert_eq!(s.upstream_body(body, 256, false), body.to_vec());
+    fn an_unchanged_body_passes_byte_for_byte_but_for_the_bound() {
+        let body = "  {\"model\":\"m\", \"max_tokens\": 7 , \"messages\": []}\n";
+        let shape = chat(body).unwrap();
+        let out = apply(body.as_bytes(), &shape.edits(7));
+        assert_eq!(out, body.as_bytes());
+        let out = apply(body.as_bytes(), &shape.edits(3));
+        assert_eq!(String::from_utf8(out).unwrap(), "  {\"model\":\"m\", \"max_tokens\": 3 , \"messages\": []}\n");
     }
 
     #[test]
@@ -228,5 +890,11 @@ mod tests {
         assert_eq!(usage_of(&resp), Some(TokenUsage { prompt: 5, completion: 6 }));
         assert_eq!(usage_of(&serde_json::json!({"usage": null})), None);
         assert_eq!(usage_of_body(b"garbage"), None);
+        let body = br#"{"choices":[{"message":{"content":"x"}}],"usage":{"prompt_tokens":1,"completion_tokens":2,"prompt_tokens_details":{"cached_tokens":0}}}"#;
+        assert_eq!(usage_of_body(body), Some(TokenUsage { prompt: 1, completion: 2 }));
+        assert_eq!(
+            usage_of_body(br#"{"usage":{"input_tokens":5,"output_tokens":6}}"#),
+            Some(TokenUsage { prompt: 5, completion: 6 })
+        );
     }
 }

@@ -35,7 +35,7 @@ pub const ALLOW_HEADERS: &[&str] = &[
 
 /// Response headers a page script may read.
 pub const EXPOSE_HEADERS: &str =
-    "retry-after, retry-after-ms, ratelimit, ratelimit-policy, x-request-id, x-should-retry, x-upstream, server-timing";
+    "retry-after, retry-after-ms, ratelimit, ratelimit-policy, x-request-id, x-should-retry, x-upstream, server-timing, x-hfgate-max-tokens";
 
 pub const MAX_AGE_SECS: &str = "86400";
 

@@ -11,6 +11,11 @@ pub enum GatewayError {
     OriginNotAllowed,
     NotFound,
     MethodNotAllowed,
+    /// An edit's `If-Match` names a version the record has moved past (or, without one, the
+    /// record kept changing under the edit); `current_version` is the newest one known.
+    PreconditionFailed {
+        current_version: u64,
+    },
     RequestTooLarge {
         limit_bytes: u64,
     },
@@ -19,8 +24,14 @@ pub enum GatewayError {
     RateLimited {
         retry_after_ms: u64,
     },
-    /// Credits (or the spending cap) are used up until the period ends.
+    /// Credits (or the spending cap) are used up until the period ends; for a token-priced
+    /// call, what is left may still pay for `affordable` output tokens, fewer than useful.
     InsufficientQuota {
+        retry_after_ms: u64,
+        affordable: Option<u64>,
+    },
+    /// This isolate holds as many request bodies as its memory allows; retry shortly.
+    Busy {
         retry_after_ms: u64,
     },
     /// Upstream said 429 and the wait was longer than the gateway waits for itself.
@@ -51,11 +62,12 @@ impl GatewayError {
             OriginNotAllowed => 403,
             NotFound => 404,
             MethodNotAllowed => 405,
+            PreconditionFailed { .. } => 412,
             RequestTooLarge { .. } => 413,
             InvalidRequest(_) => 400,
             RateLimited { .. } | InsufficientQuota { .. } | UpstreamRateLimited { .. } => 429,
             UpstreamError(_) => 502,
-            UpstreamNotConfigured | AdminDisabled | LedgerUnavailable => 503,
+            UpstreamNotConfigured | AdminDisabled | LedgerUnavailable | Busy { .. } => 503,
             UpstreamTimeout => 504,
             Misconfigured { .. } => 500,
         }
@@ -69,6 +81,7 @@ impl GatewayError {
             OriginNotAllowed => "origin_not_allowed",
             NotFound => "not_found",
             MethodNotAllowed => "method_not_allowed",
+            PreconditionFailed { .. } => "precondition_failed",
             RequestTooLarge { .. } => "request_too_large",
             InvalidRequest(_) => "invalid_request",
             RateLimited { .. } => "rate_limit_exceeded",
@@ -80,6 +93,7 @@ impl GatewayError {
             AdminDisabled => "admin_disabled",
             Misconfigured { .. } => "configuration_error",
             LedgerUnavailable => "ledger_unavailable",
+            Busy { .. } => "gateway_busy",
         }
     }
 
@@ -90,11 +104,15 @@ impl GatewayError {
             InvalidApiKey => "authentication_error",
             OriginNotAllowed => "permission_error",
             NotFound => "not_found_error",
-            MethodNotAllowed | RequestTooLarge { .. } | InvalidRequest(_) => "invalid_request_error",
+            MethodNotAllowed | PreconditionFailed { .. } | RequestTooLarge { .. } | InvalidRequest(_) => {
+                "invalid_request_error"
+            }
             RateLimited { .. } | UpstreamRateLimited { .. } => "rate_limit_error",
             InsufficientQuota { .. } => "insufficient_quota",
             UpstreamError(_) | UpstreamTimeout => "upstream_error",
-            UpstreamNotConfigured | AdminDisabled | Misconfigured { .. } | LedgerUnavailable => "server_error",
+            UpstreamNotConfigured | AdminDisabled | Misconfigured { .. } | LedgerUnavailable | Busy { .. } => {
+                "server_error"
+            }
         }
     }
 
@@ -103,8 +121,9 @@ impl GatewayError {
         use GatewayError::*;
         match self {
             RateLimited { retry_after_ms }
-            | InsufficientQuota { retry_after_ms }
-            | UpstreamRateLimited { retry_after_ms } => Some(*retry_after_ms),
+            | InsufficientQuota { retry_after_ms, .. }
+            | UpstreamRateLimited { retry_after_ms }
+            | Busy { retry_after_ms } => Some(*retry_after_ms),
             _ => None,
         }
     }
@@ -134,6 +153,10 @@ impl fmt::Display for GatewayError {
             OriginNotAllowed => f.write_str("This key may not be used from this origin."),
             NotFound => f.write_str("No such route."),
             MethodNotAllowed => f.write_str("Method not allowed on this route."),
+            PreconditionFailed { current_version } => write!(
+                f,
+                "The record has changed (it is now at version {current_version}): read it again, then retry with If-Match: \"{current_version}\"."
+            ),
             RequestTooLarge { limit_bytes } => {
                 write!(f, "Request body is larger than {limit_bytes} bytes.")
             }
@@ -141,11 +164,17 @@ impl fmt::Display for GatewayError {
             RateLimited { retry_after_ms } => {
                 write!(f, "Rate limit exceeded for this key. Retry in {} s.", retry_after_ms.div_ceil(1000))
             }
-            InsufficientQuota { retry_after_ms } => write!(
+            InsufficientQuota { retry_after_ms, affordable: Some(n) } => write!(
+                f,
+                "The remaining credit can only afford {n} output tokens, too few for this call. Credits reset in {} s.",
+                retry_after_ms.div_ceil(1000)
+            ),
+            InsufficientQuota { retry_after_ms, affordable: None } => write!(
                 f,
                 "Monthly credits or spending cap exhausted. They reset in {} s.",
                 retry_after_ms.div_ceil(1000)
             ),
+            Busy { .. } => f.write_str("The gateway is holding as many request bodies as it can; retry shortly."),
             UpstreamRateLimited { retry_after_ms } => {
                 write!(f, "The provider is rate limiting this model. Retry in {} s.", retry_after_ms.div_ceil(1000))
             }
@@ -169,7 +198,7 @@ mod tests {
 
     #[test]
     fn every_error_is_openai_shaped_json() {
-        let e = GatewayError::InsufficientQuota { retry_after_ms: 1_500 };
+        let e = GatewayError::InsufficientQuota { retry_after_ms: 1_500, affordable: None };
         let v: serde_json::Value = serde_json::from_str(&e.to_json()).unwrap();
         assert_eq!(v["error"]["code"], "insufficient_quota");
         assert_eq!(v["error"]["type"], "insufficient_quota");
@@ -183,5 +212,14 @@ mod tests {
         assert!(GatewayError::RateLimited { retry_after_ms: 900 }.should_retry());
         assert!(!GatewayError::UpstreamRateLimited { retry_after_ms: 3_600_000 }.should_retry());
         assert!(!GatewayError::NotFound.should_retry());
+    }
+
+    #[test]
+    fn a_stale_if_match_is_a_412_naming_the_current_version() {
+        let e = GatewayError::PreconditionFailed { current_version: 7 };
+        let v: serde_json::Value = serde_json::from_str(&e.to_json()).unwrap();
+        assert_eq!((e.status(), v["error"]["code"].as_str()), (412, Some("precondition_failed")));
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        assert!(v["error"]["message"].as_str().unwrap().contains("If-Match: \"7\""));
     }
 }

@@ -73,11 +73,17 @@ pub struct Exhausted {
     pub retry_at: UnixMillis,
 }
 
-/// What a settle charged, and what it could not charge because the ceiling was in the way.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+/// What a settle charged. The actual cost is always charged in full, to the key that made
+/// the call: what went beyond the hold (upstream overshoot, or a settle that came after its
+/// reservation expired) is the overrun, recorded, never dropped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Settled {
     pub charged: MicroUsd,
-    pub unbilled: MicroUsd,
+    pub overrun: MicroUsd,
+    /// The reservation had expired before the settle came.
+    pub late: bool,
+    /// No such reservation: already settled or released. Nothing was charged.
+    pub unknown: bool,
 }
 
 /// One account's period: spend, outstanding reservations, spend per day.
@@ -90,7 +96,14 @@ pub struct Ledger {
     pub provider_billed: MicroUsd,
     #[serde(default)]
     pub requests: u64,
+    /// Cost charged beyond what the calls had reserved, this period.
+    #[serde(default)]
+    pub overrun: MicroUsd,
     reservations: BTreeMap<u64, Reservation>,
+    /// Reservations that expired unsettled (id -> amount), so that a settle arriving late is
+    /// still charged, once. The oldest are forgotten past `MAX_EXPIRED`.
+    #[serde(default)]
+    expired: BTreeMap<u64, MicroUsd>,
     next_id: u64,
     /// Charged micro-USD per day index, for the current and the previous period.
     #[serde(default)]
@@ -108,7 +121,11 @@ pub struct Usage {
     pub overage: MicroUsd,
     pub cap: Option<MicroUsd>,
     pub provider_billed: MicroUsd,
+    pub overrun: MicroUsd,
 }
+
+/// Expired reservations remembered for late settles.
+const MAX_EXPIRED: usize = 10_000;
 
 impl Ledger {
     pub fn new(now: UnixMillis) -> Self {
@@ -124,6 +141,7 @@ impl Ledger {
             self.period_start = current.start;
             self.used = MicroUsd::ZERO;
             self.provider_billed = MicroUsd::ZERO;
+            self.overrun = MicroUsd::ZERO;
             self.requests = 0;
             self.daily.retain(|day, _| *day >= keep_from);
         }
@@ -133,8 +151,19 @@ impl Ledger {
         self.reservations.values().fold(MicroUsd::ZERO, |acc, r| acc.saturating_add(r.amount))
     }
 
-    pub fn reservation_ids(&self) -> impl Iterator<Item = u64> + '_ {
-        self.reservations.keys().copied()
+    /// Ids of the reservations a settle can still charge: held, or expired but remembered.
+    pub fn settleable_ids(&self) -> impl Iterator<Item = u64> + '_ {
+        self.reservations.keys().chain(self.expired.keys()).copied()
+    }
+
+    /// What reservation `id` holds, if it is still held.
+    pub fn held(&self, id: u64) -> Option<MicroUsd> {
+        self.reservations.get(&id).map(|r| r.amount)
+    }
+
+    /// What may still be committed before the ceiling, or `None` when the budget is unbounded.
+    pub fn headroom(&self, budget: &Budget) -> Option<MicroUsd> {
+        budget.ceiling().map(|c| c.saturating_sub(self.used.saturating_add(self.reserved())))
     }
 
     /// Holds `amount` for a call about to go upstream, or refuses if that could break the
@@ -160,30 +189,30 @@ impl Ledger {
         Ok(id)
     }
 
-    /// Replaces a reservation with the actual cost of the call. The charge never pushes the
-    /// account past its ceiling (what does not fit is reported as `unbilled`), so a hard-capped
-    /// account never goes below zero. A reservation that already expired is charged all the
-    /// same, within the same bound: the call did happen.
-    pub fn settle(&mut self, now: UnixMillis, id: u64, actual: MicroUsd, budget: &Budget) -> Settled {
+    /// Replaces a reservation with the actual cost of the call, charged in full even when it
+    /// is more than was held (the balance may then go below zero, and `reserve` refuses until
+    /// it is covered). A reservation that already expired is charged all the same: the call
+    /// did happen. An id that is neither held nor remembered was settled or released already,
+    /// and charges nothing: a settle can never count twice.
+    pub fn settle(&mut self, now: UnixMillis, id: u64, actual: MicroUsd) -> Settled {
         self.roll(now);
-        self.reservations.remove(&id);
-        let charged = match budget.ceiling() {
-            Some(ceiling) => {
-                let headroom = ceiling.saturating_sub(self.used.saturating_add(self.reserved()));
-                actual.min(headroom)
-            }
-            None => actual,
+        let (held, late) = match (self.reservations.remove(&id), self.expired.remove(&id)) {
+            (Some(r), _) => (r.amount, false),
+            (None, Some(_)) => (MicroUsd::ZERO, true),
+            (None, None) => return Settled { unknown: true, ..Settled::default() },
         };
-        self.used = self.used.saturating_add(charged);
+        let overrun = actual.saturating_sub(held);
+        self.used = self.used.saturating_add(actual);
+        self.overrun = self.overrun.saturating_add(overrun);
         let day = self.daily.entry(now.day_index()).or_insert(0);
-        *day = day.saturating_add(charged.0);
-        Settled { charged, unbilled: actual.saturating_sub(charged) }
+        *day = day.saturating_add(actual.0);
+        Settled { charged: actual, overrun, late, unknown: false }
     }
 
     /// Gives a reservation back in full (the call failed upstream). Unknown ids are ignored,
     /// so a release after expiry is harmless.
     pub fn release(&mut self, id: u64) -> bool {
-        self.reservations.remove(&id).is_some()
+        self.reservations.remove(&id).is_some() | self.expired.remove(&id).is_some()
     }
 
     /// Records spend that the provider bills directly, for `byok` keys.
@@ -192,11 +221,19 @@ impl Ledger {
         self.provider_billed = self.provider_billed.saturating_add(actual);
     }
 
-    /// Releases reservations whose holder never came back (an isolate died mid-call).
+    /// Releases reservations whose holder never came back (an isolate died mid-call); they
+    /// are remembered a while, so a settle that still comes is charged.
     pub fn expire(&mut self, now: UnixMillis) -> usize {
-        let before = self.reservations.len();
-        self.reservations.retain(|_, r| r.expires_at > now);
-        before - self.reservations.len()
+        let due: Vec<u64> = self.reservations.iter().filter(|(_, r)| r.expires_at <= now).map(|(id, _)| *id).collect();
+        for id in &due {
+            if let Some(r) = self.reservations.remove(id) {
+                self.expired.insert(*id, r.amount);
+            }
+        }
+        while self.expired.len() > MAX_EXPIRED {
+            self.expired.pop_first();
+        }
+        due.len()
     }
 
     /// When the next reservation expires, for the Durable Object's alarm.
@@ -222,6 +259,7 @@ impl Ledger {
             overage: used.saturating_sub(budget.credit),
             cap: budget.cap,
             provider_billed,
+            overrun: if period.start == self.period_start { self.overrun } else { MicroUsd::ZERO },
         }
     }
 
@@ -246,8 +284,8 @@ mod tests {
         let mut l = Ledger::new(NOV_22);
         let id = l.reserve(NOV_22, MicroUsd(5_000), &free(), 60_000).unwrap();
         assert_eq!(l.reserved(), MicroUsd(5_000));
-        let s = l.settle(NOV_22, id, MicroUsd(1_234), &free());
-        assert_eq!(s, Settled { charged: MicroUsd(1_234), unbilled: MicroUsd::ZERO });
+        let s = l.settle(NOV_22, id, MicroUsd(1_234));
+        assert_eq!(s, Settled { charged: MicroUsd(1_234), ..Settled::default() });
         assert_eq!(l.used, MicroUsd(1_234));
         assert_eq!(l.reserved(), MicroUsd::ZERO);
     }
@@ -263,13 +301,30 @@ mod tests {
     }
 
     #[test]
-    fn settle_never_pushes_a_hard_capped_account_past_its_ceiling() {
+    fn an_overshoot_is_charged_in_full_and_refuses_the_next_call_until_covered() {
         let mut l = Ledger::new(NOV_22);
         let id = l.reserve(NOV_22, MicroUsd(90_000), &free(), 60_000).unwrap();
-        let s = l.settle(NOV_22, id, MicroUsd(150_000), &free());
-        assert_eq!(s.charged, MicroUsd(100_000));
-        assert_eq!(s.unbilled, MicroUsd(50_000));
-        assert_eq!(l.usage(NOV_22, &free()).remaining, MicroUsd::ZERO);
+        let s = l.settle(NOV_22, id, MicroUsd(150_000));
+        assert_eq!((s.charged, s.overrun), (MicroUsd(150_000), MicroUsd(60_000)));
+        let u = l.usage(NOV_22, &free());
+        assert_eq!((u.used, u.overrun, u.remaining), (MicroUsd(150_000), MicroUsd(60_000), MicroUsd::ZERO));
+        assert!(l.reserve(NOV_22, MicroUsd(1), &free(), 60_000).is_err());
+    }
+
+    #[test]
+    fn a_settle_counts_once_and_a_late_one_still_counts() {
+        let mut l = Ledger::new(NOV_22);
+        let id = l.reserve(NOV_22, MicroUsd(500), &free(), 1_000).unwrap();
+        assert_eq!(l.settle(NOV_22, id, MicroUsd(400)).charged, MicroUsd(400));
+        assert!(l.settle(NOV_22, id, MicroUsd(400)).unknown);
+        assert_eq!(l.used, MicroUsd(400));
+        let late = l.reserve(NOV_22, MicroUsd(500), &free(), 1_000).unwrap();
+        assert_eq!(l.expire(NOV_22.saturating_add_ms(1_000)), 1);
+        assert_eq!(l.reserved(), MicroUsd::ZERO);
+        let s = l.settle(NOV_22.saturating_add_ms(5_000), late, MicroUsd(300));
+        assert_eq!((s.charged, s.overrun, s.late), (MicroUsd(300), MicroUsd(300), true));
+        assert!(l.settle(NOV_22.saturating_add_ms(6_000), late, MicroUsd(300)).unknown);
+        assert_eq!(l.used, MicroUsd(700));
     }
 
     #[test]
@@ -279,7 +334,7 @@ mod tests {
         let mut l = Ledger::new(NOV_22);
         for _ in 0..5 {
             let id = l.reserve(NOV_22, MicroUsd(1_000_000), &pro, 60_000).unwrap();
-            l.settle(NOV_22, id, MicroUsd(1_000_000), &pro);
+            l.settle(NOV_22, id, MicroUsd(1_000_000));
         }
         assert!(l.reserve(NOV_22, MicroUsd(1), &pro, 60_000).is_err());
         let u = l.usage(NOV_22, &pro);
@@ -302,7 +357,7 @@ mod tests {
     fn the_first_call_of_a_month_starts_a_new_period() {
         let mut l = Ledger::new(NOV_22);
         let id = l.reserve(NOV_22, MicroUsd(100_000), &free(), 60_000).unwrap();
-        l.settle(NOV_22, id, MicroUsd(100_000), &free());
+        l.settle(NOV_22, id, MicroUsd(100_000));
         assert!(l.reserve(NOV_22, MicroUsd(1), &free(), 60_000).is_err());
         let dec_1 = BillingPeriod::containing(NOV_22).end;
         assert!(l.reserve(UnixMillis(dec_1.0 - 1), MicroUsd(1), &free(), 60_000).is_err());

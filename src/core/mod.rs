@@ -6,6 +6,7 @@
 pub mod account;
 pub mod body;
 pub mod cors;
+pub mod edits;
 pub mod error;
 pub mod gcra;
 pub mod headers;

@@ -4,6 +4,7 @@
 //! and paths with `..`, `.`, empty segments, backslashes or encoded slashes and dots are refused
 //! rather than normalised into something else.
 
+use crate::core::body::Api;
 use crate::core::error::GatewayError;
 
 /// Inference Providers reachable as `/{provider}/...`.
@@ -36,8 +37,8 @@ pub const MAX_PATH_LEN: usize = 2048;
 /// How a proxied call is paid for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Metering {
-    /// Priced per token from `usage`; the model is named in the body.
-    Tokens,
+    /// Priced per token from `usage`; the model is named in the body, which speaks `Api`.
+    Tokens(Api),
     /// Priced by elapsed time (`COMPUTE_USD_PER_SECOND`).
     Time,
     /// Costs nothing (model listings); still authenticated and throttled.
@@ -82,7 +83,7 @@ impl Route {
             Route::AdminOrg(_) => matches!(method, "GET" | "PATCH"),
             Route::Proxy(p) => match p.metering {
                 Metering::Unmetered => method == "GET",
-                Metering::Tokens => method == "POST",
+                Metering::Tokens(_) => method == "POST",
                 Metering::Time => method == "POST" || method == "GET",
             },
         }
@@ -124,7 +125,7 @@ pub fn check_path(path: &str) -> Result<(), GatewayError> {
 /// use hf_gate::core::paths::{route, Metering, Route};
 /// let Ok(Route::Proxy(p)) = route("/together/v1/chat/completions") else { panic!() };
 /// assert_eq!(p.provider.as_deref(), Some("together"));
-/// assert_eq!(p.metering, Metering::Tokens);
+/// assert!(matches!(p.metering, Metering::Tokens(_)));
 /// assert!(route("/../admin/keys").is_err());
 /// assert!(route("/evil.example/v1/chat/completions").is_err());
 /// ```
@@ -147,7 +148,9 @@ pub fn route(path: &str) -> Result<Route, GatewayError> {
         "/admin/keys" => return Ok(Route::AdminKeys),
         "/admin/orgs" => return Ok(Route::AdminOrgs),
         "/admin/stats" => return Ok(Route::AdminStats),
-        "/v1/chat/completions" | "/v1/responses" | "/v1/completions" => return proxy(Metering::Tokens, None, None),
+        "/v1/chat/completions" => return proxy(Metering::Tokens(Api::Chat), None, None),
+        "/v1/completions" => return proxy(Metering::Tokens(Api::Completions), None, None),
+        "/v1/responses" => return proxy(Metering::Tokens(Api::Responses), None, None),
         "/v1/models" => return proxy(Metering::Unmetered, None, None),
         _ => {}
     }
@@ -166,10 +169,17 @@ pub fn route(path: &str) -> Result<Route, GatewayError> {
     if !PROVIDERS.contains(&provider) || rest.is_empty() {
         return Err(GatewayError::NotFound);
     }
-    let is_chat =
-        rest.ends_with("chat/completions") || rest.ends_with("v1/responses") || rest.ends_with("v1/completions");
-    if is_chat {
-        return proxy(Metering::Tokens, Some(provider), None);
+    let api = if rest.ends_with("chat/completions") {
+        Some(Api::Chat)
+    } else if rest.ends_with("v1/responses") {
+        Some(Api::Responses)
+    } else if rest.ends_with("v1/completions") {
+        Some(Api::Completions)
+    } else {
+        None
+    };
+    if let Some(api) = api {
+        return proxy(Metering::Tokens(api), Some(provider), None);
     }
     let path_model = rest.strip_prefix("models/").filter(|m| !m.is_empty());
     proxy(Metering::Time, Some(provider), path_model)
@@ -183,21 +193,27 @@ fn single_segment(s: &str) -> Result<&str, GatewayError> {
     }
 }
 
-/// The cooldown key of an upstream route: the provider (or `auto`, the router's choice) and
-/// the model. A `:provider` suffix on the model names the provider.
+/// The cooldown key of an upstream route as one credential sees it. An upstream 429 says
+/// that *this* credential (the gateway's token, billed to one org or to none; or one `byok`
+/// key's own provider key) is throttled on that route, so only callers sending that
+/// credential there wait. The route is the provider (or `auto`, the router's choice) and the
+/// model; a `:provider` suffix on the model names the provider; with no model, the path.
 ///
 /// ```
 /// use hf_gate::core::paths::cooldown_route;
-/// assert_eq!(cooldown_route(None, "m/x:groq"), "groq/m/x");
-/// assert_eq!(cooldown_route(None, "m/x"), "auto/m/x");
-/// assert_eq!(cooldown_route(Some("together"), "m/x"), "together/m/x");
+/// assert_eq!(cooldown_route("hf", None, "m/x:groq", "/v1/chat/completions"), "hf|groq/m/x");
+/// assert_eq!(cooldown_route("hf", None, "m/x", "/v1/chat/completions"), "hf|auto/m/x");
+/// assert_eq!(cooldown_route("byok:key_a", Some("together"), "m/x", "/together/v1/chat/completions"), "byok:key_a|together/m/x");
+/// assert_eq!(cooldown_route("hf", Some("fal-ai"), "", "/fal-ai/flux/dev"), "hf|/fal-ai/flux/dev");
 /// ```
-pub fn cooldown_route(path_provider: Option<&str>, model: &str) -> String {
-    match (path_provider, model.rsplit_once(':')) {
+pub fn cooldown_route(credential: &str, path_provider: Option<&str>, model: &str, path: &str) -> String {
+    let route = match (path_provider, model.rsplit_once(':')) {
+        (_, _) if model.is_empty() => path.to_string(),
         (Some(p), _) => format!("{p}/{}", model.rsplit_once(':').map_or(model, |(m, _)| m)),
         (None, Some((m, p))) => format!("{p}/{m}"),
         (None, None) => format!("auto/{model}"),
-    }
+    };
+    format!("{credential}|{route}")
 }
 
 #[cfg(test)]
@@ -232,7 +248,7 @@ mod tests {
     fn client_routes_are_recognised() {
         assert!(matches!(
             route("/v1/chat/completions"),
-            Ok(Route::Proxy(ProxyRoute { metering: Metering::Tokens, .. }))
+            Ok(Route::Proxy(ProxyRoute { metering: Metering::Tokens(Api::Chat), .. }))
         ));
         assert!(matches!(route("/v1/models/"), Ok(Route::Proxy(ProxyRoute { metering: Metering::Unmetered, .. }))));
         let Ok(Route::Proxy(p)) = route("/hf-inference/models/BAAI/bge-small-en-v1.5") else { panic!() };

@@ -1,19 +1,19 @@
-//! What a call costs: token prices per model, compute time for time-billed routes, and the
-//! worst-case estimate that is reserved before a call goes upstream.
+//! What a call costs: token prices per model and compute time for time-billed routes. The
+//! token bounds that are priced before a call goes upstream are `core::body`'s.
 
 use crate::core::ledger::MicroUsd;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
 /// Prices of one model in micro-USD per million tokens (so `$0.20 / 1M` is `200_000`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Price {
     pub input: u64,
     pub output: u64,
 }
 
 /// Token counts as upstream reports them in `usage`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenUsage {
     pub prompt: u64,
     pub completion: u64,
@@ -97,13 +97,40 @@ impl Price {
             .saturating_add(u128::from(usage.completion).saturating_mul(u128::from(self.output)));
         MicroUsd(u64::try_from(pico.div_ceil(1_000_000)).unwrap_or(u64::MAX))
     }
-}
 
-/// A generous upper bound of the prompt's tokens from the size of the request body: real
-/// tokenisers average three to four bytes a token on text, so one token per two bytes only
-/// under-counts adversarial input, and settle corrects every estimate to `usage` anyway.
-pub fn prompt_token_estimate(body_len: usize) -> u64 {
-    (body_len as u64).div_ceil(2)
+    /// The largest output bound (per choice, at most `wanted`) whose worst case fits in
+    /// `budget`: what a call may still generate when the credit cannot cover all it asked.
+    /// `None` when not even the prompt fits.
+    ///
+    /// ```
+    /// use hf_gate::core::ledger::MicroUsd;
+    /// use hf_gate::core::pricing::{Price, TokenUsage};
+    /// let p = Price { input: 1_000_000, output: 2_000_000 }; // $1 and $2 per 1M
+    /// // 100 prompt tokens cost 100; 1000 left buys 450 output tokens in all, 225 per choice
+    /// assert_eq!(p.affordable_output(MicroUsd(1_000), 100, 2, 4_096), Some(225));
+    /// assert_eq!(p.cost(TokenUsage { prompt: 100, completion: 450 }), MicroUsd(1_000));
+    /// assert_eq!(p.affordable_output(MicroUsd(99), 100, 1, 4_096), None);
+    /// ```
+    pub fn affordable_output(&self, budget: MicroUsd, prompt: u64, choices: u64, wanted: u64) -> Option<u64> {
+        let fits = |out: u64| self.cost(TokenUsage { prompt, completion: out.saturating_mul(choices) }) <= budget;
+        if !fits(0) {
+            return None;
+        }
+        if fits(wanted) {
+            return Some(wanted);
+        }
+        // the cost is monotonic in the output: search for the last bound that fits
+        let (mut lo, mut hi) = (0u64, wanted);
+        while lo < hi {
+            let mid = lo + (hi - lo).div_ceil(2);
+            if fits(mid) {
+                lo = mid;
+            } else {
+                hi = mid - 1;
+            }
+        }
+        Some(lo)
+    }
 }
 
 /// Compute price in nano-USD per second (`0.00012` USD/s is `120_000`).

@@ -72,7 +72,8 @@ pub struct Settings {
     pub upstream: Upstream,
     pub hf_token: Option<Secret>,
     pub admin_token: Option<Secret>,
-    /// Seals `byok` provider keys; falls back to a key derived from `ADMIN_TOKEN`.
+    /// Seals `byok` provider keys (`PROVIDER_KEY_SECRET`). Required to store them: there is
+    /// no fallback to `ADMIN_TOKEN`, so one leaked secret never opens both.
     pub seal_key: Option<Secret>,
     pub prices: PriceTable,
     pub plans: BTreeMap<String, Plan>,
@@ -86,8 +87,12 @@ pub struct Settings {
     /// Delay between sandbox stream chunks, so local streaming looks like streaming.
     pub sandbox_chunk_delay_ms: u64,
     /// A stream silent this long is over: upstream stalled, or the caller hung up. It is then
-    /// settled for what was delivered. Under the runtime's 30 s wait_until grace.
+    /// settled for what was delivered. Under the runtime's 30 s wait_until grace. The wait
+    /// for a stream's first byte (a long prefill) is not idleness: it is bounded by the
+    /// call's deadline instead.
     pub stream_idle_ms: u64,
+    /// The prompt tokens one image, audio or file part is counted at when a call is bounded.
+    pub media_part_tokens: u64,
 }
 
 fn default_plans() -> BTreeMap<String, Plan> {
@@ -170,6 +175,7 @@ impl Settings {
             reservation_ttl_ms: num("RESERVATION_TTL_MS", 900_000, 1_000, 86_400_000)?,
             sandbox_chunk_delay_ms: num("SANDBOX_CHUNK_DELAY_MS", 20, 0, 5_000)?,
             stream_idle_ms: num("STREAM_IDLE_MS", 20_000, 100, 25_000)?,
+            media_part_tokens: num("MEDIA_PART_TOKENS", crate::core::body::DEFAULT_MEDIA_PART_TOKENS, 1, 1_000_000)?,
         })
     }
 
@@ -293,6 +299,7 @@ mod tests {
             ("CORS_ORIGINS", "nope"),
             ("MAX_BODY_BYTES", "ten"),
             ("RETRY_MAX_RETRIES", "99"),
+            ("MEDIA_PART_TOKENS", "0"),
             ("PROVIDER_URLS", r#"{"together":"not a url"}"#),
         ] {
             match Settings::from_vars(vars(&[(name, value)])) {

@@ -3,6 +3,7 @@
 //! stores that state, runs the expiry alarm, and speaks a small JSON protocol.
 
 use crate::core::account::{AccountPolicy, AccountState, Admission, AdmitRequest, KeyPolicy, RateView};
+use crate::core::edits;
 use crate::core::error::GatewayError;
 use crate::core::ledger::MicroUsd;
 use crate::core::time::{format_day, BillingPeriod};
@@ -43,6 +44,25 @@ pub enum Op {
         key: Option<KeyPolicy>,
         account: Option<AccountPolicy>,
     },
+    /// An admin edit of a key, compare-and-set on `base` (`edits::edit_key`).
+    EditKey {
+        base: u64,
+        key: KeyPolicy,
+        account: Option<AccountPolicy>,
+    },
+    /// Revokes a key, finally (`edits::revoke_key`).
+    RevokeKey {
+        key: KeyPolicy,
+    },
+    /// An admin edit of an org's pool, compare-and-set on `base` (`edits::edit_account`).
+    EditAccount {
+        base: u64,
+        account: AccountPolicy,
+    },
+    /// The key policy the ledger holds, if any.
+    HeldKey {
+        key_id: String,
+    },
 }
 
 /// An account's usage as `/v1/usage` and the admin API show it.
@@ -57,11 +77,22 @@ pub struct UsageReport {
     pub overage_micro_usd: u64,
     pub spend_cap_micro_usd: Option<u64>,
     pub provider_billed_micro_usd: u64,
+    /// Charged beyond what the calls had reserved (upstream overshoot, late settles).
+    #[serde(default)]
+    pub overrun_micro_usd: u64,
     pub key_used_micro_usd: u64,
+    #[serde(default)]
+    pub key_overrun_micro_usd: u64,
     pub requests: u64,
     pub rate: Option<RateView>,
     /// `[["2026-11-22", micro_usd], ...]`, current and previous period.
     pub daily: Vec<(String, u64)>,
+    /// The ledger's word on the key (version, revoked), which KV's copy may lag.
+    #[serde(default)]
+    pub key_policy: Option<KeyPolicy>,
+    /// The version of the account policy the ledger holds.
+    #[serde(default)]
+    pub account_version: Option<u64>,
 }
 
 #[durable_object]
@@ -81,7 +112,13 @@ impl DurableObject for Account {
             Ok(Ok(op)) => op,
             _ => return Response::error("bad op", 400),
         };
-        self.load().await?;
+        if let Err(e) = self.load().await {
+            // never a fresh start: that would hand every key a full balance again
+            let id = self.state.id();
+            let name = id.name().unwrap_or_else(|| id.to_string());
+            worker::console_error!("account {name}: stored state refused: {e}");
+            return Response::error("ledger_unavailable: the account's stored state does not decode", 503);
+        }
         let now = platform::now();
         let (reply, changed) = {
             let mut guard = self.mem.borrow_mut();
@@ -91,7 +128,9 @@ impl DurableObject for Account {
         if changed {
             self.save().await?;
         }
-        Response::from_json(&reply)
+        let headers = Headers::new();
+        let _ = headers.set("content-type", "application/json");
+        Ok(Response::ok(reply)?.with_headers(headers))
     }
 
     async fn alarm(&self) -> Result<Response> {
@@ -108,23 +147,40 @@ impl DurableObject for Account {
 }
 
 /// Runs one operation against the state; returns the reply and whether state changed.
-fn apply(st: &mut AccountState, op: Op, now: crate::core::time::UnixMillis) -> (serde_json::Value, bool) {
+fn apply(st: &mut AccountState, op: Op, now: crate::core::time::UnixMillis) -> (String, bool) {
     match op {
         Op::Admit(req) => (to_json(&st.admit(req, now)), true),
         Op::Settle { reservation, actual } => {
             let s = st.settle(reservation, actual, now);
-            (serde_json::json!({"charged": s.charged, "unbilled": s.unbilled}), true)
+            if s.overrun > MicroUsd::ZERO {
+                // not an error, but operators want to see overshoots and late settles
+                worker::console_log!("settle overran its reservation by {} micro-USD (late: {})", s.overrun.0, s.late);
+            }
+            (to_json(&s), !s.unknown)
         }
-        Op::Release { reservation } => (serde_json::json!({"released": st.release(reservation)}), true),
+        Op::Release { reservation } => (format!("{{\"released\":{}}}", st.release(reservation)), true),
         Op::RecordProviderBilled { key_id, actual } => {
             st.record_provider_billed(&key_id, actual, now);
-            (serde_json::json!({}), true)
+            ("{}".to_string(), true)
         }
-        Op::Policy { key, account } => (serde_json::json!({}), merge(st, key, account)),
+        Op::Policy { key, account } => ("{}".to_string(), merge(st, key, account)),
         Op::Usage { key_id, key, account } => {
             let changed = merge(st, key, account);
             (to_json(&report(st, key_id.as_deref(), now)), changed)
         }
+        Op::EditKey { base, key, account } => {
+            let (outcome, changed) = edits::edit_key(st, base, key, account);
+            (to_json(&outcome), changed)
+        }
+        Op::RevokeKey { key } => {
+            let (policy, changed) = edits::revoke_key(st, key);
+            (to_json(&policy), changed)
+        }
+        Op::EditAccount { base, account } => {
+            let (outcome, changed) = edits::edit_account(st, base, account);
+            (to_json(&outcome), changed)
+        }
+        Op::HeldKey { key_id } => (to_json(&st.keys.get(&key_id).and_then(|k| k.policy.clone())), false),
     }
 }
 
@@ -133,10 +189,7 @@ fn merge(st: &mut AccountState, key: Option<KeyPolicy>, account: Option<AccountP
     let before = (st.policy, st.keys.len());
     let mut changed = false;
     if let Some(k) = key {
-        let id = k.key_id.clone();
-        let old = st.keys.get(&id).and_then(|e| e.policy.clone());
-        let (now_held, _) = st.merge_key_policy(k);
-        changed |= old.as_ref() != Some(&now_held);
+        changed |= edits::offer_key(st, k);
     }
     if let Some(a) = account {
         st.merge_account_policy(a);
@@ -144,8 +197,9 @@ fn merge(st: &mut AccountState, key: Option<KeyPolicy>, account: Option<AccountP
     changed || before != (st.policy, st.keys.len())
 }
 
-fn to_json<T: Serialize>(v: &T) -> serde_json::Value {
-    serde_json::to_value(v).unwrap_or(serde_json::Value::Null)
+/// A reply as JSON text, written straight from the typed value (no JSON tree in between).
+fn to_json<T: Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_else(|_| "null".to_string())
 }
 
 fn report(st: &AccountState, key_id: Option<&str>, now: crate::core::time::UnixMillis) -> Option<UsageReport> {
@@ -161,10 +215,14 @@ fn report(st: &AccountState, key_id: Option<&str>, now: crate::core::time::UnixM
         overage_micro_usd: u.overage.0,
         spend_cap_micro_usd: u.cap.map(|c| c.0),
         provider_billed_micro_usd: u.provider_billed.0,
+        overrun_micro_usd: u.overrun.0,
         key_used_micro_usd: key_id.map_or(0, |k| st.key_used(k, now).0),
+        key_overrun_micro_usd: key_id.map_or(0, |k| st.key_overrun(k, now).0),
         requests: st.ledger.requests,
         rate: key_id.and_then(|k| st.rate_view(k, now)),
         daily: st.ledger.daily().map(|(d, v)| (format_day(d), v.0)).collect(),
+        key_policy: key_id.and_then(|k| st.keys.get(k)).and_then(|k| k.policy.clone()),
+        account_version: st.policy.map(|p| p.version),
     })
 }
 
@@ -173,17 +231,23 @@ impl Account {
         if self.mem.borrow().is_some() {
             return Ok(());
         }
+        // only "nothing stored" starts fresh; state that does not decode is an error
         let stored: Option<String> = self.state.storage().get(STATE_KEY).await?;
-        let loaded = stored.and_then(|s| serde_json::from_str::<AccountState>(&s).ok());
+        let loaded = match stored {
+            Some(text) => edits::decode(&text)
+                .map(|(_schema, st)| st)
+                .map_err(|e| worker::Error::RustError(format!("schema {:?}: {}", e.schema, e.reason)))?,
+            None => AccountState::new(platform::now()),
+        };
         let mut mem = self.mem.borrow_mut();
         if mem.is_none() {
-            *mem = Some(loaded.unwrap_or_else(|| AccountState::new(platform::now())));
+            *mem = Some(loaded);
         }
         Ok(())
     }
 
     async fn save(&self) -> Result<()> {
-        let snapshot = self.mem.borrow().as_ref().and_then(|st| serde_json::to_string(st).ok());
+        let snapshot = self.mem.borrow().as_ref().and_then(|st| edits::encode(st).ok());
         if let Some(s) = snapshot {
             self.state.storage().put(STATE_KEY, s).await?;
         }
@@ -265,5 +329,5 @@ pub async fn push_policy(
     key: Option<KeyPolicy>,
     policy: Option<AccountPolicy>,
 ) -> std::result::Result<(), GatewayError> {
-    call::<serde_json::Value>(env, account, &Op::Policy { key, account: policy }).await.map(|_| ())
+    call::<serde::de::IgnoredAny>(env, account, &Op::Policy { key, account: policy }).await.map(|_| ())
 }

@@ -97,6 +97,11 @@ pub fn caller_for(record: KeyRecord, org: Option<OrgRecord>, s: &Settings) -> Re
                 version: record.version,
                 revoked: record.revoked,
                 rate: Some(record.rate_limit.unwrap_or(rate_of(plan_of(s, &record.plan).unwrap_or(&plan).quota))),
+                // a key's own credit or cap inside the pool is its ceiling there
+                ceiling: match (record.monthly_credit_micro_usd, record.spend_cap_micro_usd) {
+                    (Some(a), Some(b)) => Some(MicroUsd(a.min(b))),
+                    (a, b) => a.or(b).map(MicroUsd),
+                },
             };
             Ok(Caller {
                 account: account_do::org_account(&org.id),
@@ -119,8 +124,13 @@ pub fn caller_for(record: KeyRecord, org: Option<OrgRecord>, s: &Settings) -> Re
                 rate: record.rate_limit.unwrap_or(rate_of(plan.quota)),
                 provider_billed: plan.byok,
             };
-            let key_policy =
-                KeyPolicy { key_id: record.id.clone(), version: record.version, revoked: record.revoked, rate: None };
+            let key_policy = KeyPolicy {
+                key_id: record.id.clone(),
+                version: record.version,
+                revoked: record.revoked,
+                rate: None,
+                ceiling: None,
+            };
             Ok(Caller {
                 account: account_do::key_account(&record.id),
                 record,

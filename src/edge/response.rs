@@ -18,6 +18,9 @@ pub struct Meta {
     pub sandbox: bool,
     /// `Server-Timing` entries: where the gateway's time went (milliseconds).
     pub timing: Vec<(&'static str, u64)>,
+    /// The output bound sent upstream, when the gateway lowered the caller's to what the
+    /// remaining credit pays for.
+    pub output_limit: Option<u64>,
 }
 
 impl Meta {
@@ -39,6 +42,9 @@ impl Meta {
         }
         if self.sandbox {
             let _ = h.set("x-upstream", "sandbox");
+        }
+        if let Some(n) = self.output_limit {
+            let _ = h.set("x-hfgate-max-tokens", &n.to_string());
         }
     }
 }

@@ -9,11 +9,14 @@ use crate::edge::platform::OsRng;
 use crate::edge::response::{self, Meta};
 use crate::edge::{admin, auth, config, kv, pages, proxy, usage};
 use serde_json::json;
+use std::rc::Rc;
 use worker::{Context, Env, Headers, Method, Request, Response, Result};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 pub async fn handle(req: Request, env: Env, ctx: Context) -> Result<Response> {
+    // shared: a call's credit hold keeps a handle on it to give its reservation back
+    let ctx = Rc::new(ctx);
     let mut meta = Meta { request_id: random_id(&mut OsRng), ..Meta::default() };
     let origin = effective_origin(&req);
     let outcome = dispatch(req, &env, &ctx, &mut meta, origin.as_deref()).await;
@@ -49,7 +52,7 @@ fn url_origin(url: &str) -> Option<String> {
 async fn dispatch(
     req: Request,
     env: &Env,
-    ctx: &Context,
+    ctx: &Rc<Context>,
     meta: &mut Meta,
     origin: Option<&str>,
 ) -> std::result::Result<Response, GatewayError> {
@@ -73,8 +76,10 @@ async fn dispatch(
         Route::Usage => {
             let caller = auth::authenticate(&req, env, &s, origin).await?;
             meta.cors_origin = cors::allow_origin(&s.cors, &caller.record.allowed_origins, origin);
+            // reading usage costs the ledger a round trip: it takes from the throttle like
+            // any call (a refused read costs one round trip, not two)
+            meta.rate = Some(usage::throttle(env, &caller, s.reservation_ttl_ms).await?);
             let doc = usage::of(env, &caller).await?;
-            meta.rate = None;
             response::json(200, &doc, meta)
         }
         Route::Proxy(p) => return proxy::handle(req, env, ctx, &s, meta, p, origin).await,

@@ -47,8 +47,10 @@ pub async fn respond(s: &Settings, path: &str, body_bytes: &[u8]) -> Result<Resp
     match rest {
         "v1/chat/completions" | "v1/responses" => {
             let responses_api = rest == "v1/responses";
-            let shape = body::inspect(body_bytes, responses_api)?;
-            let reply = sandbox::reply(body_bytes, shape.max_tokens.unwrap_or(1024));
+            let api = if responses_api { body::Api::Responses } else { body::Api::Chat };
+            let shape = body::inspect(body_bytes, api, s.media_part_tokens)?;
+            // the gateway always sends a bound; the sandbox keeps to it like a provider would
+            let reply = sandbox::reply(body_bytes, shape.requested_output.unwrap_or(1024));
             match (shape.stream, responses_api) {
                 (false, false) => respond_json(200, &reply.chat_completion(&id, created)),
                 (false, true) => respond_json(200, &reply.response(&id, created)),

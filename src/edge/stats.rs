@@ -36,11 +36,23 @@ pub fn bump(c: Counter) {
     });
 }
 
-/// The counters as a JSON object.
+/// The counters as a JSON object, with this isolate's memory: the wasm heap's size (it only
+/// grows) and the request body bytes held now.
 pub fn snapshot() -> serde_json::Value {
     COUNTS.with(|counts| {
-        let map: serde_json::Map<String, serde_json::Value> =
+        let mut map: serde_json::Map<String, serde_json::Value> =
             NAMES.iter().zip(counts.iter()).map(|(n, c)| (n.to_string(), c.get().into())).collect();
+        map.insert("wasm_memory_bytes".into(), wasm_memory_bytes().into());
+        map.insert("request_body_bytes_held".into(), crate::edge::body_io::held_bytes().into());
         serde_json::Value::Object(map)
     })
+}
+
+fn wasm_memory_bytes() -> u64 {
+    let buffer = js_sys::Reflect::get(&wasm_bindgen::memory(), &wasm_bindgen::JsValue::from_str("buffer"));
+    buffer
+        .ok()
+        .and_then(|b| js_sys::Reflect::get(&b, &wasm_bindgen::JsValue::from_str("byteLength")).ok())
+        .and_then(|n| n.as_f64())
+        .map_or(0, |n| n as u64)
 }

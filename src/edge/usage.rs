@@ -1,5 +1,6 @@
 //! `GET /v1/usage`: the caller's plan, period, credits and throttle, from its account's ledger.
 
+use crate::core::account::{Admission, AdmitRequest, Cost, Denial, RateView};
 use crate::core::error::GatewayError;
 use crate::edge::account_do::{self, UsageReport};
 use crate::edge::auth::Caller;
@@ -13,7 +14,23 @@ pub async fn of(env: &Env, caller: &Caller) -> Result<Value, GatewayError> {
     Ok(document(caller, report))
 }
 
-fn document(caller: &Caller, r: Option<UsageReport>) -> Value {
+/// Takes one request from the caller's throttle (nothing from its credit).
+pub async fn throttle(env: &Env, caller: &Caller, ttl_ms: u64) -> Result<RateView, GatewayError> {
+    let req = AdmitRequest { key: caller.key_policy.clone(), account: caller.account_policy, cost: Cost::FREE, ttl_ms };
+    match account_do::admit(env, &caller.account, req).await? {
+        Admission::Admitted { rate, stale, .. } => {
+            if stale {
+                crate::edge::kv::forget_key(&caller.record.digest);
+            }
+            Ok(rate)
+        }
+        Admission::Denied { denial: Denial::Revoked, .. } => Err(GatewayError::InvalidApiKey),
+        Admission::Denied { retry_after_ms, .. } => Err(GatewayError::RateLimited { retry_after_ms }),
+    }
+}
+
+/// The usage document of a key from its ledger report.
+pub fn document(caller: &Caller, r: Option<UsageReport>) -> Value {
     let Some(r) = r else {
         return json!({"key_id": caller.record.id, "plan": caller.record.plan, "org": caller.record.org});
     };
@@ -29,6 +46,8 @@ fn document(caller: &Caller, r: Option<UsageReport>) -> Value {
             "reserved_micro_usd": r.reserved_micro_usd,
             "remaining_micro_usd": r.remaining_micro_usd,
             "overage_micro_usd": r.overage_micro_usd,
+            "overrun_micro_usd": r.overrun_micro_usd,
+            "key_overrun_micro_usd": r.key_overrun_micro_usd,
             "spend_cap_micro_usd": r.spend_cap_micro_usd,
             "key_used_micro_usd": r.key_used_micro_usd,
             "provider_billed_micro_usd": r.provider_billed_micro_usd,

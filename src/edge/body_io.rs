@@ -1,0 +1,175 @@
+//! Request and response bodies in bounded memory.
+//!
+//! A request body is read once into exactly the room it declares (never past
+//! `MAX_BODY_BYTES`), inspected in place, then copied once, edited, into the runtime's memory
+//! for upstream, and the wasm copy is freed before the call goes out. Every body held counts
+//! against an isolate-wide budget: when a burst of large bodies would push the isolate
+//! towards its memory limit (and kill every stream and settle it runs), later ones wait for
+//! room, and answer 503 `gateway_busy` if none comes, rather than risk the others.
+
+use crate::core::body::{self, Edit, Piece};
+use crate::core::error::GatewayError;
+use crate::edge::platform;
+use futures_util::{Stream, StreamExt};
+use js_sys::Uint8Array;
+use std::cell::Cell;
+use std::pin::Pin;
+use std::task::{Context as TaskContext, Poll};
+use worker::{ByteStream, Method, Request, Response};
+
+/// Bytes of request bodies one isolate holds at once (each body counts twice: the copy read
+/// and the copy sent). Workers isolates have 128 MB.
+pub const ISOLATE_BODY_BUDGET: u64 = 48 * 1024 * 1024;
+/// Bodies this small never wait for room.
+const SMALL_BODY: u64 = 64 * 1024;
+/// How long a body waits for room before the call is turned away.
+const BUDGET_WAIT_MS: u64 = 10_000;
+/// How often a waiting body looks for room. It looks on its own timer: waking it from the
+/// request that freed the room would run its I/O in that other request's context, which the
+/// runtime forbids.
+const BUDGET_POLL_MS: u64 = 20;
+
+thread_local! {
+    static IN_USE: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Room for one body in the isolate's budget, given back when dropped.
+pub struct Permit {
+    bytes: u64,
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        IN_USE.with(|u| u.set(u.get().saturating_sub(self.bytes)));
+    }
+}
+
+/// Bytes of request bodies this isolate holds now, for `/admin/stats`.
+pub fn held_bytes() -> u64 {
+    IN_USE.with(Cell::get)
+}
+
+async fn permit(bytes: u64) -> Result<Permit, GatewayError> {
+    let bytes = bytes.min(ISOLATE_BODY_BUDGET);
+    let started = platform::now();
+    loop {
+        let taken = IN_USE.with(|u| {
+            let fits = bytes <= SMALL_BODY || u.get().saturating_add(bytes) <= ISOLATE_BODY_BUDGET;
+            if fits {
+                u.set(u.get().saturating_add(bytes));
+            }
+            fits
+        });
+        if taken {
+            return Ok(Permit { bytes });
+        }
+        if platform::now().millis_since(started) >= BUDGET_WAIT_MS {
+            return Err(GatewayError::Busy { retry_after_ms: 1_000 });
+        }
+        platform::sleep_ms(BUDGET_POLL_MS).await;
+    }
+}
+
+/// A request body read into memory, with its room in the budget.
+pub struct Body {
+    pub bytes: Vec<u8>,
+    pub permit: Permit,
+}
+
+/// Reads a request body, refusing at once what declares more than `limit` and stopping a
+/// chunked one as soon as it passes it.
+pub async fn read_request(req: &mut Request, limit: u64) -> Result<Body, GatewayError> {
+    if matches!(req.method(), Method::Get | Method::Head) {
+        return Ok(Body { bytes: Vec::new(), permit: Permit { bytes: 0 } });
+    }
+    let too_large = GatewayError::RequestTooLarge { limit_bytes: limit };
+    let declared = req.headers().get("content-length").ok().flatten().and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large);
+    }
+    let expect = declared.unwrap_or(limit);
+    let permit = permit(expect.saturating_mul(2)).await?;
+    let unreadable = |_| GatewayError::InvalidRequest("could not read the request body".into());
+    let source = match req.stream() {
+        Ok(stream) => Source::Stream(stream),
+        Err(_) => Source::Bytes(Some(req.bytes().await.map_err(unreadable)?)),
+    };
+    let cap = usize::try_from(limit).unwrap_or(usize::MAX);
+    let room = usize::try_from(expect.min(limit)).unwrap_or(cap);
+    match read_capped(source, cap, room).await.map_err(unreadable)? {
+        Capped::Whole(bytes) => Ok(Body { bytes, permit }),
+        Capped::Over(..) => Err(too_large),
+    }
+}
+
+/// The body for upstream, built straight into the runtime's memory: the original bytes with
+/// `edits` applied. One copy, made once, sent on every attempt.
+pub fn upstream_body(raw: &[u8], edits: &[Edit]) -> Option<Uint8Array> {
+    if raw.is_empty() && edits.is_empty() {
+        return None;
+    }
+    let pieces = body::pieces(raw.len(), edits);
+    let len_of = |p: &Piece<'_>| match *p {
+        Piece::Original(a, b) => b - a,
+        Piece::Inserted(bytes) => bytes.len(),
+    };
+    let total: usize = pieces.iter().map(len_of).sum();
+    let out = Uint8Array::new_with_length(u32::try_from(total).ok()?);
+    let mut at = 0u32;
+    for p in &pieces {
+        let bytes: &[u8] = match *p {
+            Piece::Original(a, b) => &raw[a..b],
+            Piece::Inserted(bytes) => bytes,
+        };
+        let len = u32::try_from(bytes.len()).ok()?;
+        out.subarray(at, at + len).copy_from(bytes);
+        at += len;
+    }
+    Some(out)
+}
+
+/// A body read up to a cap: all of it, or the part read so far and the rest unread.
+pub enum Capped {
+    Whole(Vec<u8>),
+    Over(Vec<u8>, Source),
+}
+
+/// Reads `source` into a buffer of `room` bytes to start with, up to `cap`.
+pub async fn read_capped(mut source: Source, cap: usize, room: usize) -> Result<Capped, worker::Error> {
+    let mut buf = Vec::with_capacity(room.min(cap));
+    while let Some(chunk) = source.next().await {
+        let chunk = chunk?;
+        if buf.len() + chunk.len() > cap {
+            buf.extend_from_slice(&chunk);
+            return Ok(Capped::Over(buf, source));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(Capped::Whole(buf))
+}
+
+/// A body as one stream, whether it arrived as a stream (fetch) or is already in memory
+/// (the sandbox).
+pub enum Source {
+    Stream(ByteStream),
+    Bytes(Option<Vec<u8>>),
+}
+
+impl Stream for Source {
+    type Item = Result<Vec<u8>, worker::Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
+        match &mut *self {
+            Source::Stream(s) => Pin::new(s).poll_next(cx),
+            Source::Bytes(b) => Poll::Ready(b.take().map(Ok)),
+        }
+    }
+}
+
+/// An upstream response's body as one stream.
+pub async fn response_body(resp: &mut Response) -> Source {
+    match resp.stream() {
+        Ok(stream) => Source::Stream(stream),
+        Err(_) => Source::Bytes(Some(resp.bytes().await.unwrap_or_default())),
+    }
+}

@@ -1,0 +1,262 @@
+//! Where a call is metered: a whole response is read for its `usage`; a stream is metered as
+//! it passes and settled when it ends, is cut, or stalls. Either way the hold is settled once,
+//! to what upstream reported, or, when it reported nothing, to what was delivered within the
+//! bound.
+
+use crate::core::body;
+use crate::core::error::GatewayError;
+use crate::core::ledger::MicroUsd;
+use crate::core::pricing::{ComputePrice, Price, TokenUsage};
+use crate::core::sse::SseMeter;
+use crate::core::time::UnixMillis;
+use crate::edge::body_io::{read_capped, response_body, Capped, Source};
+use crate::edge::hold::Hold;
+use crate::edge::platform;
+use futures_channel::oneshot;
+use futures_util::future::{self, Either};
+use futures_util::Stream;
+use futures_util::StreamExt;
+use std::cell::RefCell;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context as TaskContext, Poll};
+use std::time::Duration;
+use worker::{Context, Headers, Response};
+
+/// Responses larger than this are not buffered to read their usage; they are passed through
+/// and charged their bound.
+const MAX_BUFFERED_RESPONSE: usize = 32 * 1024 * 1024;
+
+/// How a call's actual cost is worked out once it is over.
+#[derive(Clone, Copy, Debug)]
+pub enum Pricing {
+    /// Token-priced: `prompt` and `completion` are the bounds of the body sent.
+    Tokens {
+        price: Price,
+        prompt: u64,
+        completion: u64,
+    },
+    Time(ComputePrice),
+    Free,
+}
+
+impl Pricing {
+    /// The cost of a call whose upstream gave no usage: the prompt bound and what was
+    /// delivered (a token is at least a byte, or about an event), never past the bound.
+    fn without_usage(&self, delivered: u64, elapsed_ms: u64) -> MicroUsd {
+        match *self {
+            Pricing::Tokens { price, prompt, completion } => {
+                price.cost(TokenUsage { prompt, completion: delivered.min(completion) })
+            }
+            Pricing::Time(compute) => compute.cost_ms(elapsed_ms),
+            Pricing::Free => MicroUsd::ZERO,
+        }
+    }
+
+    fn with_usage(&self, usage: Option<TokenUsage>, delivered: u64, elapsed_ms: u64) -> MicroUsd {
+        match (self, usage) {
+            (Pricing::Tokens { price, .. }, Some(u)) => price.cost(u),
+            _ => self.without_usage(delivered, elapsed_ms),
+        }
+    }
+}
+
+fn unreadable<E>(_: E) -> GatewayError {
+    GatewayError::UpstreamError("unreadable response".into())
+}
+
+/// A response passed through as it comes (upstream refused the call; nothing is owed).
+pub async fn pass_through(mut resp: Response, status: u16, headers: Headers) -> Result<Response, GatewayError> {
+    let body = response_body(&mut resp).await;
+    Response::from_stream(body).map(|r| r.with_status(status).with_headers(headers)).map_err(unreadable)
+}
+
+/// A whole (non-streamed) response: read for its usage, settled, passed on.
+pub async fn whole_body(
+    mut resp: Response,
+    status: u16,
+    headers: Headers,
+    hold: Hold,
+    pricing: Pricing,
+) -> Result<Response, GatewayError> {
+    let source = response_body(&mut resp).await;
+    let (bytes, rest) = match read_capped(source, MAX_BUFFERED_RESPONSE, 64 * 1024).await {
+        Ok(Capped::Whole(bytes)) => (bytes, None),
+        Ok(Capped::Over(head, rest)) => (head, Some(rest)),
+        // dropping the hold releases it: nothing was delivered
+        Err(_) => return Err(GatewayError::UpstreamError("upstream body could not be read".into())),
+    };
+    let Some(rest) = rest else {
+        hold.settle(pricing.with_usage(body::usage_of_body(&bytes), bytes.len() as u64, 0));
+        return crate::edge::response::bytes(status, bytes, headers).map_err(unreadable);
+    };
+    // too large to hold for its usage: passed through as it comes, charged its bound
+    hold.settle(pricing.without_usage(u64::MAX, 0));
+    let stream = futures_util::stream::iter([Ok(bytes)]).chain(rest);
+    Response::from_stream(stream).map(|r| r.with_status(status).with_headers(headers)).map_err(unreadable)
+}
+
+/// What a metered stream has delivered so far, shared with its settle task.
+#[derive(Debug, Default)]
+struct Progress {
+    usage: Option<TokenUsage>,
+    delivered_events: u64,
+    /// When the first byte came; until then the stream waits on a prefill, not idle.
+    first_byte: Option<UnixMillis>,
+    last_activity: UnixMillis,
+    ended_at: Option<UnixMillis>,
+}
+
+/// How long a stream may be silent before it is over: until its first byte, the rest of
+/// the call's deadline (a long prefill is not a stall); after it, the idle limit.
+#[derive(Clone, Copy, Debug)]
+pub struct Silence {
+    pub idle_ms: u64,
+    pub first_byte_by: UnixMillis,
+}
+
+impl Silence {
+    fn allowed_ms(&self, p: &Progress, now: UnixMillis) -> u64 {
+        match p.first_byte {
+            None => self.first_byte_by.millis_since(now),
+            Some(_) => self.idle_ms.saturating_sub(now.millis_since(p.last_activity)),
+        }
+    }
+}
+
+/// A streamed (or unbuffered) response: passed through as it comes and metered; its settle
+/// task settles the hold when the stream ends, is cut, or goes silent.
+#[allow(clippy::too_many_arguments)]
+pub async fn stream(
+    mut resp: Response,
+    status: u16,
+    headers: Headers,
+    ctx: &Rc<Context>,
+    hold: Hold,
+    pricing: Pricing,
+    sse: Option<SseMeter>,
+    started: UnixMillis,
+    silence: Silence,
+) -> Result<Response, GatewayError> {
+    let inner = response_body(&mut resp).await;
+    let progress = Rc::new(RefCell::new(Progress { last_activity: platform::now(), ..Progress::default() }));
+    let watched = progress.clone();
+    // The settle task watches the stream rather than waiting for it to say it ended: a
+    // caller that hangs up may leave the stream neither finished nor dropped, and its cost
+    // must still be settled (for what was delivered) within the runtime's wait_until grace.
+    let (ended_tx, mut ended_rx) = oneshot::channel::<()>();
+    let settle = async move {
+        loop {
+            let (ended, left) = {
+                let p = watched.borrow();
+                (p.ended_at.is_some(), silence.allowed_ms(&p, platform::now()))
+            };
+            if ended || left == 0 {
+                break;
+            }
+            // woken at once when the stream ends, or after a while to look for silence
+            let tick = platform::sleep_ms(left.clamp(50, 1_000));
+            futures_util::pin_mut!(tick);
+            if let Either::Left(_) = future::select(&mut ended_rx, tick).await {
+                break;
+            }
+        }
+        let actual = {
+            let p = watched.borrow();
+            let ended_at = p.ended_at.unwrap_or(p.last_activity);
+            pricing.with_usage(p.usage, p.delivered_events, ended_at.millis_since(started))
+        };
+        hold.settle_now(actual).await;
+    };
+    ctx.wait_until(settle);
+    let metered = Metered { inner, meter: sse, progress, ended: Some(ended_tx), silence, timer: None, finished: false };
+    Response::from_stream(metered).map(|r| r.with_status(status).with_headers(headers)).map_err(unreadable)
+}
+
+/// Passes an upstream body through, metering it as it goes. Ends (as a cut) when upstream
+/// finishes, fails, or stays silent past what `Silence` allows.
+struct Metered {
+    inner: Source,
+    meter: Option<SseMeter>,
+    progress: Rc<RefCell<Progress>>,
+    /// Wakes the settle task the moment the stream ends.
+    ended: Option<oneshot::Sender<()>>,
+    silence: Silence,
+    timer: Option<Pin<Box<worker::Delay>>>,
+    finished: bool,
+}
+
+impl Metered {
+    fn record(&mut self) {
+        let now = platform::now();
+        let mut p = self.progress.borrow_mut();
+        if let Some(m) = &self.meter {
+            p.usage = m.usage;
+            p.delivered_events = m.delivered_events;
+        }
+        p.last_activity = now;
+    }
+
+    fn end(&mut self) {
+        self.record();
+        self.progress.borrow_mut().ended_at.get_or_insert_with(platform::now);
+        if let Some(tx) = self.ended.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    fn finish(&mut self) -> Poll<Option<Result<Vec<u8>, worker::Error>>> {
+        self.finished = true;
+        let rest = self.meter.as_mut().map(SseMeter::finish).unwrap_or_default();
+        self.end();
+        Poll::Ready((!rest.is_empty()).then_some(Ok(rest)))
+    }
+}
+
+impl Stream for Metered {
+    type Item = Result<Vec<u8>, worker::Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
+        if self.finished {
+            return Poll::Ready(None);
+        }
+        loop {
+            match Pin::new(&mut self.inner).poll_next(cx) {
+                Poll::Pending => {
+                    if self.timer.is_none() {
+                        let left = self.silence.allowed_ms(&self.progress.borrow(), platform::now());
+                        self.timer = Some(Box::pin(worker::Delay::from(Duration::from_millis(left))));
+                    }
+                    if let Some(timer) = self.timer.as_mut() {
+                        if timer.as_mut().poll(cx).is_ready() {
+                            // upstream went silent: cut it here, charged for what came
+                            return self.finish();
+                        }
+                    }
+                    return Poll::Pending;
+                }
+                Poll::Ready(Some(Ok(chunk))) => {
+                    self.timer = None;
+                    self.progress.borrow_mut().first_byte.get_or_insert_with(platform::now);
+                    let out = match self.meter.as_mut() {
+                        Some(m) => m.feed(&chunk),
+                        None => chunk,
+                    };
+                    self.record();
+                    if !out.is_empty() {
+                        return Poll::Ready(Some(Ok(out)));
+                    }
+                }
+                // clean end, or upstream broke mid-stream: either way, flush and report
+                Poll::Ready(_) => return self.finish(),
+            }
+        }
+    }
+}
+
+impl Drop for Metered {
+    fn drop(&mut self) {
+        self.end();
+    }
+}

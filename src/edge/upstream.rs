@@ -1,0 +1,197 @@
+//! Where a call goes upstream and how it is retried: the target (router, sandbox or a
+//! `byok` key's provider), the headers both ways, one attempt under the call's deadline, and
+//! the retry loop that sleeps through short upstream 429s and opens a cooldown on long ones.
+
+use crate::core::error::GatewayError;
+use crate::core::headers;
+use crate::core::paths::ProxyRoute;
+use crate::core::retry::{self, RetryBudget, RetryDecision};
+use crate::core::settings::{Settings, Upstream};
+use crate::core::time::UnixMillis;
+use crate::edge::auth::Caller;
+use crate::edge::platform::{self, OsRng};
+use crate::edge::response::Meta;
+use crate::edge::{cooldown_do, sandbox, sealing};
+use futures_util::future::{self, Either};
+use js_sys::Uint8Array;
+use std::cell::RefCell;
+use std::rc::Rc;
+use wasm_bindgen::JsValue;
+use worker::{AbortController, Context, Env, Fetch, Headers, Method, Request, RequestInit, Response};
+
+thread_local! {
+    static RETRY_BUDGET: RefCell<RetryBudget> = RefCell::new(RetryBudget::default());
+}
+
+/// Where the call is sent, and with which credential.
+pub enum Target {
+    Sandbox,
+    Url { base: String, token: String, strip_prefix: Option<String> },
+}
+
+impl Target {
+    /// Resolves the target of a caller's route: its own provider key for `byok` keys, else
+    /// the router (or the sandbox) with the gateway's token.
+    pub async fn of(s: &Settings, caller: &Caller, route: &ProxyRoute) -> Result<Target, GatewayError> {
+        if caller.plan.byok {
+            let provider = route.provider.clone().ok_or_else(|| {
+                GatewayError::InvalidRequest("byok keys call providers by path: /{provider}/...".into())
+            })?;
+            let sealed = caller.record.provider_keys.get(&provider).ok_or_else(|| {
+                GatewayError::InvalidRequest(format!("this key holds no provider key for {provider}"))
+            })?;
+            let base = s.provider_urls.get(&provider).cloned().ok_or_else(|| GatewayError::Misconfigured {
+                setting: "PROVIDER_URLS",
+                reason: format!("no URL for provider {provider}"),
+            })?;
+            let token = sealing::unseal(s, sealed).await?;
+            return Ok(Target::Url { base, token, strip_prefix: Some(format!("/{provider}")) });
+        }
+        match &s.upstream {
+            Upstream::Sandbox => Ok(Target::Sandbox),
+            Upstream::Url { base, .. } => {
+                let token = s.hf_token.as_ref().ok_or(GatewayError::UpstreamNotConfigured)?;
+                Ok(Target::Url { base: base.clone(), token: token.expose().to_string(), strip_prefix: None })
+            }
+        }
+    }
+}
+
+/// The credential an upstream 429 is about: one `byok` key's provider key, or the gateway's
+/// token (as billed to one org, or to none).
+pub fn credential(caller: &Caller, route: &ProxyRoute) -> String {
+    match (&route.provider, caller.plan.byok) {
+        (Some(p), true) => format!("byok:{}:{p}", caller.record.id),
+        _ => format!("hf:{}", caller.bill_to().unwrap_or("")),
+    }
+}
+
+/// The caller's headers minus credentials, hop-by-hop and Cloudflare headers; plus the
+/// gateway's own billing header for org keys.
+pub fn upstream_headers(incoming: &Headers, bill_to: Option<&str>) -> Headers {
+    let tokens = headers::connection_tokens(incoming.get("connection").ok().flatten().as_deref());
+    let out = Headers::new();
+    for (name, value) in incoming.entries() {
+        if headers::forward_upstream(&name, &tokens) {
+            let _ = out.append(&name, &value);
+        }
+    }
+    if let Some(org) = bill_to {
+        let _ = out.set("x-hf-bill-to", org);
+    }
+    out
+}
+
+pub fn downstream_headers(upstream: &Headers, meta: &Meta) -> Headers {
+    let out = Headers::new();
+    for (name, value) in upstream.entries() {
+        if headers::forward_downstream(&name) {
+            let _ = out.append(&name, &value);
+        }
+    }
+    meta.apply(&out);
+    out
+}
+
+/// One upstream call, as sent on every attempt.
+pub struct Outbound<'a> {
+    pub target: &'a Target,
+    pub route: &'a ProxyRoute,
+    pub query: Option<&'a str>,
+    pub method: &'a Method,
+    pub headers: &'a Headers,
+    pub body: Option<&'a Uint8Array>,
+}
+
+pub fn note_attempt(started: UnixMillis) {
+    RETRY_BUDGET.with(|b| b.borrow_mut().deposit(started));
+}
+
+/// Sends the call, sleeping through upstream 429s whose wait fits the retry policy. A 429
+/// given up on opens a cooldown for the route and credential.
+pub async fn send_with_retries(
+    env: &Env,
+    ctx: &Rc<Context>,
+    s: &Settings,
+    out: &Outbound<'_>,
+    started: UnixMillis,
+    cooldown_key: &str,
+) -> Result<Response, GatewayError> {
+    let mut attempt = 0u32;
+    loop {
+        let elapsed = platform::now().millis_since(started);
+        let left = s.retry.deadline_ms.saturating_sub(elapsed);
+        if left == 0 {
+            return Err(GatewayError::UpstreamTimeout);
+        }
+        let resp = send_once(s, out, left).await?;
+        let status = resp.status_code();
+        let now = platform::now();
+        let waited = retry::upstream_wait(|n| resp.headers().get(n).ok().flatten(), now);
+        let throttled = status == 429 || (status == 503 && waited.is_some());
+        if !throttled {
+            return Ok(resp);
+        }
+        let elapsed = now.millis_since(started);
+        let wait = waited.map(|(ms, _)| ms);
+        let decision =
+            RETRY_BUDGET.with(|b| s.retry.decide(attempt, wait, elapsed, &mut b.borrow_mut(), now, &mut OsRng));
+        match decision {
+            RetryDecision::RetryAfter { wait_ms } => {
+                platform::sleep_ms(wait_ms).await;
+                attempt += 1;
+            }
+            RetryDecision::GiveUp { wait_ms } => {
+                if status == 429 && wait_ms > 0 {
+                    let (env, key) = (env.clone(), cooldown_key.to_string());
+                    cooldown_do::note_locally(&key, wait_ms);
+                    ctx.wait_until(async move { cooldown_do::start(&env, &key, wait_ms).await });
+                }
+                return Err(GatewayError::UpstreamRateLimited { retry_after_ms: wait_ms });
+            }
+        }
+    }
+}
+
+async fn send_once(s: &Settings, out: &Outbound<'_>, left_ms: u64) -> Result<Response, GatewayError> {
+    let Outbound { target, route, query, method, headers, body } = *out;
+    let (base, token, strip) = match target {
+        Target::Sandbox => {
+            return sandbox::respond(s, &route.path, &body.map(Uint8Array::to_vec).unwrap_or_default()).await
+        }
+        Target::Url { base, token, strip_prefix } => (base, token, strip_prefix),
+    };
+    let path = strip.as_deref().and_then(|p| route.path.strip_prefix(p)).unwrap_or(&route.path);
+    let url = match query {
+        Some(q) => format!("{base}{path}?{q}"),
+        None => format!("{base}{path}"),
+    };
+    let h = Headers::new();
+    for (k, v) in headers.entries() {
+        let _ = h.append(&k, &v);
+    }
+    let _ = h.set("authorization", &format!("Bearer {token}"));
+    let mut init = RequestInit::new();
+    init.with_method(method.clone()).with_headers(h);
+    if let Some(body) = body {
+        // fetch copies a typed array body, so the same one serves every attempt
+        init.with_body(Some(JsValue::from(body.clone())));
+    }
+    let request =
+        Request::new_with_init(&url, &init).map_err(|_| GatewayError::UpstreamError("bad upstream request".into()))?;
+    let controller = AbortController::default();
+    let signal = controller.signal();
+    let fetch = Fetch::Request(request);
+    let send = fetch.send_with_signal(&signal);
+    let timer = platform::sleep_ms(left_ms);
+    futures_util::pin_mut!(send);
+    futures_util::pin_mut!(timer);
+    match future::select(send, timer).await {
+        Either::Left((Ok(resp), _)) => Ok(resp),
+        Either::Left((Err(_), _)) => Err(GatewayError::UpstreamError("could not reach upstream".into())),
+        Either::Right(_) => {
+            controller.abort();
+            Err(GatewayError::UpstreamTimeout)
+        }
+    }
+}
