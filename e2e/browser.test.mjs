@@ -153,10 +153,18 @@ test("a 429's Retry-After, retry-after-ms and RateLimit are readable from page s
   await page.close();
 });
 
+/** Opens the playground and types the key in, as a person would (keys never travel in URLs). */
+async function playground(key) {
+  const page = await browser.newPage();
+  await page.goto(`${gw.url}/`);
+  await page.fill("#key", key);
+  await page.press("#key", "Tab");
+  return page;
+}
+
 test("the playground streams a reply and its usage meter moves", async () => {
   const key = await newKey(gw, { plan: "free", name: "playground", allowed_origins: [gw.url] });
-  const page = await browser.newPage();
-  await page.goto(`${gw.url}/?key=${key.key}`);
+  const page = await playground(key.key);
   await page.waitForFunction(() => document.getElementById("credit-text").dataset.used !== undefined);
   const before = Number(await page.getAttribute("#credit-text", "data-used"));
   assert.equal(before, 0);
@@ -174,10 +182,9 @@ test("the playground streams a reply and its usage meter moves", async () => {
 
 test("the playground shows a countdown when a 429 arrives", async () => {
   const key = await newKey(gw, { plan: "free", name: "countdown", allowed_origins: [gw.url], rate_limit: { rpm: 2, burst: 3 } });
-  // the page spends two when it loads (/v1/models and /v1/usage, which is throttled like any
-  // call), the first message the third
-  const page = await browser.newPage();
-  await page.goto(`${gw.url}/?key=${key.key}`);
+  // the page spends two when the key is typed in (/v1/models and /v1/usage, which is
+  // throttled like any call), the first message the third
+  const page = await playground(key.key);
   await page.fill("#prompt", "one");
   await page.click("#send");
   await page.waitForSelector(".assistant[data-done=true]");
@@ -188,6 +195,41 @@ test("the playground shows a countdown when a 429 arrives", async () => {
   assert.equal(await page.isDisabled("#send"), true);
   await page.screenshot({ path: `${ARTIFACTS}/playground-429.png` });
   await page.close();
+});
+
+test("the playground takes neither a key nor a gateway from its URL, and talks to its own origin only", async () => {
+  const key = await newKey(gw, { plan: "free", name: "url-key", allowed_origins: [gw.url] });
+  const evilHits = [];
+  const evil = http.createServer((req, res) => {
+    evilHits.push(`${req.method} ${req.url}`);
+    res.writeHead(200, { "access-control-allow-origin": "*", "access-control-allow-headers": "*", "content-type": "application/json" });
+    res.end("{}");
+  });
+  await new Promise((r) => evil.listen(0, "127.0.0.1", r));
+  const evilUrl = `http://127.0.0.1:${evil.address().port}`;
+  const page = await browser.newPage();
+  const elsewhere = [];
+  page.on("request", (r) => {
+    if (!r.url().startsWith(gw.url)) elsewhere.push(r.url());
+  });
+  try {
+    await page.goto(`${gw.url}/?key=${key.key}&gateway=${encodeURIComponent(evilUrl)}`);
+    await page.waitForLoadState("networkidle");
+    assert.equal(await page.inputValue("#key"), "", "the key in the URL was not filled in");
+    assert.ok(!page.url().includes(key.key), "and was dropped from the address bar");
+    // typed in, the key is used, against the page's own origin
+    await page.fill("#key", key.key);
+    await page.press("#key", "Tab");
+    await page.fill("#prompt", "where do you go?");
+    await page.click("#send");
+    await page.waitForSelector(".assistant[data-done=true]", { timeout: 10_000 });
+    await page.waitForLoadState("networkidle");
+    assert.deepEqual(elsewhere, [], "the page asked no other host for anything");
+    assert.deepEqual(evilHits, [], "the other gateway heard nothing");
+  } finally {
+    await page.close();
+    await new Promise((r) => evil.close(r));
+  }
 });
 
 test("the admin page lists keys with credit bars and revokes", async () => {

@@ -296,9 +296,12 @@ test("bodies built to dodge the reservation are refused before anything is reser
   assert.equal(u.credits.used_micro_usd, 0);
 });
 
+const SEAL = "pks_e2e_sealing_secret_0123456789";
+secret(SEAL, "PROVIDER_KEY_SECRET");
+
 test("byok: provider keys are stored sealed, used upstream, and never shown", async () => {
   const provider = await startUpstream();
-  const g = await startGateway({ UPSTREAM_URL: up.url, PROVIDER_URLS: JSON.stringify({ together: provider.url }) });
+  const g = await startGateway({ UPSTREAM_URL: up.url, PROVIDER_URLS: JSON.stringify({ together: provider.url }), PROVIDER_KEY_SECRET: SEAL });
   const providerKey = "tgp_provider_secret_0123456789";
   secret(providerKey, "provider key");
   try {
@@ -328,6 +331,68 @@ test("byok: provider keys are stored sealed, used upstream, and never shown", as
       body: JSON.stringify(body("m/byok")),
     });
     assert.equal(other.status, 400, "no key for that provider: refused, not billed to HF");
+  } finally {
+    await g.stop();
+    await provider.close();
+  }
+});
+
+test("byok: without PROVIDER_KEY_SECRET provider keys are refused, never sealed with ADMIN_TOKEN", async () => {
+  const g = await startGateway({ UPSTREAM_URL: up.url, PROVIDER_URLS: JSON.stringify({ together: up.url }) });
+  try {
+    const r = await admin(g, "POST", "/admin/keys", { plan: "byok", provider_key: { together: "tgp_never_stored_0123456789" } });
+    assert.equal(r.status, 500);
+    assert.equal(r.json.error.code, "configuration_error");
+    assert.match(r.json.error.message, /PROVIDER_KEY_SECRET/);
+    assert.ok(!JSON.stringify(r.json).includes("tgp_never_stored"));
+    const kv = await g.mf.getKVNamespace("GATEWAY_KV");
+    assert.equal((await kv.list({ prefix: "id:" })).keys.length, 0, "no key was stored");
+  } finally {
+    await g.stop();
+  }
+});
+
+test("byok: a sealed provider key moved into another key's record does not open", async () => {
+  const provider = await startUpstream();
+  const g = await startGateway({ UPSTREAM_URL: up.url, PROVIDER_URLS: JSON.stringify({ together: provider.url, groq: provider.url }), PROVIDER_KEY_SECRET: SEAL });
+  const victimKey = "tgp_victim_provider_key_0123456789";
+  secret(victimKey, "provider key");
+  up.reset();
+  try {
+    const victim = await newKey(g, { plan: "byok", provider_key: { together: victimKey } });
+    const kv = await g.mf.getKVNamespace("GATEWAY_KV");
+    const recordOf = async (id) => {
+      const digest = await kv.get(`id:${id}`);
+      return [`k:${digest}`, JSON.parse(await kv.get(`k:${digest}`))];
+    };
+    const [, victimRecord] = await recordOf(victim.id);
+    assert.match(victimRecord.provider_keys.together, /^v2\./, "sealed in the versioned format");
+    const call = (thief, provider) =>
+      fetch(`${g.url}/${provider}/v1/chat/completions`, {
+        method: "POST",
+        headers: { authorization: `Bearer ${thief.key}`, "content-type": "application/json" },
+        body: JSON.stringify(body("m/byok")),
+      });
+    // another record's sealed value; a record's own value filed under another provider; a
+    // value in the format from before the binding. A fresh thief each time (records are
+    // cached per isolate once used).
+    for (const [provider, sealed, why] of [
+      ["together", () => victimRecord.provider_keys.together, /sealed for another key or provider/],
+      ["groq", (own) => own.provider_keys.together, /sealed for another key or provider/],
+      ["together", () => victimRecord.provider_keys.together.slice(3), /older format/],
+    ]) {
+      const thief = await newKey(g, { plan: "byok", provider_key: { together: "tgp_thief_own_key_0123456789", groq: "gsk_thief_own_key_0123456789" } });
+      const [name, own] = await recordOf(thief.id);
+      await kv.put(name, JSON.stringify({ ...own, provider_keys: { ...own.provider_keys, [provider]: sealed(own) } }));
+      const res = await call(thief, provider);
+      const err = (await res.json()).error;
+      assert.equal(res.status, 500, provider);
+      assert.equal(err.code, "configuration_error");
+      assert.match(err.message, why);
+      assert.match(err.message, new RegExp(`set it again \\(PATCH /admin/keys/${thief.id}`));
+    }
+    assert.equal(provider.calls.length, 0, "the provider never received anything");
+    assert.equal(up.calls.length, 0, "nor did the router");
   } finally {
     await g.stop();
     await provider.close();

@@ -173,11 +173,11 @@ export async function startUpstream() {
   };
 }
 
-/** Admin API call. */
-export async function admin(gw, method, path, body) {
+/** Admin API call; `headers` adds to the admin's own (e.g. `if-match`). */
+export async function admin(gw, method, path, body, headers = {}) {
   const res = await fetch(gw.url + path, {
     method,
-    headers: { authorization: `Bearer ${ADMIN}`, "content-type": "application/json" },
+    headers: { authorization: `Bearer ${ADMIN}`, "content-type": "application/json", ...headers },
     body: body === undefined ? undefined : JSON.stringify(body),
   });
   return { status: res.status, headers: res.headers, json: await res.json() };

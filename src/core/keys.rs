@@ -164,6 +164,47 @@ pub struct RateLimit {
     pub burst: u32,
 }
 
+/// A `byok` provider key as KV holds it (sealed: see `edge::sealing`), together with the
+/// record and provider it was read under. It opens only there: the record's id and the
+/// provider are the additional data it was sealed with, so a sealed value copied into another
+/// record, or under another provider, does not open.
+///
+/// KV stores the sealed text alone; `KeyRecord::bind_sealed` (done wherever a record is read)
+/// fills in where it was found. Until then it is bound to nothing and opens nowhere.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SealedKey {
+    sealed: String,
+    owner: Option<(String, String)>,
+}
+
+impl SealedKey {
+    /// A value just sealed for `key_id`'s key to `provider`.
+    pub fn new(sealed: String, key_id: &str, provider: &str) -> Self {
+        SealedKey { sealed, owner: Some((key_id.to_string(), provider.to_string())) }
+    }
+
+    pub fn sealed(&self) -> &str {
+        &self.sealed
+    }
+
+    /// The key id and provider of the record it was read from, once bound.
+    pub fn owner(&self) -> Option<(&str, &str)> {
+        self.owner.as_ref().map(|(k, p)| (k.as_str(), p.as_str()))
+    }
+}
+
+impl Serialize for SealedKey {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.sealed)
+    }
+}
+
+impl<'de> Deserialize<'de> for SealedKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(SealedKey { sealed: String::deserialize(d)?, owner: None })
+    }
+}
+
 /// What KV holds for a key (under its digest). Never the secret.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyRecord {
@@ -185,7 +226,7 @@ pub struct KeyRecord {
     pub version: u64,
     /// Provider name -> sealed (encrypted) provider key, for `byok` keys.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
-    pub provider_keys: std::collections::BTreeMap<String, String>,
+    pub provider_keys: std::collections::BTreeMap<String, SealedKey>,
     /// The digest of the secret, so admin reads can find the KV entry to update.
     pub digest: String,
 }
@@ -195,7 +236,17 @@ impl KeyRecord {
         !self.allowed_origins.is_empty()
     }
 
-    /// The public view: everything but the digest and the sealed provider keys.
+    /// Binds each sealed provider key to this record (its id, and the provider it is filed
+    /// under): what a record read from storage must go through before its keys can open.
+    pub fn bind_sealed(mut self) -> Self {
+        for (provider, sealed) in self.provider_keys.iter_mut() {
+            sealed.owner = Some((self.id.clone(), provider.clone()));
+        }
+        self
+    }
+
+    /// The public view: everything but the digest and the sealed provider keys. `version` is
+    /// also the record's `ETag`.
     pub fn public_json(&self) -> serde_json::Value {
         serde_json::json!({
             "id": self.id, "name": self.name, "plan": self.plan, "org": self.org,
@@ -203,7 +254,7 @@ impl KeyRecord {
             "monthly_credit_micro_usd": self.monthly_credit_micro_usd,
             "spend_cap_micro_usd": self.spend_cap_micro_usd,
             "providers": self.provider_keys.keys().collect::<Vec<_>>(),
-            "created_at": self.created_at, "revoked": self.revoked,
+            "created_at": self.created_at, "revoked": self.revoked, "version": self.version,
         })
     }
 }
@@ -227,7 +278,7 @@ impl OrgRecord {
         serde_json::json!({
             "id": self.id, "plan": self.plan, "seats": self.seats, "bill_to": self.bill_to,
             "spend_limit_micro_usd": self.spend_limit_micro_usd, "rate_limit": self.rate_limit,
-            "created_at": self.created_at,
+            "created_at": self.created_at, "version": self.version,
         })
     }
 }
@@ -284,6 +335,22 @@ mod tests {
         assert!(bearer_key(&format!("Bearer hfg_{}", "a/".repeat(21) + "a")).is_none());
         assert!(bearer_key("Bearer").is_none());
         assert!(bearer_key("").is_none());
+    }
+
+    #[test]
+    fn a_sealed_key_read_from_storage_is_bound_to_the_record_it_was_found_in() {
+        let stored = r#"{"id":"key_b","name":"","plan":"byok","org":null,"rate_limit":null,
+            "monthly_credit_micro_usd":null,"spend_cap_micro_usd":null,"created_at":"t",
+            "provider_keys":{"together":"v2.c2VhbGVk"},"digest":"d"}"#;
+        let read: KeyRecord = serde_json::from_str(stored).unwrap();
+        assert_eq!(read.provider_keys["together"].owner(), None, "unbound until bound: opens nowhere");
+        let bound = read.bind_sealed();
+        let sealed = &bound.provider_keys["together"];
+        assert_eq!((sealed.owner(), sealed.sealed()), (Some(("key_b", "together")), "v2.c2VhbGVk"));
+        // KV gets the sealed text alone, never where it was found
+        let written = serde_json::to_value(&bound).unwrap();
+        assert_eq!(written["provider_keys"], serde_json::json!({"together": "v2.c2VhbGVk"}));
+        assert!(bound.public_json().get("provider_keys").is_none());
     }
 
     #[test]

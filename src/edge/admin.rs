@@ -3,25 +3,49 @@
 //! Every change that the ledger enforces (revocation, limits, credits) is pushed to the
 //! account's Durable Object *before* KV is written, so it holds at once everywhere, whatever
 //! the edge caches say.
+//!
+//! Edits are compare-and-set on the record's version, decided by that Durable Object
+//! (`core::edits`): a record's answer carries its version as `ETag`, a `PATCH` with a stale
+//! `If-Match` gets 412, and one without that loses a race reads again and re-applies itself.
+//! A revocation always lands and is final; KV, which may be written out of order, is brought
+//! back in line with the ledger whenever an edit or a read finds it behind.
 
+use crate::core::account::KeyPolicy;
 use crate::core::cors::normalise_origin;
+use crate::core::edits::{self, AccountEdit, IfMatch, KeyEdit, EDIT_RETRY};
 use crate::core::error::GatewayError;
 use crate::core::gcra::{self, Quota, Tat};
-use crate::core::keys::{self, KeyRecord, OrgRecord, RateLimit, MINT_BYTES};
+use crate::core::keys::{self, KeyRecord, OrgRecord, RateLimit, SealedKey, MINT_BYTES};
 use crate::core::paths::PROVIDERS;
 use crate::core::settings::Settings;
+use crate::edge::account_do::{self, Op};
 use crate::edge::auth::{self, Caller};
-use crate::edge::platform;
-use crate::edge::{account_do, kv, sealing, usage};
+use crate::edge::platform::{self, OsRng};
+use crate::edge::response::{self, Meta};
+use crate::edge::{kv, sealing, usage};
 use crate::edge::{registry_do, stats};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
-use worker::{Env, Method, Request};
+use worker::{Env, Headers, Method, Request, Response};
 
-/// What the admin API may answer: a status and a JSON body.
-pub type Reply = (u16, Value);
+/// An admin answer: a status, a JSON body and, for one record, its version (its `ETag`).
+pub struct Answer {
+    pub status: u16,
+    pub body: Value,
+    pub version: Option<u64>,
+}
+
+impl Answer {
+    fn list(body: Value) -> Self {
+        Answer { status: 200, body, version: None }
+    }
+
+    fn record(status: u16, body: Value, version: u64) -> Self {
+        Answer { status, body, version: Some(version) }
+    }
+}
 
 fn bad(why: impl Into<String>) -> GatewayError {
     GatewayError::InvalidRequest(why.into())
@@ -148,7 +172,12 @@ fn check_origins(list: &[String]) -> Result<Vec<String>, GatewayError> {
     list.iter().map(|o| normalise_origin(o).map_err(bad)).collect()
 }
 
-async fn seal_all(s: &Settings, given: BTreeMap<String, String>) -> Result<BTreeMap<String, String>, GatewayError> {
+/// Seals provider keys for the key `key_id` (each bound to that id and its provider).
+async fn seal_all(
+    s: &Settings,
+    key_id: &str,
+    given: BTreeMap<String, String>,
+) -> Result<BTreeMap<String, SealedKey>, GatewayError> {
     let mut out = BTreeMap::new();
     for (provider, key) in given {
         if !PROVIDERS.contains(&provider.as_str()) {
@@ -157,9 +186,38 @@ async fn seal_all(s: &Settings, given: BTreeMap<String, String>) -> Result<BTree
         if key.is_empty() || key.len() > 512 || !crate::core::headers::safe_value(&key, 512) {
             return Err(bad(format!("provider_key: the key for {provider} is not a valid token")));
         }
-        out.insert(provider, sealing::seal(s, &key).await?);
+        let sealed = sealing::seal(s, key_id, &provider, &key).await?;
+        out.insert(provider, sealed);
     }
     Ok(out)
+}
+
+/// The `If-Match` of an edit, if it has one.
+fn precondition(req: &Request) -> Option<IfMatch> {
+    req.headers().get("if-match").ok().flatten().map(|h| IfMatch::parse(&h))
+}
+
+/// Waits before an edit that lost a race reads again; `false` when it has tried enough.
+async fn back_off(attempt: &mut u32) -> bool {
+    if *attempt >= EDIT_RETRY.max_retries {
+        return false;
+    }
+    platform::sleep_ms(EDIT_RETRY.backoff_ms(*attempt, &mut OsRng)).await;
+    *attempt += 1;
+    true
+}
+
+fn revoked_key() -> GatewayError {
+    bad("a revoked key cannot be changed")
+}
+
+/// Writes KV's copy of a key in line with the ledger's word, if it is behind on a revocation.
+async fn follow_ledger(env: &Env, record: KeyRecord, held: Option<&KeyPolicy>) -> Result<KeyRecord, GatewayError> {
+    let (shown, repair) = edits::ledger_view(&record, held);
+    if repair {
+        kv::put_key(env, &shown).await?;
+    }
+    Ok(shown)
 }
 
 /// Pushes a key's (and its account's) current policies to the ledger.
@@ -174,7 +232,7 @@ async fn org_of(env: &Env, record: &KeyRecord) -> Result<Option<OrgRecord>, Gate
     }
 }
 
-pub async fn create_key(mut req: Request, env: &Env, s: &Settings) -> Result<Reply, GatewayError> {
+pub async fn create_key(mut req: Request, env: &Env, s: &Settings) -> Result<Answer, GatewayError> {
     let n: NewKey = json_body(&mut req).await?;
     let org = match &n.org {
         Some(id) => Some(kv::org(env, id).await?.ok_or_else(|| bad(format!("org {id:?} does not exist")))?),
@@ -198,10 +256,11 @@ pub async fn create_key(mut req: Request, env: &Env, s: &Settings) -> Result<Rep
     if p.byok && n.provider_key.is_empty() {
         return Err(bad("byok keys need provider_key: {\"provider\": \"key\"}"));
     }
-    let provider_keys = seal_all(s, n.provider_key).await?;
     let mut random = [0u8; MINT_BYTES];
     platform::secure_random(&mut random)?;
     let minted = keys::mint_key(&random);
+    // sealed for this key's id, so the sealed value opens in this record only
+    let provider_keys = seal_all(s, &minted.id, n.provider_key).await?;
     let record = KeyRecord {
         id: minted.id,
         name,
@@ -219,54 +278,61 @@ pub async fn create_key(mut req: Request, env: &Env, s: &Settings) -> Result<Rep
     };
     push(env, &auth::caller_for(record.clone(), org, s)?).await?;
     registry_do::add(env, keys::digest_prefix(&record.digest)).await?;
-    kv::add_browser_origins(env, &record.allowed_origins).await?;
+    registry_do::add_origins(env, &record.allowed_origins).await?;
     kv::put_key(env, &record).await?;
     let mut body = record.public_json();
     body["key"] = Value::String(minted.secret);
-    Ok((201, body))
+    Ok(Answer::record(201, body, record.version))
 }
 
-pub async fn list_keys(env: &Env) -> Result<Reply, GatewayError> {
+pub async fn list_keys(env: &Env) -> Result<Answer, GatewayError> {
     let mut out = Vec::new();
     for id in kv::key_ids(env).await? {
         if let Some(r) = kv::key_by_id(env, &id).await? {
             out.push(r.public_json());
         }
     }
-    Ok((200, json!({"object": "list", "data": out})))
+    Ok(Answer::list(json!({"object": "list", "data": out})))
 }
 
-pub async fn get_key(env: &Env, s: &Settings, id: &str) -> Result<Reply, GatewayError> {
+/// A key with its usage. `revoked` and `version` are the ledger's word (KV's copy may lag a
+/// revocation; if it does, it is repaired here).
+pub async fn get_key(env: &Env, s: &Settings, id: &str) -> Result<Answer, GatewayError> {
     let record = kv::key_by_id(env, id).await?.ok_or(GatewayError::NotFound)?;
     let org = org_of(env, &record).await?;
+    let caller = auth::caller_for(record.clone(), org.clone(), s)?;
+    let report =
+        account_do::usage(env, &caller.account, Some(caller.key_policy.clone()), Some(caller.account_policy)).await?;
+    let record = follow_ledger(env, record, report.as_ref().and_then(|r| r.key_policy.as_ref())).await?;
     let mut body = record.public_json();
-    let caller = auth::caller_for(record, org, s)?;
-    body["usage"] = usage::of(env, &caller).await?;
-    Ok((200, body))
+    let version = record.version;
+    body["usage"] = usage::document(&auth::caller_for(record, org, s)?, report);
+    Ok(Answer::record(200, body, version))
 }
 
-pub async fn patch_key(mut req: Request, env: &Env, s: &Settings, id: &str) -> Result<Reply, GatewayError> {
-    let p: KeyPatch = json_body(&mut req).await?;
-    let mut record = kv::key_by_id(env, id).await?.ok_or(GatewayError::NotFound)?;
-    if record.revoked {
-        return Err(bad("a revoked key cannot be changed"));
-    }
-    if let Some(name) = p.name {
-        if !keys::valid_name(&name) {
+/// Applies a patch to a record (validated; provider keys already sealed).
+fn apply_key_patch(
+    p: &KeyPatch,
+    sealed: Option<&BTreeMap<String, SealedKey>>,
+    record: &mut KeyRecord,
+    s: &Settings,
+) -> Result<(), GatewayError> {
+    if let Some(name) = &p.name {
+        if !keys::valid_name(name) {
             return Err(bad("name: at most 100 printable characters"));
         }
-        record.name = name;
+        record.name = name.clone();
     }
-    if let Some(plan) = p.plan {
-        let new = s.plan(&plan).ok_or_else(|| bad(format!("unknown plan {plan:?}")))?;
+    if let Some(plan) = &p.plan {
+        let new = s.plan(plan).ok_or_else(|| bad(format!("unknown plan {plan:?}")))?;
         let old = s.plan(&record.plan);
         if old.is_some_and(|o| o.pooled != new.pooled || o.byok != new.byok) {
             return Err(bad("a key can change plan only within the same kind (personal, org, byok)"));
         }
-        record.plan = plan;
+        record.plan = plan.clone();
     }
-    if let Some(origins) = p.allowed_origins {
-        record.allowed_origins = check_origins(&origins)?;
+    if let Some(origins) = &p.allowed_origins {
+        record.allowed_origins = check_origins(origins)?;
     }
     if let Some(r) = p.rate_limit {
         check_rate(&r)?;
@@ -278,28 +344,76 @@ pub async fn patch_key(mut req: Request, env: &Env, s: &Settings, id: &str) -> R
     if let Some(c) = p.spend_cap_micro_usd {
         record.spend_cap_micro_usd = c;
     }
-    if let Some(pk) = p.provider_key {
-        record.provider_keys = seal_all(s, pk).await?;
+    if let Some(pk) = sealed {
+        record.provider_keys = pk.clone();
     }
-    record.version += 1;
-    let org = org_of(env, &record).await?;
-    push(env, &auth::caller_for(record.clone(), org, s)?).await?;
-    kv::add_browser_origins(env, &record.allowed_origins).await?;
-    kv::put_key(env, &record).await?;
-    Ok((200, record.public_json()))
+    Ok(())
 }
 
-pub async fn revoke_key(env: &Env, s: &Settings, id: &str) -> Result<Reply, GatewayError> {
-    let mut record = kv::key_by_id(env, id).await?.ok_or(GatewayError::NotFound)?;
-    if !record.revoked {
-        record.revoked = true;
-        record.version += 1;
+/// `PATCH /admin/keys/{id}`: compare-and-set in the key's ledger on the version read from KV.
+/// With `If-Match`, a version other than the current one is a 412; without, an edit that
+/// lost a race reads the winner's record and re-applies itself, a few times at most.
+pub async fn patch_key(mut req: Request, env: &Env, s: &Settings, id: &str) -> Result<Answer, GatewayError> {
+    let wanted = precondition(&req);
+    let mut p: KeyPatch = json_body(&mut req).await?;
+    let sealed = match p.provider_key.take() {
+        Some(pk) => Some(seal_all(s, id, pk).await?),
+        None => None,
+    };
+    let mut attempt = 0;
+    loop {
+        let mut record = kv::key_by_id(env, id).await?.ok_or(GatewayError::NotFound)?;
+        if record.revoked {
+            return Err(revoked_key());
+        }
+        if let Some(m) = wanted.as_ref().filter(|m| !m.matches(record.version)) {
+            // a tag newer than KV's copy: KV has yet to catch up with the ledger
+            if m.is_ahead_of(record.version) && back_off(&mut attempt).await {
+                continue;
+            }
+            return Err(GatewayError::PreconditionFailed { current_version: record.version });
+        }
+        let base = record.version;
+        apply_key_patch(&p, sealed.as_ref(), &mut record, s)?;
+        record.version = base.saturating_add(1);
         let org = org_of(env, &record).await?;
-        // The ledger first: from this moment no isolate can admit a call with this key.
-        push(env, &auth::caller_for(record.clone(), org, s)?).await?;
-        kv::put_key(env, &record).await?;
+        let caller = auth::caller_for(record.clone(), org, s)?;
+        let op = Op::EditKey { base, key: caller.key_policy.clone(), account: Some(caller.account_policy) };
+        match account_do::call::<KeyEdit>(env, &caller.account, &op).await? {
+            KeyEdit::Accepted { policy } => {
+                record.version = policy.version;
+                registry_do::add_origins(env, &record.allowed_origins).await?;
+                kv::put_key(env, &record).await?;
+                // a DELETE may have landed between the edit and this write: KV must say so
+                let op = Op::HeldKey { key_id: record.id.clone() };
+                let held: Option<KeyPolicy> = account_do::call(env, &caller.account, &op).await?;
+                let record = follow_ledger(env, record, held.as_ref()).await?;
+                return Ok(Answer::record(200, record.public_json(), record.version));
+            }
+            KeyEdit::Revoked { policy } => {
+                if let Some(stale) = kv::key_by_id(env, id).await? {
+                    follow_ledger(env, stale, Some(&policy)).await?;
+                }
+                return Err(revoked_key());
+            }
+            KeyEdit::Conflict { current } => {
+                if wanted.is_some() || !back_off(&mut attempt).await {
+                    return Err(GatewayError::PreconditionFailed { current_version: current });
+                }
+            }
+        }
     }
-    Ok((200, record.public_json()))
+}
+
+/// `DELETE /admin/keys/{id}`: revokes, in the ledger first (from that moment no isolate can
+/// admit a call with the key, and no edit can land after it), then in KV.
+pub async fn revoke_key(env: &Env, s: &Settings, id: &str) -> Result<Answer, GatewayError> {
+    let record = kv::key_by_id(env, id).await?.ok_or(GatewayError::NotFound)?;
+    let org = org_of(env, &record).await?;
+    let caller = auth::caller_for(record.clone(), org, s)?;
+    let held: KeyPolicy = account_do::call(env, &caller.account, &Op::RevokeKey { key: caller.key_policy }).await?;
+    let record = follow_ledger(env, record, Some(&held)).await?;
+    Ok(Answer::record(200, record.public_json(), record.version))
 }
 
 fn check_org_fields(plan: &str, seats: u32, bill_to: &str, s: &Settings) -> Result<(), GatewayError> {
@@ -316,7 +430,7 @@ fn check_org_fields(plan: &str, seats: u32, bill_to: &str, s: &Settings) -> Resu
     Ok(())
 }
 
-pub async fn create_org(mut req: Request, env: &Env, s: &Settings) -> Result<Reply, GatewayError> {
+pub async fn create_org(mut req: Request, env: &Env, s: &Settings) -> Result<Answer, GatewayError> {
     let n: NewOrg = json_body(&mut req).await?;
     if !keys::valid_slug(&n.id, 64) {
         return Err(bad("id must be a slug: letters, digits, '-', '_', '.'"));
@@ -340,64 +454,109 @@ pub async fn create_org(mut req: Request, env: &Env, s: &Settings) -> Result<Rep
     let (_, policy) = auth::org_policy(&org, s)?;
     account_do::push_policy(env, &account_do::org_account(&org.id), None, Some(policy)).await?;
     kv::put_org(env, &org).await?;
-    Ok((201, org.public_json()))
+    Ok(Answer::record(201, org.public_json(), org.version))
 }
 
-pub async fn list_orgs(env: &Env) -> Result<Reply, GatewayError> {
+pub async fn list_orgs(env: &Env) -> Result<Answer, GatewayError> {
     let mut out = Vec::new();
     for id in kv::org_ids(env).await? {
         if let Some(o) = kv::org(env, &id).await? {
             out.push(o.public_json());
         }
     }
-    Ok((200, json!({"object": "list", "data": out})))
+    Ok(Answer::list(json!({"object": "list", "data": out})))
 }
 
-pub async fn get_org(env: &Env, s: &Settings, id: &str) -> Result<Reply, GatewayError> {
+/// An org with its pooled usage; its version is the newer of KV's and the ledger's.
+pub async fn get_org(env: &Env, s: &Settings, id: &str) -> Result<Answer, GatewayError> {
     kv::forget_org(id);
     let org = kv::org(env, id).await?.ok_or(GatewayError::NotFound)?;
     let (_, policy) = auth::org_policy(&org, s)?;
     let report = account_do::usage(env, &account_do::org_account(id), None, Some(policy)).await?;
+    let version = org.version.max(report.as_ref().and_then(|r| r.account_version).unwrap_or(0));
     let mut body = org.public_json();
+    body["version"] = json!(version);
     body["usage"] = serde_json::to_value(report).unwrap_or(Value::Null);
-    Ok((200, body))
+    Ok(Answer::record(200, body, version))
 }
 
-pub async fn patch_org(mut req: Request, env: &Env, s: &Settings, id: &str) -> Result<Reply, GatewayError> {
+/// `PATCH /admin/orgs/{id}`: compare-and-set in the org's ledger, as for keys.
+pub async fn patch_org(mut req: Request, env: &Env, s: &Settings, id: &str) -> Result<Answer, GatewayError> {
+    let wanted = precondition(&req);
     let p: OrgPatch = json_body(&mut req).await?;
-    kv::forget_org(id);
-    let mut org = kv::org(env, id).await?.ok_or(GatewayError::NotFound)?;
-    if let Some(plan) = p.plan {
-        org.plan = plan;
+    let mut attempt = 0;
+    loop {
+        kv::forget_org(id);
+        let mut org = kv::org(env, id).await?.ok_or(GatewayError::NotFound)?;
+        if let Some(m) = wanted.as_ref().filter(|m| !m.matches(org.version)) {
+            if m.is_ahead_of(org.version) && back_off(&mut attempt).await {
+                continue;
+            }
+            return Err(GatewayError::PreconditionFailed { current_version: org.version });
+        }
+        let base = org.version;
+        if let Some(plan) = &p.plan {
+            org.plan = plan.clone();
+        }
+        if let Some(seats) = p.seats {
+            org.seats = seats;
+        }
+        if let Some(b) = &p.bill_to {
+            org.bill_to = b.clone();
+        }
+        if let Some(l) = p.spend_limit_micro_usd {
+            org.spend_limit_micro_usd = l;
+        }
+        if let Some(r) = p.rate_limit {
+            check_rate(&r)?;
+            org.rate_limit = r;
+        }
+        check_org_fields(&org.plan, org.seats, &org.bill_to, s)?;
+        org.version = base.saturating_add(1);
+        let (_, policy) = auth::org_policy(&org, s)?;
+        let op = Op::EditAccount { base, account: policy };
+        match account_do::call::<AccountEdit>(env, &account_do::org_account(&org.id), &op).await? {
+            AccountEdit::Accepted { policy } => {
+                org.version = policy.version;
+                kv::put_org(env, &org).await?;
+                return Ok(Answer::record(200, org.public_json(), org.version));
+            }
+            AccountEdit::Conflict { current } => {
+                if wanted.is_some() || !back_off(&mut attempt).await {
+                    return Err(GatewayError::PreconditionFailed { current_version: current });
+                }
+            }
+        }
     }
-    if let Some(seats) = p.seats {
-        org.seats = seats;
-    }
-    if let Some(b) = p.bill_to {
-        org.bill_to = b;
-    }
-    if let Some(l) = p.spend_limit_micro_usd {
-        org.spend_limit_micro_usd = l;
-    }
-    if let Some(r) = p.rate_limit {
-        check_rate(&r)?;
-        org.rate_limit = r;
-    }
-    check_org_fields(&org.plan, org.seats, &org.bill_to, s)?;
-    org.version += 1;
-    let (_, policy) = auth::org_policy(&org, s)?;
-    account_do::push_policy(env, &account_do::org_account(&org.id), None, Some(policy)).await?;
-    kv::put_org(env, &org).await?;
-    Ok((200, org.public_json()))
 }
 
-/// Dispatches an admin route (already authorised).
-pub async fn handle(
+/// Answers an admin route (already authorised): the body with the gateway's headers and, for
+/// one record, its version as `ETag`.
+pub async fn respond(
     req: Request,
     env: &Env,
     s: &Settings,
     route: &crate::core::paths::Route,
-) -> Result<Reply, GatewayError> {
+    meta: &Meta,
+) -> Result<Response, GatewayError> {
+    let a = answer(req, env, s, route).await?;
+    let h = Headers::new();
+    let _ = h.set("content-type", "application/json");
+    if let Some(v) = a.version {
+        let _ = h.set("etag", &edits::etag(v));
+    }
+    meta.apply(&h);
+    response::bytes(a.status, a.body.to_string().into_bytes(), h)
+        .map_err(|_| GatewayError::UpstreamError("response could not be built".into()))
+}
+
+/// Dispatches an admin route (already authorised).
+async fn answer(
+    req: Request,
+    env: &Env,
+    s: &Settings,
+    route: &crate::core::paths::Route,
+) -> Result<Answer, GatewayError> {
     use crate::core::paths::Route;
     let m = req.method();
     match (route, m) {
@@ -410,7 +569,7 @@ pub async fn handle(
         (Route::AdminOrgs, _) => list_orgs(env).await,
         (Route::AdminOrg(id), Method::Get) => get_org(env, s, id).await,
         (Route::AdminOrg(id), Method::Patch) => patch_org(req, env, s, id).await,
-        (Route::AdminStats, _) => Ok((200, json!({"isolate": stats::snapshot()}))),
+        (Route::AdminStats, _) => Ok(Answer::list(json!({"isolate": stats::snapshot()}))),
         _ => Err(GatewayError::MethodNotAllowed),
     }
 }

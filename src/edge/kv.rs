@@ -1,6 +1,7 @@
 //! Key and organisation records in KV, with a small per-isolate cache.
 //!
 //! Layout: `k:<digest>` -> key record, `id:<key id>` -> digest, `org:<id>` -> org record.
+//! A record read here has its sealed provider keys bound to it (`KeyRecord::bind_sealed`).
 //! The cache is safe because nothing that must be immediate depends on it: revocation and
 //! policy changes are enforced by the account Durable Object, which holds the newest version
 //! and tells the edge when its copy is stale.
@@ -14,6 +15,10 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use worker::kv::KvStore;
 use worker::Env;
+
+/// The origins browser keys allow live in the key registry now (one serialised object, so
+/// concurrent key creations cannot lose one); re-exported here for the preflight.
+pub use crate::edge::registry_do::browser_origins;
 
 pub const BINDING: &str = "GATEWAY_KV";
 /// How long a known record is served from memory.
@@ -89,7 +94,7 @@ pub async fn key_by_digest(env: &Env, digest: &str) -> Result<Option<KeyRecord>,
         return Ok(None);
     }
     stats::bump(Counter::KvKeyReads);
-    let found: Option<KeyRecord> = get_json(&store(env)?, &format!("k:{digest}")).await?;
+    let found = get_json::<KeyRecord>(&store(env)?, &format!("k:{digest}")).await?.map(KeyRecord::bind_sealed);
     let entry = found.clone().map_or(Cached::Miss, Cached::Hit);
     KEYS.with(|c| c.borrow_mut().put(digest, entry, now));
     Ok(found)
@@ -105,7 +110,7 @@ pub async fn key_by_id(env: &Env, id: &str) -> Result<Option<KeyRecord>, Gateway
     let Some(digest) = kv.get(&format!("id:{id}")).text().await.map_err(unavailable)? else {
         return Ok(None);
     };
-    get_json(&kv, &format!("k:{digest}")).await
+    Ok(get_json::<KeyRecord>(&kv, &format!("k:{digest}")).await?.map(KeyRecord::bind_sealed))
 }
 
 pub async fn put_key(env: &Env, record: &KeyRecord) -> Result<(), GatewayError> {
@@ -180,44 +185,4 @@ async fn list(env: &Env, prefix: &str) -> Result<Vec<String>, GatewayError> {
         }
     }
     Ok(out)
-}
-
-thread_local! {
-    static ORIGINS: RefCell<Option<(Vec<String>, UnixMillis)>> = const { RefCell::new(None) };
-}
-const ORIGINS_KEY: &str = "cors:origins";
-
-/// Every origin some browser key allows: a preflight (which carries no key) is approved for
-/// these as well as for `CORS_ORIGINS`. Cached for a minute per isolate.
-pub async fn browser_origins(env: &Env) -> Result<Vec<String>, GatewayError> {
-    let now = platform::now();
-    if let Some(list) = ORIGINS
-        .with(|o| o.borrow().as_ref().filter(|(_, at)| now.millis_since(*at) < HIT_TTL_MS).map(|(l, _)| l.clone()))
-    {
-        return Ok(list);
-    }
-    let list: Vec<String> = get_json(&store(env)?, ORIGINS_KEY).await?.unwrap_or_default();
-    ORIGINS.with(|o| *o.borrow_mut() = Some((list.clone(), now)));
-    Ok(list)
-}
-
-/// Adds a browser key's origins to the preflight index.
-pub async fn add_browser_origins(env: &Env, origins: &[String]) -> Result<(), GatewayError> {
-    if origins.is_empty() {
-        return Ok(());
-    }
-    let kv = store(env)?;
-    let mut list: Vec<String> = get_json(&kv, ORIGINS_KEY).await?.unwrap_or_default();
-    let before = list.len();
-    for o in origins {
-        if !list.contains(o) {
-            list.push(o.clone());
-        }
-    }
-    if list.len() != before {
-        let json = serde_json::to_string(&list).map_err(|e| GatewayError::InvalidRequest(e.to_string()))?;
-        kv.put(ORIGINS_KEY, json).map_err(unavailable)?.execute().await.map_err(unavailable)?;
-    }
-    ORIGINS.with(|o| *o.borrow_mut() = Some((list, platform::now())));
-    Ok(())
 }

@@ -85,8 +85,7 @@ async fn dispatch(
         Route::Proxy(p) => return proxy::handle(req, env, ctx, &s, meta, p, origin).await,
         ref admin_route => {
             admin::authorise(&req, &s)?;
-            let (status, body) = admin::handle(req, env, &s, admin_route).await?;
-            response::json(status, &body, meta)
+            return admin::respond(req, env, &s, admin_route, meta).await;
         }
     };
     built.map_err(not_built)
