@@ -220,6 +220,7 @@ test("a free key with no max_tokens is bounded by the plan's default, sent upstr
 });
 
 test("a reservation nobody settles (its isolate died) is released by the ledger's own alarm", async () => {
+  up.reset(); // the default completion: 20 output tokens, 20 micro-USD here
   const g = await startGateway({ UPSTREAM_URL: up.url, PRICES, RESERVATION_TTL_MS: "1000" });
   try {
     const k = await newKey(g, { plan: "free", monthly_credit_micro_usd: 1000 });
