@@ -42,9 +42,11 @@ fuzz: setup
 	FUZZ_CASES=$${FUZZ_CASES:-2000000} cargo test --release --test fuzz_parsers -- --nocapture
 
 # Benchmarks: the core decisions (cargo bench), then the gateway under load against the
-# upstream, nginx, the runtime's floor and wrangler dev (bench/run.mjs). About 5 minutes.
+# upstream, nginx, the runtime's floor and wrangler dev (bench/run.mjs), then the isolate's
+# memory under eight 9.5 MiB bodies while another key streams (bench/memory.mjs). About 6 minutes.
 bench: build
 	@command -v nginx >/dev/null && command -v wrk >/dev/null || \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx wrk >/dev/null; }
 	cargo bench --bench core
 	node bench/run.mjs
+	node bench/memory.mjs

@@ -223,10 +223,19 @@ async function ttfb(target, conns, perClient) {
       req.end(body);
     });
   const samples = [];
+  let failed = 0;
   await Promise.all(Array.from({ length: conns }, async () => {
-    for (let i = 0; i < perClient; i++) samples.push(await one());
+    for (let i = 0; i < perClient; i++) {
+      // a dropped connection is counted, not fatal: the run still reports everything else
+      try {
+        samples.push(await one());
+      } catch (e) {
+        if (!failed++) console.error(`warning: ${target.name} c=${conns} first-byte request failed: ${e.message}`);
+      }
+    }
   }));
   agent.destroy();
+  if (failed) console.error(`warning: ${target.name} c=${conns}: ${failed} first-byte requests failed`);
   samples.sort((a, b) => a - b);
   const q = (p) => samples[Math.min(samples.length - 1, Math.floor((p / 100) * samples.length))];
   return { p50_us: q(50), p99_us: q(99), n: samples.length };
