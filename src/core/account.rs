@@ -5,6 +5,7 @@
 //! worst-case cost reserved? Nothing here does I/O: the Durable Object loads this state,
 //! calls it with the time, and stores it.
 
+use crate::core::error::GatewayError;
 use crate::core::gcra::{self, Quota, Tat};
 use crate::core::keys::RateLimit;
 use crate::core::ledger::{Budget, Ledger, MicroUsd, Settled, Usage};
@@ -88,6 +89,17 @@ pub enum Denial {
     Revoked,
     RateLimited,
     InsufficientQuota,
+}
+
+impl Denial {
+    /// The error a caller gets for this denial: one mapping for every route the ledger admits.
+    pub fn error(self, retry_after_ms: u64, affordable: Option<u64>) -> GatewayError {
+        match self {
+            Denial::Revoked => GatewayError::InvalidApiKey,
+            Denial::RateLimited => GatewayError::RateLimited { retry_after_ms },
+            Denial::InsufficientQuota => GatewayError::InsufficientQuota { retry_after_ms, affordable },
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -208,6 +208,16 @@ pub enum Piece<'a> {
     Inserted(&'a [u8]),
 }
 
+impl<'a> Piece<'a> {
+    /// The bytes this piece stands for, in `body`.
+    pub fn bytes(&self, body: &'a [u8]) -> &'a [u8] {
+        match *self {
+            Piece::Original(a, b) => &body[a..b],
+            Piece::Inserted(bytes) => bytes,
+        }
+    }
+}
+
 /// Walks `edits` over a body of `len` bytes: what to copy, in order. The edge uses it to build
 /// the upstream body straight into the runtime's memory; `apply` builds it here.
 pub fn pieces(len: usize, edits: &[Edit]) -> Vec<Piece<'_>> {
@@ -232,10 +242,7 @@ pub fn pieces(len: usize, edits: &[Edit]) -> Vec<Piece<'_>> {
 pub fn apply(body: &[u8], edits: &[Edit]) -> Vec<u8> {
     let mut out = Vec::with_capacity(body.len() + edits.iter().map(|e| e.insert.len()).sum::<usize>());
     for p in pieces(body.len(), edits) {
-        match p {
-            Piece::Original(a, b) => out.extend_from_slice(&body[a..b]),
-            Piece::Inserted(bytes) => out.extend_from_slice(bytes),
-        }
+        out.extend_from_slice(p.bytes(body));
     }
     out
 }

@@ -7,7 +7,7 @@
 //! towards its memory limit (and kill every stream and settle it runs), later ones wait for
 //! room, and answer 503 `gateway_busy` if none comes, rather than risk the others.
 
-use crate::core::body::{self, Edit, Piece};
+use crate::core::body::{self, Edit};
 use crate::core::error::GatewayError;
 use crate::edge::platform;
 use futures_util::{Stream, StreamExt};
@@ -109,18 +109,11 @@ pub fn upstream_body(raw: &[u8], edits: &[Edit]) -> Option<Uint8Array> {
         return None;
     }
     let pieces = body::pieces(raw.len(), edits);
-    let len_of = |p: &Piece<'_>| match *p {
-        Piece::Original(a, b) => b - a,
-        Piece::Inserted(bytes) => bytes.len(),
-    };
-    let total: usize = pieces.iter().map(len_of).sum();
+    let total: usize = pieces.iter().map(|p| p.bytes(raw).len()).sum();
     let out = Uint8Array::new_with_length(u32::try_from(total).ok()?);
     let mut at = 0u32;
     for p in &pieces {
-        let bytes: &[u8] = match *p {
-            Piece::Original(a, b) => &raw[a..b],
-            Piece::Inserted(bytes) => bytes,
-        };
+        let bytes = p.bytes(raw);
         let len = u32::try_from(bytes.len()).ok()?;
         out.subarray(at, at + len).copy_from(bytes);
         at += len;
@@ -138,12 +131,10 @@ pub enum Capped {
 pub async fn read_capped(mut source: Source, cap: usize, room: usize) -> Result<Capped, worker::Error> {
     let mut buf = Vec::with_capacity(room.min(cap));
     while let Some(chunk) = source.next().await {
-        let chunk = chunk?;
-        if buf.len() + chunk.len() > cap {
-            buf.extend_from_slice(&chunk);
+        buf.extend_from_slice(&chunk?);
+        if buf.len() > cap {
             return Ok(Capped::Over(buf, source));
         }
-        buf.extend_from_slice(&chunk);
     }
     Ok(Capped::Whole(buf))
 }

@@ -7,7 +7,7 @@
 //! after the response is on its way, or released, exactly once. Sending and retrying live in
 //! `upstream`, metering in `meter`, body memory in `body_io`.
 
-use crate::core::account::{Admission, AdmitRequest, Cost, Denial};
+use crate::core::account::{Admission, AdmitRequest, Cost};
 use crate::core::body::{self, CallShape, MIN_USEFUL_OUTPUT_TOKENS};
 use crate::core::cors;
 use crate::core::error::GatewayError;
@@ -98,11 +98,7 @@ pub async fn handle(
             if stale {
                 kv::forget_key(&caller.record.digest);
             }
-            return Err(match denial {
-                Denial::Revoked => GatewayError::InvalidApiKey,
-                Denial::RateLimited => GatewayError::RateLimited { retry_after_ms },
-                Denial::InsufficientQuota => GatewayError::InsufficientQuota { retry_after_ms, affordable },
-            });
+            return Err(denial.error(retry_after_ms, affordable));
         }
     };
     if let Some(wait_ms) = cooling.filter(|w| *w > 0) {

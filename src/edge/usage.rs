@@ -1,6 +1,6 @@
 //! `GET /v1/usage`: the caller's plan, period, credits and throttle, from its account's ledger.
 
-use crate::core::account::{Admission, AdmitRequest, Cost, Denial, RateView};
+use crate::core::account::{Admission, AdmitRequest, Cost, RateView};
 use crate::core::error::GatewayError;
 use crate::edge::account_do::{self, UsageReport};
 use crate::edge::auth::Caller;
@@ -24,8 +24,7 @@ pub async fn throttle(env: &Env, caller: &Caller, ttl_ms: u64) -> Result<RateVie
             }
             Ok(rate)
         }
-        Admission::Denied { denial: Denial::Revoked, .. } => Err(GatewayError::InvalidApiKey),
-        Admission::Denied { retry_after_ms, .. } => Err(GatewayError::RateLimited { retry_after_ms }),
+        Admission::Denied { denial, retry_after_ms, affordable, .. } => Err(denial.error(retry_after_ms, affordable)),
     }
 }
 
