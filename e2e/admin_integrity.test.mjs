@@ -118,26 +118,23 @@ test("20 concurrent key creations with distinct origins: a preflight from each i
   }
   // the registry itself holds all of them, not only this isolate's copy
   const ns = await gw.mf.getDurableObjectNamespace("REGISTRY");
-  const held = await (await ns.get(ns.idFromName("registry")).fetch("https://registry.internal/origins")).json();
-  for (const origin of origins) assert.ok(held.origins.includes(origin), `${origin} is in the registry`);
+  const ask = await ns.get(ns.idFromName("registry")).fetch("https://object.internal/", { method: "POST", body: JSON.stringify("origins") });
+  const held = (await ask.json()).origins;
+  for (const origin of origins) assert.ok(held.includes(origin), `${origin} is in the registry`);
 });
 
-// Miniflare 4 has no API to write a Durable Object's storage from outside, so the test keeps
-// state in a folder (`persist`) and edits the object's SQLite file while no gateway runs: the
-// value under "state" in its `_cf_KV` table, a V8-serialised string (node:v8 reads and writes
-// that format; python3's sqlite3 does the SQL).
-function editStoredState(persist, objectId, edit) {
+// Miniflare 4 has no API to write a Durable Object's storage from outside, so these tests keep
+// state in a folder (`persist`) and edit the object's SQLite file while no gateway runs
+// (python3's sqlite3 does the SQL; node:v8 writes the V8-serialised values of `_cf_KV`, where
+// the key-value API keeps what it stores).
+function objectSql(persist, objectId) {
   const file = join(persist, "do", "hf-gate-Account", `${objectId}.sqlite`);
-  const sql = (script, ...args) => execFileSync("python3", ["-c", `import sqlite3,sys\nc=sqlite3.connect(sys.argv[1])\n${script}\nc.commit()`, file, ...args]).toString();
-  const hex = sql("r=c.execute(\"select value from _cf_KV where key='state'\").fetchone()\nprint(r[0].hex() if r else '')").trim();
-  assert.ok(hex, "the account has stored state");
-  const next = edit(v8.deserialize(Buffer.from(hex, "hex")));
-  sql("c.execute(\"update _cf_KV set value=? where key='state'\", (bytes.fromhex(sys.argv[2]),))", v8.serialize(next).toString("hex"));
+  return (script, ...args) =>
+    execFileSync("python3", ["-c", `import sqlite3,sys,json\nc=sqlite3.connect(sys.argv[1])\n${script}\nc.commit()`, file, ...args]).toString();
 }
 
-test("stored ledger state that does not decode is a loud 503, never a fresh full balance", async () => {
-  const persist = mkdtempSync(join(tmpdir(), "hfg-ledger-"));
-  let g = await startGateway({ UPSTREAM_URL: "sandbox" }, { persist });
+async function spentKey(persist) {
+  const g = await startGateway({ UPSTREAM_URL: "sandbox" }, { persist });
   const k = await newKey(g, { plan: "free" });
   assert.equal((await chat(g, k.key, body)).status, 200);
   const used = (await usage(g, k.key)).credits.used_micro_usd;
@@ -145,29 +142,25 @@ test("stored ledger state that does not decode is a loud 503, never a fresh full
   const ns = await g.mf.getDurableObjectNamespace("ACCOUNTS");
   const objectId = ns.idFromName(`key:${k.id}`).toString();
   await g.stop();
-  const restart = async () => {
-    g = await startGateway({ UPSTREAM_URL: "sandbox" }, { persist });
-    return g;
-  };
-  try {
-    // the state stored before the envelope existed (schema 0) still loads, spend and all
-    let envelope;
-    editStoredState(persist, objectId, (text) => {
-      envelope = JSON.parse(text);
-      assert.equal(envelope.schema, 1);
-      return JSON.stringify(envelope.state);
-    });
-    await restart();
-    assert.equal((await usage(g, k.key)).credits.used_micro_usd, used, "schema 0 read as it was");
-    await g.stop();
+  return { k, used, sql: objectSql(persist, objectId) };
+}
 
-    for (const [what, garbage] of [
-      ["not JSON", '{"schema":1,"state":{"ledger":'],
-      ["a state of the wrong shape", JSON.stringify({ schema: 1, state: { ledger: "full", keys: 7 } })],
-      ["a schema from the future", JSON.stringify({ ...envelope, schema: 99 })],
+test("the ledger is stored as rows and survives a restart; a row that does not decode is a loud 503", async () => {
+  const persist = mkdtempSync(join(tmpdir(), "hfg-ledger-"));
+  const { k, used, sql } = await spentKey(persist);
+  // one row for the account and one per key; the settled hold is gone
+  const counts = JSON.parse(sql("print(json.dumps([c.execute(f'select count(*) from {t}').fetchone()[0] for t in ('account','keys','holds')]))"));
+  assert.deepEqual(counts, [1, 1, 0]);
+  let g = await startGateway({ UPSTREAM_URL: "sandbox" }, { persist });
+  try {
+    assert.equal((await usage(g, k.key)).credits.used_micro_usd, used, "the spend is read back from the rows");
+    await g.stop();
+    for (const [what, edit] of [
+      ["an account row that is not JSON", "c.execute(\"update account set body='{\\\"ledger\\\":'\")"],
+      ["a key row of the wrong shape", "c.execute(\"update keys set state='[1,2]'\")"],
     ]) {
-      editStoredState(persist, objectId, () => garbage);
-      await restart();
+      sql(edit);
+      g = await startGateway({ UPSTREAM_URL: "sandbox" }, { persist });
       const logsBefore = workerLogs.length;
       const res = await chat(g, k.key, body);
       assert.equal(res.status, 503, what);
@@ -181,4 +174,25 @@ test("stored ledger state that does not decode is a loud 503, never a fresh full
   } finally {
     await g.stop().catch(() => {});
   }
+});
+
+test("a ledger stored by an earlier build as one document is carried over into rows, spend and all", async () => {
+  const persist = mkdtempSync(join(tmpdir(), "hfg-ledger-"));
+  const { k, used, sql } = await spentKey(persist);
+  // rebuild the earlier form from the rows: {"schema":1,"state":{ledger, tat, policy, keys, owners}}
+  const head = JSON.parse(sql("print(c.execute('select body from account').fetchone()[0])"));
+  const keys = JSON.parse(sql("print(json.dumps(dict((r[0], json.loads(r[1])) for r in c.execute('select key_id, state from keys'))))"));
+  const state = { ledger: { ...head.ledger, reservations: {}, expired: {} }, tat: head.tat, policy: head.policy, keys, owners: {} };
+  const doc = v8.serialize(JSON.stringify({ schema: 1, state })).toString("hex");
+  sql("c.execute('delete from account'); c.execute('delete from keys'); c.execute('delete from holds')\n"
+    + "c.execute('create table if not exists _cf_KV (key TEXT PRIMARY KEY, value BLOB) WITHOUT ROWID')\n"
+    + "c.execute(\"insert or replace into _cf_KV (key, value) values ('state', ?)\", (bytes.fromhex(sys.argv[2]),))", doc);
+  const g = await startGateway({ UPSTREAM_URL: "sandbox" }, { persist });
+  try {
+    assert.equal((await usage(g, k.key)).credits.used_micro_usd, used, "the earlier document read as it was");
+  } finally {
+    await g.stop();
+  }
+  const left = JSON.parse(sql("print(json.dumps([c.execute('select count(*) from account').fetchone()[0], c.execute(\"select count(*) from _cf_KV where key='state'\").fetchone()[0]]))"));
+  assert.deepEqual(left, [1, 0], "now stored as rows, and the document is gone");
 });

@@ -228,14 +228,15 @@ test("a reservation nobody settles (its isolate died) is released by the ledger'
     const ns = await g.mf.getDurableObjectNamespace("ACCOUNTS");
     const stub = ns.get(ns.idFromName(`key:${k.id}`));
     const admit = {
-      op: "admit",
-      key: { key_id: k.id, version: 1, revoked: false, rate: null, ceiling: null },
-      account: { version: 1, budget: { credit: 1000, on_exhausted: "block", cap: null }, rate: { rpm: 600, burst: 50 }, provider_billed: false },
-      cost: { kind: "fixed", amount: 800 },
-      ttl_ms: 1000,
+      admit: {
+        key: { key_id: k.id, version: 1, revoked: false, rate: null, ceiling: null },
+        account: { version: 1, budget: { credit: 1000, on_exhausted: "block", cap: null }, rate: { rpm: 600, burst: 50 }, provider_billed: false },
+        cost: { fixed: { amount: 800 } },
+        ttl_ms: 1000,
+      },
     };
-    const held = await (await stub.fetch("https://account.internal/op", { method: "POST", body: JSON.stringify(admit) })).json();
-    assert.equal(held.outcome, "admitted");
+    const held = await (await stub.fetch("https://object.internal/", { method: "POST", body: JSON.stringify(admit) })).json();
+    assert.ok(held.admission.admitted, JSON.stringify(held));
     assert.equal((await usage(g, k.key)).credits.reserved_micro_usd, 800);
     const cut = await chat(g, k.key, { model: "m/x", max_tokens: 300, messages: [] });
     assert.equal(cut.status, 200);

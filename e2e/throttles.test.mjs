@@ -111,8 +111,8 @@ test("upstream 429 with Retry-After: 30: the caller gets it, and the route cools
   assert.equal(elsewhere.status, 200, "another model still works");
   // the cooldown lives in a Durable Object, not only in this isolate's memory
   const stub = (await gw.mf.getDurableObjectNamespace("COOLDOWNS")).get((await gw.mf.getDurableObjectNamespace("COOLDOWNS")).idFromName("hf:|auto/m/hot"));
-  const held = await (await stub.fetch("https://cooldown.internal/")).json();
-  assert.ok(held.until > Date.now() + 25_000);
+  const until = await (await stub.fetch("https://object.internal/", { method: "POST", body: JSON.stringify("read") })).json();
+  assert.ok(until > Date.now() + 25_000);
   const u = await eventually(async () => {
     const u = await usage(gw, k.key);
     return u.credits.reserved_micro_usd === 0 && u;

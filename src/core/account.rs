@@ -8,7 +8,7 @@
 use crate::core::error::GatewayError;
 use crate::core::gcra::{self, Quota, Tat};
 use crate::core::keys::RateLimit;
-use crate::core::ledger::{Budget, Ledger, MicroUsd, Settled, Usage};
+use crate::core::ledger::{Budget, Hold, Ledger, LedgerHead, MicroUsd, Settled, Usage};
 use crate::core::pricing::{Price, TokenUsage};
 use crate::core::time::{BillingPeriod, UnixMillis};
 use serde::{Deserialize, Serialize};
@@ -42,7 +42,7 @@ pub struct AccountPolicy {
 
 /// What a call may cost at worst, as the edge bounds it before sending.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum Cost {
     /// A fixed worst case (time-billed calls); zero for calls that cost nothing.
     Fixed { amount: MicroUsd },
@@ -103,7 +103,7 @@ impl Denial {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "outcome", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum Admission {
     Admitted {
         reservation: Option<u64>,
@@ -339,15 +339,43 @@ impl AccountState {
         k.overrun = k.overrun.saturating_add(overrun);
     }
 
-    /// Gives back reservations past their expiry; returns how many.
-    pub fn expire(&mut self, now: UnixMillis) -> usize {
-        let n = self.ledger.expire(now);
-        if n > 0 {
-            // expired holds keep their owner: a late settle is still the key's to pay
-            let live: std::collections::BTreeSet<u64> = self.ledger.settleable_ids().collect();
-            self.owners.retain(|id, _| live.contains(id));
+    /// Gives back reservations past their expiry; returns the ids of the holds that changed.
+    pub fn expire(&mut self, now: UnixMillis) -> Vec<u64> {
+        let changed = self.ledger.expire(now);
+        // expired holds keep their owner: a late settle is still the key's to pay
+        for id in &changed {
+            if self.ledger.hold(*id).is_none() {
+                self.owners.remove(id);
+            }
         }
-        n
+        changed
+    }
+
+    /// The key a reservation was made for.
+    pub fn owner(&self, reservation: u64) -> Option<&str> {
+        self.owners.get(&reservation).map(String::as_str)
+    }
+
+    /// An account from its stored rows: the account's own, one per key, one per hold (with
+    /// the key it was made for).
+    pub fn from_rows(
+        head: LedgerHead,
+        tat: Tat,
+        policy: Option<AccountPolicy>,
+        keys: impl IntoIterator<Item = (String, KeyState)>,
+        holds: impl IntoIterator<Item = (u64, Option<String>, Hold)>,
+    ) -> Self {
+        let mut owners = BTreeMap::new();
+        let holds: Vec<(u64, Hold)> = holds
+            .into_iter()
+            .map(|(id, owner, hold)| {
+                if let Some(k) = owner {
+                    owners.insert(id, k);
+                }
+                (id, hold)
+            })
+            .collect();
+        AccountState { ledger: Ledger::from_rows(head, holds), tat, policy, keys: keys.into_iter().collect(), owners }
     }
 
     pub fn usage(&self, now: UnixMillis) -> Option<Usage> {

@@ -23,7 +23,7 @@ pub const EDIT_RETRY: RetryPolicy =
 
 /// The outcome of a compare-and-set edit of a key's policy.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "outcome", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum KeyEdit {
     /// Stored: the policy as it now stands (its version is the edit's base + 1).
     Accepted { policy: KeyPolicy },
@@ -35,7 +35,7 @@ pub enum KeyEdit {
 
 /// The outcome of a compare-and-set edit of an account's (an org's) policy.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "outcome", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum AccountEdit {
     Accepted { policy: AccountPolicy },
     Conflict { current: u64 },

@@ -110,6 +110,26 @@ pub struct Ledger {
     daily: BTreeMap<u32, u64>,
 }
 
+/// A hold as stored: open until it expires, or expired but remembered for a late settle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Hold {
+    Open { amount: MicroUsd, expires_at: UnixMillis },
+    Expired { amount: MicroUsd },
+}
+
+/// Everything of a ledger but its holds: the part stored as the account's own row.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerHead {
+    pub period_start: UnixMillis,
+    pub used: MicroUsd,
+    pub provider_billed: MicroUsd,
+    pub requests: u64,
+    pub overrun: MicroUsd,
+    pub next_id: u64,
+    pub daily: BTreeMap<u32, u64>,
+}
+
 /// A view of the ledger for `/v1/usage` and the admin API.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Usage {
@@ -147,13 +167,65 @@ impl Ledger {
         }
     }
 
-    pub fn reserved(&self) -> MicroUsd {
-        self.reservations.values().fold(MicroUsd::ZERO, |acc, r| acc.saturating_add(r.amount))
+    /// The ledger stored as rows: its head, and one hold per id.
+    pub fn head(&self) -> LedgerHead {
+        LedgerHead {
+            period_start: self.period_start,
+            used: self.used,
+            provider_billed: self.provider_billed,
+            requests: self.requests,
+            overrun: self.overrun,
+            next_id: self.next_id,
+            daily: self.daily.clone(),
+        }
     }
 
-    /// Ids of the reservations a settle can still charge: held, or expired but remembered.
-    pub fn settleable_ids(&self) -> impl Iterator<Item = u64> + '_ {
+    /// The id the next reservation will have.
+    pub fn next_reservation_id(&self) -> u64 {
+        self.next_id.wrapping_add(1)
+    }
+
+    /// The hold with this id, open or expired, if the ledger has one.
+    pub fn hold(&self, id: u64) -> Option<Hold> {
+        match (self.reservations.get(&id), self.expired.get(&id)) {
+            (Some(r), _) => Some(Hold::Open { amount: r.amount, expires_at: r.expires_at }),
+            (None, Some(amount)) => Some(Hold::Expired { amount: *amount }),
+            (None, None) => None,
+        }
+    }
+
+    /// A ledger from its stored rows.
+    pub fn from_rows(head: LedgerHead, holds: impl IntoIterator<Item = (u64, Hold)>) -> Self {
+        let mut l = Ledger {
+            period_start: head.period_start,
+            used: head.used,
+            provider_billed: head.provider_billed,
+            requests: head.requests,
+            overrun: head.overrun,
+            next_id: head.next_id,
+            daily: head.daily,
+            ..Ledger::default()
+        };
+        for (id, hold) in holds {
+            match hold {
+                Hold::Open { amount, expires_at } => {
+                    l.reservations.insert(id, Reservation { amount, expires_at });
+                }
+                Hold::Expired { amount } => {
+                    l.expired.insert(id, amount);
+                }
+            }
+        }
+        l
+    }
+
+    /// Ids of every hold: open, or expired but remembered.
+    pub fn hold_ids(&self) -> impl Iterator<Item = u64> + '_ {
         self.reservations.keys().chain(self.expired.keys()).copied()
+    }
+
+    pub fn reserved(&self) -> MicroUsd {
+        self.reservations.values().fold(MicroUsd::ZERO, |acc, r| acc.saturating_add(r.amount))
     }
 
     /// What reservation `id` holds, if it is still held.
@@ -222,18 +294,22 @@ impl Ledger {
     }
 
     /// Releases reservations whose holder never came back (an isolate died mid-call); they
-    /// are remembered a while, so a settle that still comes is charged.
-    pub fn expire(&mut self, now: UnixMillis) -> usize {
-        let due: Vec<u64> = self.reservations.iter().filter(|(_, r)| r.expires_at <= now).map(|(id, _)| *id).collect();
+    /// are remembered a while, so a settle that still comes is charged. Returns the ids of the
+    /// holds that changed: those that expired now, and the oldest expired ones forgotten.
+    pub fn expire(&mut self, now: UnixMillis) -> Vec<u64> {
+        let mut due: Vec<u64> =
+            self.reservations.iter().filter(|(_, r)| r.expires_at <= now).map(|(id, _)| *id).collect();
         for id in &due {
             if let Some(r) = self.reservations.remove(id) {
                 self.expired.insert(*id, r.amount);
             }
         }
         while self.expired.len() > MAX_EXPIRED {
-            self.expired.pop_first();
+            if let Some((id, _)) = self.expired.pop_first() {
+                due.push(id);
+            }
         }
-        due.len()
+        due
     }
 
     /// When the next reservation expires, for the Durable Object's alarm.
@@ -319,7 +395,7 @@ mod tests {
         assert!(l.settle(NOV_22, id, MicroUsd(400)).unknown);
         assert_eq!(l.used, MicroUsd(400));
         let late = l.reserve(NOV_22, MicroUsd(500), &free(), 1_000).unwrap();
-        assert_eq!(l.expire(NOV_22.saturating_add_ms(1_000)), 1);
+        assert_eq!(l.expire(NOV_22.saturating_add_ms(1_000)).len(), 1);
         assert_eq!(l.reserved(), MicroUsd::ZERO);
         let s = l.settle(NOV_22.saturating_add_ms(5_000), late, MicroUsd(300));
         assert_eq!((s.charged, s.overrun, s.late), (MicroUsd(300), MicroUsd(300), true));
@@ -348,8 +424,8 @@ mod tests {
         l.reserve(NOV_22, MicroUsd(100_000), &free(), 1_000).unwrap();
         assert!(l.reserve(NOV_22, MicroUsd(1), &free(), 1_000).is_err());
         assert_eq!(l.next_expiry(), Some(NOV_22.saturating_add_ms(1_000)));
-        assert_eq!(l.expire(NOV_22.saturating_add_ms(999)), 0);
-        assert_eq!(l.expire(NOV_22.saturating_add_ms(1_000)), 1);
+        assert!(l.expire(NOV_22.saturating_add_ms(999)).is_empty());
+        assert_eq!(l.expire(NOV_22.saturating_add_ms(1_000)).len(), 1);
         assert!(l.reserve(NOV_22, MicroUsd(1), &free(), 1_000).is_ok());
     }
 

@@ -1,99 +1,29 @@
 //! The account Durable Object (ledger + throttles of one billing account) and the edge's
-//! client for it. All decisions are `core::account::AccountState`'s; this file loads and
-//! stores that state, runs the expiry alarm, and speaks a small JSON protocol.
+//! client for it. All decisions are `core::account::AccountState`'s and every write is one
+//! `core::store` names: the state is loaded from SQLite rows once per object lifetime, kept in
+//! memory, and an operation writes back only the rows it changed, with the synchronous SQL
+//! API (nothing awaits on the way, so the object serves operations back to back while the
+//! runtime commits their writes; each reply still waits for its own commit).
 
-use crate::core::account::{AccountPolicy, AccountState, Admission, AdmitRequest, KeyPolicy, RateView};
-use crate::core::edits;
+use crate::core::account::{AccountPolicy, AccountState, Admission, AdmitRequest, KeyPolicy};
+use crate::core::edits::{self, AccountEdit, KeyEdit};
 use crate::core::error::GatewayError;
-use crate::core::ledger::MicroUsd;
-use crate::core::time::{format_day, BillingPeriod};
-use crate::edge::platform;
-use serde::{Deserialize, Serialize};
+use crate::core::ledger::{Hold, MicroUsd};
+use crate::core::protocol::{self, AccountOp, AccountReply, UsageReport};
+use crate::core::store::{self, RowWrite, ROW_SCHEMA};
+use crate::core::time::UnixMillis;
+use crate::edge::{objects, platform};
 use std::cell::{Cell, RefCell};
 use wasm_bindgen::JsValue;
-use worker::{
-    durable_object, DurableObject, Env, Headers, Method, Request, RequestInit, Response, Result, ScheduledTime, State,
-};
+use worker::{durable_object, DurableObject, Env, Response, Result, ScheduledTime, SqlStorage, SqlStorageValue, State};
 
-pub const BINDING: &str = "ACCOUNTS";
-const STATE_KEY: &str = "state";
+/// Where the whole state lived as one document before it was stored as rows: read once, to
+/// carry it over, then deleted.
+const LEGACY_STATE_KEY: &str = "state";
 
-/// The operations the edge asks of an account.
-#[derive(Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
-pub enum Op {
-    Admit(AdmitRequest),
-    Settle {
-        reservation: u64,
-        actual: MicroUsd,
-    },
-    Release {
-        reservation: u64,
-    },
-    RecordProviderBilled {
-        key_id: String,
-        actual: MicroUsd,
-    },
-    Policy {
-        key: Option<KeyPolicy>,
-        account: Option<AccountPolicy>,
-    },
-    /// Reads usage, first bringing the ledger's policies up to the edge's copy if newer.
-    Usage {
-        key_id: Option<String>,
-        key: Option<KeyPolicy>,
-        account: Option<AccountPolicy>,
-    },
-    /// An admin edit of a key, compare-and-set on `base` (`edits::edit_key`).
-    EditKey {
-        base: u64,
-        key: KeyPolicy,
-        account: Option<AccountPolicy>,
-    },
-    /// Revokes a key, finally (`edits::revoke_key`).
-    RevokeKey {
-        key: KeyPolicy,
-    },
-    /// An admin edit of an org's pool, compare-and-set on `base` (`edits::edit_account`).
-    EditAccount {
-        base: u64,
-        account: AccountPolicy,
-    },
-    /// The key policy the ledger holds, if any.
-    HeldKey {
-        key_id: String,
-    },
-}
-
-/// An account's usage as `/v1/usage` and the admin API show it.
-#[derive(Serialize, Deserialize, Debug, Clone)]
-pub struct UsageReport {
-    pub period_start: String,
-    pub period_end: String,
-    pub limit_micro_usd: u64,
-    pub used_micro_usd: u64,
-    pub reserved_micro_usd: u64,
-    pub remaining_micro_usd: u64,
-    pub overage_micro_usd: u64,
-    pub spend_cap_micro_usd: Option<u64>,
-    pub provider_billed_micro_usd: u64,
-    /// Charged beyond what the calls had reserved (upstream overshoot, late settles).
-    #[serde(default)]
-    pub overrun_micro_usd: u64,
-    pub key_used_micro_usd: u64,
-    #[serde(default)]
-    pub key_overrun_micro_usd: u64,
-    pub requests: u64,
-    pub rate: Option<RateView>,
-    /// `[["2026-11-22", micro_usd], ...]`, current and previous period.
-    pub daily: Vec<(String, u64)>,
-    /// The ledger's word on the key (version, revoked), which KV's copy may lag.
-    #[serde(default)]
-    pub key_policy: Option<KeyPolicy>,
-    /// The version of the account policy the ledger holds.
-    #[serde(default)]
-    pub account_version: Option<u64>,
-}
+const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS account (id INTEGER PRIMARY KEY CHECK (id = 0), schema INTEGER NOT NULL, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS keys (key_id TEXT PRIMARY KEY, state TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS holds (id INTEGER PRIMARY KEY, key_id TEXT, amount INTEGER NOT NULL, expires_at INTEGER, expired INTEGER NOT NULL);";
 
 #[durable_object]
 pub struct Account {
@@ -107,137 +37,125 @@ impl DurableObject for Account {
         Account { state, mem: RefCell::new(None), alarm_at: Cell::new(None) }
     }
 
-    async fn fetch(&self, mut req: Request) -> Result<Response> {
-        let op: Op = match req.text().await.map(|t| serde_json::from_str(&t)) {
-            Ok(Ok(op)) => op,
-            _ => return Response::error("bad op", 400),
+    async fn fetch(&self, mut req: worker::Request) -> Result<Response> {
+        let Some(op) = objects::request::<protocol::Account>(&mut req).await? else {
+            return objects::refuse();
         };
         if let Err(e) = self.load().await {
             // never a fresh start: that would hand every key a full balance again
-            let id = self.state.id();
-            let name = id.name().unwrap_or_else(|| id.to_string());
-            worker::console_error!("account {name}: stored state refused: {e}");
+            worker::console_error!("account {}: stored state refused: {e}", self.name());
             return Response::error("ledger_unavailable: the account's stored state does not decode", 503);
         }
         let now = platform::now();
-        let (reply, changed) = {
-            let mut guard = self.mem.borrow_mut();
-            let st = guard.get_or_insert_with(|| AccountState::new(now));
-            apply(st, op, now)
+        let (reply, writes) = match self.mem.borrow_mut().as_mut() {
+            Some(st) => store::run(st, op, now),
+            None => return Response::error("ledger_unavailable: not loaded", 503),
         };
-        if changed {
-            self.save().await?;
+        if let Some((overrun, late)) = store::overran(&reply) {
+            // not an error, but operators want to see overshoots and late settles
+            worker::console_log!("settle overran its reservation by {} micro-USD (late: {late})", overrun.0);
         }
-        let headers = Headers::new();
-        let _ = headers.set("content-type", "application/json");
-        Ok(Response::ok(reply)?.with_headers(headers))
+        self.write(&writes)?;
+        if writes.iter().any(|w| matches!(w, RowWrite::Hold { hold: Hold::Open { .. }, .. })) {
+            self.schedule().await?;
+        }
+        objects::reply::<protocol::Account>(&reply)
     }
 
     async fn alarm(&self) -> Result<Response> {
         self.load().await?;
         self.alarm_at.set(None);
-        let expired = self.mem.borrow_mut().as_mut().map_or(0, |st| st.expire(platform::now()));
-        if expired > 0 {
-            self.save().await?;
-        } else {
-            self.schedule().await?;
-        }
+        let writes = self.mem.borrow_mut().as_mut().map(|st| store::expire(st, platform::now())).unwrap_or_default();
+        self.write(&writes)?;
+        self.schedule().await?;
         Response::ok("")
     }
 }
 
-/// Runs one operation against the state; returns the reply and whether state changed.
-fn apply(st: &mut AccountState, op: Op, now: crate::core::time::UnixMillis) -> (String, bool) {
-    match op {
-        Op::Admit(req) => (to_json(&st.admit(req, now)), true),
-        Op::Settle { reservation, actual } => {
-            let s = st.settle(reservation, actual, now);
-            if s.overrun > MicroUsd::ZERO {
-                // not an error, but operators want to see overshoots and late settles
-                worker::console_log!("settle overran its reservation by {} micro-USD (late: {})", s.overrun.0, s.late);
-            }
-            (to_json(&s), !s.unknown)
-        }
-        Op::Release { reservation } => (format!("{{\"released\":{}}}", st.release(reservation)), true),
-        Op::RecordProviderBilled { key_id, actual } => {
-            st.record_provider_billed(&key_id, actual, now);
-            ("{}".to_string(), true)
-        }
-        Op::Policy { key, account } => ("{}".to_string(), merge(st, key, account)),
-        Op::Usage { key_id, key, account } => {
-            let changed = merge(st, key, account);
-            (to_json(&report(st, key_id.as_deref(), now)), changed)
-        }
-        Op::EditKey { base, key, account } => {
-            let (outcome, changed) = edits::edit_key(st, base, key, account);
-            (to_json(&outcome), changed)
-        }
-        Op::RevokeKey { key } => {
-            let (policy, changed) = edits::revoke_key(st, key);
-            (to_json(&policy), changed)
-        }
-        Op::EditAccount { base, account } => {
-            let (outcome, changed) = edits::edit_account(st, base, account);
-            (to_json(&outcome), changed)
-        }
-        Op::HeldKey { key_id } => (to_json(&st.keys.get(&key_id).and_then(|k| k.policy.clone())), false),
+fn int(v: u64) -> SqlStorageValue {
+    // JavaScript numbers carry integers exactly up to 2^53: an amount beyond that (nine
+    // billion dollars) is stored as that
+    SqlStorageValue::Integer(i64::try_from(v.min((1 << 53) - 1)).unwrap_or(0))
+}
+
+fn as_u64(v: &SqlStorageValue) -> Option<u64> {
+    match v {
+        SqlStorageValue::Integer(i) => u64::try_from(*i).ok(),
+        SqlStorageValue::Float(f) if *f >= 0.0 => Some(*f as u64),
+        _ => None,
     }
 }
 
-/// Merges offered policies; says whether anything changed.
-fn merge(st: &mut AccountState, key: Option<KeyPolicy>, account: Option<AccountPolicy>) -> bool {
-    let before = (st.policy, st.keys.len());
-    let mut changed = false;
-    if let Some(k) = key {
-        changed |= edits::offer_key(st, k);
+fn as_text(v: &SqlStorageValue) -> Option<String> {
+    match v {
+        SqlStorageValue::String(s) => Some(s.clone()),
+        _ => None,
     }
-    if let Some(a) = account {
-        st.merge_account_policy(a);
-    }
-    changed || before != (st.policy, st.keys.len())
-}
-
-/// A reply as JSON text, written straight from the typed value (no JSON tree in between).
-fn to_json<T: Serialize>(v: &T) -> String {
-    serde_json::to_string(v).unwrap_or_else(|_| "null".to_string())
-}
-
-fn report(st: &AccountState, key_id: Option<&str>, now: crate::core::time::UnixMillis) -> Option<UsageReport> {
-    let u = st.usage(now)?;
-    let period = BillingPeriod::containing(now);
-    Some(UsageReport {
-        period_start: period.start.to_string(),
-        period_end: period.end.to_string(),
-        limit_micro_usd: u.limit.0,
-        used_micro_usd: u.used.0,
-        reserved_micro_usd: u.reserved.0,
-        remaining_micro_usd: u.remaining.0,
-        overage_micro_usd: u.overage.0,
-        spend_cap_micro_usd: u.cap.map(|c| c.0),
-        provider_billed_micro_usd: u.provider_billed.0,
-        overrun_micro_usd: u.overrun.0,
-        key_used_micro_usd: key_id.map_or(0, |k| st.key_used(k, now).0),
-        key_overrun_micro_usd: key_id.map_or(0, |k| st.key_overrun(k, now).0),
-        requests: st.ledger.requests,
-        rate: key_id.and_then(|k| st.rate_view(k, now)),
-        daily: st.ledger.daily().map(|(d, v)| (format_day(d), v.0)).collect(),
-        key_policy: key_id.and_then(|k| st.keys.get(k)).and_then(|k| k.policy.clone()),
-        account_version: st.policy.map(|p| p.version),
-    })
 }
 
 impl Account {
+    fn name(&self) -> String {
+        let id = self.state.id();
+        id.name().unwrap_or_else(|| id.to_string())
+    }
+
+    fn sql(&self) -> SqlStorage {
+        self.state.storage().sql()
+    }
+
+    /// Loads the rows once per object lifetime; a state of the old single-document form is
+    /// carried over into rows first. Only "nothing stored" starts fresh.
     async fn load(&self) -> Result<()> {
         if self.mem.borrow().is_some() {
             return Ok(());
         }
-        // only "nothing stored" starts fresh; state that does not decode is an error
-        let stored: Option<String> = self.state.storage().get(STATE_KEY).await?;
-        let loaded = match stored {
-            Some(text) => edits::decode(&text)
-                .map(|(_schema, st)| st)
-                .map_err(|e| worker::Error::RustError(format!("schema {:?}: {}", e.schema, e.reason)))?,
-            None => AccountState::new(platform::now()),
+        let sql = self.sql();
+        sql.exec(SCHEMA, None)?;
+        let account = sql.exec("SELECT body FROM account WHERE id = 0", None)?.raw().next().transpose()?;
+        let loaded = match account.and_then(|row| row.first().and_then(as_text)) {
+            Some(body) => {
+                let keys = sql
+                    .exec("SELECT key_id, state FROM keys", None)?
+                    .raw()
+                    .map(|row| {
+                        let row = row?;
+                        Ok((
+                            row.first().and_then(as_text).unwrap_or_default(),
+                            row.get(1).and_then(as_text).unwrap_or_default(),
+                        ))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let holds = sql
+                    .exec("SELECT id, key_id, amount, expires_at, expired FROM holds", None)?
+                    .raw()
+                    .map(|row| {
+                        let row = row?;
+                        let num = |i: usize| row.get(i).and_then(as_u64).unwrap_or(0);
+                        let amount = MicroUsd(num(2));
+                        let hold = if num(4) == 0 {
+                            Hold::Open { amount, expires_at: UnixMillis(num(3)) }
+                        } else {
+                            Hold::Expired { amount }
+                        };
+                        Ok((num(0), row.get(1).and_then(as_text), hold))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                store::load(&body, keys, holds)
+                    .map_err(|e| worker::Error::RustError(format!("row {}: {}", e.row, e.reason)))?
+            }
+            None => {
+                let legacy: Option<String> = self.state.storage().get(LEGACY_STATE_KEY).await?;
+                match legacy {
+                    Some(text) => {
+                        let (_, st) = edits::decode(&text)
+                            .map_err(|e| worker::Error::RustError(format!("schema {:?}: {}", e.schema, e.reason)))?;
+                        self.write(&store::all_rows(&st))?;
+                        self.state.storage().delete(LEGACY_STATE_KEY).await?;
+                        st
+                    }
+                    None => AccountState::new(platform::now()),
+                }
+            }
         };
         let mut mem = self.mem.borrow_mut();
         if mem.is_none() {
@@ -246,12 +164,40 @@ impl Account {
         Ok(())
     }
 
-    async fn save(&self) -> Result<()> {
-        let snapshot = self.mem.borrow().as_ref().and_then(|st| edits::encode(st).ok());
-        if let Some(s) = snapshot {
-            self.state.storage().put(STATE_KEY, s).await?;
+    /// Writes the rows an operation changed. The runtime commits them together, before the
+    /// reply leaves. If a write fails, the state in memory is dropped, so the next operation
+    /// starts again from what is stored.
+    fn write(&self, writes: &[RowWrite]) -> Result<()> {
+        let sql = self.sql();
+        let result = writes.iter().try_for_each(|w| {
+            match w {
+                RowWrite::Account(body) => sql.exec(
+                    "INSERT OR REPLACE INTO account (id, schema, body) VALUES (0, ?, ?)",
+                    vec![int(u64::from(ROW_SCHEMA)), body.as_str().into()],
+                ),
+                RowWrite::Key { key_id, state } => sql.exec(
+                    "INSERT OR REPLACE INTO keys (key_id, state) VALUES (?, ?)",
+                    vec![key_id.as_str().into(), state.as_str().into()],
+                ),
+                RowWrite::Hold { id, key_id, hold } => {
+                    let (amount, expires_at, expired) = match hold {
+                        Hold::Open { amount, expires_at } => (amount.0, int(expires_at.0), 0),
+                        Hold::Expired { amount } => (amount.0, SqlStorageValue::Null, 1),
+                    };
+                    sql.exec(
+                        "INSERT OR REPLACE INTO holds (id, key_id, amount, expires_at, expired) VALUES (?, ?, ?, ?, ?)",
+                        vec![int(*id), key_id.clone().into(), int(amount), expires_at, int(expired)],
+                    )
+                }
+                RowWrite::DropHold(id) => sql.exec("DELETE FROM holds WHERE id = ?", vec![int(*id)]),
+            }
+            .map(|_| ())
+        });
+        if result.is_err() {
+            self.mem.borrow_mut().take();
+            worker::console_error!("account {}: a row write failed; reloading from storage", self.name());
         }
-        self.schedule().await
+        result
     }
 
     /// Keeps an alarm at the earliest reservation expiry, so abandoned holds are released.
@@ -278,49 +224,41 @@ pub fn org_account(org_id: &str) -> String {
     format!("org:{org_id}")
 }
 
-/// Sends one operation to an account. Any failure is `LedgerUnavailable`: metered traffic
-/// fails closed rather than going upstream uncounted.
-pub async fn call<T: for<'de> Deserialize<'de>>(
-    env: &Env,
-    account: &str,
-    op: &Op,
-) -> std::result::Result<T, GatewayError> {
-    let down = |_| GatewayError::LedgerUnavailable;
-    let ns = env.durable_object(BINDING).map_err(down)?;
-    let stub = ns.id_from_name(account).map_err(down)?.get_stub().map_err(down)?;
-    let body = serde_json::to_string(op).map_err(|_| GatewayError::LedgerUnavailable)?;
-    let headers = Headers::new();
-    let _ = headers.set("content-type", "application/json");
-    let mut init = RequestInit::new();
-    init.with_method(Method::Post).with_headers(headers).with_body(Some(JsValue::from_str(&body)));
-    let req = Request::new_with_init("https://account.internal/op", &init).map_err(down)?;
-    let mut resp = match stub.fetch_with_request(req).await {
-        Ok(resp) => resp,
-        Err(e) => {
-            // the runtime's words (overloaded, reset, ...): operators need them; no secrets
-            worker::console_error!("ledger {account} unreachable: {e}");
-            return Err(GatewayError::LedgerUnavailable);
-        }
-    };
-    if resp.status_code() != 200 {
-        worker::console_error!("ledger {account} answered {}", resp.status_code());
-        return Err(GatewayError::LedgerUnavailable);
-    }
-    resp.json().await.map_err(down)
+/// Sends one operation to an account. Any failure is `LedgerUnavailable` (logged by
+/// `objects::call`): metered traffic fails closed rather than going upstream uncounted.
+pub async fn call(env: &Env, account: &str, op: &AccountOp) -> std::result::Result<AccountReply, GatewayError> {
+    objects::call::<protocol::Account>(env, account, op).await.map_err(|_| GatewayError::LedgerUnavailable)
+}
+
+/// A reply of another kind than the operation asks for: the worker and the object disagree.
+pub fn unexpected(reply: AccountReply) -> GatewayError {
+    worker::console_error!("account object: unexpected reply {reply:?}");
+    GatewayError::LedgerUnavailable
 }
 
 pub async fn admit(env: &Env, account: &str, req: AdmitRequest) -> std::result::Result<Admission, GatewayError> {
-    call(env, account, &Op::Admit(req)).await
+    match call(env, account, &AccountOp::Admit(req)).await? {
+        AccountReply::Admission(a) => Ok(a),
+        other => Err(unexpected(other)),
+    }
 }
 
+/// Usage, after offering the edge's copies of the policies. With `throttle`, the read takes
+/// one request from the caller's throttle in the same round trip; a refusal is the error.
 pub async fn usage(
     env: &Env,
     account: &str,
     key: Option<KeyPolicy>,
     policy: Option<AccountPolicy>,
+    throttle: bool,
 ) -> std::result::Result<Option<UsageReport>, GatewayError> {
-    let key_id = key.as_ref().map(|k| k.key_id.clone());
-    call(env, account, &Op::Usage { key_id, key, account: policy }).await
+    match call(env, account, &AccountOp::Usage { key, account: policy, throttle }).await? {
+        AccountReply::Usage(report) => Ok(*report),
+        AccountReply::Admission(Admission::Denied { denial, retry_after_ms, affordable, .. }) => {
+            Err(denial.error(retry_after_ms, affordable))
+        }
+        other => Err(unexpected(other)),
+    }
 }
 
 pub async fn push_policy(
@@ -329,5 +267,49 @@ pub async fn push_policy(
     key: Option<KeyPolicy>,
     policy: Option<AccountPolicy>,
 ) -> std::result::Result<(), GatewayError> {
-    call::<serde::de::IgnoredAny>(env, account, &Op::Policy { key, account: policy }).await.map(|_| ())
+    match call(env, account, &AccountOp::Policy { key, account: policy }).await? {
+        AccountReply::Done => Ok(()),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// An admin edit of a key, compare-and-set on `base`.
+pub async fn edit_key(
+    env: &Env,
+    account: &str,
+    base: u64,
+    key: KeyPolicy,
+    policy: Option<AccountPolicy>,
+) -> std::result::Result<KeyEdit, GatewayError> {
+    match call(env, account, &AccountOp::EditKey { base, key, account: policy }).await? {
+        AccountReply::KeyEdit(e) => Ok(e),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// The key policy the ledger holds (after revoking it, with `revoke`).
+pub async fn held_key(
+    env: &Env,
+    account: &str,
+    key: KeyPolicy,
+    revoke: bool,
+) -> std::result::Result<Option<KeyPolicy>, GatewayError> {
+    let op = if revoke { AccountOp::RevokeKey { key } } else { AccountOp::HeldKey { key_id: key.key_id } };
+    match call(env, account, &op).await? {
+        AccountReply::Key(k) => Ok(k),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// An admin edit of an org's pool, compare-and-set on `base`.
+pub async fn edit_account(
+    env: &Env,
+    account: &str,
+    base: u64,
+    policy: AccountPolicy,
+) -> std::result::Result<AccountEdit, GatewayError> {
+    match call(env, account, &AccountOp::EditAccount { base, account: policy }).await? {
+        AccountReply::AccountEdit(e) => Ok(e),
+        other => Err(unexpected(other)),
+    }
 }

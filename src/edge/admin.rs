@@ -18,7 +18,7 @@ use crate::core::gcra::{self, Quota, Tat};
 use crate::core::keys::{self, KeyRecord, OrgRecord, RateLimit, SealedKey, MINT_BYTES};
 use crate::core::paths::PROVIDERS;
 use crate::core::settings::Settings;
-use crate::edge::account_do::{self, Op};
+use crate::edge::account_do;
 use crate::edge::auth::{self, Caller};
 use crate::edge::platform::{self, OsRng};
 use crate::edge::response::{self, Meta};
@@ -302,7 +302,8 @@ pub async fn get_key(env: &Env, s: &Settings, id: &str) -> Result<Answer, Gatewa
     let org = org_of(env, &record).await?;
     let caller = auth::caller_for(record.clone(), org.clone(), s)?;
     let report =
-        account_do::usage(env, &caller.account, Some(caller.key_policy.clone()), Some(caller.account_policy)).await?;
+        account_do::usage(env, &caller.account, Some(caller.key_policy.clone()), Some(caller.account_policy), false)
+            .await?;
     let record = follow_ledger(env, record, report.as_ref().and_then(|r| r.key_policy.as_ref())).await?;
     let mut body = record.public_json();
     let version = record.version;
@@ -378,15 +379,15 @@ pub async fn patch_key(mut req: Request, env: &Env, s: &Settings, id: &str) -> R
         record.version = base.saturating_add(1);
         let org = org_of(env, &record).await?;
         let caller = auth::caller_for(record.clone(), org, s)?;
-        let op = Op::EditKey { base, key: caller.key_policy.clone(), account: Some(caller.account_policy) };
-        match account_do::call::<KeyEdit>(env, &caller.account, &op).await? {
+        let edit =
+            account_do::edit_key(env, &caller.account, base, caller.key_policy.clone(), Some(caller.account_policy));
+        match edit.await? {
             KeyEdit::Accepted { policy } => {
                 record.version = policy.version;
                 registry_do::add_origins(env, &record.allowed_origins).await?;
                 kv::put_key(env, &record).await?;
                 // a DELETE may have landed between the edit and this write: KV must say so
-                let op = Op::HeldKey { key_id: record.id.clone() };
-                let held: Option<KeyPolicy> = account_do::call(env, &caller.account, &op).await?;
+                let held = account_do::held_key(env, &caller.account, caller.key_policy.clone(), false).await?;
                 let record = follow_ledger(env, record, held.as_ref()).await?;
                 return Ok(Answer::record(200, record.public_json(), record.version));
             }
@@ -411,8 +412,8 @@ pub async fn revoke_key(env: &Env, s: &Settings, id: &str) -> Result<Answer, Gat
     let record = kv::key_by_id(env, id).await?.ok_or(GatewayError::NotFound)?;
     let org = org_of(env, &record).await?;
     let caller = auth::caller_for(record.clone(), org, s)?;
-    let held: KeyPolicy = account_do::call(env, &caller.account, &Op::RevokeKey { key: caller.key_policy }).await?;
-    let record = follow_ledger(env, record, Some(&held)).await?;
+    let held = account_do::held_key(env, &caller.account, caller.key_policy, true).await?;
+    let record = follow_ledger(env, record, held.as_ref()).await?;
     Ok(Answer::record(200, record.public_json(), record.version))
 }
 
@@ -472,7 +473,7 @@ pub async fn get_org(env: &Env, s: &Settings, id: &str) -> Result<Answer, Gatewa
     kv::forget_org(id);
     let org = kv::org(env, id).await?.ok_or(GatewayError::NotFound)?;
     let (_, policy) = auth::org_policy(&org, s)?;
-    let report = account_do::usage(env, &account_do::org_account(id), None, Some(policy)).await?;
+    let report = account_do::usage(env, &account_do::org_account(id), None, Some(policy), false).await?;
     let version = org.version.max(report.as_ref().and_then(|r| r.account_version).unwrap_or(0));
     let mut body = org.public_json();
     body["version"] = json!(version);
@@ -514,8 +515,7 @@ pub async fn patch_org(mut req: Request, env: &Env, s: &Settings, id: &str) -> R
         check_org_fields(&org.plan, org.seats, &org.bill_to, s)?;
         org.version = base.saturating_add(1);
         let (_, policy) = auth::org_policy(&org, s)?;
-        let op = Op::EditAccount { base, account: policy };
-        match account_do::call::<AccountEdit>(env, &account_do::org_account(&org.id), &op).await? {
+        match account_do::edit_account(env, &account_do::org_account(&org.id), base, policy).await? {
             AccountEdit::Accepted { policy } => {
                 org.version = policy.version;
                 kv::put_org(env, &org).await?;

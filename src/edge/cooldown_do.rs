@@ -5,22 +5,16 @@
 //! to `RECHECK_MS`, so a busy route costs at most one Durable Object read per isolate per
 //! second, and the isolate that saw the 429 knows it immediately.
 
+use crate::core::protocol::{self, CooldownOp};
 use crate::core::time::UnixMillis;
+use crate::edge::objects;
 use crate::edge::platform;
-use serde::{Deserialize, Serialize};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use wasm_bindgen::JsValue;
-use worker::{durable_object, DurableObject, Env, Method, Request, RequestInit, Response, Result, State};
+use worker::{durable_object, DurableObject, Env, Request, Response, Result, State};
 
-pub const BINDING: &str = "COOLDOWNS";
 const RECHECK_MS: u64 = 1_000;
 const MAX_ROUTES: usize = 4_096;
-
-#[derive(Serialize, Deserialize, Default, Clone, Copy)]
-struct Until {
-    until: UnixMillis,
-}
 
 #[durable_object]
 pub struct Cooldown {
@@ -34,6 +28,9 @@ impl DurableObject for Cooldown {
     }
 
     async fn fetch(&self, mut req: Request) -> Result<Response> {
+        let Some(op) = objects::request::<protocol::Cooldown>(&mut req).await? else {
+            return objects::refuse();
+        };
         let current = match self.until.get() {
             Some(u) => u,
             None => {
@@ -43,14 +40,13 @@ impl DurableObject for Cooldown {
                 u
             }
         };
-        if req.method() == Method::Post {
-            let offered: Until = serde_json::from_str(&req.text().await?)?;
-            if offered.until > current {
-                self.until.set(Some(offered.until));
-                self.state.storage().put("until", offered.until.0).await?;
+        if let CooldownOp::Extend { until } = op {
+            if until > current {
+                self.until.set(Some(until));
+                self.state.storage().put("until", until.0).await?;
             }
         }
-        Response::from_json(&Until { until: self.until.get().unwrap_or(current) })
+        objects::reply::<protocol::Cooldown>(&self.until.get().unwrap_or(current))
     }
 }
 
@@ -72,15 +68,11 @@ fn remember(route: &str, until: UnixMillis, now: UnixMillis) {
 }
 
 async fn ask(env: &Env, route: &str, set: Option<UnixMillis>) -> Option<UnixMillis> {
-    let stub = env.durable_object(BINDING).ok()?.id_from_name(route).ok()?.get_stub().ok()?;
-    let mut init = RequestInit::new();
-    if let Some(until) = set {
-        let body = serde_json::to_string(&Until { until }).ok()?;
-        init.with_method(Method::Post).with_body(Some(JsValue::from_str(&body)));
-    }
-    let req = Request::new_with_init("https://cooldown.internal/", &init).ok()?;
-    let mut resp = stub.fetch_with_request(req).await.ok()?;
-    resp.json::<Until>().await.ok().map(|u| u.until)
+    let op = match set {
+        Some(until) => CooldownOp::Extend { until },
+        None => CooldownOp::Read,
+    };
+    objects::call::<protocol::Cooldown>(env, route, &op).await.ok()
 }
 
 /// The remaining cooldown of a route in milliseconds, if one is running. A cooldown that

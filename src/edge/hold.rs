@@ -3,7 +3,8 @@
 //! an early return, a cooldown) releases it. Nothing releases a reservation by hand.
 
 use crate::core::ledger::MicroUsd;
-use crate::edge::account_do::{self, Op};
+use crate::core::protocol::AccountOp as Op;
+use crate::edge::account_do;
 use std::rc::Rc;
 use worker::{Context, Env};
 
@@ -66,7 +67,7 @@ impl Hold {
 /// settle is still charged.
 async fn send(env: Env, account: String, op: Option<Op>) {
     let Some(op) = op else { return };
-    if account_do::call::<serde::de::IgnoredAny>(&env, &account, &op).await.is_err() {
+    if account_do::call(&env, &account, &op).await.is_err() {
         worker::console_error!("settle or release failed for account {account}; the reservation will expire");
     }
 }

@@ -11,6 +11,7 @@ pub mod entry;
 pub mod hold;
 pub mod kv;
 pub mod meter;
+pub mod objects;
 pub mod pages;
 pub mod platform;
 pub mod proxy;

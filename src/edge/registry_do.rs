@@ -12,35 +12,19 @@
 //! copy for a minute; the list only grows, so copies are merged, never replaced.
 
 use crate::core::error::GatewayError;
+use crate::core::protocol::{self, RegistryOp, RegistryReply};
 use crate::core::time::UnixMillis;
+use crate::edge::objects;
 use crate::edge::{kv, platform, stats};
-use serde::{Deserialize, Serialize};
 use std::cell::RefCell;
 use std::collections::{BTreeSet, HashSet};
 use std::rc::Rc;
-use wasm_bindgen::JsValue;
-use worker::{durable_object, DurableObject, Env, Method, Request, RequestInit, Response, Result, State};
+use worker::{durable_object, DurableObject, Env, Request, Response, Result, State};
 
-pub const BINDING: &str = "REGISTRY";
 const REFRESH_MS: u64 = 1_000;
+/// The registry is one object.
+const NAME: &str = "registry";
 
-#[derive(Serialize, Deserialize, Default)]
-struct Prefixes {
-    prefixes: Vec<u64>,
-}
-
-#[derive(Serialize, Deserialize)]
-struct Add {
-    add: u64,
-}
-
-/// The browser origins, as asked for and as answered.
-#[derive(Serialize, Deserialize, Default)]
-struct Origins {
-    origins: Vec<String>,
-}
-
-const ORIGINS_PATH: &str = "/origins";
 const ORIGINS_KEY: &str = "origins";
 /// Where the origin list lived in KV before it moved here: read once, to carry it over.
 const LEGACY_KV_ORIGINS: &str = "cors:origins";
@@ -59,35 +43,43 @@ impl DurableObject for Registry {
     }
 
     async fn fetch(&self, mut req: Request) -> Result<Response> {
-        if req.path() == ORIGINS_PATH {
-            return self.origins(req).await;
-        }
+        let Some(op) = objects::request::<protocol::Registry>(&mut req).await? else {
+            return objects::refuse();
+        };
+        let reply = match op {
+            RegistryOp::Prefixes => RegistryReply::Prefixes(self.prefixes(None).await?),
+            RegistryOp::AddPrefix { prefix } => RegistryReply::Prefixes(self.prefixes(Some(prefix)).await?),
+            RegistryOp::Origins => RegistryReply::Origins(self.origins(Vec::new()).await?),
+            RegistryOp::AddOrigins { origins } => RegistryReply::Origins(self.origins(origins).await?),
+        };
+        objects::reply::<protocol::Registry>(&reply)
+    }
+}
+
+impl Registry {
+    /// The prefixes, after adding `add`. Between loading the set and storing it nothing
+    /// awaits, so no addition is lost.
+    async fn prefixes(&self, add: Option<u64>) -> Result<Vec<u64>> {
         if self.known.borrow().is_none() {
             let stored: Option<String> = self.state.storage().get("prefixes").await?;
             let set = stored.and_then(|s| serde_json::from_str::<Vec<u64>>(&s).ok()).unwrap_or_default();
             self.known.borrow_mut().get_or_insert_with(|| set.into_iter().collect());
         }
-        if req.method() == Method::Post {
-            // text, then serde_json: the runtime's JSON.parse would round a u64 to a double
-            let Add { add } = serde_json::from_str(&req.text().await?)?;
+        if let Some(add) = add {
             let snapshot = {
                 let mut known = self.known.borrow_mut();
                 let set = known.get_or_insert_with(BTreeSet::new);
                 set.insert(add).then(|| serde_json::to_string(&set.iter().collect::<Vec<_>>()))
             };
-            if let Some(Ok(json)) = snapshot {
-                self.state.storage().put("prefixes", json).await?;
+            if let Some(json) = snapshot {
+                self.state.storage().put("prefixes", json?).await?;
             }
         }
-        let prefixes = self.known.borrow().as_ref().map(|s| s.iter().copied().collect()).unwrap_or_default();
-        Response::from_json(&Prefixes { prefixes })
+        Ok(self.known.borrow().as_ref().map(|s| s.iter().copied().collect()).unwrap_or_default())
     }
-}
 
-impl Registry {
-    /// `GET /origins`: the list; `POST /origins {"origins": [...]}`: adds to it, then the list.
-    /// Between loading the list and storing it nothing awaits, so no addition is lost.
-    async fn origins(&self, mut req: Request) -> Result<Response> {
+    /// The origin list, after adding `add`; same care as `prefixes`.
+    async fn origins(&self, add: Vec<String>) -> Result<Vec<String>> {
         if self.origins.borrow().is_none() {
             let stored: Option<String> = self.state.storage().get(ORIGINS_KEY).await?;
             let list = match stored {
@@ -96,8 +88,7 @@ impl Registry {
             };
             self.origins.borrow_mut().get_or_insert_with(|| list.into_iter().collect());
         }
-        if req.method() == Method::Post {
-            let Origins { origins: add } = serde_json::from_str(&req.text().await?)?;
+        if !add.is_empty() {
             let snapshot = {
                 let mut held = self.origins.borrow_mut();
                 let set = held.get_or_insert_with(BTreeSet::new);
@@ -109,8 +100,7 @@ impl Registry {
                 self.state.storage().put(ORIGINS_KEY, json?).await?;
             }
         }
-        let origins = self.origins.borrow().as_ref().map(|s| s.iter().cloned().collect()).unwrap_or_default();
-        Response::from_json(&Origins { origins })
+        Ok(self.origins.borrow().as_ref().map(|s| s.iter().cloned().collect()).unwrap_or_default())
     }
 
     /// The list as KV held it before it moved here (none if unreadable: KV was only ever a
@@ -137,28 +127,27 @@ thread_local! {
 /// A refresh older than this is presumed dead (its request went away) and may be retried.
 const REFRESH_GIVE_UP_MS: u64 = 2_000;
 
-/// One request to the registry: a GET of `path`, or a POST of `body`; its JSON answer.
-async fn request<T: for<'de> Deserialize<'de>>(env: &Env, path: &str, body: Option<String>) -> Option<T> {
-    let stub = env.durable_object(BINDING).ok()?.id_from_name("registry").ok()?.get_stub().ok()?;
-    let mut init = RequestInit::new();
-    if let Some(body) = body {
-        init.with_method(Method::Post).with_body(Some(JsValue::from_str(&body)));
-    }
-    let req = Request::new_with_init(&format!("https://registry.internal{path}"), &init).ok()?;
-    let mut resp = stub.fetch_with_request(req).await.ok()?;
-    if resp.status_code() != 200 {
-        return None;
-    }
-    // text, then serde_json: the runtime's JSON.parse would round a u64 to a double
-    serde_json::from_str(&resp.text().await.ok()?).ok()
+async fn ask(env: &Env, op: RegistryOp) -> Option<RegistryReply> {
+    objects::call::<protocol::Registry>(env, NAME, &op).await.ok()
 }
 
-async fn ask(env: &Env, add: Option<u64>) -> Option<Vec<u64>> {
-    let body = match add {
-        Some(p) => Some(serde_json::to_string(&Add { add: p }).ok()?),
-        None => None,
+async fn prefixes(env: &Env, add: Option<u64>) -> Option<Vec<u64>> {
+    let op = match add {
+        Some(prefix) => RegistryOp::AddPrefix { prefix },
+        None => RegistryOp::Prefixes,
     };
-    request::<Prefixes>(env, "/", body).await.map(|p| p.prefixes)
+    match ask(env, op).await? {
+        RegistryReply::Prefixes(p) => Some(p),
+        RegistryReply::Origins(_) => None,
+    }
+}
+
+async fn origins(env: &Env, add: Vec<String>) -> Option<Vec<String>> {
+    let op = if add.is_empty() { RegistryOp::Origins } else { RegistryOp::AddOrigins { origins: add } };
+    match ask(env, op).await? {
+        RegistryReply::Origins(o) => Some(o),
+        RegistryReply::Prefixes(_) => None,
+    }
 }
 
 fn store(prefixes: Vec<u64>, now: UnixMillis) -> Rc<HashSet<u64>> {
@@ -185,7 +174,7 @@ pub async fn may_exist(env: &Env, prefix: u64) -> bool {
         (false, false) => {
             REFRESHING.with(|r| *r.borrow_mut() = Some(now));
             stats::bump(stats::Counter::RegistryReads);
-            let read = ask(env, None).await.map(|p| store(p, platform::now()));
+            let read = prefixes(env, None).await.map(|p| store(p, platform::now()));
             REFRESHING.with(|r| *r.borrow_mut() = None);
             read.is_none_or(|set| set.contains(&prefix))
         }
@@ -198,8 +187,8 @@ pub async fn may_exist(env: &Env, prefix: u64) -> bool {
 
 /// Registers a new key's prefix, everywhere and in this isolate at once.
 pub async fn add(env: &Env, prefix: u64) -> std::result::Result<(), crate::core::error::GatewayError> {
-    let prefixes = ask(env, Some(prefix)).await.ok_or(crate::core::error::GatewayError::LedgerUnavailable)?;
-    store(prefixes, platform::now());
+    let known = prefixes(env, Some(prefix)).await.ok_or(crate::core::error::GatewayError::LedgerUnavailable)?;
+    store(known, platform::now());
     Ok(())
 }
 
@@ -232,20 +221,18 @@ pub async fn browser_origins(env: &Env) -> std::result::Result<Vec<String>, Gate
             return Ok(list.clone());
         }
     }
-    match request::<Origins>(env, ORIGINS_PATH, None).await {
-        Some(read) => Ok(keep_origins(read.origins, platform::now())),
+    match origins(env, Vec::new()).await {
+        Some(read) => Ok(keep_origins(read, platform::now())),
         None => cached.map(|(list, _)| list).ok_or(GatewayError::LedgerUnavailable),
     }
 }
 
 /// Adds a browser key's origins to the list, everywhere and in this isolate at once.
-pub async fn add_origins(env: &Env, origins: &[String]) -> std::result::Result<(), GatewayError> {
-    if origins.is_empty() {
+pub async fn add_origins(env: &Env, list: &[String]) -> std::result::Result<(), GatewayError> {
+    if list.is_empty() {
         return Ok(());
     }
-    let body = serde_json::to_string(&Origins { origins: origins.to_vec() })
-        .map_err(|e| GatewayError::InvalidRequest(e.to_string()))?;
-    let added = request::<Origins>(env, ORIGINS_PATH, Some(body)).await.ok_or(GatewayError::LedgerUnavailable)?;
-    keep_origins(added.origins, platform::now());
+    let added = self::origins(env, list.to_vec()).await.ok_or(GatewayError::LedgerUnavailable)?;
+    keep_origins(added, platform::now());
     Ok(())
 }

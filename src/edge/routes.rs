@@ -77,9 +77,9 @@ async fn dispatch(
             let caller = auth::authenticate(&req, env, &s, origin).await?;
             meta.cors_origin = cors::allow_origin(&s.cors, &caller.record.allowed_origins, origin);
             // reading usage costs the ledger a round trip: it takes from the throttle like
-            // any call (a refused read costs one round trip, not two)
-            meta.rate = Some(usage::throttle(env, &caller, s.reservation_ttl_ms).await?);
-            let doc = usage::of(env, &caller).await?;
+            // any call, in that same round trip
+            let (doc, rate) = usage::of(env, &caller, true).await?;
+            meta.rate = rate;
             response::json(200, &doc, meta)
         }
         Route::Proxy(p) => return proxy::handle(req, env, ctx, &s, meta, p, origin).await,

@@ -1,31 +1,22 @@
 //! `GET /v1/usage`: the caller's plan, period, credits and throttle, from its account's ledger.
 
-use crate::core::account::{Admission, AdmitRequest, Cost, RateView};
+use crate::core::account::RateView;
 use crate::core::error::GatewayError;
-use crate::edge::account_do::{self, UsageReport};
+use crate::core::protocol::UsageReport;
+use crate::edge::account_do;
 use crate::edge::auth::Caller;
 use serde_json::{json, Value};
 use worker::Env;
 
 /// The usage document of a key (SPEC section 7), shared by `/v1/usage` and the admin API.
-pub async fn of(env: &Env, caller: &Caller) -> Result<Value, GatewayError> {
+/// With `throttle` (a caller reading its own usage), the read takes one request from the
+/// caller's throttle in the same round trip, and the throttle is returned for the headers.
+pub async fn of(env: &Env, caller: &Caller, throttle: bool) -> Result<(Value, Option<RateView>), GatewayError> {
     let report =
-        account_do::usage(env, &caller.account, Some(caller.key_policy.clone()), Some(caller.account_policy)).await?;
-    Ok(document(caller, report))
-}
-
-/// Takes one request from the caller's throttle (nothing from its credit).
-pub async fn throttle(env: &Env, caller: &Caller, ttl_ms: u64) -> Result<RateView, GatewayError> {
-    let req = AdmitRequest { key: caller.key_policy.clone(), account: caller.account_policy, cost: Cost::FREE, ttl_ms };
-    match account_do::admit(env, &caller.account, req).await? {
-        Admission::Admitted { rate, stale, .. } => {
-            if stale {
-                crate::edge::kv::forget_key(&caller.record.digest);
-            }
-            Ok(rate)
-        }
-        Admission::Denied { denial, retry_after_ms, affordable, .. } => Err(denial.error(retry_after_ms, affordable)),
-    }
+        account_do::usage(env, &caller.account, Some(caller.key_policy.clone()), Some(caller.account_policy), throttle)
+            .await?;
+    let rate = report.as_ref().and_then(|r| r.rate);
+    Ok((document(caller, report), rate))
 }
 
 /// The usage document of a key from its ledger report.

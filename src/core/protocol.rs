@@ -1,0 +1,201 @@
+//! What the worker and its Durable Objects say to each other: one request enum and one reply
+//! enum per object, used by both sides, so a message is typed from the moment it is built to
+//! the moment it is answered. The transport (`edge::objects`) moves them; a message either
+//! side cannot decode is an error there, logged, never a default.
+
+use crate::core::account::{AccountPolicy, Admission, AdmitRequest, KeyPolicy, RateView};
+use crate::core::edits::{AccountEdit, KeyEdit};
+use crate::core::ledger::{MicroUsd, Settled};
+use crate::core::time::UnixMillis;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// A Durable Object's protocol: its binding, what it is asked and what it answers.
+pub trait Protocol {
+    const BINDING: &'static str;
+    type Request: Serialize + DeserializeOwned;
+    type Reply: Serialize + DeserializeOwned;
+}
+
+/// The account object: the ledger and throttles of one key or one org pool.
+pub struct Account;
+
+impl Protocol for Account {
+    const BINDING: &'static str = "ACCOUNTS";
+    type Request = AccountOp;
+    type Reply = AccountReply;
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AccountOp {
+    /// Decides a call: revoked? throttled? worst case reserved?
+    Admit(AdmitRequest),
+    Settle {
+        reservation: u64,
+        actual: MicroUsd,
+    },
+    Release {
+        reservation: u64,
+    },
+    RecordProviderBilled {
+        key_id: String,
+        actual: MicroUsd,
+    },
+    /// Offers the edge's copy of the policies; the newer version of each is kept.
+    Policy {
+        key: Option<KeyPolicy>,
+        account: Option<AccountPolicy>,
+    },
+    /// Reads usage after offering the policies. With `throttle`, the read first takes one
+    /// request from the throttle (nothing from the credit), in the same round trip: a caller
+    /// reading its usage is throttled like any call.
+    Usage {
+        key: Option<KeyPolicy>,
+        account: Option<AccountPolicy>,
+        throttle: bool,
+    },
+    /// An admin edit of a key, compare-and-set on `base` (`edits::edit_key`).
+    EditKey {
+        base: u64,
+        key: KeyPolicy,
+        account: Option<AccountPolicy>,
+    },
+    /// Revokes a key, finally (`edits::revoke_key`).
+    RevokeKey {
+        key: KeyPolicy,
+    },
+    /// An admin edit of an org's pool, compare-and-set on `base` (`edits::edit_account`).
+    EditAccount {
+        base: u64,
+        account: AccountPolicy,
+    },
+    /// The key policy the ledger holds, if any.
+    HeldKey {
+        key_id: String,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AccountReply {
+    Admission(Admission),
+    Settled(Settled),
+    Released(bool),
+    Done,
+    /// `None` until the account has a policy.
+    Usage(Box<Option<UsageReport>>),
+    KeyEdit(KeyEdit),
+    AccountEdit(AccountEdit),
+    /// The key's policy as the ledger now holds it (after a revocation, or when asked).
+    Key(Option<KeyPolicy>),
+}
+
+/// An account's usage as `/v1/usage` and the admin API show it.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct UsageReport {
+    pub period_start: String,
+    pub period_end: String,
+    pub limit_micro_usd: u64,
+    pub used_micro_usd: u64,
+    pub reserved_micro_usd: u64,
+    pub remaining_micro_usd: u64,
+    pub overage_micro_usd: u64,
+    pub spend_cap_micro_usd: Option<u64>,
+    pub provider_billed_micro_usd: u64,
+    /// Charged beyond what the calls had reserved (upstream overshoot, late settles).
+    pub overrun_micro_usd: u64,
+    pub key_used_micro_usd: u64,
+    pub key_overrun_micro_usd: u64,
+    pub requests: u64,
+    pub rate: Option<RateView>,
+    /// `[["2026-11-22", micro_usd], ...]`, current and previous period.
+    pub daily: Vec<(String, u64)>,
+    /// The ledger's word on the key (version, revoked), which KV's copy may lag.
+    pub key_policy: Option<KeyPolicy>,
+    /// The version of the account policy the ledger holds.
+    pub account_version: Option<u64>,
+}
+
+/// The cooldown object of one upstream route: until when calls to it wait.
+pub struct Cooldown;
+
+impl Protocol for Cooldown {
+    const BINDING: &'static str = "COOLDOWNS";
+    type Request = CooldownOp;
+    type Reply = UnixMillis;
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CooldownOp {
+    Read,
+    /// Extends the cooldown to `until` (never shortens it).
+    Extend {
+        until: UnixMillis,
+    },
+}
+
+/// The key registry: digest prefixes of issued keys, and the origins browser keys allow.
+pub struct Registry;
+
+impl Protocol for Registry {
+    const BINDING: &'static str = "REGISTRY";
+    type Request = RegistryOp;
+    type Reply = RegistryReply;
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RegistryOp {
+    Prefixes,
+    AddPrefix { prefix: u64 },
+    Origins,
+    AddOrigins { origins: Vec<String> },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RegistryReply {
+    Prefixes(Vec<u64>),
+    Origins(Vec<String>),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::account::Cost;
+    use crate::core::keys::RateLimit;
+    use crate::core::ledger::{Budget, OnExhausted};
+
+    fn round_trip<T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug>(v: T) {
+        let text = serde_json::to_string(&v).unwrap();
+        assert_eq!(serde_json::from_str::<T>(&text).unwrap(), v, "{text}");
+    }
+
+    #[test]
+    fn every_message_survives_the_wire() {
+        let key = KeyPolicy { key_id: "k".into(), version: 3, revoked: false, rate: None, ceiling: Some(MicroUsd(5)) };
+        let account = AccountPolicy {
+            version: 1,
+            budget: Budget { credit: MicroUsd(100), on_exhausted: OnExhausted::Payg, cap: Some(MicroUsd(u64::MAX)) },
+            rate: RateLimit { rpm: 60, burst: 10 },
+            provider_billed: false,
+        };
+        round_trip(AccountOp::Admit(AdmitRequest { key: key.clone(), account, cost: Cost::FREE, ttl_ms: 1 }));
+        round_trip(AccountOp::Usage { key: Some(key.clone()), account: None, throttle: true });
+        round_trip(AccountReply::Usage(Box::new(None)));
+        round_trip(AccountReply::Released(true));
+        round_trip(AccountReply::Done);
+        round_trip(AccountReply::Key(Some(key)));
+        round_trip(CooldownOp::Extend { until: UnixMillis(u64::MAX) });
+        round_trip(RegistryOp::AddPrefix { prefix: u64::MAX });
+        round_trip(RegistryReply::Prefixes(vec![u64::MAX, 0]));
+    }
+
+    #[test]
+    fn a_reply_of_another_shape_is_refused() {
+        assert!(serde_json::from_str::<AccountReply>(r#"{"usage":{"used":1}}"#).is_err());
+        assert!(serde_json::from_str::<AccountReply>(r#"{"admitted":{}}"#).is_err());
+    }
+}

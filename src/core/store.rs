@@ -1,0 +1,326 @@
+//! An account as rows, and its operations as row writes.
+//!
+//! The account object keeps its state in memory, loaded once per object lifetime, and stores
+//! it as rows: one for the account (its ledger head, throttle and policy), one per key, one per
+//! hold. An operation names the rows it may touch before it runs (`Touch`); those rows are
+//! read before and after, and only the ones that differ are written. So an operation costs the
+//! same in an account of one key or of ten thousand, and a denied admit writes nothing.
+//!
+//! Nothing here does I/O: `run` returns the reply and the writes, and the Durable Object
+//! executes them. The property that matters, that the rows always load back into the state in
+//! memory, is tested in `tests/store_props.rs` against a model store.
+
+use crate::core::account::{AccountPolicy, AccountState, Admission, AdmitRequest, Cost, KeyPolicy, KeyState};
+use crate::core::edits;
+use crate::core::gcra::Tat;
+use crate::core::ledger::{Hold, LedgerHead, MicroUsd};
+use crate::core::protocol::{AccountOp, AccountReply, UsageReport};
+use crate::core::time::{format_day, BillingPeriod, UnixMillis};
+use serde::{Deserialize, Serialize};
+
+/// The shape of the rows this build writes, stored in the account row. Version 1 was one
+/// JSON document of the whole state (`edits::decode` still reads it, to carry it over).
+pub const ROW_SCHEMA: u32 = 2;
+
+/// The account's own row.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountRow {
+    pub ledger: LedgerHead,
+    pub tat: Tat,
+    pub policy: Option<AccountPolicy>,
+}
+
+/// One row to write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RowWrite {
+    /// The account row, as JSON.
+    Account(String),
+    /// A key's row, as JSON (`KeyState`). Keys are never deleted: a revoked key stays revoked.
+    Key {
+        key_id: String,
+        state: String,
+    },
+    Hold {
+        id: u64,
+        key_id: Option<String>,
+        hold: Hold,
+    },
+    DropHold(u64),
+}
+
+/// The rows an operation may change, besides the account row.
+#[derive(Default)]
+struct Touch {
+    keys: Vec<String>,
+    holds: Vec<u64>,
+}
+
+impl Touch {
+    fn of(st: &AccountState, op: &AccountOp) -> Touch {
+        let key = |k: &Option<KeyPolicy>| k.iter().map(|k| k.key_id.clone()).collect();
+        match op {
+            AccountOp::Admit(req) => {
+                Touch { keys: vec![req.key.key_id.clone()], holds: vec![st.ledger.next_reservation_id()] }
+            }
+            AccountOp::Settle { reservation, .. } => Touch {
+                keys: st.owner(*reservation).map(str::to_string).into_iter().collect(),
+                holds: vec![*reservation],
+            },
+            AccountOp::Release { reservation } => Touch { keys: Vec::new(), holds: vec![*reservation] },
+            AccountOp::RecordProviderBilled { key_id, .. } => Touch { keys: vec![key_id.clone()], holds: Vec::new() },
+            AccountOp::Policy { key: k, .. } | AccountOp::Usage { key: k, .. } => {
+                Touch { keys: key(k), holds: Vec::new() }
+            }
+            AccountOp::EditKey { key: k, .. } | AccountOp::RevokeKey { key: k } => {
+                Touch { keys: vec![k.key_id.clone()], holds: Vec::new() }
+            }
+            AccountOp::EditAccount { .. } | AccountOp::HeldKey { .. } => Touch::default(),
+        }
+    }
+}
+
+/// A hold's row: the key it was made for, and the hold.
+type HoldRow = (Option<String>, Hold);
+
+/// The touched rows as they stand (`None`: no such row).
+#[derive(PartialEq, Eq)]
+struct Rows {
+    account: String,
+    keys: Vec<(String, Option<String>)>,
+    holds: Vec<(u64, Option<HoldRow>)>,
+}
+
+fn to_json<T: Serialize>(v: &T) -> String {
+    // these types have no maps with non-string keys and nothing that can fail to serialise
+    serde_json::to_string(v).unwrap_or_default()
+}
+
+fn account_row(st: &AccountState) -> String {
+    to_json(&AccountRow { ledger: st.ledger.head(), tat: st.tat, policy: st.policy })
+}
+
+fn hold_row(st: &AccountState, id: u64) -> Option<HoldRow> {
+    st.ledger.hold(id).map(|h| (st.owner(id).map(str::to_string), h))
+}
+
+impl Rows {
+    fn read(st: &AccountState, touch: &Touch) -> Rows {
+        Rows {
+            account: account_row(st),
+            keys: touch.keys.iter().map(|k| (k.clone(), st.keys.get(k).map(to_json))).collect(),
+            holds: touch.holds.iter().map(|id| (*id, hold_row(st, *id))).collect(),
+        }
+    }
+
+    /// The writes that turn `self` into `after`.
+    fn changes_to(self, after: Rows) -> Vec<RowWrite> {
+        let mut out = Vec::new();
+        if self.account != after.account {
+            out.push(RowWrite::Account(after.account));
+        }
+        for ((_, was), (key_id, now)) in self.keys.into_iter().zip(after.keys) {
+            if let Some(state) = now.filter(|n| was.as_ref() != Some(n)) {
+                out.push(RowWrite::Key { key_id, state });
+            }
+        }
+        for ((_, was), (id, now)) in self.holds.into_iter().zip(after.holds) {
+            if was != now {
+                out.push(match now {
+                    Some((key_id, hold)) => RowWrite::Hold { id, key_id, hold },
+                    None => RowWrite::DropHold(id),
+                });
+            }
+        }
+        out
+    }
+}
+
+/// Runs one operation: its reply, and the rows it changed.
+pub fn run(st: &mut AccountState, op: AccountOp, now: UnixMillis) -> (AccountReply, Vec<RowWrite>) {
+    let touch = Touch::of(st, &op);
+    let before = Rows::read(st, &touch);
+    let reply = apply(st, op, now);
+    let after = Rows::read(st, &touch);
+    (reply, before.changes_to(after))
+}
+
+/// Gives back the holds past their expiry (the alarm); the rows it changed.
+pub fn expire(st: &mut AccountState, now: UnixMillis) -> Vec<RowWrite> {
+    st.expire(now)
+        .into_iter()
+        .map(|id| match hold_row(st, id) {
+            Some((key_id, hold)) => RowWrite::Hold { id, key_id, hold },
+            None => RowWrite::DropHold(id),
+        })
+        .collect()
+}
+
+/// Every row of an account, to store a state carried over from the old single document.
+pub fn all_rows(st: &AccountState) -> Vec<RowWrite> {
+    let mut out = vec![RowWrite::Account(account_row(st))];
+    out.extend(st.keys.iter().map(|(k, v)| RowWrite::Key { key_id: k.clone(), state: to_json(v) }));
+    out.extend(
+        st.ledger
+            .hold_ids()
+            .filter_map(|id| hold_row(st, id).map(|(key_id, hold)| RowWrite::Hold { id, key_id, hold })),
+    );
+    out
+}
+
+/// A row that does not decode: the ledger refuses to run on it rather than start over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadRow {
+    pub row: String,
+    pub reason: String,
+}
+
+/// An account from its stored rows.
+pub fn load(
+    account: &str,
+    keys: impl IntoIterator<Item = (String, String)>,
+    holds: impl IntoIterator<Item = (u64, Option<String>, Hold)>,
+) -> Result<AccountState, BadRow> {
+    let bad = |row: &str, e: serde_json::Error| BadRow { row: row.to_string(), reason: e.to_string() };
+    let head: AccountRow = serde_json::from_str(account).map_err(|e| bad("account", e))?;
+    let keys = keys
+        .into_iter()
+        .map(|(k, text)| serde_json::from_str::<KeyState>(&text).map(|v| (k.clone(), v)).map_err(|e| bad(&k, e)))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(AccountState::from_rows(head.ledger, head.tat, head.policy, keys, holds))
+}
+
+fn apply(st: &mut AccountState, op: AccountOp, now: UnixMillis) -> AccountReply {
+    match op {
+        AccountOp::Admit(req) => AccountReply::Admission(st.admit(req, now)),
+        AccountOp::Settle { reservation, actual } => AccountReply::Settled(st.settle(reservation, actual, now)),
+        AccountOp::Release { reservation } => AccountReply::Released(st.release(reservation)),
+        AccountOp::RecordProviderBilled { key_id, actual } => {
+            st.record_provider_billed(&key_id, actual, now);
+            AccountReply::Done
+        }
+        AccountOp::Policy { key, account } => {
+            merge(st, key, account);
+            AccountReply::Done
+        }
+        AccountOp::Usage { key, account, throttle } => {
+            if let (true, Some(k), Some(a)) = (throttle, &key, account) {
+                let req = AdmitRequest { key: k.clone(), account: a, cost: Cost::FREE, ttl_ms: 0 };
+                if let denied @ Admission::Denied { .. } = st.admit(req, now) {
+                    return AccountReply::Admission(denied);
+                }
+            }
+            let key_id = key.as_ref().map(|k| k.key_id.clone());
+            merge(st, key, account);
+            AccountReply::Usage(Box::new(report(st, key_id.as_deref(), now)))
+        }
+        AccountOp::EditKey { base, key, account } => AccountReply::KeyEdit(edits::edit_key(st, base, key, account).0),
+        AccountOp::RevokeKey { key } => AccountReply::Key(Some(edits::revoke_key(st, key).0)),
+        AccountOp::EditAccount { base, account } => AccountReply::AccountEdit(edits::edit_account(st, base, account).0),
+        AccountOp::HeldKey { key_id } => AccountReply::Key(st.keys.get(&key_id).and_then(|k| k.policy.clone())),
+    }
+}
+
+/// Merges offered policies (the newer version of each wins; a revocation is final).
+fn merge(st: &mut AccountState, key: Option<KeyPolicy>, account: Option<AccountPolicy>) {
+    if let Some(k) = key {
+        edits::offer_key(st, k);
+    }
+    if let Some(a) = account {
+        st.merge_account_policy(a);
+    }
+}
+
+fn report(st: &AccountState, key_id: Option<&str>, now: UnixMillis) -> Option<UsageReport> {
+    let u = st.usage(now)?;
+    let period = BillingPeriod::containing(now);
+    Some(UsageReport {
+        period_start: period.start.to_string(),
+        period_end: period.end.to_string(),
+        limit_micro_usd: u.limit.0,
+        used_micro_usd: u.used.0,
+        reserved_micro_usd: u.reserved.0,
+        remaining_micro_usd: u.remaining.0,
+        overage_micro_usd: u.overage.0,
+        spend_cap_micro_usd: u.cap.map(|c| c.0),
+        provider_billed_micro_usd: u.provider_billed.0,
+        overrun_micro_usd: u.overrun.0,
+        key_used_micro_usd: key_id.map_or(0, |k| st.key_used(k, now).0),
+        key_overrun_micro_usd: key_id.map_or(0, |k| st.key_overrun(k, now).0),
+        requests: st.ledger.requests,
+        rate: key_id.and_then(|k| st.rate_view(k, now)),
+        daily: st.ledger.daily().map(|(d, v)| (format_day(d), v.0)).collect(),
+        key_policy: key_id.and_then(|k| st.keys.get(k)).and_then(|k| k.policy.clone()),
+        account_version: st.policy.map(|p| p.version),
+    })
+}
+
+/// The overrun a settle recorded (and whether it came late), for the object's log.
+pub fn overran(reply: &AccountReply) -> Option<(MicroUsd, bool)> {
+    match reply {
+        AccountReply::Settled(s) if s.overrun > MicroUsd::ZERO => Some((s.overrun, s.late)),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::account::{Admission, AdmitRequest, Cost};
+    use crate::core::keys::RateLimit;
+    use crate::core::ledger::{Budget, OnExhausted};
+
+    const NOW: UnixMillis = UnixMillis(1_795_352_400_000);
+
+    fn admit(key: &str, cost: u64) -> AccountOp {
+        AccountOp::Admit(AdmitRequest {
+            key: KeyPolicy { key_id: key.into(), version: 1, revoked: false, rate: None, ceiling: None },
+            account: AccountPolicy {
+                version: 1,
+                budget: Budget { credit: MicroUsd(100), on_exhausted: OnExhausted::Block, cap: None },
+                rate: RateLimit { rpm: 1_000_000, burst: 1_000_000 },
+                provider_billed: false,
+            },
+            cost: Cost::Fixed { amount: MicroUsd(cost) },
+            ttl_ms: 1_000,
+        })
+    }
+
+    #[test]
+    fn a_denied_admit_writes_nothing() {
+        let mut st = AccountState::new(NOW);
+        let (reply, writes) = run(&mut st, admit("a", 60), NOW);
+        assert!(matches!(reply, AccountReply::Admission(Admission::Admitted { .. })));
+        // the account row, the key row and the new hold
+        assert_eq!(writes.len(), 3, "{writes:?}");
+        let (reply, writes) = run(&mut st, admit("a", 60), NOW);
+        assert!(matches!(reply, AccountReply::Admission(Admission::Denied { .. })));
+        assert_eq!(writes, vec![]);
+    }
+
+    #[test]
+    fn an_operation_writes_only_its_own_rows_however_many_keys_there_are() {
+        let mut st = AccountState::new(NOW);
+        for i in 0..2_000 {
+            run(&mut st, admit(&format!("k{i}"), 0), NOW);
+        }
+        let (_, writes) = run(&mut st, admit("k7", 1), NOW);
+        assert!(writes.len() <= 3, "{writes:?}");
+        let AccountReply::Admission(Admission::Admitted { reservation: Some(id), .. }) =
+            run(&mut st, admit("k8", 1), NOW).0
+        else {
+            panic!()
+        };
+        let (_, writes) = run(&mut st, AccountOp::Settle { reservation: id, actual: MicroUsd(1) }, NOW);
+        assert!(writes.contains(&RowWrite::DropHold(id)));
+        assert!(writes.iter().any(|w| matches!(w, RowWrite::Key { key_id, .. } if key_id == "k8")));
+        assert_eq!(writes.len(), 3, "{writes:?}");
+    }
+
+    #[test]
+    fn rows_that_do_not_decode_are_refused() {
+        let err = load("{\"ledger\":1}", Vec::new(), Vec::new()).unwrap_err();
+        assert_eq!(err.row, "account");
+        let ok = account_row(&AccountState::new(NOW));
+        assert_eq!(load(&ok, vec![("k".into(), "[]".into())], Vec::new()).unwrap_err().row, "k");
+    }
+}

@@ -1,0 +1,180 @@
+//! The account's rows always load back into the state the object holds in memory: whatever
+//! the operations (admits, settles, releases, provider-billed records, policy offers, edits,
+//! revocations, usage reads, expiries, a new month), writing only the rows each one reports
+//! as changed loses nothing and invents nothing. And an operation's writes never grow with
+//! the number of keys.
+#![cfg(not(target_arch = "wasm32"))]
+#![allow(clippy::expect_used)]
+
+use hf_gate::core::account::{AccountPolicy, AccountState, AdmitRequest, Cost, KeyPolicy};
+use hf_gate::core::keys::RateLimit;
+use hf_gate::core::ledger::{Budget, Hold, MicroUsd, OnExhausted};
+use hf_gate::core::protocol::AccountOp;
+use hf_gate::core::store::{self, RowWrite};
+use hf_gate::core::time::UnixMillis;
+use proptest::prelude::*;
+use std::collections::BTreeMap;
+
+const NOV_22: u64 = 1_795_352_400_000;
+
+/// A model of the object's tables.
+#[derive(Default)]
+struct Tables {
+    account: Option<String>,
+    keys: BTreeMap<String, String>,
+    holds: BTreeMap<u64, (Option<String>, Hold)>,
+}
+
+impl Tables {
+    fn apply(&mut self, writes: Vec<RowWrite>) {
+        for w in writes {
+            match w {
+                RowWrite::Account(body) => self.account = Some(body),
+                RowWrite::Key { key_id, state } => {
+                    self.keys.insert(key_id, state);
+                }
+                RowWrite::Hold { id, key_id, hold } => {
+                    self.holds.insert(id, (key_id, hold));
+                }
+                RowWrite::DropHold(id) => {
+                    self.holds.remove(&id);
+                }
+            }
+        }
+    }
+
+    fn load(&self) -> AccountState {
+        store::load(
+            self.account.as_deref().expect("an account row"),
+            self.keys.iter().map(|(k, v)| (k.clone(), v.clone())),
+            self.holds.iter().map(|(id, (k, h))| (*id, k.clone(), *h)),
+        )
+        .expect("rows decode")
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Step {
+    Admit { key: u8, cost: u64, tokens: bool },
+    Settle { nth: usize, percent: u64 },
+    Release { nth: usize },
+    ProviderBilled { key: u8, cost: u64 },
+    Offer { key: u8, version: u64, revoked: bool },
+    Usage { key: u8, throttle: bool },
+    EditKey { key: u8, base: u64 },
+    Revoke { key: u8 },
+    EditAccount { base: u64, credit: u64 },
+    Advance(u64),
+    Expire,
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        6 => (0u8..6, 0u64..30_000, any::<bool>()).prop_map(|(key, cost, tokens)| Step::Admit { key, cost, tokens }),
+        4 => (0usize..32, 0u64..160).prop_map(|(nth, percent)| Step::Settle { nth, percent }),
+        1 => (0usize..32).prop_map(|nth| Step::Release { nth }),
+        1 => (0u8..6, 0u64..5_000).prop_map(|(key, cost)| Step::ProviderBilled { key, cost }),
+        1 => (0u8..6, 0u64..5, any::<bool>()).prop_map(|(key, version, revoked)| Step::Offer { key, version, revoked }),
+        1 => (0u8..6, any::<bool>()).prop_map(|(key, throttle)| Step::Usage { key, throttle }),
+        1 => (0u8..6, 0u64..5).prop_map(|(key, base)| Step::EditKey { key, base }),
+        1 => (0u8..6).prop_map(|key| Step::Revoke { key }),
+        1 => (0u64..4, 1u64..200_000).prop_map(|(base, credit)| Step::EditAccount { base, credit }),
+        2 => prop_oneof![0u64..90_000, Just(20 * 86_400_000)].prop_map(Step::Advance),
+        1 => Just(Step::Expire),
+    ]
+}
+
+fn key(k: u8, version: u64, revoked: bool) -> KeyPolicy {
+    KeyPolicy {
+        key_id: format!("key_{k}"),
+        version,
+        revoked,
+        rate: k.is_multiple_of(2).then_some(RateLimit { rpm: 600, burst: 5 }),
+        ceiling: (k == 3).then_some(MicroUsd(40_000)),
+    }
+}
+
+fn account(version: u64, credit: u64) -> AccountPolicy {
+    AccountPolicy {
+        version,
+        budget: Budget { credit: MicroUsd(credit), on_exhausted: OnExhausted::Block, cap: None },
+        rate: RateLimit { rpm: 6_000, burst: 20 },
+        provider_billed: false,
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1_500, ..ProptestConfig::default() })]
+
+    #[test]
+    fn the_rows_written_always_load_back_into_the_state_in_memory(steps in prop::collection::vec(step(), 1..60)) {
+        let mut now = UnixMillis(NOV_22);
+        let mut st = AccountState::new(now);
+        let mut tables = Tables::default();
+        // a fresh object stores its account row with its first write
+        tables.apply(store::all_rows(&st));
+        let mut reservations: Vec<(u64, u64)> = Vec::new();
+        for s in steps {
+            let op = match s {
+                Step::Admit { key: k, cost, tokens } => {
+                    let cost = if tokens {
+                        Cost::Tokens {
+                            price: hf_gate::core::pricing::Price { input: 1_000_000, output: 2_000_000 },
+                            prompt: cost / 10,
+                            output: cost / 4,
+                            choices: 1,
+                            min_output: 16,
+                        }
+                    } else {
+                        Cost::Fixed { amount: MicroUsd(cost) }
+                    };
+                    Some(AccountOp::Admit(AdmitRequest { key: key(k, 1, false), account: account(1, 100_000), cost, ttl_ms: 30_000 }))
+                }
+                Step::Settle { nth, percent } if !reservations.is_empty() => {
+                    let (id, held) = reservations[nth % reservations.len()];
+                    Some(AccountOp::Settle { reservation: id, actual: MicroUsd(held * percent / 100) })
+                }
+                Step::Release { nth } if !reservations.is_empty() => {
+                    Some(AccountOp::Release { reservation: reservations[nth % reservations.len()].0 })
+                }
+                Step::ProviderBilled { key: k, cost } => {
+                    Some(AccountOp::RecordProviderBilled { key_id: key(k, 1, false).key_id, actual: MicroUsd(cost) })
+                }
+                Step::Offer { key: k, version, revoked } => {
+                    Some(AccountOp::Policy { key: Some(key(k, version, revoked)), account: Some(account(version, 100_000)) })
+                }
+                Step::Usage { key: k, throttle } => {
+                    Some(AccountOp::Usage { key: Some(key(k, 1, false)), account: Some(account(1, 100_000)), throttle })
+                }
+                Step::EditKey { key: k, base } => {
+                    Some(AccountOp::EditKey { base, key: key(k, base + 1, false), account: None })
+                }
+                Step::Revoke { key: k } => Some(AccountOp::RevokeKey { key: key(k, 1, false) }),
+                Step::EditAccount { base, credit } => Some(AccountOp::EditAccount { base, account: account(base + 1, credit) }),
+                Step::Advance(ms) => {
+                    now = now.saturating_add_ms(ms);
+                    None
+                }
+                Step::Expire => {
+                    tables.apply(store::expire(&mut st, now));
+                    None
+                }
+                _ => None,
+            };
+            if let Some(op) = op {
+                let (reply, writes) = store::run(&mut st, op, now);
+                prop_assert!(writes.len() <= 3, "{} writes for one operation: {writes:?}", writes.len());
+                if let hf_gate::core::protocol::AccountReply::Admission(
+                    hf_gate::core::account::Admission::Admitted { reservation: Some(id), .. },
+                ) = reply
+                {
+                    if let Some(Hold::Open { amount, .. }) = st.ledger.hold(id) {
+                        reservations.push((id, amount.0));
+                    }
+                }
+                tables.apply(writes);
+            }
+            prop_assert_eq!(&tables.load(), &st);
+        }
+    }
+}
