@@ -55,15 +55,44 @@ impl Tables {
 
 #[derive(Clone, Debug)]
 enum Step {
-    Admit { key: u8, cost: u64, tokens: bool },
-    Settle { nth: usize, percent: u64 },
-    Release { nth: usize },
-    ProviderBilled { key: u8, cost: u64 },
-    Offer { key: u8, version: u64, revoked: bool },
-    Usage { key: u8, throttle: bool },
-    EditKey { key: u8, base: u64 },
-    Revoke { key: u8 },
-    EditAccount { base: u64, credit: u64 },
+    Admit {
+        key: u8,
+        cost: u64,
+        tokens: bool,
+    },
+    Settle {
+        nth: usize,
+        percent: u64,
+    },
+    Release {
+        nth: usize,
+    },
+    /// Settles and releases landing together, in one batch.
+    Batch(Vec<(usize, u64)>),
+    ProviderBilled {
+        key: u8,
+        cost: u64,
+    },
+    Offer {
+        key: u8,
+        version: u64,
+        revoked: bool,
+    },
+    Usage {
+        key: u8,
+        throttle: bool,
+    },
+    EditKey {
+        key: u8,
+        base: u64,
+    },
+    Revoke {
+        key: u8,
+    },
+    EditAccount {
+        base: u64,
+        credit: u64,
+    },
     Advance(u64),
     Expire,
 }
@@ -73,6 +102,7 @@ fn step() -> impl Strategy<Value = Step> {
         6 => (0u8..6, 0u64..30_000, any::<bool>()).prop_map(|(key, cost, tokens)| Step::Admit { key, cost, tokens }),
         4 => (0usize..32, 0u64..160).prop_map(|(nth, percent)| Step::Settle { nth, percent }),
         1 => (0usize..32).prop_map(|nth| Step::Release { nth }),
+        2 => prop::collection::vec((0usize..32, 0u64..200), 1..6).prop_map(Step::Batch),
         1 => (0u8..6, 0u64..5_000).prop_map(|(key, cost)| Step::ProviderBilled { key, cost }),
         1 => (0u8..6, 0u64..5, any::<bool>()).prop_map(|(key, version, revoked)| Step::Offer { key, version, revoked }),
         1 => (0u8..6, any::<bool>()).prop_map(|(key, throttle)| Step::Usage { key, throttle }),
@@ -137,6 +167,20 @@ proptest! {
                 Step::Release { nth } if !reservations.is_empty() => {
                     Some(AccountOp::Release { reservation: reservations[nth % reservations.len()].0 })
                 }
+                Step::Batch(items) if !reservations.is_empty() => Some(AccountOp::Batch(
+                    items
+                        .into_iter()
+                        .map(|(nth, percent)| {
+                            let (id, held) = reservations[nth % reservations.len()];
+                            // above 160 %: a release instead of a settle
+                            if percent > 160 {
+                                AccountOp::Release { reservation: id }
+                            } else {
+                                AccountOp::Settle { reservation: id, actual: MicroUsd(held * percent / 100) }
+                            }
+                        })
+                        .collect(),
+                )),
                 Step::ProviderBilled { key: k, cost } => {
                     Some(AccountOp::RecordProviderBilled { key_id: key(k, 1, false).key_id, actual: MicroUsd(cost) })
                 }
@@ -162,8 +206,12 @@ proptest! {
                 _ => None,
             };
             if let Some(op) = op {
+                let most = match &op {
+                    AccountOp::Batch(ops) => 1 + 2 * ops.len(),
+                    _ => 3,
+                };
                 let (reply, writes) = store::run(&mut st, op, now);
-                prop_assert!(writes.len() <= 3, "{} writes for one operation: {writes:?}", writes.len());
+                prop_assert!(writes.len() <= most, "{} writes for one operation: {writes:?}", writes.len());
                 if let hf_gate::core::protocol::AccountReply::Admission(
                     hf_gate::core::account::Admission::Admitted { reservation: Some(id), .. },
                 ) = reply

@@ -74,6 +74,9 @@ pub enum AccountOp {
     HeldKey {
         key_id: String,
     },
+    /// Several operations in one round trip, applied in order (settles and releases that
+    /// landed together in one isolate).
+    Batch(Vec<AccountOp>),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,6 +92,7 @@ pub enum AccountReply {
     AccountEdit(AccountEdit),
     /// The key's policy as the ledger now holds it (after a revocation, or when asked).
     Key(Option<KeyPolicy>),
+    Batch(Vec<AccountReply>),
 }
 
 /// An account's usage as `/v1/usage` and the admin API show it.

@@ -48,6 +48,21 @@ pub enum RowWrite {
     DropHold(u64),
 }
 
+impl RowWrite {
+    /// Whether two writes are to the same row.
+    fn same_row(&self, other: &RowWrite) -> bool {
+        match (self, other) {
+            (RowWrite::Account(_), RowWrite::Account(_)) => true,
+            (RowWrite::Key { key_id: a, .. }, RowWrite::Key { key_id: b, .. }) => a == b,
+            (
+                RowWrite::Hold { id: a, .. } | RowWrite::DropHold(a),
+                RowWrite::Hold { id: b, .. } | RowWrite::DropHold(b),
+            ) => a == b,
+            _ => false,
+        }
+    }
+}
+
 /// The rows an operation may change, besides the account row.
 #[derive(Default)]
 struct Touch {
@@ -74,7 +89,7 @@ impl Touch {
             AccountOp::EditKey { key: k, .. } | AccountOp::RevokeKey { key: k } => {
                 Touch { keys: vec![k.key_id.clone()], holds: Vec::new() }
             }
-            AccountOp::EditAccount { .. } | AccountOp::HeldKey { .. } => Touch::default(),
+            AccountOp::EditAccount { .. } | AccountOp::HeldKey { .. } | AccountOp::Batch(_) => Touch::default(),
         }
     }
 }
@@ -135,8 +150,22 @@ impl Rows {
     }
 }
 
-/// Runs one operation: its reply, and the rows it changed.
+/// Runs one operation: its reply, and the rows it changed. A batch writes each row once,
+/// as it stands after the last operation that changed it.
 pub fn run(st: &mut AccountState, op: AccountOp, now: UnixMillis) -> (AccountReply, Vec<RowWrite>) {
+    if let AccountOp::Batch(ops) = op {
+        let mut replies = Vec::with_capacity(ops.len());
+        let mut writes: Vec<RowWrite> = Vec::new();
+        for op in ops {
+            let (reply, more) = run(st, op, now);
+            replies.push(reply);
+            for w in more {
+                writes.retain(|old| !old.same_row(&w));
+                writes.push(w);
+            }
+        }
+        return (AccountReply::Batch(replies), writes);
+    }
     let touch = Touch::of(st, &op);
     let before = Rows::read(st, &touch);
     let reply = apply(st, op, now);
@@ -217,6 +246,8 @@ fn apply(st: &mut AccountState, op: AccountOp, now: UnixMillis) -> AccountReply 
         AccountOp::RevokeKey { key } => AccountReply::Key(Some(edits::revoke_key(st, key).0)),
         AccountOp::EditAccount { base, account } => AccountReply::AccountEdit(edits::edit_account(st, base, account).0),
         AccountOp::HeldKey { key_id } => AccountReply::Key(st.keys.get(&key_id).and_then(|k| k.policy.clone())),
+        // `run` takes batches apart before they get here
+        AccountOp::Batch(ops) => AccountReply::Batch(ops.into_iter().map(|op| apply(st, op, now)).collect()),
     }
 }
 
@@ -254,11 +285,12 @@ fn report(st: &AccountState, key_id: Option<&str>, now: UnixMillis) -> Option<Us
     })
 }
 
-/// The overrun a settle recorded (and whether it came late), for the object's log.
-pub fn overran(reply: &AccountReply) -> Option<(MicroUsd, bool)> {
+/// The overruns settles recorded (and whether each came late), for the object's log.
+pub fn overruns(reply: &AccountReply) -> Vec<(MicroUsd, bool)> {
     match reply {
-        AccountReply::Settled(s) if s.overrun > MicroUsd::ZERO => Some((s.overrun, s.late)),
-        _ => None,
+        AccountReply::Settled(s) if s.overrun > MicroUsd::ZERO => vec![(s.overrun, s.late)],
+        AccountReply::Batch(replies) => replies.iter().flat_map(overruns).collect(),
+        _ => Vec::new(),
     }
 }
 

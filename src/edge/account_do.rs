@@ -51,7 +51,7 @@ impl DurableObject for Account {
             Some(st) => store::run(st, op, now),
             None => return Response::error("ledger_unavailable: not loaded", 503),
         };
-        if let Some((overrun, late)) = store::overran(&reply) {
+        for (overrun, late) in store::overruns(&reply) {
             // not an error, but operators want to see overshoots and late settles
             worker::console_log!("settle overran its reservation by {} micro-USD (late: {late})", overrun.0);
         }

@@ -1,10 +1,17 @@
 //! A call's hold on credit, as a guard: it is settled to the actual cost or given back exactly
 //! once, whatever path the call takes. Settling consumes it; dropping it unsettled (an error,
 //! an early return, a cooldown) releases it. Nothing releases a reservation by hand.
+//!
+//! Settles and releases go to the account object after the response is on its way, and those
+//! that land together are coalesced: per account, one request of this isolate at a time sends
+//! (in its own `wait_until`), and whatever queued meanwhile goes in its next round trip as one
+//! batch. Other requests only queue: none of them awaits I/O that belongs to another request.
 
 use crate::core::ledger::MicroUsd;
 use crate::core::protocol::AccountOp as Op;
 use crate::edge::account_do;
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::rc::Rc;
 use worker::{Context, Env};
 
@@ -50,33 +57,88 @@ impl Hold {
 
     /// Settles after the response is on its way.
     pub fn settle(mut self, actual: MicroUsd) {
-        let op = self.settle_op(actual);
-        let (env, account) = (self.env.clone(), self.account.clone());
-        self.ctx.wait_until(send(env, account, op));
+        if let Some(op) = self.settle_op(actual) {
+            enqueue(&self.env, &self.ctx, &self.account, op);
+        }
     }
+}
 
-    /// Settles inside an already-registered `wait_until` (a stream's settle task).
-    pub async fn settle_now(mut self, actual: MicroUsd) {
-        let op = self.settle_op(actual);
-        send(self.env.clone(), self.account.clone(), op).await;
+/// Per account: the operations waiting to be sent, and whether a request is sending them.
+#[derive(Default)]
+struct Queue {
+    ops: Vec<Op>,
+    sending: bool,
+}
+
+thread_local! {
+    static QUEUES: RefCell<HashMap<String, Queue>> = RefCell::new(HashMap::new());
+}
+
+/// A sender hands over after this many round trips, so no request's `wait_until` runs on
+/// for ever under a steady stream of settles.
+const MAX_ROUNDS: u32 = 8;
+
+fn enqueue(env: &Env, ctx: &Context, account: &str, op: Op) {
+    let start = QUEUES.with(|q| {
+        let mut q = q.borrow_mut();
+        let queue = q.entry(account.to_string()).or_default();
+        queue.ops.push(op);
+        !std::mem::replace(&mut queue.sending, true)
+    });
+    if start {
+        ctx.wait_until(drain(env.clone(), account.to_string()));
+    }
+}
+
+/// Takes what is queued for `account`. With `last`, or when nothing is queued, the queue is
+/// marked idle in the same step, so the next settle starts a sender of its own: every queued
+/// operation always has a sender.
+fn take(account: &str, last: bool) -> Vec<Op> {
+    QUEUES.with(|q| {
+        let mut q = q.borrow_mut();
+        let Some(queue) = q.get_mut(account) else { return Vec::new() };
+        let ops = std::mem::take(&mut queue.ops);
+        if last || ops.is_empty() {
+            q.remove(account);
+        }
+        ops
+    })
+}
+
+async fn drain(env: Env, account: String) {
+    for round in 1..=MAX_ROUNDS {
+        let mut ops = take(&account, round == MAX_ROUNDS);
+        let op = match ops.len() {
+            0 => return,
+            1 => ops.remove(0),
+            _ => Op::Batch(ops),
+        };
+        send(&env, &account, op).await;
     }
 }
 
 /// A failure leaves the reservation to expire: the account is never charged twice (a settle
 /// of an unknown reservation charges nothing), at worst a hold lingers for its TTL and a late
 /// settle is still charged.
-async fn send(env: Env, account: String, op: Option<Op>) {
-    let Some(op) = op else { return };
-    if account_do::call(&env, &account, &op).await.is_err() {
+async fn send(env: &Env, account: &str, op: Op) {
+    if account_do::call(env, account, &op).await.is_err() {
         worker::console_error!("settle or release failed for account {account}; the reservation will expire");
+    }
+}
+
+impl Hold {
+    /// Settles inside an already-registered `wait_until` (a stream's settle task).
+    pub async fn settle_now(mut self, actual: MicroUsd) {
+        if let Some(op) = self.settle_op(actual) {
+            send(&self.env, &self.account, op).await;
+        }
     }
 }
 
 impl Drop for Hold {
     fn drop(&mut self) {
         if let Some(reservation) = self.reservation.take() {
-            let (env, account) = (self.env.clone(), std::mem::take(&mut self.account));
-            self.ctx.wait_until(send(env, account, Some(Op::Release { reservation })));
+            enqueue(&self.env, &self.ctx, &self.account, Op::Release { reservation });
         }
     }
 }
