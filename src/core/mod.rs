@@ -11,6 +11,7 @@ pub mod error;
 pub mod gcra;
 pub mod headers;
 pub mod keys;
+pub mod lease;
 pub mod ledger;
 pub mod paths;
 pub mod pricing;
