@@ -4,12 +4,13 @@
 #![allow(clippy::unwrap_used)] // a benchmark, not a request path
 
 use hf_gate::core::account::{AccountPolicy, AccountState, AdmitRequest, Cost, KeyPolicy};
-use hf_gate::core::body::{apply, inspect, Api};
+use hf_gate::core::body::{apply, inspect};
 use hf_gate::core::gcra::{check, Quota, Tat};
 use hf_gate::core::keys::RateLimit;
 use hf_gate::core::keys::{bearer_key, digest};
 use hf_gate::core::ledger::{Budget, Ledger, MicroUsd, OnExhausted};
 use hf_gate::core::paths::route;
+use hf_gate::core::paths::Api;
 use hf_gate::core::retry::upstream_wait;
 use hf_gate::core::sse::SseMeter;
 use hf_gate::core::time::UnixMillis;

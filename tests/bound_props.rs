@@ -8,7 +8,8 @@
 //! valid JSON with no duplicate key.
 #![cfg(not(target_arch = "wasm32"))]
 
-use hf_gate::core::body::{apply, inspect, Api, LIMIT_FIELDS, MESSAGE_OVERHEAD_TOKENS};
+use hf_gate::core::body::{apply, inspect, LIMIT_FIELDS, MESSAGE_OVERHEAD_TOKENS};
+use hf_gate::core::paths::Api;
 use hf_gate::core::pricing::TokenUsage;
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};

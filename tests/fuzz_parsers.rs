@@ -3,8 +3,9 @@
 //! brief pass; `make fuzz` sets FUZZ_CASES high for a long one.
 #![cfg(not(target_arch = "wasm32"))]
 
-use hf_gate::core::body::{apply, inspect, usage_of_body, Api};
+use hf_gate::core::body::{apply, inspect, usage_of_body};
 use hf_gate::core::keys::{base64url_decode, bearer_key};
+use hf_gate::core::paths::Api;
 use hf_gate::core::paths::{check_path, route};
 use hf_gate::core::settings::Settings;
 use hf_gate::core::sse::SseMeter;

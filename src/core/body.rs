@@ -24,6 +24,7 @@
 //! usage request.
 
 use crate::core::error::GatewayError;
+use crate::core::paths::Api;
 use crate::core::pricing::TokenUsage;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
@@ -71,42 +72,6 @@ const MEDIA_TYPES: &[&str] = &[
 /// Members of a media part that hold its payload (a URL or base64 data, not prompt text).
 const MEDIA_PAYLOAD_KEYS: &[&str] =
     &["image_url", "input_audio", "image", "audio", "file", "file_data", "video_url", "video", "url", "data"];
-
-/// The token-priced API a path speaks, decided once where paths are parsed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Api {
-    /// `/v1/chat/completions`: `messages`, `max_tokens` / `max_completion_tokens`, `n`.
-    Chat,
-    /// `/v1/completions`: `prompt` (one or a batch), `max_tokens`, `n`, `best_of`.
-    Completions,
-    /// `/v1/responses`: `input`, `instructions`, `max_output_tokens`.
-    Responses,
-}
-
-impl Api {
-    /// The field written when the body carries no output limit at all.
-    pub fn limit_field(self) -> &'static str {
-        match self {
-            Api::Chat | Api::Completions => "max_tokens",
-            Api::Responses => "max_output_tokens",
-        }
-    }
-
-    /// Where the prompt is.
-    fn prompt_field(self) -> &'static str {
-        match self {
-            Api::Chat => "messages",
-            Api::Completions => "prompt",
-            Api::Responses => "input",
-        }
-    }
-
-    /// Whether a stream reports usage only when asked (`stream_options.include_usage`); the
-    /// responses API always reports it in its final event.
-    pub fn usage_on_request(self) -> bool {
-        !matches!(self, Api::Responses)
-    }
-}
 
 /// A byte range of the body: `start..end`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -253,7 +218,8 @@ pub fn apply(body: &[u8], edits: &[Edit]) -> Vec<u8> {
 /// `stream_options` that is not an object.
 ///
 /// ```
-/// use hf_gate::core::body::{apply, inspect, Api};
+/// use hf_gate::core::body::{apply, inspect};
+/// use hf_gate::core::paths::Api;
 /// let body = br#"{"model":"m","max_tokens":null,"messages":[{"role":"user","content":"hi"}]}"#;
 /// let shape = inspect(body, Api::Chat, 1_000).unwrap();
 /// assert_eq!(shape.requested_output, None);

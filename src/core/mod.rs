@@ -5,6 +5,8 @@
 
 pub mod account;
 pub mod body;
+pub mod call;
+pub mod caller;
 pub mod cors;
 pub mod edits;
 pub mod error;

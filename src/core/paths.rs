@@ -4,7 +4,6 @@
 //! and paths with `..`, `.`, empty segments, backslashes or encoded slashes and dots are refused
 //! rather than normalised into something else.
 
-use crate::core::body::Api;
 use crate::core::error::GatewayError;
 
 /// Inference Providers reachable as `/{provider}/...`.
@@ -33,6 +32,42 @@ pub const PROVIDERS: &[&str] = &[
 ];
 
 pub const MAX_PATH_LEN: usize = 2048;
+
+/// The token-priced API a path speaks, decided once where paths are parsed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Api {
+    /// `/v1/chat/completions`: `messages`, `max_tokens` / `max_completion_tokens`, `n`.
+    Chat,
+    /// `/v1/completions`: `prompt` (one or a batch), `max_tokens`, `n`, `best_of`.
+    Completions,
+    /// `/v1/responses`: `input`, `instructions`, `max_output_tokens`.
+    Responses,
+}
+
+impl Api {
+    /// The field written when the body carries no output limit at all.
+    pub fn limit_field(self) -> &'static str {
+        match self {
+            Api::Chat | Api::Completions => "max_tokens",
+            Api::Responses => "max_output_tokens",
+        }
+    }
+
+    /// Where the prompt is.
+    pub(crate) fn prompt_field(self) -> &'static str {
+        match self {
+            Api::Chat => "messages",
+            Api::Completions => "prompt",
+            Api::Responses => "input",
+        }
+    }
+
+    /// Whether a stream reports usage only when asked (`stream_options.include_usage`); the
+    /// responses API always reports it in its final event.
+    pub fn usage_on_request(self) -> bool {
+        !matches!(self, Api::Responses)
+    }
+}
 
 /// How a proxied call is paid for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -215,14 +215,7 @@ impl Account {
     }
 }
 
-/// The Durable Object name of a key's own account and of an org's pool.
-pub fn key_account(key_id: &str) -> String {
-    format!("key:{key_id}")
-}
-
-pub fn org_account(org_id: &str) -> String {
-    format!("org:{org_id}")
-}
+pub use crate::core::caller::{key_account, org_account};
 
 /// Sends one operation to an account. Any failure is `LedgerUnavailable` (logged by
 /// `objects::call`): metered traffic fails closed rather than going upstream uncounted.

@@ -126,15 +126,6 @@ async fn send(env: &Env, account: &str, op: Op) {
     }
 }
 
-impl Hold {
-    /// Settles inside an already-registered `wait_until` (a stream's settle task).
-    pub async fn settle_now(mut self, actual: MicroUsd) {
-        if let Some(op) = self.settle_op(actual) {
-            send(&self.env, &self.account, op).await;
-        }
-    }
-}
-
 impl Drop for Hold {
     fn drop(&mut self) {
         if let Some(reservation) = self.reservation.take() {

@@ -4,9 +4,9 @@
 //! bound.
 
 use crate::core::body;
+use crate::core::call::CallPricing;
 use crate::core::error::GatewayError;
-use crate::core::ledger::MicroUsd;
-use crate::core::pricing::{ComputePrice, Price, TokenUsage};
+use crate::core::pricing::TokenUsage;
 use crate::core::sse::SseMeter;
 use crate::core::time::UnixMillis;
 use crate::edge::body_io::{read_capped, response_body, Capped, Source};
@@ -28,40 +28,6 @@ use worker::{Context, Headers, Response};
 /// and charged their bound.
 const MAX_BUFFERED_RESPONSE: usize = 32 * 1024 * 1024;
 
-/// How a call's actual cost is worked out once it is over.
-#[derive(Clone, Copy, Debug)]
-pub enum Pricing {
-    /// Token-priced: `prompt` and `completion` are the bounds of the body sent.
-    Tokens {
-        price: Price,
-        prompt: u64,
-        completion: u64,
-    },
-    Time(ComputePrice),
-    Free,
-}
-
-impl Pricing {
-    /// The cost of a call whose upstream gave no usage: the prompt bound and what was
-    /// delivered (a token is at least a byte, or about an event), never past the bound.
-    fn without_usage(&self, delivered: u64, elapsed_ms: u64) -> MicroUsd {
-        match *self {
-            Pricing::Tokens { price, prompt, completion } => {
-                price.cost(TokenUsage { prompt, completion: delivered.min(completion) })
-            }
-            Pricing::Time(compute) => compute.cost_ms(elapsed_ms),
-            Pricing::Free => MicroUsd::ZERO,
-        }
-    }
-
-    fn with_usage(&self, usage: Option<TokenUsage>, delivered: u64, elapsed_ms: u64) -> MicroUsd {
-        match (self, usage) {
-            (Pricing::Tokens { price, .. }, Some(u)) => price.cost(u),
-            _ => self.without_usage(delivered, elapsed_ms),
-        }
-    }
-}
-
 fn unreadable<E>(_: E) -> GatewayError {
     GatewayError::UpstreamError("unreadable response".into())
 }
@@ -78,7 +44,7 @@ pub async fn whole_body(
     status: u16,
     headers: Headers,
     hold: Hold,
-    pricing: Pricing,
+    pricing: CallPricing,
 ) -> Result<Response, GatewayError> {
     let source = response_body(&mut resp).await;
     let (bytes, rest) = match read_capped(source, MAX_BUFFERED_RESPONSE, 64 * 1024).await {
@@ -134,7 +100,7 @@ pub async fn stream(
     headers: Headers,
     ctx: &Rc<Context>,
     hold: Hold,
-    pricing: Pricing,
+    pricing: CallPricing,
     sse: Option<SseMeter>,
     started: UnixMillis,
     silence: Silence,
@@ -167,7 +133,7 @@ pub async fn stream(
             let ended_at = p.ended_at.unwrap_or(p.last_activity);
             pricing.with_usage(p.usage, p.delivered_events, ended_at.millis_since(started))
         };
-        hold.settle_now(actual).await;
+        hold.settle(actual);
     };
     ctx.wait_until(settle);
     let metered = Metered { inner, meter: sse, progress, ended: Some(ended_tx), silence, timer: None, finished: false };

@@ -7,8 +7,9 @@
 //! after the response is on its way, or released, exactly once. Sending and retrying live in
 //! `upstream`, metering in `meter`, body memory in `body_io`.
 
-use crate::core::account::{Admission, AdmitRequest, Cost};
-use crate::core::body::{self, CallShape, MIN_USEFUL_OUTPUT_TOKENS};
+use crate::core::account::{Admission, AdmitRequest};
+use crate::core::body::{self, CallShape};
+use crate::core::call;
 use crate::core::cors;
 use crate::core::error::GatewayError;
 use crate::core::headers;
@@ -19,7 +20,7 @@ use crate::edge::account_do;
 use crate::edge::auth;
 use crate::edge::body_io;
 use crate::edge::hold::Hold;
-use crate::edge::meter::{self, Pricing, Silence};
+use crate::edge::meter::{self, Silence};
 use crate::edge::platform;
 use crate::edge::response::Meta;
 use crate::edge::upstream::{self, Outbound, Target};
@@ -50,17 +51,14 @@ pub async fn handle(
     let model = shape.as_ref().map(|sh| sh.model.clone()).or_else(|| route.path_model.clone()).unwrap_or_default();
     let asked = shape.as_ref().map(|sh| sh.output_bound(caller.plan.default_max_tokens));
     let price = s.prices.price(&model);
-    let cost = match (&shape, route.metering) {
-        (Some(sh), _) => Cost::Tokens {
-            price,
-            prompt: sh.prompt_tokens,
-            output: asked.unwrap_or(caller.plan.default_max_tokens),
-            choices: sh.choices,
-            min_output: MIN_USEFUL_OUTPUT_TOKENS,
-        },
-        (None, Metering::Time) => Cost::Fixed { amount: s.compute.cost_ms(s.retry.deadline_ms) },
-        (None, _) => Cost::FREE,
-    };
+    let cost = call::worst_case(
+        route.metering,
+        shape.as_ref(),
+        price,
+        s.compute,
+        s.retry.deadline_ms,
+        asked.unwrap_or(caller.plan.default_max_tokens),
+    );
 
     let cooldown_key =
         cooldown_route(&upstream::credential(&caller, &route), route.provider.as_deref(), &model, &route.path);
@@ -115,14 +113,7 @@ pub async fn handle(
     let upstream_body = body_io::upstream_body(&body.bytes, &edits);
     let permit = body.permit;
     drop(body.bytes);
-    let pricing = match (&shape, route.metering) {
-        (Some(sh), _) => {
-            let bound = sh.worst_case(output);
-            Pricing::Tokens { price, prompt: bound.prompt, completion: bound.completion }
-        }
-        (None, Metering::Time) => Pricing::Time(s.compute),
-        (None, _) => Pricing::Free,
-    };
+    let pricing = call::CallPricing::of(route.metering, shape.as_ref(), price, s.compute, output);
 
     let method = req.method();
     // the raw URL string, not `req.url()`: parsing it would pull the url crate's IDNA tables
@@ -160,7 +151,7 @@ pub async fn handle(
         return meter::pass_through(resp, status, out).await;
     }
     let is_sse = resp.headers().get("content-type").ok().flatten().is_some_and(|c| c.contains("text/event-stream"));
-    if matches!(pricing, Pricing::Tokens { .. }) && !is_sse {
+    if pricing.is_tokens() && !is_sse {
         return meter::whole_body(resp, status, out, hold, pricing).await;
     }
     let sse = is_sse.then(|| SseMeter::new(shape.as_ref().is_some_and(CallShape::hides_usage)));

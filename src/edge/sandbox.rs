@@ -4,6 +4,7 @@
 use crate::core::body;
 use crate::core::error::GatewayError;
 use crate::core::keys::random_id;
+use crate::core::paths::{Api, Metering, ProxyRoute};
 use crate::core::sandbox;
 use crate::core::settings::Settings;
 use crate::edge::platform::{self, OsRng};
@@ -34,7 +35,8 @@ fn respond_sse(events: Vec<String>, delay_ms: u64) -> Result<Response, GatewayEr
 }
 
 /// Answers one upstream call in-process. `body` is what the gateway would send upstream.
-pub async fn respond(s: &Settings, path: &str, body_bytes: &[u8]) -> Result<Response, GatewayError> {
+pub async fn respond(s: &Settings, route: &ProxyRoute, body_bytes: &[u8]) -> Result<Response, GatewayError> {
+    let path = route.path.as_str();
     let created = platform::now().0 / 1000;
     let id = format!("sbx-{}", random_id(&mut OsRng));
     let rest = path.strip_prefix('/').and_then(|p| p.split_once('/')).map_or(path, |(first, rest)| {
@@ -44,11 +46,15 @@ pub async fn respond(s: &Settings, path: &str, body_bytes: &[u8]) -> Result<Resp
             &path[1..]
         }
     });
+    // the API a call speaks was decided where its path was parsed
+    let api = match route.metering {
+        Metering::Tokens(api @ (Api::Chat | Api::Responses)) => Some(api),
+        _ => None,
+    };
     match rest {
-        "v1/chat/completions" | "v1/responses" => {
-            let responses_api = rest == "v1/responses";
-            let api = if responses_api { body::Api::Responses } else { body::Api::Chat };
-            let shape = body::inspect(body_bytes, api, s.media_part_tokens)?;
+        _ if api.is_some() => {
+            let responses_api = api == Some(Api::Responses);
+            let shape = body::inspect(body_bytes, api.unwrap_or(Api::Chat), s.media_part_tokens)?;
             // the gateway always sends a bound; the sandbox keeps to it like a provider would
             let reply = sandbox::reply(body_bytes, shape.requested_output.unwrap_or(1024));
             match (shape.stream, responses_api) {

@@ -156,9 +156,7 @@ pub async fn send_with_retries(
 async fn send_once(s: &Settings, out: &Outbound<'_>, left_ms: u64) -> Result<Response, GatewayError> {
     let Outbound { target, route, query, method, headers, body } = *out;
     let (base, token, strip) = match target {
-        Target::Sandbox => {
-            return sandbox::respond(s, &route.path, &body.map(Uint8Array::to_vec).unwrap_or_default()).await
-        }
+        Target::Sandbox => return sandbox::respond(s, route, &body.map(Uint8Array::to_vec).unwrap_or_default()).await,
         Target::Url { base, token, strip_prefix } => (base, token, strip_prefix),
     };
     let path = strip.as_deref().and_then(|p| route.path.strip_prefix(p)).unwrap_or(&route.path);
