@@ -72,7 +72,7 @@ fn store(env: &Env) -> Result<KvStore, GatewayError> {
 }
 
 fn unavailable<E>(_: E) -> GatewayError {
-    GatewayError::LedgerUnavailable
+    GatewayError::KeyStoreUnavailable
 }
 
 /// The record of a key by the digest of its secret, from memory or KV.
@@ -115,7 +115,7 @@ pub async fn key_by_id(env: &Env, id: &str) -> Result<Option<KeyRecord>, Gateway
 
 pub async fn put_key(env: &Env, record: &KeyRecord) -> Result<(), GatewayError> {
     let kv = store(env)?;
-    let json = serde_json::to_string(record).map_err(|e| GatewayError::InvalidRequest(e.to_string()))?;
+    let json = serde_json::to_string(record).map_err(|_| GatewayError::Internal("the record could not be written"))?;
     kv.put(&format!("k:{}", record.digest), json).map_err(unavailable)?.execute().await.map_err(unavailable)?;
     kv.put(&format!("id:{}", record.id), record.digest.as_str())
         .map_err(unavailable)?
@@ -145,7 +145,7 @@ pub async fn org(env: &Env, id: &str) -> Result<Option<OrgRecord>, GatewayError>
 }
 
 pub async fn put_org(env: &Env, record: &OrgRecord) -> Result<(), GatewayError> {
-    let json = serde_json::to_string(record).map_err(|e| GatewayError::InvalidRequest(e.to_string()))?;
+    let json = serde_json::to_string(record).map_err(|_| GatewayError::Internal("the record could not be written"))?;
     store(env)?.put(&format!("org:{}", record.id), json).map_err(unavailable)?.execute().await.map_err(unavailable)?;
     forget_org(&record.id);
     Ok(())
@@ -163,7 +163,9 @@ pub async fn org_ids(env: &Env) -> Result<Vec<String>, GatewayError> {
 /// large integers to doubles).
 async fn get_json<T: serde::de::DeserializeOwned>(kv: &KvStore, key: &str) -> Result<Option<T>, GatewayError> {
     match kv.get(key).text().await.map_err(unavailable)? {
-        Some(text) => serde_json::from_str(&text).map(Some).map_err(|_| GatewayError::LedgerUnavailable),
+        Some(text) => serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|_| GatewayError::Internal("a stored record could not be read")),
         None => Ok(None),
     }
 }
