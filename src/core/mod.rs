@@ -12,6 +12,7 @@ pub mod gcra;
 pub mod headers;
 pub mod keys;
 pub mod ledger;
+pub mod listing;
 pub mod paths;
 pub mod pricing;
 pub mod rand;
