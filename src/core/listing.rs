@@ -6,7 +6,7 @@
 
 use crate::core::error::GatewayError;
 use crate::core::keys::{base64url, base64url_decode};
-use serde::Serialize;
+use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 pub const DEFAULT_LIMIT: u32 = 100;
@@ -22,21 +22,17 @@ pub struct PageRequest {
     pub after: Option<String>,
 }
 
-/// One page: `{"object":"list","data":[...],"has_more":bool,"next_cursor":string|null}`.
-#[derive(Serialize)]
-pub struct Page<T> {
-    pub object: &'static str,
-    pub data: Vec<T>,
-    pub has_more: bool,
-    pub next_cursor: Option<String>,
-}
-
-impl<T> Page<T> {
-    /// The page of the list under `prefix`, continued (if KV has more) from `store_cursor`.
-    pub fn new(prefix: &str, data: Vec<T>, store_cursor: Option<&str>) -> Self {
-        let next_cursor = store_cursor.map(|c| cursor(prefix, c));
-        Page { object: "list", data, has_more: next_cursor.is_some(), next_cursor }
-    }
+/// A page of the list under `prefix`, continued (if KV has more) from `store_cursor`:
+/// `{"object":"list","data":[...],"has_more":bool,"next_cursor":string|null}`. (Built as a
+/// map, not a derived `Serialize`: the bundle already carries the map code.)
+pub fn page(prefix: &str, data: Vec<Value>, store_cursor: Option<&str>) -> Value {
+    let next = store_cursor.map(|c| cursor(prefix, c));
+    let mut body = Map::new();
+    body.insert("object".into(), "list".into());
+    body.insert("data".into(), data.into());
+    body.insert("has_more".into(), next.is_some().into());
+    body.insert("next_cursor".into(), next.into());
+    body.into()
 }
 
 fn bad(why: &str) -> GatewayError {
@@ -69,6 +65,19 @@ fn unwrap_cursor(prefix: &str, given: &str) -> Option<String> {
     }
     let rest = std::str::from_utf8(payload).ok()?.strip_prefix(prefix)?.strip_prefix('\n')?;
     (!rest.is_empty()).then(|| rest.to_string())
+}
+
+/// The query of a raw request URL (the runtime's string: parsing it with the `url` crate
+/// would pull its IDNA tables into the bundle for two parameters).
+///
+/// ```
+/// use hf_gate::core::listing::query;
+/// assert_eq!(query("https://gw.example/admin/keys?limit=5#top"), "limit=5");
+/// assert_eq!(query("https://gw.example/admin/keys"), "");
+/// ```
+pub fn query(url: &str) -> &str {
+    let q = url.split_once('?').map_or("", |(_, q)| q);
+    q.split_once('#').map_or(q, |(q, _)| q)
 }
 
 /// Reads `limit` (1 to 1000, default 100) and `cursor` from a raw query string, for the list
@@ -176,14 +185,11 @@ mod tests {
 
     #[test]
     fn a_page_has_more_exactly_when_it_hands_out_a_cursor() {
-        let last = Page::new("id:", vec![1, 2], None);
-        assert_eq!(
-            serde_json::to_string(&last).unwrap(),
-            r#"{"object":"list","data":[1,2],"has_more":false,"next_cursor":null}"#
-        );
-        let more = Page::new("id:", vec![1], Some("kv"));
-        assert!(more.has_more);
-        let next = more.next_cursor.unwrap();
+        let last = page("id:", vec![1.into(), 2.into()], None);
+        assert_eq!(last, serde_json::json!({"object": "list", "data": [1, 2], "has_more": false, "next_cursor": null}));
+        let more = page("id:", vec![1.into()], Some("kv"));
+        assert_eq!(more["has_more"], true);
+        let next = more["next_cursor"].as_str().unwrap();
         assert_eq!(page_request(&format!("cursor={next}"), "id:").unwrap().after.as_deref(), Some("kv"));
     }
 }
