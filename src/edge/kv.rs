@@ -13,7 +13,7 @@ use crate::core::keys::{digest_prefix, KeyRecord, OrgRecord};
 use crate::core::time::UnixMillis;
 use crate::edge::stats::{self, Counter};
 use crate::edge::{platform, registry_do};
-use js_sys::{Function, Object, Promise, Reflect};
+use js_sys::{Array, Function, Object, Promise, Reflect};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use wasm_bindgen::{JsCast, JsValue};
@@ -149,20 +149,39 @@ pub async fn index_key(env: &Env, record: &KeyRecord) -> Result<(), GatewayError
     Ok(())
 }
 
-/// `put(name, value, {metadata: summary})`, called on the binding itself: workers-rs would
-/// take the metadata through `serde_json::Value` and serde-wasm-bindgen, kilobytes of bundle
-/// for one string.
-async fn put_summarised(kv: &JsValue, name: &str, value: &str, summary: &str) -> Result<(), GatewayError> {
-    let put: Function = Reflect::get(kv, &"put".into()).and_then(JsCast::dyn_into).map_err(unavailable)?;
-    let options = Object::new();
-    Reflect::set(&options, &"metadata".into(), &summary.into()).map_err(unavailable)?;
-    let promise = put.call3(kv, &name.into(), &value.into(), &options).and_then(JsCast::dyn_into::<Promise>);
-    JsFuture::from(promise.map_err(unavailable)?).await.map(drop).map_err(unavailable)
-}
+// The two calls that carry metadata (a put with a summary, a list of names and summaries) go
+// to the binding itself: through workers-rs, metadata travels as `serde_json::Value` through
+// serde-wasm-bindgen, kilobytes of bundle for what is one string here.
 
 /// The KV binding as the runtime gives it.
 fn binding(env: &Env) -> Result<JsValue, GatewayError> {
     Reflect::get(env, &BINDING.into()).ok().filter(|kv| kv.is_object()).ok_or_else(missing)
+}
+
+/// `kv[method](...args)`, awaited.
+async fn call(kv: &JsValue, method: &str, args: &Array) -> Result<JsValue, GatewayError> {
+    let f: Function = Reflect::get(kv, &method.into()).and_then(JsCast::dyn_into).map_err(unavailable)?;
+    let promise: Promise = f.apply(kv, args).and_then(JsCast::dyn_into).map_err(unavailable)?;
+    JsFuture::from(promise).await.map_err(unavailable)
+}
+
+/// `obj[field]`, or `undefined`.
+fn field(obj: &JsValue, name: &str) -> JsValue {
+    Reflect::get(obj, &name.into()).unwrap_or_default()
+}
+
+/// An options object: `{name: value, ...}`, leaving out what is `undefined`.
+fn options(pairs: &[(&str, JsValue)]) -> Object {
+    let o = Object::new();
+    for (k, v) in pairs.iter().filter(|(_, v)| !v.is_undefined()) {
+        let _ = Reflect::set(&o, &(*k).into(), v);
+    }
+    o
+}
+
+async fn put_summarised(kv: &JsValue, name: &str, value: &str, summary: &str) -> Result<(), GatewayError> {
+    let opts = options(&[("metadata", summary.into())]);
+    call(kv, "put", &Array::of3(&name.into(), &value.into(), &opts)).await.map(drop)
 }
 
 /// A page of the entries under a prefix: each one's name past the prefix and its summary
@@ -174,23 +193,18 @@ pub struct Listed {
 
 /// One KV list call: at most `limit` entries under `prefix`, from KV's cursor `after`.
 pub async fn page(env: &Env, prefix: &str, limit: u32, after: Option<String>) -> Result<Listed, GatewayError> {
-    let mut q = store(env)?.list().prefix(prefix.to_string()).limit(u64::from(limit));
-    if let Some(c) = after {
-        q = q.cursor(c);
-    }
-    let page = q.execute().await.map_err(unavailable)?;
-    let entries = page
-        .keys
-        .into_iter()
+    let opts = options(&[("prefix", prefix.into()), ("limit", limit.into()), ("cursor", after.into())]);
+    let page = call(&binding(env)?, "list", &Array::of1(&opts)).await?;
+    let keys: Array = field(&page, "keys").dyn_into().map_err(unavailable)?;
+    let entries = keys
+        .iter()
         .filter_map(|k| {
-            let summary = match k.metadata {
-                Some(serde_json::Value::String(s)) => Some(s),
-                _ => None,
-            };
-            Some((k.name.strip_prefix(prefix)?.to_string(), summary))
+            let name = field(&k, "name").as_string()?;
+            Some((name.strip_prefix(prefix)?.to_string(), field(&k, "metadata").as_string()))
         })
         .collect();
-    Ok(Listed { entries, more: page.cursor.filter(|_| !page.list_complete) })
+    let complete = field(&page, "list_complete").as_bool() != Some(false);
+    Ok(Listed { entries, more: field(&page, "cursor").as_string().filter(|_| !complete) })
 }
 
 pub async fn org(env: &Env, id: &str) -> Result<Option<OrgRecord>, GatewayError> {
