@@ -49,6 +49,11 @@ pub enum GatewayError {
     },
     /// The ledger could not be reached: metered traffic is refused rather than uncounted.
     LedgerUnavailable,
+    /// KV, where key and org records live, failed a read, write or list.
+    KeyStoreUnavailable,
+    /// The gateway failed at something that is its own job (writing its own record, reading
+    /// back what it stored); says what, never how.
+    Internal(&'static str),
 }
 
 /// Waits longer than this are not worth a client sleeping on (`x-should-retry: false`).
@@ -67,9 +72,9 @@ impl GatewayError {
             InvalidRequest(_) => 400,
             RateLimited { .. } | InsufficientQuota { .. } | UpstreamRateLimited { .. } => 429,
             UpstreamError(_) => 502,
-            UpstreamNotConfigured | AdminDisabled | LedgerUnavailable | Busy { .. } => 503,
+            UpstreamNotConfigured | AdminDisabled | LedgerUnavailable | KeyStoreUnavailable | Busy { .. } => 503,
             UpstreamTimeout => 504,
-            Misconfigured { .. } => 500,
+            Misconfigured { .. } | Internal(_) => 500,
         }
     }
 
@@ -93,6 +98,8 @@ impl GatewayError {
             AdminDisabled => "admin_disabled",
             Misconfigured { .. } => "configuration_error",
             LedgerUnavailable => "ledger_unavailable",
+            KeyStoreUnavailable => "key_store_unavailable",
+            Internal(_) => "internal_error",
             Busy { .. } => "gateway_busy",
         }
     }
@@ -110,9 +117,13 @@ impl GatewayError {
             RateLimited { .. } | UpstreamRateLimited { .. } => "rate_limit_error",
             InsufficientQuota { .. } => "insufficient_quota",
             UpstreamError(_) | UpstreamTimeout => "upstream_error",
-            UpstreamNotConfigured | AdminDisabled | Misconfigured { .. } | LedgerUnavailable | Busy { .. } => {
-                "server_error"
-            }
+            UpstreamNotConfigured
+            | AdminDisabled
+            | Misconfigured { .. }
+            | LedgerUnavailable
+            | KeyStoreUnavailable
+            | Internal(_)
+            | Busy { .. } => "server_error",
         }
     }
 
@@ -134,6 +145,13 @@ impl GatewayError {
             GatewayError::InsufficientQuota { .. } => false,
             e => e.retry_after_ms().is_some_and(|ms| ms <= LONGEST_SENSIBLE_SLEEP_MS),
         }
+    }
+
+    /// Whether this is the gateway's own fault (a setting, a store down, a bug): worth a log
+    /// line, unlike a caller's mistake or a throttle.
+    pub fn is_fault(&self) -> bool {
+        use GatewayError::*;
+        matches!(self, Misconfigured { .. } | LedgerUnavailable | KeyStoreUnavailable | Internal(_))
     }
 
     /// The body: `{"error": {"message", "type", "code"}}`.
@@ -188,6 +206,8 @@ impl fmt::Display for GatewayError {
             LedgerUnavailable => {
                 f.write_str("The credit ledger is unavailable; metered calls are refused until it is back.")
             }
+            KeyStoreUnavailable => f.write_str("The key store (KV) is unavailable; retry shortly."),
+            Internal(what) => write!(f, "Internal error: {what}."),
         }
     }
 }
@@ -221,5 +241,18 @@ mod tests {
         assert_eq!((e.status(), v["error"]["code"].as_str()), (412, Some("precondition_failed")));
         assert_eq!(v["error"]["type"], "invalid_request_error");
         assert!(v["error"]["message"].as_str().unwrap().contains("If-Match: \"7\""));
+    }
+
+    #[test]
+    fn a_store_down_or_an_own_failure_says_so_and_is_not_the_callers_fault() {
+        let kv = GatewayError::KeyStoreUnavailable;
+        assert_eq!((kv.status(), kv.code(), kv.kind()), (503, "key_store_unavailable", "server_error"));
+        assert_ne!(kv.code(), GatewayError::LedgerUnavailable.code());
+        let own = GatewayError::Internal("the key record could not be written");
+        assert_eq!((own.status(), own.code(), own.kind()), (500, "internal_error", "server_error"));
+        assert!(own.to_string().contains("could not be written"));
+        assert!(kv.is_fault() && own.is_fault() && GatewayError::LedgerUnavailable.is_fault());
+        assert!(!GatewayError::InvalidRequest("x".into()).is_fault());
+        assert!(!GatewayError::RateLimited { retry_after_ms: 1 }.is_fault());
     }
 }

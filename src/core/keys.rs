@@ -257,6 +257,13 @@ impl KeyRecord {
             "created_at": self.created_at, "revoked": self.revoked, "version": self.version,
         })
     }
+
+    /// What an admin list shows of this key (its public view), as the JSON text kept in KV
+    /// metadata beside its id, so a page of keys is one KV list call with no reads. An empty
+    /// object when that would not fit KV's metadata: the list then reads the record.
+    pub fn summary(&self) -> String {
+        summary(self.public_json())
+    }
 }
 
 /// An organisation: seats share one credit pool, billed to `bill_to`.
@@ -280,6 +287,25 @@ impl OrgRecord {
             "spend_limit_micro_usd": self.spend_limit_micro_usd, "rate_limit": self.rate_limit,
             "created_at": self.created_at, "version": self.version,
         })
+    }
+
+    /// As `KeyRecord::summary`, for the list of orgs.
+    pub fn summary(&self) -> String {
+        summary(self.public_json())
+    }
+}
+
+/// KV keeps at most 1024 bytes of metadata per entry, measured as JSON.
+pub const METADATA_LIMIT: usize = 1024;
+
+/// A public view as summary text, or `{}` if, stored as a JSON string, it would not fit.
+fn summary(view: serde_json::Value) -> String {
+    let text = view.to_string();
+    let stored = serde_json::to_string(&text).map_or(usize::MAX, |s| s.len());
+    if stored <= METADATA_LIMIT {
+        text
+    } else {
+        "{}".into()
     }
 }
 
@@ -351,6 +377,41 @@ mod tests {
         let written = serde_json::to_value(&bound).unwrap();
         assert_eq!(written["provider_keys"], serde_json::json!({"together": "v2.c2VhbGVk"}));
         assert!(bound.public_json().get("provider_keys").is_none());
+    }
+
+    fn record(name: &str, origins: usize) -> KeyRecord {
+        KeyRecord {
+            id: "key_a".into(),
+            name: name.into(),
+            plan: "pro".into(),
+            org: None,
+            allowed_origins: (0..origins).map(|i| format!("https://app-{i:03}.example.com")).collect(),
+            rate_limit: Some(RateLimit { rpm: 60, burst: 10 }),
+            monthly_credit_micro_usd: Some(u64::MAX),
+            spend_cap_micro_usd: None,
+            created_at: "2026-11-22T13:00:00Z".into(),
+            revoked: false,
+            version: 3,
+            provider_keys: Default::default(),
+            digest: "d1ge57".into(),
+        }
+    }
+
+    #[test]
+    fn a_summary_is_the_public_view_exactly_and_never_the_digest() {
+        let r = record("web \"app\"", 2);
+        let back: serde_json::Value = serde_json::from_str(&r.summary()).unwrap();
+        assert_eq!(back, r.public_json(), "large integers and escapes survive");
+        assert!(!r.summary().contains("d1ge57"));
+    }
+
+    #[test]
+    fn a_summary_that_would_not_fit_kv_metadata_is_an_empty_object() {
+        // 32 long origins and a name of quotes: far past 1024 bytes once stored
+        assert_eq!(record(&"\"".repeat(100), 32).summary(), "{}");
+        let fits = record("x", 12);
+        let stored = serde_json::to_string(&fits.summary()).unwrap();
+        assert!(fits.summary().contains("key_a") && stored.len() <= METADATA_LIMIT);
     }
 
     #[test]

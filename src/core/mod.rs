@@ -15,6 +15,7 @@ pub mod headers;
 pub mod keys;
 pub mod lease;
 pub mod ledger;
+pub mod listing;
 pub mod paths;
 pub mod pricing;
 pub mod protocol;

@@ -102,6 +102,8 @@ pub enum Route {
     AdminKey(String),
     AdminOrgs,
     AdminOrg(String),
+    /// The keys of one org.
+    AdminOrgKeys(String),
     /// Per-isolate counters.
     AdminStats,
 }
@@ -113,6 +115,7 @@ impl Route {
             Route::Playground | Route::AdminPage | Route::Health | Route::Usage | Route::AdminStats => {
                 method == "GET" || method == "HEAD"
             }
+            Route::AdminOrgKeys(_) => method == "GET",
             Route::AdminKeys | Route::AdminOrgs => method == "GET" || method == "POST",
             Route::AdminKey(_) => matches!(method, "GET" | "PATCH" | "DELETE"),
             Route::AdminOrg(_) => matches!(method, "GET" | "PATCH"),
@@ -193,6 +196,9 @@ pub fn route(path: &str) -> Result<Route, GatewayError> {
         return single_segment(id).map(|id| Route::AdminKey(id.to_string()));
     }
     if let Some(id) = trimmed.strip_prefix("/admin/orgs/") {
+        if let Some(org) = id.strip_suffix("/keys") {
+            return single_segment(org).map(|org| Route::AdminOrgKeys(org.to_string()));
+        }
         return single_segment(id).map(|id| Route::AdminOrg(id.to_string()));
     }
     if let Some(model) = trimmed.strip_prefix("/v1/models/") {
@@ -293,6 +299,10 @@ mod tests {
         assert_eq!(p.path_model.as_deref(), Some("meta-llama/Llama-3.1-8B-Instruct"));
         assert_eq!(route("/admin/keys/key_abc"), Ok(Route::AdminKey("key_abc".into())));
         assert_eq!(route("/admin/keys/a/b"), Err(GatewayError::NotFound));
+        assert_eq!(route("/admin/orgs/acme/keys"), Ok(Route::AdminOrgKeys("acme".into())));
+        assert_eq!(route("/admin/orgs/acme/keys/"), Ok(Route::AdminOrgKeys("acme".into())));
+        assert_eq!(route("/admin/orgs/a/b/keys"), Err(GatewayError::NotFound));
+        assert_eq!(route("/admin/orgs/keys"), Ok(Route::AdminOrg("keys".into())));
         assert_eq!(route("/"), Ok(Route::Playground));
     }
 

@@ -1,5 +1,8 @@
 //! The admin API: create, list, read, update and revoke keys; create, read and update orgs.
 //!
+//! Lists come a page at a time (`core::listing`), each page one KV list call: a key's or an
+//! org's summary is KV metadata on its index entry (`edge::kv`).
+//!
 //! Every change that the ledger enforces (revocation, limits, credits) is pushed to the
 //! account's Durable Object *before* KV is written, so it holds at once everywhere, whatever
 //! the edge caches say.
@@ -16,6 +19,7 @@ use crate::core::edits::{self, AccountEdit, IfMatch, KeyEdit, EDIT_RETRY};
 use crate::core::error::GatewayError;
 use crate::core::gcra::{self, Quota, Tat};
 use crate::core::keys::{self, KeyRecord, OrgRecord, RateLimit, SealedKey, MINT_BYTES};
+use crate::core::listing;
 use crate::core::paths::PROVIDERS;
 use crate::core::settings::Settings;
 use crate::edge::account_do;
@@ -285,14 +289,38 @@ pub async fn create_key(mut req: Request, env: &Env, s: &Settings) -> Result<Ans
     Ok(Answer::record(201, body, record.version))
 }
 
-pub async fn list_keys(env: &Env) -> Result<Answer, GatewayError> {
-    let mut out = Vec::new();
-    for id in kv::key_ids(env).await? {
-        if let Some(r) = kv::key_by_id(env, &id).await? {
-            out.push(r.public_json());
+/// A page of a list (`prefix`: every key, one org's keys, or every org), from the summaries
+/// filed beside its entries, as `?limit=&cursor=` ask. An entry with none is read; a key filed
+/// before summaries and the org index existed is filed again now, so listing every key once
+/// after an upgrade completes the org index for the keys made before it.
+async fn list(req: &Request, env: &Env, prefix: &str) -> Result<Answer, GatewayError> {
+    let asked = listing::page_request(listing::query(&req.inner().url()), prefix)?;
+    let listed = kv::page(env, prefix, asked.limit, asked.after).await?;
+    let mut data = Vec::with_capacity(listed.entries.len());
+    for (id, stored) in listed.entries {
+        let summary = stored.as_deref().and_then(|s| serde_json::from_str::<Value>(s).ok());
+        if let Some(known) = summary.filter(|v| v.get("id").is_some()) {
+            data.push(known);
+        } else if prefix == kv::ALL_ORGS {
+            data.extend(kv::org(env, &id).await?.map(|o| o.public_json()));
+        } else if let Some(record) = kv::key_by_id(env, &id).await? {
+            if stored.is_none() {
+                kv::index_key(env, &record).await?;
+            }
+            data.push(record.public_json());
         }
     }
-    Ok(Answer::list(json!({"object": "list", "data": out})))
+    Ok(Answer::list(listing::page(prefix, data, listed.more.as_deref())))
+}
+
+pub async fn list_keys(req: &Request, env: &Env) -> Result<Answer, GatewayError> {
+    list(req, env, kv::ALL_KEYS).await
+}
+
+/// `GET /admin/orgs/{id}/keys`: the org's keys, from its index (404 for an unknown org).
+pub async fn list_org_keys(req: &Request, env: &Env, org: &str) -> Result<Answer, GatewayError> {
+    kv::org(env, org).await?.ok_or(GatewayError::NotFound)?;
+    list(req, env, &kv::org_keys(org)).await
 }
 
 /// A key with its usage. `revoked` and `version` are the ledger's word (KV's copy may lag a
@@ -458,14 +486,8 @@ pub async fn create_org(mut req: Request, env: &Env, s: &Settings) -> Result<Ans
     Ok(Answer::record(201, org.public_json(), org.version))
 }
 
-pub async fn list_orgs(env: &Env) -> Result<Answer, GatewayError> {
-    let mut out = Vec::new();
-    for id in kv::org_ids(env).await? {
-        if let Some(o) = kv::org(env, &id).await? {
-            out.push(o.public_json());
-        }
-    }
-    Ok(Answer::list(json!({"object": "list", "data": out})))
+pub async fn list_orgs(req: &Request, env: &Env) -> Result<Answer, GatewayError> {
+    list(req, env, kv::ALL_ORGS).await
 }
 
 /// An org with its pooled usage; its version is the newer of KV's and the ledger's.
@@ -547,7 +569,7 @@ pub async fn respond(
     }
     meta.apply(&h);
     response::bytes(a.status, a.body.to_string().into_bytes(), h)
-        .map_err(|_| GatewayError::UpstreamError("response could not be built".into()))
+        .map_err(|_| GatewayError::Internal("the response could not be built"))
 }
 
 /// Dispatches an admin route (already authorised).
@@ -561,12 +583,13 @@ async fn answer(
     let m = req.method();
     match (route, m) {
         (Route::AdminKeys, Method::Post) => create_key(req, env, s).await,
-        (Route::AdminKeys, _) => list_keys(env).await,
+        (Route::AdminKeys, _) => list_keys(&req, env).await,
         (Route::AdminKey(id), Method::Get) => get_key(env, s, id).await,
         (Route::AdminKey(id), Method::Patch) => patch_key(req, env, s, id).await,
         (Route::AdminKey(id), Method::Delete) => revoke_key(env, s, id).await,
         (Route::AdminOrgs, Method::Post) => create_org(req, env, s).await,
-        (Route::AdminOrgs, _) => list_orgs(env).await,
+        (Route::AdminOrgs, _) => list_orgs(&req, env).await,
+        (Route::AdminOrgKeys(id), _) => list_org_keys(&req, env, id).await,
         (Route::AdminOrg(id), Method::Get) => get_org(env, s, id).await,
         (Route::AdminOrg(id), Method::Patch) => patch_org(req, env, s, id).await,
         (Route::AdminStats, _) => Ok(Answer::list(json!({"isolate": stats::snapshot()}))),

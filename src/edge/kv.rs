@@ -1,6 +1,8 @@
 //! Key and organisation records in KV, with a small per-isolate cache.
 //!
-//! Layout: `k:<digest>` -> key record, `id:<key id>` -> digest, `org:<id>` -> org record.
+//! Layout: `k:<digest>` -> key record, `id:<key id>` -> digest, `ok:<org id>:<key id>` -> digest
+//! (an org's keys), `org:<id>` -> org record. The `id:`, `ok:` and `org:` entries carry the
+//! record's summary as metadata, so a page of a list is one KV list call.
 //! A record read here has its sealed provider keys bound to it (`KeyRecord::bind_sealed`).
 //! The cache is safe because nothing that must be immediate depends on it: revocation and
 //! policy changes are enforced by the account Durable Object, which holds the newest version
@@ -11,8 +13,11 @@ use crate::core::keys::{digest_prefix, KeyRecord, OrgRecord};
 use crate::core::time::UnixMillis;
 use crate::edge::stats::{self, Counter};
 use crate::edge::{platform, registry_do};
+use js_sys::{Array, Function, Object, Promise, Reflect};
 use std::cell::RefCell;
 use std::collections::HashMap;
+use wasm_bindgen::{JsCast, JsValue};
+use wasm_bindgen_futures::JsFuture;
 use worker::kv::KvStore;
 use worker::Env;
 
@@ -21,6 +26,14 @@ use worker::Env;
 pub use crate::edge::registry_do::browser_origins;
 
 pub const BINDING: &str = "GATEWAY_KV";
+/// The prefixes of the lists: every key (by id), every org.
+pub const ALL_KEYS: &str = "id:";
+pub const ALL_ORGS: &str = "org:";
+
+/// The prefix of one org's keys.
+pub fn org_keys(org: &str) -> String {
+    format!("ok:{org}:")
+}
 /// How long a known record is served from memory.
 const HIT_TTL_MS: u64 = 60_000;
 /// How long an unknown key is remembered as unknown. Made-up keys rarely get this far: the
@@ -67,12 +80,15 @@ thread_local! {
 }
 
 fn store(env: &Env) -> Result<KvStore, GatewayError> {
-    env.kv(BINDING)
-        .map_err(|_| GatewayError::Misconfigured { setting: BINDING, reason: "KV namespace binding is missing".into() })
+    env.kv(BINDING).map_err(|_| missing())
+}
+
+fn missing() -> GatewayError {
+    GatewayError::Misconfigured { setting: BINDING, reason: "KV namespace binding is missing".into() }
 }
 
 fn unavailable<E>(_: E) -> GatewayError {
-    GatewayError::LedgerUnavailable
+    GatewayError::KeyStoreUnavailable
 }
 
 /// The record of a key by the digest of its secret, from memory or KV.
@@ -115,20 +131,80 @@ pub async fn key_by_id(env: &Env, id: &str) -> Result<Option<KeyRecord>, Gateway
 
 pub async fn put_key(env: &Env, record: &KeyRecord) -> Result<(), GatewayError> {
     let kv = store(env)?;
-    let json = serde_json::to_string(record).map_err(|e| GatewayError::InvalidRequest(e.to_string()))?;
+    let json = serde_json::to_string(record).map_err(|_| GatewayError::Internal("the record could not be written"))?;
     kv.put(&format!("k:{}", record.digest), json).map_err(unavailable)?.execute().await.map_err(unavailable)?;
-    kv.put(&format!("id:{}", record.id), record.digest.as_str())
-        .map_err(unavailable)?
-        .execute()
-        .await
-        .map_err(unavailable)?;
     forget_key(&record.digest);
+    index_key(env, record).await
+}
+
+/// Files a key under its id and, if it has one, in its org's index, each with its summary.
+/// A key never changes org, so no index entry is ever left behind.
+pub async fn index_key(env: &Env, record: &KeyRecord) -> Result<(), GatewayError> {
+    let kv = binding(env)?;
+    let summary = record.summary();
+    let org = record.org.as_deref().map(|org| org_keys(org) + &record.id);
+    for name in std::iter::once(format!("{ALL_KEYS}{}", record.id)).chain(org) {
+        put_summarised(&kv, &name, &record.digest, &summary).await?;
+    }
     Ok(())
 }
 
-/// Every key id, in KV's order.
-pub async fn key_ids(env: &Env) -> Result<Vec<String>, GatewayError> {
-    list(env, "id:").await
+// The two calls that carry metadata (a put with a summary, a list of names and summaries) go
+// to the binding itself: through workers-rs, metadata travels as `serde_json::Value` through
+// serde-wasm-bindgen, kilobytes of bundle for what is one string here.
+
+/// The KV binding as the runtime gives it.
+fn binding(env: &Env) -> Result<JsValue, GatewayError> {
+    Reflect::get(env, &BINDING.into()).ok().filter(|kv| kv.is_object()).ok_or_else(missing)
+}
+
+/// `kv[method](...args)`, awaited.
+async fn call(kv: &JsValue, method: &str, args: &Array) -> Result<JsValue, GatewayError> {
+    let f: Function = Reflect::get(kv, &method.into()).and_then(JsCast::dyn_into).map_err(unavailable)?;
+    let promise: Promise = f.apply(kv, args).and_then(JsCast::dyn_into).map_err(unavailable)?;
+    JsFuture::from(promise).await.map_err(unavailable)
+}
+
+/// `obj[field]`, or `undefined`.
+fn field(obj: &JsValue, name: &str) -> JsValue {
+    Reflect::get(obj, &name.into()).unwrap_or_default()
+}
+
+/// An options object: `{name: value, ...}`, leaving out what is `undefined`.
+fn options(pairs: &[(&str, JsValue)]) -> Object {
+    let o = Object::new();
+    for (k, v) in pairs.iter().filter(|(_, v)| !v.is_undefined()) {
+        let _ = Reflect::set(&o, &(*k).into(), v);
+    }
+    o
+}
+
+async fn put_summarised(kv: &JsValue, name: &str, value: &str, summary: &str) -> Result<(), GatewayError> {
+    let opts = options(&[("metadata", summary.into())]);
+    call(kv, "put", &Array::of3(&name.into(), &value.into(), &opts)).await.map(drop)
+}
+
+/// A page of the entries under a prefix: each one's name past the prefix and its summary
+/// (`None` if it was written before summaries were), and KV's cursor if there is more.
+pub struct Listed {
+    pub entries: Vec<(String, Option<String>)>,
+    pub more: Option<String>,
+}
+
+/// One KV list call: at most `limit` entries under `prefix`, from KV's cursor `after`.
+pub async fn page(env: &Env, prefix: &str, limit: u32, after: Option<String>) -> Result<Listed, GatewayError> {
+    let opts = options(&[("prefix", prefix.into()), ("limit", limit.into()), ("cursor", after.into())]);
+    let page = call(&binding(env)?, "list", &Array::of1(&opts)).await?;
+    let keys: Array = field(&page, "keys").dyn_into().map_err(unavailable)?;
+    let entries = keys
+        .iter()
+        .filter_map(|k| {
+            let name = field(&k, "name").as_string()?;
+            Some((name.strip_prefix(prefix)?.to_string(), field(&k, "metadata").as_string()))
+        })
+        .collect();
+    let complete = field(&page, "list_complete").as_bool() != Some(false);
+    Ok(Listed { entries, more: field(&page, "cursor").as_string().filter(|_| !complete) })
 }
 
 pub async fn org(env: &Env, id: &str) -> Result<Option<OrgRecord>, GatewayError> {
@@ -145,8 +221,8 @@ pub async fn org(env: &Env, id: &str) -> Result<Option<OrgRecord>, GatewayError>
 }
 
 pub async fn put_org(env: &Env, record: &OrgRecord) -> Result<(), GatewayError> {
-    let json = serde_json::to_string(record).map_err(|e| GatewayError::InvalidRequest(e.to_string()))?;
-    store(env)?.put(&format!("org:{}", record.id), json).map_err(unavailable)?.execute().await.map_err(unavailable)?;
+    let json = serde_json::to_string(record).map_err(|_| GatewayError::Internal("the record could not be written"))?;
+    put_summarised(&binding(env)?, &format!("org:{}", record.id), &json, &record.summary()).await?;
     forget_org(&record.id);
     Ok(())
 }
@@ -155,34 +231,13 @@ pub fn forget_org(id: &str) {
     ORGS.with(|c| c.borrow_mut().entries.remove(id));
 }
 
-pub async fn org_ids(env: &Env) -> Result<Vec<String>, GatewayError> {
-    list(env, "org:").await
-}
-
 /// A JSON value from KV, parsed by serde_json (not the runtime's JSON.parse, which rounds
 /// large integers to doubles).
 async fn get_json<T: serde::de::DeserializeOwned>(kv: &KvStore, key: &str) -> Result<Option<T>, GatewayError> {
     match kv.get(key).text().await.map_err(unavailable)? {
-        Some(text) => serde_json::from_str(&text).map(Some).map_err(|_| GatewayError::LedgerUnavailable),
+        Some(text) => serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|_| GatewayError::Internal("a stored record could not be read")),
         None => Ok(None),
     }
-}
-
-async fn list(env: &Env, prefix: &str) -> Result<Vec<String>, GatewayError> {
-    let kv = store(env)?;
-    let mut out = Vec::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let mut q = kv.list().prefix(prefix.to_string());
-        if let Some(c) = cursor.take() {
-            q = q.cursor(c);
-        }
-        let page = q.execute().await.map_err(unavailable)?;
-        out.extend(page.keys.into_iter().filter_map(|k| k.name.strip_prefix(prefix).map(str::to_string)));
-        match page.cursor {
-            Some(c) if !page.list_complete => cursor = Some(c),
-            _ => break,
-        }
-    }
-    Ok(out)
 }

@@ -23,7 +23,7 @@ pub async fn handle(req: Request, env: Env, ctx: Context) -> Result<Response> {
     match outcome {
         Ok(resp) => Ok(resp),
         Err(e) => {
-            if matches!(e, GatewayError::Misconfigured { .. } | GatewayError::LedgerUnavailable) {
+            if e.is_fault() {
                 worker::console_error!("{} ({})", e, meta.request_id);
             }
             response::error(&e, &meta)
