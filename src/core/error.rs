@@ -206,7 +206,7 @@ impl fmt::Display for GatewayError {
             LedgerUnavailable => {
                 f.write_str("The credit ledger is unavailable; metered calls are refused until it is back.")
             }
-            KeyStoreUnavailable => f.write_str("The key store (KV) is unavailable; retry shortly."),
+            KeyStoreUnavailable => f.write_str("The key store is unavailable; retry shortly."),
             Internal(what) => write!(f, "Internal error: {what}."),
         }
     }

@@ -187,7 +187,7 @@ pub async fn may_exist(env: &Env, prefix: u64) -> bool {
 
 /// Registers a new key's prefix, everywhere and in this isolate at once.
 pub async fn add(env: &Env, prefix: u64) -> std::result::Result<(), crate::core::error::GatewayError> {
-    let known = prefixes(env, Some(prefix)).await.ok_or(crate::core::error::GatewayError::LedgerUnavailable)?;
+    let known = prefixes(env, Some(prefix)).await.ok_or(GatewayError::KeyStoreUnavailable)?;
     store(known, platform::now());
     Ok(())
 }
@@ -223,7 +223,7 @@ pub async fn browser_origins(env: &Env) -> std::result::Result<Vec<String>, Gate
     }
     match origins(env, Vec::new()).await {
         Some(read) => Ok(keep_origins(read, platform::now())),
-        None => cached.map(|(list, _)| list).ok_or(GatewayError::LedgerUnavailable),
+        None => cached.map(|(list, _)| list).ok_or(GatewayError::KeyStoreUnavailable),
     }
 }
 
@@ -232,7 +232,7 @@ pub async fn add_origins(env: &Env, list: &[String]) -> std::result::Result<(), 
     if list.is_empty() {
         return Ok(());
     }
-    let added = self::origins(env, list.to_vec()).await.ok_or(GatewayError::LedgerUnavailable)?;
+    let added = self::origins(env, list.to_vec()).await.ok_or(GatewayError::KeyStoreUnavailable)?;
     keep_origins(added, platform::now());
     Ok(())
 }

@@ -91,9 +91,9 @@ async fn dispatch(
     built.map_err(not_built)
 }
 
-/// The runtime refused to build a response (it never does in practice): a 502, not a panic.
+/// The runtime refused to build a response (it never does in practice): a 500, not a panic.
 fn not_built<E>(_: E) -> GatewayError {
-    GatewayError::UpstreamError("response could not be built".into())
+    GatewayError::Internal("the runtime could not build the response")
 }
 
 /// `OPTIONS`: approved for origins in `CORS_ORIGINS` or allowed by some browser key.
