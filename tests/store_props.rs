@@ -28,7 +28,7 @@ struct Tables {
 impl Tables {
     fn apply(&mut self, writes: Vec<RowWrite>) {
         for w in writes {
-            match w {
+            match w.clone() {
                 RowWrite::Account(body) => self.account = Some(body),
                 RowWrite::Key { key_id, state } => {
                     self.keys.insert(key_id, state);
@@ -39,6 +39,8 @@ impl Tables {
                 RowWrite::DropHold(id) => {
                     self.holds.remove(&id);
                 }
+                // a pool's book and a shard's lease: never written by an account's own operations
+                RowWrite::Pool(_) | RowWrite::Lease(_) => panic!("an account operation wrote {w:?}"),
             }
         }
     }

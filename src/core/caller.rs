@@ -5,6 +5,7 @@
 use crate::core::account::{AccountPolicy, KeyPolicy};
 use crate::core::error::GatewayError;
 use crate::core::keys::{KeyRecord, OrgRecord, RateLimit};
+use crate::core::lease;
 use crate::core::ledger::{Budget, MicroUsd};
 use crate::core::settings::{Plan, Settings};
 
@@ -17,6 +18,28 @@ pub fn org_account(org_id: &str) -> String {
     format!("org:{org_id}")
 }
 
+/// The Durable Object name of one shard of an org's pool (org ids are slugs: no `#`). The
+/// count is part of the name: it is fixed when the org is created.
+pub fn shard_account(org_id: &str, shard: u32, shards: u32) -> String {
+    format!("org:{org_id}#{shard}/{shards}")
+}
+
+/// Which shard of which pool an account object is, from its name: `(pool object, shard,
+/// shards)`.
+///
+/// ```
+/// use hf_gate::core::caller::{shard_account, shard_of_account};
+/// assert_eq!(shard_of_account(&shard_account("acme", 3, 4)), Some(("org:acme".to_string(), 3, 4)));
+/// assert_eq!(shard_of_account("org:acme"), None);
+/// assert_eq!(shard_of_account("key:k#1/2"), None);
+/// ```
+pub fn shard_of_account(name: &str) -> Option<(String, u32, u32)> {
+    let (pool, at) = name.split_once('#')?;
+    let (shard, shards) = at.split_once('/')?;
+    pool.starts_with("org:").then_some(())?;
+    Some((pool.to_string(), shard.parse().ok()?, shards.parse().ok()?))
+}
+
 /// An authenticated caller.
 #[derive(Clone, Debug)]
 pub struct Caller {
@@ -26,7 +49,11 @@ pub struct Caller {
     /// The Durable Object name of the account it bills to.
     pub account: String,
     pub key_policy: KeyPolicy,
+    /// The account's policy. For a key of a sharded org, its shard's slice of the org's rate;
+    /// the budget is still the org's (the shard admits against its lease of it).
     pub account_policy: AccountPolicy,
+    /// For a key of a sharded org: its shard, and how many there are.
+    pub shard: Option<(u32, u32)>,
 }
 
 impl Caller {
@@ -85,7 +112,16 @@ pub fn caller_for(record: KeyRecord, org: Option<OrgRecord>, s: &Settings) -> Re
                     (a, b) => a.or(b).map(MicroUsd),
                 },
             };
-            Ok(Caller { account: org_account(&org.id), record, org: Some(org), plan, key_policy, account_policy })
+            // a sharded org: the key's shard admits it, at that shard's slice of the org rate
+            let shards = org.shards.clamp(1, lease::MAX_SHARDS);
+            let (account, account_policy, shard) = if shards > 1 {
+                let shard = lease::shard_of(&record.id, shards);
+                let sliced = AccountPolicy { rate: lease::rate_slice(account_policy.rate, shards), ..account_policy };
+                (shard_account(&org.id, shard, shards), sliced, Some((shard, shards)))
+            } else {
+                (org_account(&org.id), account_policy, None)
+            };
+            Ok(Caller { account, record, org: Some(org), plan, key_policy, account_policy, shard })
         }
         None => {
             let plan = *plan_of(s, &record.plan)?;
@@ -106,7 +142,15 @@ pub fn caller_for(record: KeyRecord, org: Option<OrgRecord>, s: &Settings) -> Re
                 rate: None,
                 ceiling: None,
             };
-            Ok(Caller { account: key_account(&record.id), record, org: None, plan, key_policy, account_policy })
+            Ok(Caller {
+                account: key_account(&record.id),
+                record,
+                org: None,
+                plan,
+                key_policy,
+                account_policy,
+                shard: None,
+            })
         }
     }
 }

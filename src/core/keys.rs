@@ -278,6 +278,13 @@ pub struct OrgRecord {
     pub created_at: String,
     #[serde(default)]
     pub version: u64,
+    /// How many Durable Objects the pool is spread over (`core::lease`); fixed at creation.
+    #[serde(default = "one_shard")]
+    pub shards: u32,
+}
+
+fn one_shard() -> u32 {
+    1
 }
 
 impl OrgRecord {
@@ -285,7 +292,7 @@ impl OrgRecord {
         serde_json::json!({
             "id": self.id, "plan": self.plan, "seats": self.seats, "bill_to": self.bill_to,
             "spend_limit_micro_usd": self.spend_limit_micro_usd, "rate_limit": self.rate_limit,
-            "created_at": self.created_at, "version": self.version,
+            "created_at": self.created_at, "version": self.version, "shards": self.shards,
         })
     }
 

@@ -5,7 +5,8 @@
 
 use crate::core::account::{AccountPolicy, Admission, AdmitRequest, KeyPolicy, RateView};
 use crate::core::edits::{AccountEdit, KeyEdit};
-use crate::core::ledger::{MicroUsd, Settled};
+use crate::core::lease::{Grant, Report};
+use crate::core::ledger::{Budget, MicroUsd, Settled};
 use crate::core::time::UnixMillis;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -77,6 +78,16 @@ pub enum AccountOp {
     /// Several operations in one round trip, applied in order (settles and releases that
     /// landed together in one isolate).
     Batch(Vec<AccountOp>),
+    /// To an org's pool object, from one of its `shards` shards: the shard's report and the
+    /// credit it wants (none: it gives back what it lowered its lease by). `account` is the
+    /// org's policy as the shard last saw it (newest version wins, as everywhere).
+    Lease {
+        shard: u32,
+        shards: u32,
+        report: Report,
+        want: MicroUsd,
+        account: AccountPolicy,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -93,6 +104,8 @@ pub enum AccountReply {
     /// The key's policy as the ledger now holds it (after a revocation, or when asked).
     Key(Option<KeyPolicy>),
     Batch(Vec<AccountReply>),
+    /// The shard's whole lease for the period (`None`: the pool cannot serve this shard).
+    Grant(Option<Grant>),
 }
 
 /// An account's usage as `/v1/usage` and the admin API show it.
@@ -119,6 +132,44 @@ pub struct UsageReport {
     pub key_policy: Option<KeyPolicy>,
     /// The version of the account policy the ledger holds.
     pub account_version: Option<u64>,
+}
+
+impl UsageReport {
+    /// A sharded org's usage: every shard's figures added up, against the org's own budget
+    /// (each shard reports against its lease); the key's own figures and throttle come from
+    /// the shard that holds the key, `key`.
+    pub fn of_shards(shards: &[UsageReport], key: Option<&UsageReport>, budget: &Budget) -> Option<UsageReport> {
+        let first = key.or(shards.first())?;
+        let sum = |f: fn(&UsageReport) -> u64| shards.iter().map(f).fold(0u64, u64::saturating_add);
+        let used = sum(|r| r.used_micro_usd);
+        let reserved = sum(|r| r.reserved_micro_usd);
+        // the same reading of a budget as `Ledger::usage`
+        let spendable = budget.ceiling().map_or(budget.credit, |c| c.min(budget.credit)).0;
+        let mut daily = std::collections::BTreeMap::<String, u64>::new();
+        for (day, v) in shards.iter().flat_map(|r| r.daily.iter()) {
+            let d = daily.entry(day.clone()).or_default();
+            *d = d.saturating_add(*v);
+        }
+        Some(UsageReport {
+            period_start: first.period_start.clone(),
+            period_end: first.period_end.clone(),
+            limit_micro_usd: budget.credit.0,
+            used_micro_usd: used,
+            reserved_micro_usd: reserved,
+            remaining_micro_usd: spendable.saturating_sub(used).saturating_sub(reserved),
+            overage_micro_usd: used.saturating_sub(budget.credit.0),
+            spend_cap_micro_usd: budget.cap.map(|c| c.0),
+            provider_billed_micro_usd: sum(|r| r.provider_billed_micro_usd),
+            overrun_micro_usd: sum(|r| r.overrun_micro_usd),
+            key_used_micro_usd: key.map_or(0, |k| k.key_used_micro_usd),
+            key_overrun_micro_usd: key.map_or(0, |k| k.key_overrun_micro_usd),
+            requests: sum(|r| r.requests),
+            rate: key.and_then(|k| k.rate),
+            daily: daily.into_iter().collect(),
+            key_policy: key.and_then(|k| k.key_policy.clone()),
+            account_version: shards.iter().filter_map(|r| r.account_version).max(),
+        })
+    }
 }
 
 /// The cooldown object of one upstream route: until when calls to it wait.

@@ -13,6 +13,7 @@
 use crate::core::account::{AccountPolicy, AccountState, Admission, AdmitRequest, Cost, KeyPolicy, KeyState};
 use crate::core::edits;
 use crate::core::gcra::Tat;
+use crate::core::lease::{Lease, Pool, Report};
 use crate::core::ledger::{Hold, LedgerHead, MicroUsd};
 use crate::core::protocol::{AccountOp, AccountReply, UsageReport};
 use crate::core::time::{format_day, BillingPeriod, UnixMillis};
@@ -46,6 +47,10 @@ pub enum RowWrite {
         hold: Hold,
     },
     DropHold(u64),
+    /// An org pool's shard book (`lease::Pool`), in the pool object.
+    Pool(String),
+    /// A shard's lease (`lease::Lease`), in the shard object.
+    Lease(String),
 }
 
 impl RowWrite {
@@ -89,7 +94,10 @@ impl Touch {
             AccountOp::EditKey { key: k, .. } | AccountOp::RevokeKey { key: k } => {
                 Touch { keys: vec![k.key_id.clone()], holds: Vec::new() }
             }
-            AccountOp::EditAccount { .. } | AccountOp::HeldKey { .. } | AccountOp::Batch(_) => Touch::default(),
+            AccountOp::EditAccount { .. }
+            | AccountOp::HeldKey { .. }
+            | AccountOp::Batch(_)
+            | AccountOp::Lease { .. } => Touch::default(),
         }
     }
 }
@@ -173,6 +181,59 @@ pub fn run(st: &mut AccountState, op: AccountOp, now: UnixMillis) -> (AccountRep
     (reply, before.changes_to(after))
 }
 
+/// A pool object's answer to one of its shards (`AccountOp::Lease`): the shard's whole lease,
+/// and the rows that changed (the org policy, if the shard's copy was newer, and the pool's
+/// book). `None` when the request does not fit the pool (another shard count).
+#[allow(clippy::too_many_arguments)]
+pub fn grant(
+    st: &mut AccountState,
+    pool: &mut Option<Pool>,
+    shard: u32,
+    shards: u32,
+    report: Report,
+    want: MicroUsd,
+    account: AccountPolicy,
+    now: UnixMillis,
+) -> (AccountReply, Vec<RowWrite>) {
+    let (_, mut writes) = run(st, AccountOp::Policy { key: None, account: Some(account) }, now);
+    let budget = st.policy.map_or(account.budget, |p| p.budget);
+    if pool.is_none() {
+        *pool = Pool::new(shards, now);
+    }
+    let Some(book) = pool.as_mut().filter(|b| b.shard_count() == shards) else {
+        return (AccountReply::Grant(None), writes);
+    };
+    let granted = book.lease(shard, report, want, &budget, now);
+    writes.push(RowWrite::Pool(to_json(book)));
+    (AccountReply::Grant(granted), writes)
+}
+
+/// A shard's lease as a row.
+pub fn lease_row(lease: &Lease) -> RowWrite {
+    RowWrite::Lease(to_json(lease))
+}
+
+/// A shard admits against its lease: the org's policy as offered, with the lease for budget.
+pub fn on_lease(op: AccountOp, lease: &Lease, now: UnixMillis) -> AccountOp {
+    match op {
+        AccountOp::Admit(mut req) => {
+            req.account.budget = lease.budget(now);
+            AccountOp::Admit(req)
+        }
+        other => other,
+    }
+}
+
+/// What a shard reports to its pool: its ledger read against its lease.
+pub fn shard_report(st: &AccountState, lease: &mut Lease, give_back: bool, now: UnixMillis) -> Report {
+    let usage = st.ledger.usage(now, &lease.budget(now));
+    if give_back {
+        lease.give_back(&usage)
+    } else {
+        lease.report(&usage)
+    }
+}
+
 /// Gives back the holds past their expiry (the alarm); the rows it changed.
 pub fn expire(st: &mut AccountState, now: UnixMillis) -> Vec<RowWrite> {
     st.expire(now)
@@ -248,6 +309,8 @@ fn apply(st: &mut AccountState, op: AccountOp, now: UnixMillis) -> AccountReply 
         AccountOp::HeldKey { key_id } => AccountReply::Key(st.keys.get(&key_id).and_then(|k| k.policy.clone())),
         // `run` takes batches apart before they get here
         AccountOp::Batch(ops) => AccountReply::Batch(ops.into_iter().map(|op| apply(st, op, now)).collect()),
+        // only a pool object grants leases (`grant`); any other account has none to give
+        AccountOp::Lease { .. } => AccountReply::Grant(None),
     }
 }
 
@@ -346,6 +409,33 @@ mod tests {
         assert!(writes.contains(&RowWrite::DropHold(id)));
         assert!(writes.iter().any(|w| matches!(w, RowWrite::Key { key_id, .. } if key_id == "k8")));
         assert_eq!(writes.len(), 3, "{writes:?}");
+    }
+
+    #[test]
+    fn a_shard_admits_on_its_lease_and_the_pool_grants_it_more() {
+        let mut shard = AccountState::new(NOW);
+        let mut lease = Lease::new(NOW);
+        // nothing leased yet: refused for credit
+        let (reply, _) = run(&mut shard, on_lease(admit("a", 10), &lease, NOW), NOW);
+        assert!(matches!(reply, AccountReply::Admission(Admission::Denied { .. })));
+        // the pool object grants some of the org's 100, and keeps its book as a row
+        let mut org = AccountState::new(NOW);
+        let mut pool = None;
+        let AccountOp::Admit(req) = admit("a", 10) else { panic!() };
+        let report = shard_report(&shard, &mut lease, false, NOW);
+        let (reply, writes) = grant(&mut org, &mut pool, 1, 4, report, MicroUsd(10), req.account, NOW);
+        let AccountReply::Grant(Some(g)) = reply else { panic!("{reply:?}") };
+        assert!(g.lease.is_some_and(|l| l >= MicroUsd(10)));
+        assert!(writes.iter().any(|w| matches!(w, RowWrite::Pool(_))));
+        assert!(lease.apply(g));
+        let (reply, _) = run(&mut shard, on_lease(admit("a", 10), &lease, NOW), NOW);
+        assert!(matches!(reply, AccountReply::Admission(Admission::Admitted { .. })));
+        // another shard count than the pool was made with is not served
+        let report = shard_report(&shard, &mut lease, false, NOW);
+        assert_eq!(
+            grant(&mut org, &mut pool, 1, 8, report, MicroUsd(10), req.account, NOW).0,
+            AccountReply::Grant(None)
+        );
     }
 
     #[test]

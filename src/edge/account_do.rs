@@ -5,14 +5,18 @@
 //! API (nothing awaits on the way, so the object serves operations back to back while the
 //! runtime commits their writes; each reply still waits for its own commit).
 
-use crate::core::account::{AccountPolicy, AccountState, Admission, AdmitRequest, KeyPolicy};
+use crate::core::account::{AccountPolicy, AccountState, Admission, AdmitRequest, Denial, KeyPolicy};
+use crate::core::caller::{shard_account, shard_of_account, Caller};
 use crate::core::edits::{self, AccountEdit, KeyEdit};
 use crate::core::error::GatewayError;
+use crate::core::keys::OrgRecord;
+use crate::core::lease::{Lease, Pool};
 use crate::core::ledger::{Hold, MicroUsd};
 use crate::core::protocol::{self, AccountOp, AccountReply, UsageReport};
 use crate::core::store::{self, RowWrite, ROW_SCHEMA};
 use crate::core::time::UnixMillis;
 use crate::edge::{objects, platform};
+use futures_util::future;
 use std::cell::{Cell, RefCell};
 use wasm_bindgen::JsValue;
 use worker::{durable_object, DurableObject, Env, Response, Result, ScheduledTime, SqlStorage, SqlStorageValue, State};
@@ -23,18 +27,34 @@ const LEGACY_STATE_KEY: &str = "state";
 
 const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS account (id INTEGER PRIMARY KEY CHECK (id = 0), schema INTEGER NOT NULL, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS keys (key_id TEXT PRIMARY KEY, state TEXT NOT NULL) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS holds (id INTEGER PRIMARY KEY, key_id TEXT, amount INTEGER NOT NULL, expires_at INTEGER, expired INTEGER NOT NULL);";
+CREATE TABLE IF NOT EXISTS holds (id INTEGER PRIMARY KEY, key_id TEXT, amount INTEGER NOT NULL, expires_at INTEGER, expired INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, body TEXT NOT NULL) WITHOUT ROWID;";
+
+/// A shard gives back the lease it is not using this long after it last got one.
+const GIVE_BACK_AFTER_MS: u64 = 30_000;
 
 #[durable_object]
 pub struct Account {
     state: State,
+    env: Env,
     mem: RefCell<Option<AccountState>>,
+    /// An org pool object's book of its shards' leases.
+    pool: RefCell<Option<Pool>>,
+    /// A shard object's lease from its pool.
+    lease: RefCell<Option<Lease>>,
     alarm_at: Cell<Option<u64>>,
 }
 
 impl DurableObject for Account {
-    fn new(state: State, _env: Env) -> Self {
-        Account { state, mem: RefCell::new(None), alarm_at: Cell::new(None) }
+    fn new(state: State, env: Env) -> Self {
+        Account {
+            state,
+            env,
+            mem: RefCell::new(None),
+            pool: RefCell::new(None),
+            lease: RefCell::new(None),
+            alarm_at: Cell::new(None),
+        }
     }
 
     async fn fetch(&self, mut req: worker::Request) -> Result<Response> {
@@ -46,19 +66,15 @@ impl DurableObject for Account {
             worker::console_error!("account {}: stored state refused: {e}", self.name());
             return Response::error("ledger_unavailable: the account's stored state does not decode", 503);
         }
-        let now = platform::now();
-        let (reply, writes) = match self.mem.borrow_mut().as_mut() {
-            Some(st) => store::run(st, op, now),
-            None => return Response::error("ledger_unavailable: not loaded", 503),
+        let reply = match shard_of_account(&self.name()) {
+            Some((pool, shard, shards)) => self.on_shard(op, &pool, shard, shards).await?,
+            None => self.apply(op)?,
         };
         for (overrun, late) in store::overruns(&reply) {
             // not an error, but operators want to see overshoots and late settles
             worker::console_log!("settle overran its reservation by {} micro-USD (late: {late})", overrun.0);
         }
-        self.write(&writes)?;
-        if writes.iter().any(|w| matches!(w, RowWrite::Hold { hold: Hold::Open { .. }, .. })) {
-            self.schedule().await?;
-        }
+        self.schedule(None).await?;
         objects::reply::<protocol::Account>(&reply)
     }
 
@@ -67,8 +83,111 @@ impl DurableObject for Account {
         self.alarm_at.set(None);
         let writes = self.mem.borrow_mut().as_mut().map(|st| store::expire(st, platform::now())).unwrap_or_default();
         self.write(&writes)?;
-        self.schedule().await?;
+        if let Some((pool, shard, shards)) = shard_of_account(&self.name()) {
+            self.give_back(&pool, shard, shards).await?;
+        }
+        self.schedule(None).await?;
         Response::ok("")
+    }
+}
+
+impl Account {
+    /// Runs one operation on the state in memory and writes the rows it changed.
+    fn apply(&self, op: AccountOp) -> Result<AccountReply> {
+        let now = platform::now();
+        let (reply, writes) = {
+            let mut mem = self.mem.borrow_mut();
+            let Some(st) = mem.as_mut() else {
+                return Err(worker::Error::RustError("not loaded".into()));
+            };
+            match op {
+                AccountOp::Lease { shard, shards, report, want, account } => {
+                    store::grant(st, &mut self.pool.borrow_mut(), shard, shards, report, want, account, now)
+                }
+                op => store::run(st, op, now),
+            }
+        };
+        self.write(&writes)?;
+        Ok(reply)
+    }
+
+    /// A shard admits against its lease; when the lease is too small for a call, it asks its
+    /// pool for more (the org's policy as the call offered it) and tries once more.
+    async fn on_shard(&self, op: AccountOp, pool: &str, shard: u32, shards: u32) -> Result<AccountReply> {
+        let lease = |now| self.lease.borrow().unwrap_or_else(|| Lease::new(now));
+        let AccountOp::Admit(req) = op else {
+            return self.apply(op);
+        };
+        let org = req.account;
+        let want = req.cost.full();
+        let first =
+            self.apply(store::on_lease(AccountOp::Admit(req.clone()), &lease(platform::now()), platform::now()))?;
+        if !matches!(first, AccountReply::Admission(Admission::Denied { denial: Denial::InsufficientQuota, .. })) {
+            return Ok(first);
+        }
+        if !self.ask(pool, shard, shards, want, org, false).await? {
+            return Ok(first);
+        }
+        let now = platform::now();
+        self.apply(store::on_lease(AccountOp::Admit(req), &lease(now), now))
+    }
+
+    /// Asks the pool for `want` more (or, with `give_back`, returns what is not committed);
+    /// says whether the lease changed. The lease is lowered before the pool hears of it.
+    async fn ask(
+        &self,
+        pool: &str,
+        shard: u32,
+        shards: u32,
+        want: MicroUsd,
+        org: AccountPolicy,
+        give_back: bool,
+    ) -> Result<bool> {
+        let now = platform::now();
+        let report = {
+            let mem = self.mem.borrow();
+            let Some(st) = mem.as_ref() else { return Ok(false) };
+            let mut held = self.lease.borrow_mut();
+            let lease = held.get_or_insert_with(|| Lease::new(now));
+            store::shard_report(st, lease, give_back, now)
+        };
+        if give_back {
+            self.save_lease()?;
+        }
+        let op = AccountOp::Lease { shard, shards, report, want, account: org };
+        let grant = match objects::call::<protocol::Account>(&self.env, pool, &op).await {
+            Ok(AccountReply::Grant(Some(g))) => g,
+            // the pool could not be asked: the call is refused for credit, as it would be
+            Ok(_) | Err(_) => return Ok(false),
+        };
+        let changed = self.lease.borrow_mut().get_or_insert_with(|| Lease::new(now)).apply(grant);
+        if changed {
+            self.save_lease()?;
+            self.schedule(Some(platform::now().0.saturating_add(GIVE_BACK_AFTER_MS))).await?;
+        }
+        Ok(changed)
+    }
+
+    /// Gives the pool back what the lease holds beyond what is committed.
+    async fn give_back(&self, pool: &str, shard: u32, shards: u32) -> Result<()> {
+        let now = platform::now();
+        let (org, spare) = {
+            let mem = self.mem.borrow();
+            let Some(st) = mem.as_ref() else { return Ok(()) };
+            let Some(lease) = *self.lease.borrow() else { return Ok(()) };
+            let u = st.ledger.usage(now, &lease.budget(now));
+            let committed = u.used.saturating_add(u.reserved);
+            (st.policy, lease.credit(now).is_none_or(|c| c > committed))
+        };
+        if let (Some(org), true) = (org, spare) {
+            self.ask(pool, shard, shards, MicroUsd::ZERO, org, true).await?;
+        }
+        Ok(())
+    }
+
+    fn save_lease(&self) -> Result<()> {
+        let row = self.lease.borrow().as_ref().map(store::lease_row);
+        self.write(&row.into_iter().collect::<Vec<_>>())
     }
 }
 
@@ -157,9 +276,24 @@ impl Account {
                 }
             }
         };
+        // a pool's book and a shard's lease, if this object is one
+        let mut pool = None;
+        let mut lease = None;
+        for row in sql.exec("SELECT name, body FROM meta", None)?.raw() {
+            let row = row?;
+            let body = row.get(1).and_then(as_text).unwrap_or_default();
+            let refused = |e: serde_json::Error| worker::Error::RustError(format!("row meta: {e}"));
+            match row.first().and_then(as_text).as_deref() {
+                Some("pool") => pool = Some(serde_json::from_str::<Pool>(&body).map_err(refused)?),
+                Some("lease") => lease = Some(serde_json::from_str::<Lease>(&body).map_err(refused)?),
+                _ => {}
+            }
+        }
         let mut mem = self.mem.borrow_mut();
         if mem.is_none() {
             *mem = Some(loaded);
+            *self.pool.borrow_mut() = pool;
+            *self.lease.borrow_mut() = lease;
         }
         Ok(())
     }
@@ -190,6 +324,12 @@ impl Account {
                     )
                 }
                 RowWrite::DropHold(id) => sql.exec("DELETE FROM holds WHERE id = ?", vec![int(*id)]),
+                RowWrite::Pool(body) => {
+                    sql.exec("INSERT OR REPLACE INTO meta (name, body) VALUES ('pool', ?)", vec![body.as_str().into()])
+                }
+                RowWrite::Lease(body) => {
+                    sql.exec("INSERT OR REPLACE INTO meta (name, body) VALUES ('lease', ?)", vec![body.as_str().into()])
+                }
             }
             .map(|_| ())
         });
@@ -200,15 +340,20 @@ impl Account {
         result
     }
 
-    /// Keeps an alarm at the earliest reservation expiry, so abandoned holds are released.
-    async fn schedule(&self) -> Result<()> {
-        let next = self.mem.borrow().as_ref().and_then(|st| st.ledger.next_expiry());
+    /// Keeps an alarm at the earliest reservation expiry (abandoned holds are released) or
+    /// at `also` (a shard's give-back), whichever comes first.
+    async fn schedule(&self, also: Option<u64>) -> Result<()> {
+        let expiry = self.mem.borrow().as_ref().and_then(|st| st.ledger.next_expiry()).map(|t| t.0);
+        let next = match (expiry, also) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         if let Some(at) = next {
-            if self.alarm_at.get().is_none_or(|cur| at.0 < cur) {
+            if self.alarm_at.get().is_none_or(|cur| at < cur) {
                 // an absolute time: `set_alarm(i64)` would read the number as an offset from now
-                let when = js_sys::Date::new(&JsValue::from_f64(at.0 as f64));
+                let when = js_sys::Date::new(&JsValue::from_f64(at as f64));
                 self.state.storage().set_alarm(ScheduledTime::new(when)).await?;
-                self.alarm_at.set(Some(at.0));
+                self.alarm_at.set(Some(at));
             }
         }
         Ok(())
@@ -252,6 +397,48 @@ pub async fn usage(
         }
         other => Err(unexpected(other)),
     }
+}
+
+/// A caller's usage: its account's, or for a key of a sharded org, every shard's added up
+/// against the org's budget (the key's own figures and throttle from its shard).
+pub async fn caller_usage(
+    env: &Env,
+    caller: &Caller,
+    throttle: bool,
+) -> std::result::Result<Option<UsageReport>, GatewayError> {
+    let own = usage(env, &caller.account, Some(caller.key_policy.clone()), Some(caller.account_policy), throttle);
+    let (Some((shard, shards)), Some(org)) = (caller.shard, caller.org.as_ref()) else {
+        return own.await;
+    };
+    let names: Vec<String> = (0..shards).filter(|j| *j != shard).map(|j| shard_account(&org.id, j, shards)).collect();
+    let others = names.iter().map(|name| usage(env, name, None, None, false));
+    let (own, others) = future::join(own, future::join_all(others)).await;
+    let own = own?;
+    let mut all =
+        others.into_iter().collect::<std::result::Result<Vec<_>, _>>()?.into_iter().flatten().collect::<Vec<_>>();
+    all.extend(own.clone());
+    Ok(UsageReport::of_shards(&all, own.as_ref(), &caller.account_policy.budget))
+}
+
+/// An org's pooled usage: its pool object's, or every shard's added up.
+pub async fn org_usage(
+    env: &Env,
+    org: &OrgRecord,
+    policy: AccountPolicy,
+) -> std::result::Result<Option<UsageReport>, GatewayError> {
+    let pool_name = org_account(&org.id);
+    let pool = usage(env, &pool_name, None, Some(policy), false);
+    if org.shards <= 1 {
+        return pool.await;
+    }
+    let names: Vec<String> = (0..org.shards).map(|j| shard_account(&org.id, j, org.shards)).collect();
+    let shards = names.iter().map(|name| usage(env, name, None, None, false));
+    let (pool, shards) = future::join(pool, future::join_all(shards)).await;
+    let mut all =
+        shards.into_iter().collect::<std::result::Result<Vec<_>, _>>()?.into_iter().flatten().collect::<Vec<_>>();
+    // the pool object holds the org policy's version; its own ledger is empty
+    all.extend(pool?);
+    Ok(UsageReport::of_shards(&all, None, &policy.budget))
 }
 
 pub async fn push_policy(

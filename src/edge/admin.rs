@@ -19,6 +19,7 @@ use crate::core::edits::{self, AccountEdit, IfMatch, KeyEdit, EDIT_RETRY};
 use crate::core::error::GatewayError;
 use crate::core::gcra::{self, Quota, Tat};
 use crate::core::keys::{self, KeyRecord, OrgRecord, RateLimit, SealedKey, MINT_BYTES};
+use crate::core::lease::MAX_SHARDS;
 use crate::core::listing;
 use crate::core::paths::PROVIDERS;
 use crate::core::settings::Settings;
@@ -146,6 +147,8 @@ struct NewOrg {
     bill_to: Option<String>,
     spend_limit_micro_usd: Option<u64>,
     rate_limit: Option<RateLimit>,
+    /// How many Durable Objects the pool is spread over (`core::lease`).
+    shards: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -158,6 +161,8 @@ struct OrgPatch {
     spend_limit_micro_usd: Option<Option<u64>>,
     #[serde(default, deserialize_with = "double_option")]
     rate_limit: Option<Option<RateLimit>>,
+    /// Accepted only unchanged: the shard count is fixed when the org is created.
+    shards: Option<u32>,
 }
 
 fn check_rate(r: &Option<RateLimit>) -> Result<(), GatewayError> {
@@ -329,9 +334,7 @@ pub async fn get_key(env: &Env, s: &Settings, id: &str) -> Result<Answer, Gatewa
     let record = kv::key_by_id(env, id).await?.ok_or(GatewayError::NotFound)?;
     let org = org_of(env, &record).await?;
     let caller = auth::caller_for(record.clone(), org.clone(), s)?;
-    let report =
-        account_do::usage(env, &caller.account, Some(caller.key_policy.clone()), Some(caller.account_policy), false)
-            .await?;
+    let report = account_do::caller_usage(env, &caller, false).await?;
     let record = follow_ledger(env, record, report.as_ref().and_then(|r| r.key_policy.as_ref())).await?;
     let mut body = record.public_json();
     let version = record.version;
@@ -467,6 +470,10 @@ pub async fn create_org(mut req: Request, env: &Env, s: &Settings) -> Result<Ans
     let bill_to = n.bill_to.unwrap_or_else(|| n.id.clone());
     check_org_fields(&n.plan, n.seats, &bill_to, s)?;
     check_rate(&n.rate_limit)?;
+    let shards = n.shards.unwrap_or(1);
+    if !(1..=MAX_SHARDS).contains(&shards) {
+        return Err(bad(format!("shards: 1 to {MAX_SHARDS}")));
+    }
     if kv::org(env, &n.id).await?.is_some() {
         return Err(bad(format!("org {:?} already exists", n.id)));
     }
@@ -479,6 +486,7 @@ pub async fn create_org(mut req: Request, env: &Env, s: &Settings) -> Result<Ans
         rate_limit: n.rate_limit,
         created_at: platform::now().to_string(),
         version: 1,
+        shards,
     };
     let (_, policy) = auth::org_policy(&org, s)?;
     account_do::push_policy(env, &account_do::org_account(&org.id), None, Some(policy)).await?;
@@ -495,7 +503,7 @@ pub async fn get_org(env: &Env, s: &Settings, id: &str) -> Result<Answer, Gatewa
     kv::forget_org(id);
     let org = kv::org(env, id).await?.ok_or(GatewayError::NotFound)?;
     let (_, policy) = auth::org_policy(&org, s)?;
-    let report = account_do::usage(env, &account_do::org_account(id), None, Some(policy), false).await?;
+    let report = account_do::org_usage(env, &org, policy).await?;
     let version = org.version.max(report.as_ref().and_then(|r| r.account_version).unwrap_or(0));
     let mut body = org.public_json();
     body["version"] = json!(version);
@@ -518,6 +526,9 @@ pub async fn patch_org(mut req: Request, env: &Env, s: &Settings, id: &str) -> R
             return Err(GatewayError::PreconditionFailed { current_version: org.version });
         }
         let base = org.version;
+        if p.shards.is_some_and(|n| n != org.shards) {
+            return Err(bad("shards is fixed when the org is created"));
+        }
         if let Some(plan) = &p.plan {
             org.plan = plan.clone();
         }

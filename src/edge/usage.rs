@@ -12,9 +12,7 @@ use worker::Env;
 /// With `throttle` (a caller reading its own usage), the read takes one request from the
 /// caller's throttle in the same round trip, and the throttle is returned for the headers.
 pub async fn of(env: &Env, caller: &Caller, throttle: bool) -> Result<(Value, Option<RateView>), GatewayError> {
-    let report =
-        account_do::usage(env, &caller.account, Some(caller.key_policy.clone()), Some(caller.account_policy), throttle)
-            .await?;
+    let report = account_do::caller_usage(env, caller, throttle).await?;
     let rate = report.as_ref().and_then(|r| r.rate);
     Ok((document(caller, report), rate))
 }
