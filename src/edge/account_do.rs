@@ -18,6 +18,7 @@ use crate::core::time::UnixMillis;
 use crate::edge::{objects, platform};
 use futures_util::future;
 use std::cell::{Cell, RefCell};
+use wasm_bindgen::prelude::wasm_bindgen;
 use wasm_bindgen::JsValue;
 use worker::{durable_object, DurableObject, Env, Response, Result, ScheduledTime, SqlStorage, SqlStorageValue, State};
 
@@ -57,25 +58,8 @@ impl DurableObject for Account {
         }
     }
 
-    async fn fetch(&self, mut req: worker::Request) -> Result<Response> {
-        let Some(op) = objects::request::<protocol::Account>(&mut req).await? else {
-            return objects::refuse();
-        };
-        if let Err(e) = self.load().await {
-            // never a fresh start: that would hand every key a full balance again
-            worker::console_error!("account {}: stored state refused: {e}", self.name());
-            return Response::error("ledger_unavailable: the account's stored state does not decode", 503);
-        }
-        let reply = match shard_of_account(&self.name()) {
-            Some((pool, shard, shards)) => self.on_shard(op, &pool, shard, shards).await?,
-            None => self.apply(op)?,
-        };
-        for (overrun, late) in store::overruns(&reply) {
-            // not an error, but operators want to see overshoots and late settles
-            worker::console_log!("settle overran its reservation by {} micro-USD (late: {late})", overrun.0);
-        }
-        self.schedule(None).await?;
-        objects::reply::<protocol::Account>(&reply)
+    async fn fetch(&self, req: worker::Request) -> Result<Response> {
+        objects::serve_fetch::<protocol::Account, _, _>(req, |op| self.answer(op)).await
     }
 
     async fn alarm(&self) -> Result<Response> {
@@ -91,7 +75,37 @@ impl DurableObject for Account {
     }
 }
 
+/// The object's RPC side (`objects::send`): one message in, one reply out.
+#[wasm_bindgen]
 impl Account {
+    #[wasm_bindgen(js_name = op)]
+    pub async fn rpc_op(&self, message: String) -> std::result::Result<String, JsValue> {
+        objects::serve::<protocol::Account, _, _>(&message, |op| self.answer(op)).await
+    }
+}
+
+impl Account {
+    /// Answers one message.
+    async fn answer(&self, op: AccountOp) -> Result<AccountReply> {
+        if let Err(e) = self.load().await {
+            // never a fresh start: that would hand every key a full balance again
+            worker::console_error!("account {}: stored state refused: {e}", self.name());
+            return Err(worker::Error::RustError(
+                "ledger_unavailable: the account's stored state does not decode".into(),
+            ));
+        }
+        let reply = match shard_of_account(&self.name()) {
+            Some((pool, shard, shards)) => self.on_shard(op, &pool, shard, shards).await?,
+            None => self.apply(op)?,
+        };
+        for (overrun, late) in store::overruns(&reply) {
+            // not an error, but operators want to see overshoots and late settles
+            worker::console_log!("settle overran its reservation by {} micro-USD (late: {late})", overrun.0);
+        }
+        self.schedule(None).await?;
+        Ok(reply)
+    }
+
     /// Runs one operation on the state in memory and writes the rows it changed.
     fn apply(&self, op: AccountOp) -> Result<AccountReply> {
         let now = platform::now();
@@ -411,8 +425,8 @@ pub async fn caller_usage(
         return own.await;
     };
     let names: Vec<String> = (0..shards).filter(|j| *j != shard).map(|j| shard_account(&org.id, j, shards)).collect();
-    let others = names.iter().map(|name| usage(env, name, None, None, false));
-    let (own, others) = future::join(own, future::join_all(others)).await;
+    let others = names.iter().map(|name| usage(env, name, None, None, false)).collect();
+    let (own, others) = future::join(own, platform::join_all(others)).await;
     let own = own?;
     let mut all =
         others.into_iter().collect::<std::result::Result<Vec<_>, _>>()?.into_iter().flatten().collect::<Vec<_>>();
@@ -432,8 +446,8 @@ pub async fn org_usage(
         return pool.await;
     }
     let names: Vec<String> = (0..org.shards).map(|j| shard_account(&org.id, j, org.shards)).collect();
-    let shards = names.iter().map(|name| usage(env, name, None, None, false));
-    let (pool, shards) = future::join(pool, future::join_all(shards)).await;
+    let shards = names.iter().map(|name| usage(env, name, None, None, false)).collect();
+    let (pool, shards) = future::join(pool, platform::join_all(shards)).await;
     let mut all =
         shards.into_iter().collect::<std::result::Result<Vec<_>, _>>()?.into_iter().flatten().collect::<Vec<_>>();
     // the pool object holds the org policy's version; its own ledger is empty

@@ -90,6 +90,15 @@ pub async fn read_request(req: &mut Request, limit: u64) -> Result<Body, Gateway
     let expect = declared.unwrap_or(limit);
     let permit = permit(expect.saturating_mul(2)).await?;
     let unreadable = |_| GatewayError::InvalidRequest("could not read the request body".into());
+    if let Some(n) = declared {
+        // a declared length is what arrives (the runtime holds the framing to it): read it
+        // whole, in one call, rather than chunk by chunk through a stream reader
+        let bytes = whole(req.inner().array_buffer()).await.map_err(unreadable)?;
+        if bytes.len() as u64 > n.min(limit) {
+            return Err(too_large);
+        }
+        return Ok(Body { bytes, permit });
+    }
     let source = match req.stream() {
         Ok(stream) => Source::Stream(stream),
         Err(_) => Source::Bytes(Some(req.bytes().await.map_err(unreadable)?)),
@@ -100,6 +109,12 @@ pub async fn read_request(req: &mut Request, limit: u64) -> Result<Body, Gateway
         Capped::Whole(bytes) => Ok(Body { bytes, permit }),
         Capped::Over(..) => Err(too_large),
     }
+}
+
+/// A body the runtime reads whole (`arrayBuffer()`), copied into wasm memory once.
+pub async fn whole(buffer: std::result::Result<js_sys::Promise, wasm_bindgen::JsValue>) -> worker::Result<Vec<u8>> {
+    let buffer = wasm_bindgen_futures::JsFuture::from(buffer?).await?;
+    Ok(Uint8Array::new(&buffer).to_vec())
 }
 
 /// The body for upstream, built straight into the runtime's memory: the original bytes with

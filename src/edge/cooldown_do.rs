@@ -11,6 +11,8 @@ use crate::edge::objects;
 use crate::edge::platform;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use wasm_bindgen::prelude::wasm_bindgen;
+use wasm_bindgen::JsValue;
 use worker::{durable_object, DurableObject, Env, Request, Response, Result, State};
 
 const RECHECK_MS: u64 = 1_000;
@@ -27,10 +29,22 @@ impl DurableObject for Cooldown {
         Cooldown { state, until: Cell::new(None) }
     }
 
-    async fn fetch(&self, mut req: Request) -> Result<Response> {
-        let Some(op) = objects::request::<protocol::Cooldown>(&mut req).await? else {
-            return objects::refuse();
-        };
+    async fn fetch(&self, req: Request) -> Result<Response> {
+        objects::serve_fetch::<protocol::Cooldown, _, _>(req, |op| self.answer(op)).await
+    }
+}
+
+/// The object's RPC side (`objects::send`).
+#[wasm_bindgen]
+impl Cooldown {
+    #[wasm_bindgen(js_name = op)]
+    pub async fn rpc_op(&self, message: String) -> std::result::Result<String, JsValue> {
+        objects::serve::<protocol::Cooldown, _, _>(&message, |op| self.answer(op)).await
+    }
+}
+
+impl Cooldown {
+    async fn answer(&self, op: CooldownOp) -> Result<UnixMillis> {
         let current = match self.until.get() {
             Some(u) => u,
             None => {
@@ -46,7 +60,7 @@ impl DurableObject for Cooldown {
                 self.state.storage().put("until", until.0).await?;
             }
         }
-        objects::reply::<protocol::Cooldown>(&self.until.get().unwrap_or(current))
+        Ok(self.until.get().unwrap_or(current))
     }
 }
 

@@ -9,7 +9,7 @@ use crate::core::error::GatewayError;
 use crate::core::pricing::TokenUsage;
 use crate::core::sse::SseMeter;
 use crate::core::time::UnixMillis;
-use crate::edge::body_io::{read_capped, response_body, Capped, Source};
+use crate::edge::body_io::{read_capped, response_body, whole, Capped, Source};
 use crate::edge::hold::Hold;
 use crate::edge::platform;
 use futures_channel::oneshot;
@@ -46,6 +46,16 @@ pub async fn whole_body(
     hold: Hold,
     pricing: CallPricing,
 ) -> Result<Response, GatewayError> {
+    let declared = resp.headers().get("content-length").ok().flatten().and_then(|v| v.trim().parse::<usize>().ok());
+    if declared.is_some_and(|n| n <= MAX_BUFFERED_RESPONSE) {
+        // a declared length within bounds: read whole, in one call, not through a reader
+        let whole_response: web_sys::Response = resp.into();
+        let Ok(bytes) = whole(whole_response.array_buffer()).await else {
+            return Err(GatewayError::UpstreamError("upstream body could not be read".into()));
+        };
+        hold.settle(pricing.with_usage(body::usage_of_body(&bytes), bytes.len() as u64, 0));
+        return crate::edge::response::bytes(status, bytes, headers).map_err(unreadable);
+    }
     let source = response_body(&mut resp).await;
     let (bytes, rest) = match read_capped(source, MAX_BUFFERED_RESPONSE, 64 * 1024).await {
         Ok(Capped::Whole(bytes)) => (bytes, None),

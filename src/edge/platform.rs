@@ -34,3 +34,29 @@ pub fn secure_random(buf: &mut [u8]) -> Result<(), GatewayError> {
 pub async fn sleep_ms(ms: u64) {
     worker::Delay::from(Duration::from_millis(ms)).await;
 }
+
+/// Runs futures together and returns their outputs in order: the few lines it takes, rather
+/// than `futures_util::future::join_all` and the ordered-stream machinery it brings into the
+/// bundle for the handful of calls the gateway fans out (an org's shards).
+pub async fn join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut pending: Vec<std::pin::Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    let mut done: Vec<Option<F::Output>> = pending.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut ready = true;
+        for (f, out) in pending.iter_mut().zip(done.iter_mut()) {
+            if out.is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => *out = Some(v),
+                    std::task::Poll::Pending => ready = false,
+                }
+            }
+        }
+        if ready {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    done.into_iter().flatten().collect()
+}

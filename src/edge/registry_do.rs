@@ -19,6 +19,8 @@ use crate::edge::{kv, platform, stats};
 use std::cell::RefCell;
 use std::collections::{BTreeSet, HashSet};
 use std::rc::Rc;
+use wasm_bindgen::prelude::wasm_bindgen;
+use wasm_bindgen::JsValue;
 use worker::{durable_object, DurableObject, Env, Request, Response, Result, State};
 
 const REFRESH_MS: u64 = 1_000;
@@ -42,21 +44,30 @@ impl DurableObject for Registry {
         Registry { state, env, known: RefCell::new(None), origins: RefCell::new(None) }
     }
 
-    async fn fetch(&self, mut req: Request) -> Result<Response> {
-        let Some(op) = objects::request::<protocol::Registry>(&mut req).await? else {
-            return objects::refuse();
-        };
-        let reply = match op {
-            RegistryOp::Prefixes => RegistryReply::Prefixes(self.prefixes(None).await?),
-            RegistryOp::AddPrefix { prefix } => RegistryReply::Prefixes(self.prefixes(Some(prefix)).await?),
-            RegistryOp::Origins => RegistryReply::Origins(self.origins(Vec::new()).await?),
-            RegistryOp::AddOrigins { origins } => RegistryReply::Origins(self.origins(origins).await?),
-        };
-        objects::reply::<protocol::Registry>(&reply)
+    async fn fetch(&self, req: Request) -> Result<Response> {
+        objects::serve_fetch::<protocol::Registry, _, _>(req, |op| self.answer(op)).await
+    }
+}
+
+/// The object's RPC side (`objects::send`).
+#[wasm_bindgen]
+impl Registry {
+    #[wasm_bindgen(js_name = op)]
+    pub async fn rpc_op(&self, message: String) -> std::result::Result<String, JsValue> {
+        objects::serve::<protocol::Registry, _, _>(&message, |op| self.answer(op)).await
     }
 }
 
 impl Registry {
+    async fn answer(&self, op: RegistryOp) -> Result<RegistryReply> {
+        Ok(match op {
+            RegistryOp::Prefixes => RegistryReply::Prefixes(self.prefixes(None).await?),
+            RegistryOp::AddPrefix { prefix } => RegistryReply::Prefixes(self.prefixes(Some(prefix)).await?),
+            RegistryOp::Origins => RegistryReply::Origins(self.origins(Vec::new()).await?),
+            RegistryOp::AddOrigins { origins } => RegistryReply::Origins(self.origins(origins).await?),
+        })
+    }
+
     /// The prefixes, after adding `add`. Between loading the set and storing it nothing
     /// awaits, so no addition is lost.
     async fn prefixes(&self, add: Option<u64>) -> Result<Vec<u64>> {
