@@ -41,12 +41,15 @@ clean:
 fuzz: setup
 	FUZZ_CASES=$${FUZZ_CASES:-2000000} cargo test --release --test fuzz_parsers -- --nocapture
 
-# Benchmarks: the core decisions (cargo bench), then the gateway under load against the
-# upstream, nginx, the runtime's floor and wrangler dev (bench/run.mjs), then the isolate's
-# memory under eight 9.5 MiB bodies while another key streams (bench/memory.mjs). About 6 minutes.
+# Benchmarks: the core decisions (cargo bench), then the gateway under load (64 keys, and one
+# hot key) against the upstream, nginx, the runtime's floor and Portkey, with the ratios
+# (bench/run.mjs), then calls in an org of 5,000 keys against an org of one (bench/org_scale.mjs),
+# then the isolate's memory under eight 9.5 MiB bodies while another key streams
+# (bench/memory.mjs). About 10 minutes; BENCH_ROUNDS, BENCH_SECONDS and BENCH_ORG_KEYS shorten it.
 bench: build
 	@command -v nginx >/dev/null && command -v wrk >/dev/null || \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx wrk >/dev/null; }
 	cargo bench --bench core
 	node bench/run.mjs
+	node bench/org_scale.mjs
 	node bench/memory.mjs

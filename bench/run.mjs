@@ -2,12 +2,19 @@
 //   1. the fake upstream directly (nginx answering instantly),
 //   2. a plain nginx reverse proxy in front of it,
 //   3. an empty worker on the same runtime (workerd via Miniflare): the runtime's floor,
-//   4. the gateway on workerd via Miniflare with a metered key (ledger round trip + settle),
-//   5. the gateway under `wrangler dev` (reference only: it adds a dev proxy and logging).
+//   4. the gateway on workerd via Miniflare, load rotated across 64 metered keys (`pro` keys,
+//      so 64 account Durable Objects: the ledger round trip and settle of a spread load),
+//   5. the same gateway with all load on one key (one account Durable Object: the hot key),
+//   6. the Portkey gateway (`@portkey-ai/gateway`, Node) on the same upstream,
+//   7. with BENCH_WRANGLER=1, the gateway under `wrangler dev` (reference only: it adds a dev
+//      proxy and logging, and a minute to the run).
 // Same load for each (wrk), interleaved in rounds, at concurrency 1 and 16, non-streamed and
-// streamed; time to first byte for streams. Writes a table to stdout and
-// bench/results/{bench.json,latency.svg,latency.png}.
+// streamed; time to first byte for streams. Every target's answers are checked (status and
+// whole body) before it is timed. Prints a table per target and the ratios, and writes
+// bench/results/{bench.json,latency.svg,latency.png}. BENCH_ROUNDS and BENCH_SECONDS set the
+// rounds and the seconds per cell.
 import { spawn } from "node:child_process";
+import { deepStrictEqual } from "node:assert";
 import { mkdirSync, mkdtempSync, writeFileSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -15,101 +22,17 @@ import http from "node:http";
 import { Log, LogLevel, Miniflare } from "miniflare";
 import { gatewayOptions } from "../e2e/miniflare.mjs";
 import { bundleSize } from "../scripts/size.mjs";
+import { ADMIN, callHeaders, chatBody, completion, createKey, freePort, inBatches, median, ms, runWrk, sse, startNginx, waitFor } from "./harness.mjs";
 
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 3);
+const WRANGLER = process.env.BENCH_WRANGLER === "1";
+const SPREAD_KEYS = 64;
 const OUT = "bench/results";
-const ADMIN = "bench-admin-token";
-const MODEL = "meta-llama/Llama-3.1-8B-Instruct";
 const work = mkdtempSync(join(tmpdir(), "hfg-bench-"));
 mkdirSync(OUT, { recursive: true });
 const children = [];
 const cleanups = [];
-
-const freePort = () =>
-  new Promise((resolve) => {
-    const s = http.createServer().listen(0, "127.0.0.1", () => {
-      const p = s.address().port;
-      s.close(() => resolve(p));
-    });
-  });
-
-// --- the fake upstream and the plain proxy: one nginx, two server blocks -------------------
-const usage = { prompt_tokens: 12, completion_tokens: 24, total_tokens: 36 };
-const completion = JSON.stringify({
-  id: "bench", object: "chat.completion", created: 1, model: MODEL,
-  choices: [{ index: 0, message: { role: "assistant", content: "An instant reply from the benchmark upstream." }, finish_reason: "stop" }],
-  usage,
-});
-const chunk = (delta, finish = null) => `data: ${JSON.stringify({ id: "bench", object: "chat.completion.chunk", created: 1, model: MODEL, choices: [{ index: 0, delta, finish_reason: finish }] })}\n\n`;
-const sse = [chunk({ role: "assistant", content: "" }), ...["An", " instant", " streamed", " reply."].map((w) => chunk({ content: w })), chunk({}, "stop"),
-  `data: ${JSON.stringify({ id: "bench", object: "chat.completion.chunk", created: 1, model: MODEL, choices: [], usage })}\n\n`, "data: [DONE]\n\n"].join("");
-const nginxQuote = (s) => `'${s.replace(/\\/g, "\\\\").replace(/'/g, "\\'").replace(/\n/g, "\\n")}'`;
-
-async function startNginx() {
-  const upstreamPort = await freePort();
-  const proxyPort = await freePort();
-  const conf = `
-worker_processes 1;
-daemon off;
-pid ${work}/nginx.pid;
-error_log ${work}/nginx-error.log warn;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  client_body_temp_path ${work}/body; proxy_temp_path ${work}/proxy;
-  fastcgi_temp_path ${work}/fcgi; uwsgi_temp_path ${work}/uwsgi; scgi_temp_path ${work}/scgi;
-  keepalive_requests 1000000;
-  server {
-    listen 127.0.0.1:${upstreamPort};
-    location / {
-      if ($http_x_bench_stream) { rewrite ^ /__sse last; }
-      default_type application/json;
-      return 200 ${nginxQuote(completion)};
-    }
-    location = /__sse { internal; default_type text/event-stream; return 200 ${nginxQuote(sse)}; }
-  }
-  upstream fake { server 127.0.0.1:${upstreamPort}; keepalive 64; }
-  server {
-    listen 127.0.0.1:${proxyPort};
-    location / {
-      proxy_pass http://fake;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_buffering off;
-    }
-  }
-}`;
-  writeFileSync(`${work}/nginx.conf`, conf);
-  const p = spawn("nginx", ["-p", work, "-c", `${work}/nginx.conf`], { stdio: "ignore" });
-  children.push(p);
-  await waitFor(`http://127.0.0.1:${upstreamPort}/v1/models`);
-  return { upstream: `http://127.0.0.1:${upstreamPort}`, proxy: `http://127.0.0.1:${proxyPort}` };
-}
-
-async function waitFor(url, ms = 60_000) {
-  const until = Date.now() + ms;
-  while (Date.now() < until) {
-    try {
-      const r = await fetch(url);
-      await r.arrayBuffer();
-      if (r.status < 500) return;
-    } catch {}
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error(`${url} did not come up`);
-}
-
-async function createKey(base) {
-  const res = await fetch(`${base}/admin/keys`, {
-    method: "POST",
-    headers: { authorization: `Bearer ${ADMIN}`, "content-type": "application/json" },
-    // a metered plan, with limits far above the load so nothing is throttled
-    body: JSON.stringify({ plan: "pro", name: "bench", rate_limit: { rpm: 100_000_000, burst: 10_000_000 } }),
-  });
-  if (res.status !== 201) throw new Error(`key creation failed: ${res.status} ${await res.text()}`);
-  return (await res.json()).key;
-}
 
 // --- the targets ----------------------------------------------------------------------------
 // What the gateway logs under load: a failed settle would mean lost accounting, so it is
@@ -132,8 +55,26 @@ function captureGatewayLog(stdout, stderr) {
   for (const s of [stdout, stderr]) s.on("data", (d) => gatewayLog.push(String(d)));
 }
 
+// Portkey as its own Node process (bench/portkey-start.mjs says why it needs a fetch shim),
+// told per request to speak OpenAI to the fake upstream and to pass on the header that
+// selects a streamed answer there. Its key is forwarded upstream, never checked.
+async function startPortkey(upstream) {
+  const port = await freePort();
+  const p = spawn(process.execPath, ["bench/portkey-start.mjs", `--port=${port}`, "--headless"], { stdio: ["ignore", "ignore", "pipe"] });
+  let err = "";
+  p.stderr.on("data", (d) => (err = (err + d).slice(-2000)));
+  p.on("exit", (code) => code && console.error(`Portkey exited ${code}: ${err}`));
+  children.push(p);
+  const url = `http://127.0.0.1:${port}`;
+  await waitFor(`${url}/`);
+  return {
+    name: "portkey", label: "Portkey (Node)", url, keys: ["sk-bench"], sse: true,
+    headers: { "x-portkey-provider": "openai", "x-portkey-custom-host": `${upstream}/v1`, "x-portkey-forward-headers": "x-bench-stream" },
+  };
+}
+
 async function startTargets() {
-  const ng = await startNginx();
+  const ng = await startNginx(work, children);
   const empty = new Miniflare({
     modules: true, compatibilityDate: "2026-04-01", host: "127.0.0.1", port: 0, cf: false,
     // it reads the body, as any real worker does (answering before reading resets keep-alive)
@@ -145,76 +86,68 @@ async function startTargets() {
   const gw = new Miniflare(gatewayOptions({ bindings: vars, handleRuntimeStdio: captureGatewayLog, log: new StatusLog() }));
   cleanups.push(() => gw.dispose());
   const gwUrl = (await gw.ready).href.replace(/\/$/, "");
-  const wranglerPort = await freePort();
-  const wrangler = spawn("npx", ["wrangler", "dev", "--ip", "127.0.0.1", "--port", String(wranglerPort), "--show-interactive-dev-session=false",
-    "--persist-to", `${work}/wrangler-state`, ...Object.entries(vars).flatMap(([k, v]) => ["--var", `${k}:${v}`])],
-  { stdio: "ignore", env: { ...process.env, WRANGLER_SEND_METRICS: "false", CLOUDFLARE_CF_FETCH_ENABLED: "false" }, detached: true });
-  children.push(wrangler);
-  const wranglerUrl = `http://127.0.0.1:${wranglerPort}`;
-  await waitFor(`${wranglerUrl}/healthz`, 120_000);
-  return [
-    { name: "direct", label: "fake upstream, direct", url: ng.upstream, key: "none" },
-    { name: "nginx", label: "nginx reverse proxy", url: ng.proxy, key: "none" },
-    { name: "floor", label: "empty worker (workerd)", url: emptyUrl, key: "none" },
-    { name: "gateway", label: "hf-gate (workerd)", url: gwUrl, key: await createKey(gwUrl) },
-    { name: "wrangler", label: "hf-gate (wrangler dev)", url: wranglerUrl, key: await createKey(wranglerUrl) },
+  const spread = await inBatches(SPREAD_KEYS, 8, (i) => createKey(gwUrl, { name: `bench-spread-${i}` }));
+  const targets = [
+    { name: "direct", label: "fake upstream, direct", url: ng.upstream, keys: ["none"], sse: true },
+    { name: "nginx", label: "nginx reverse proxy", url: ng.proxy, keys: ["none"], sse: true },
+    // the floor answers the same JSON whether asked to stream or not
+    { name: "floor", label: "empty worker (workerd)", url: emptyUrl, keys: ["none"], sse: false },
+    { name: "gateway", label: `hf-gate, ${SPREAD_KEYS} keys`, url: gwUrl, keys: spread, sse: true },
+    { name: "hotkey", label: "hf-gate, hot key", url: gwUrl, keys: [await createKey(gwUrl, { name: "bench-hot" })], sse: true },
+    await startPortkey(ng.upstream),
   ];
+  if (WRANGLER) {
+    const wranglerPort = await freePort();
+    const wrangler = spawn("npx", ["wrangler", "dev", "--ip", "127.0.0.1", "--port", String(wranglerPort), "--show-interactive-dev-session=false",
+      "--persist-to", `${work}/wrangler-state`, ...Object.entries(vars).flatMap(([k, v]) => ["--var", `${k}:${v}`])],
+    { stdio: "ignore", env: { ...process.env, WRANGLER_SEND_METRICS: "false", CLOUDFLARE_CF_FETCH_ENABLED: "false" }, detached: true });
+    children.push(wrangler);
+    const wranglerUrl = `http://127.0.0.1:${wranglerPort}`;
+    await waitFor(`${wranglerUrl}/healthz`, 120_000);
+    targets.push({ name: "wrangler", label: "hf-gate (wrangler dev)", url: wranglerUrl, keys: [await createKey(wranglerUrl)], sse: true });
+  }
+  return targets;
 }
 
-// --- load -----------------------------------------------------------------------------------
-const PERCENTILES = [1, 5, 10, 25, 50, 75, 90, 95, 99, 99.9];
-function wrkScript(key, stream) {
-  const body = JSON.stringify({ model: MODEL, max_tokens: 64, stream, messages: [{ role: "user", content: "Say something short." }] });
-  return `
-wrk.method = "POST"
-wrk.path = "/v1/chat/completions"
-wrk.body = ${JSON.stringify(body)}
-wrk.headers["content-type"] = "application/json"
-wrk.headers["authorization"] = "Bearer ${key}"
-${stream ? 'wrk.headers["x-bench-stream"] = "1"' : ""}
-done = function(summary, latency, requests)
-  local p = {}
-  for _, q in ipairs({${PERCENTILES.join(",")}}) do p[#p + 1] = string.format('"%s":%d', q, latency:percentile(q)) end
-  io.write(string.format('BENCH {"requests":%d,"duration_us":%d,"errors":%d,"non2xx":%d,"percentiles_us":{%s}}\\n',
-    summary.requests, summary.duration, summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
-    summary.errors.status, table.concat(p, ",")))
-end`;
-}
-
-// wrk runs as a child while this process keeps serving: Miniflare (workerd's logs, its
-// loopback services) lives in this process, so blocking it would stall the targets.
-function run(cmd, args) {
-  return new Promise((resolve, reject) => {
-    const p = spawn(cmd, args);
-    let out = "";
-    p.stdout.on("data", (d) => (out += d));
-    p.stderr.on("data", (d) => (out += d));
-    p.on("error", reject);
-    p.on("close", (code) => (code === 0 ? resolve(out) : reject(new Error(`${cmd} exited ${code}: ${out}`))));
-  });
-}
-
-async function runWrk(target, conns, stream) {
-  const script = `${work}/${target.name}-${stream ? "s" : "n"}.lua`;
-  writeFileSync(script, wrkScript(target.key, stream));
-  const threads = conns === 1 ? 1 : 2;
-  const out = await run("wrk", ["-t", String(threads), "-c", String(conns), "-d", `${SECONDS}s`, "--timeout", "10s", "-s", script, target.url]);
-  const line = out.split("\n").find((l) => l.startsWith("BENCH "));
-  const r = JSON.parse(line.slice(6));
-  return { rps: r.requests / (r.duration_us / 1e6), errors: r.errors, non2xx: r.non2xx, requests: r.requests, p: r.percentiles_us };
+// Before anything is timed, each target must answer a call as the upstream does: 200 and the
+// whole body, the JSON completion or every SSE event through `[DONE]`. A target that answers
+// fast but wrong (a 500, a cut stream) would otherwise look like a fast one.
+async function verify(t) {
+  for (const stream of [false, true]) {
+    const res = await fetch(`${t.url}/v1/chat/completions`, { method: "POST", headers: callHeaders(t, t.keys[0], stream), body: chatBody(stream) });
+    const body = await res.text();
+    const what = `${t.label}, ${stream ? "streamed" : "json"}`;
+    if (res.status !== 200) throw new Error(`${what}: answered ${res.status}: ${body.slice(0, 300)}`);
+    if (stream && t.sse) {
+      const events = (text) => text.split("\n\n").filter((e) => e.trim());
+      try {
+        deepStrictEqual(events(body), events(sse));
+      } catch {
+        throw new Error(`${what}: the stream is not the upstream's (${body.length} bytes, expected ${sse.length}): ${body.slice(-300)}`);
+      }
+    } else {
+      try {
+        deepStrictEqual(JSON.parse(body), JSON.parse(completion));
+      } catch {
+        throw new Error(`${what}: the body is not the upstream's: ${body.slice(0, 300)}`);
+      }
+    }
+  }
 }
 
 // Time to first byte of a streamed response, with `conns` clients in parallel.
 async function ttfb(target, conns, perClient) {
   const u = new URL(target.url);
   const agent = new http.Agent({ keepAlive: true, maxSockets: conns });
-  const body = JSON.stringify({ model: MODEL, max_tokens: 64, stream: true, messages: [{ role: "user", content: "Say something short." }] });
+  const body = chatBody(true);
+  let turn = 0;
   const one = () =>
     new Promise((resolve, reject) => {
       const t0 = process.hrtime.bigint();
       let first = null;
+      const key = target.keys[turn++ % target.keys.length];
       const req = http.request({ host: u.hostname, port: u.port, path: "/v1/chat/completions", method: "POST", agent,
-        headers: { "content-type": "application/json", authorization: `Bearer ${target.key}`, "x-bench-stream": "1", "content-length": Buffer.byteLength(body) } }, (res) => {
+        headers: { ...callHeaders(target, key, true), "content-length": Buffer.byteLength(body) } }, (res) => {
         res.on("data", () => { first ??= process.hrtime.bigint(); });
         res.on("error", reject);
         res.on("end", () => resolve(Number((first ?? process.hrtime.bigint()) - t0) / 1e3));
@@ -242,9 +175,6 @@ async function ttfb(target, conns, perClient) {
 }
 
 // --- report ---------------------------------------------------------------------------------
-const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
-const ms = (us) => (us / 1000).toFixed(2);
-
 function svgChart(results, targets) {
   const panels = [];
   for (const stream of [false, true]) for (const conns of [1, 16]) panels.push({ stream, conns });
@@ -253,7 +183,7 @@ function svgChart(results, targets) {
   const all = results.flatMap((r) => Object.values(r.p));
   const lo = Math.log10(Math.max(10, Math.min(...all))), hi = Math.log10(Math.max(...all));
   const x = (us) => left + ((Math.log10(Math.max(10, us)) - lo) / (hi - lo)) * (W - left - right);
-  const colors = { direct: "#667085", nginx: "#2e90fa", floor: "#12b76a", gateway: "#ff9d00", wrangler: "#d92d20" };
+  const colors = { direct: "#667085", nginx: "#2e90fa", floor: "#12b76a", gateway: "#ff9d00", hotkey: "#b54708", portkey: "#7a5af8", wrangler: "#d92d20" };
   let s = `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" font-family="system-ui, sans-serif" font-size="12">`;
   s += `<rect width="${W}" height="${H}" fill="#fff"/><text x="12" y="22" font-size="15" font-weight="600">Latency per request (log scale): whiskers p1-p99, box p25-p75, line p50</text>`;
   panels.forEach((pn, i) => {
@@ -291,15 +221,62 @@ async function renderPng(svgPath, pngPath) {
   }
 }
 
+// The ratios the issue asks every run to print. Each is taken within a round (targets measured
+// minutes apart on a shared machine drift; neighbours in one round do not), then the median
+// over rounds.
+function ratios(results) {
+  const modes = [];
+  for (const stream of [false, true]) {
+    for (const conns of [1, 16]) {
+      const perRound = (f) => median([...new Set(results.map((r) => r.round))].map((round) => {
+        const at = (name) => results.find((r) => r.round === round && r.target === name && r.stream === stream && r.conns === conns);
+        return f(at);
+      }));
+      modes.push({
+        stream, conns,
+        gateway_over_floor: +perRound((at) => at("gateway").rps / at("floor").rps).toFixed(3),
+        hotkey_over_floor: +perRound((at) => at("hotkey").rps / at("floor").rps).toFixed(3),
+        gateway_over_portkey: +perRound((at) => at("gateway").rps / at("portkey").rps).toFixed(3),
+        hotkey_over_portkey: +perRound((at) => at("hotkey").rps / at("portkey").rps).toFixed(3),
+        gateway_added_p50_ms: +ms(perRound((at) => at("gateway").p["50"] - at("floor").p["50"])),
+        hotkey_added_p50_ms: +ms(perRound((at) => at("hotkey").p["50"] - at("floor").p["50"])),
+        hotkey_admitted_rps: Math.round(perRound((at) => at("hotkey").admitted_rps)),
+      });
+    }
+  }
+  return modes;
+}
+
+function printRatios(modes) {
+  const cols = modes.map((m) => `${m.stream ? "stream" : "json"} c=${m.conns}`);
+  const rows = [
+    ["req/s: hf-gate, 64 keys / floor", "gateway_over_floor", () => true],
+    ["req/s: hf-gate, hot key / floor", "hotkey_over_floor", () => true],
+    ["req/s: hf-gate, 64 keys / Portkey", "gateway_over_portkey", () => true],
+    ["req/s: hf-gate, hot key / Portkey", "hotkey_over_portkey", () => true],
+    ["p50 over floor, ms: 64 keys", "gateway_added_p50_ms", (m) => m.conns === 1],
+    ["p50 over floor, ms: hot key", "hotkey_added_p50_ms", (m) => m.conns === 1],
+    ["admitted calls/s: hot key", "hotkey_admitted_rps", (m) => m.conns === 16],
+  ];
+  console.log(`\nratios (within each round, median of ${ROUNDS})`.padEnd(36) + cols.map((c) => c.padStart(12)).join(""));
+  for (const [label, field, shown] of rows) {
+    console.log(label.padEnd(35) + modes.map((m) => String(shown(m) ? m[field] : "-").padStart(12)).join(""));
+  }
+  // as published: its stream reader sleeps before the first event (src/handlers/streamHandler.ts)
+  console.log("(Portkey waits 25 ms before it relays a stream's first event, so it answers streams slower than JSON)");
+}
+
 async function main() {
   const t0 = Date.now();
   const targets = await startTargets();
+  for (const t of targets) await verify(t);
+  process.stderr.write(`${targets.length} targets up and answering correctly (${Math.round((Date.now() - t0) / 1000)} s)\n`);
   const results = [];
   for (let round = 1; round <= ROUNDS; round++) {
     for (const stream of [false, true]) {
       for (const conns of [1, 16]) {
         for (const t of targets) {
-          const r = await runWrk(t, conns, stream);
+          const r = await runWrk(work, t, conns, stream, SECONDS);
           results.push({ round, target: t.name, stream, conns, ...r });
           if (r.errors || r.non2xx) console.error(`warning: ${t.name} c=${conns} ${stream ? "stream" : ""}: ${r.errors} errors, ${r.non2xx} non-2xx`);
         }
@@ -309,6 +286,7 @@ async function main() {
   }
   const firstBytes = [];
   for (const t of targets) for (const conns of [1, 16]) firstBytes.push({ target: t.name, conns, ...(await ttfb(t, conns, conns === 1 ? 200 : 25)) });
+  process.stderr.write(`first-byte times done (${Math.round((Date.now() - t0) / 1000)} s)\n`);
 
   const summary = [];
   for (const stream of [false, true]) {
@@ -316,29 +294,35 @@ async function main() {
       const pick = (name) => results.filter((r) => r.target === name && r.stream === stream && r.conns === conns);
       const stat = (name) => {
         const rows = pick(name);
-        return { rps: median(rows.map((r) => r.rps)), p50: median(rows.map((r) => r.p["50"])), p99: median(rows.map((r) => r.p["99"])), errors: rows.reduce((a, r) => a + r.errors + r.non2xx, 0) };
+        return { rps: median(rows.map((r) => r.rps)), admitted: median(rows.map((r) => r.admitted_rps)), p50: median(rows.map((r) => r.p["50"])), p99: median(rows.map((r) => r.p["99"])), errors: rows.reduce((a, r) => a + r.errors + r.non2xx, 0) };
       };
       const direct = stat("direct"), floor = stat("floor");
       for (const t of targets) {
         const st = stat(t.name);
         const fb = stream ? firstBytes.find((f) => f.target === t.name && f.conns === conns) : null;
         summary.push({
-          target: t.name, label: t.label, stream, conns, rps: Math.round(st.rps), p50_ms: +ms(st.p50), p99_ms: +ms(st.p99),
+          target: t.name, label: t.label, stream, conns, rps: Math.round(st.rps), admitted_rps: Math.round(st.admitted), p50_ms: +ms(st.p50), p99_ms: +ms(st.p99),
           added_p50_ms: +ms(st.p50 - direct.p50), vs_direct: +(st.rps / direct.rps).toFixed(3), vs_floor: +(st.rps / floor.rps).toFixed(3),
           ttfb_p50_ms: fb ? +ms(fb.p50_us) : null, ttfb_p99_ms: fb ? +ms(fb.p99_us) : null, errors: st.errors,
         });
       }
     }
   }
+  const modes = ratios(results);
   const ledgerFailures = gatewayLog.join("").split("\n").filter((l) => /settle failed|ledger .* (unreachable|answered)/.test(l));
   if (Object.keys(oddStatuses).length) console.error(`gateway answers that were not 2xx: ${JSON.stringify(oddStatuses)}`);
   if (ledgerFailures.length) console.error(`gateway logged ${ledgerFailures.length} ledger failures under load, e.g. ${ledgerFailures[0]}`);
   const size = bundleSize();
   const meta = {
-    date: new Date().toISOString(), rounds: ROUNDS, seconds_per_run: SECONDS, cpus: (await import("node:os")).cpus().length, load: "wrk",
+    date: new Date().toISOString(), rounds: ROUNDS, seconds_per_run: SECONDS, cpus: (await import("node:os")).cpus().length, load: "wrk", node: process.version,
+    gateway_keys: `${SPREAD_KEYS} pro keys (each its own account Durable Object), taken in turn by every wrk connection`,
+    hotkey: "one pro key: every call goes through one account Durable Object",
+    portkey: `@portkey-ai/gateway ${JSON.parse(readFileSync("node_modules/@portkey-ai/gateway/package.json", "utf8")).version}, Node, --headless, provider openai with a custom host (the fake upstream), through bench/portkey-start.mjs`,
     bundle: size, gateway_ledger_failures: ledgerFailures.length, gateway_non_2xx: oddStatuses,
+    // whatever the gateway printed (errors, warnings), to explain an odd answer
+    gateway_log_tail: gatewayLog.join("").split("\n").filter((l) => l.trim()).slice(-20),
   };
-  writeFileSync(`${OUT}/bench.json`, JSON.stringify({ meta, summary, runs: results, ttfb: firstBytes }, null, 2));
+  writeFileSync(`${OUT}/bench.json`, JSON.stringify({ meta, summary, ratios: modes, runs: results, ttfb: firstBytes }, null, 2));
   writeFileSync(`${OUT}/latency.svg`, svgChart(results, targets));
   await renderPng(`${OUT}/latency.svg`, `${OUT}/latency.png`);
 
@@ -349,6 +333,7 @@ async function main() {
   for (const r of summary) {
     console.log(`${r.label.padEnd(24)}${pad(r.stream ? "stream" : "json", 9)}${pad(r.conns, 4)}${pad(r.rps, 9)}${pad(r.p50_ms.toFixed(2), 9)}${pad(r.p99_ms.toFixed(2), 9)}${pad(r.added_p50_ms.toFixed(2), 9)}${pad(r.vs_direct.toFixed(3), 10)}${pad(r.vs_floor.toFixed(3), 9)}${pad(r.ttfb_p50_ms === null ? "-" : r.ttfb_p50_ms.toFixed(2), 10)}${pad(r.errors, 8)}`);
   }
+  printRatios(modes);
   console.log(`\nwrote ${OUT}/bench.json, ${OUT}/latency.svg, ${OUT}/latency.png in ${Math.round((Date.now() - t0) / 1000)} s`);
 }
 
