@@ -4,6 +4,7 @@
 //! and scripted randomness.
 
 pub mod account;
+pub mod admin_input;
 pub mod body;
 pub mod call;
 pub mod caller;
@@ -20,6 +21,7 @@ pub mod paths;
 pub mod pricing;
 pub mod protocol;
 pub mod rand;
+pub mod record_cache;
 pub mod retry;
 pub mod sandbox;
 pub mod settings;

@@ -14,14 +14,15 @@
 //! back in line with the ledger whenever an edit or a read finds it behind.
 
 use crate::core::account::KeyPolicy;
-use crate::core::cors::normalise_origin;
+use crate::core::admin_input::{
+    self, apply_key_patch, check_org_fields, check_origins, check_rate, KeyPatch, NewKey, NewOrg, OrgPatch,
+};
 use crate::core::edits::{self, AccountEdit, IfMatch, KeyEdit, EDIT_RETRY};
 use crate::core::error::GatewayError;
 use crate::core::gcra::{self, Quota, Tat};
-use crate::core::keys::{self, KeyRecord, OrgRecord, RateLimit, SealedKey, MINT_BYTES};
+use crate::core::keys::{self, KeyRecord, OrgRecord, SealedKey, MINT_BYTES};
 use crate::core::lease::MAX_SHARDS;
 use crate::core::listing;
-use crate::core::paths::PROVIDERS;
 use crate::core::settings::Settings;
 use crate::edge::account_do;
 use crate::edge::auth::{self, Caller};
@@ -103,84 +104,6 @@ async fn json_body<T: for<'de> Deserialize<'de>>(req: &mut Request) -> Result<T,
     serde_json::from_slice(&bytes).map_err(|e| bad(format!("body: {e}")))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NewKey {
-    plan: Option<String>,
-    name: Option<String>,
-    org: Option<String>,
-    #[serde(default)]
-    allowed_origins: Vec<String>,
-    rate_limit: Option<RateLimit>,
-    monthly_credit_micro_usd: Option<u64>,
-    spend_cap_micro_usd: Option<u64>,
-    #[serde(default)]
-    provider_key: BTreeMap<String, String>,
-}
-
-/// `Some(None)` is an explicit `null` (clear), `None` is "leave as it is".
-fn double_option<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
-    Ok(Some(Option::deserialize(d)?))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct KeyPatch {
-    name: Option<String>,
-    plan: Option<String>,
-    allowed_origins: Option<Vec<String>>,
-    #[serde(default, deserialize_with = "double_option")]
-    rate_limit: Option<Option<RateLimit>>,
-    #[serde(default, deserialize_with = "double_option")]
-    monthly_credit_micro_usd: Option<Option<u64>>,
-    #[serde(default, deserialize_with = "double_option")]
-    spend_cap_micro_usd: Option<Option<u64>>,
-    provider_key: Option<BTreeMap<String, String>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NewOrg {
-    id: String,
-    plan: String,
-    seats: u32,
-    bill_to: Option<String>,
-    spend_limit_micro_usd: Option<u64>,
-    rate_limit: Option<RateLimit>,
-    /// How many Durable Objects the pool is spread over (`core::lease`).
-    shards: Option<u32>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct OrgPatch {
-    plan: Option<String>,
-    seats: Option<u32>,
-    bill_to: Option<String>,
-    #[serde(default, deserialize_with = "double_option")]
-    spend_limit_micro_usd: Option<Option<u64>>,
-    #[serde(default, deserialize_with = "double_option")]
-    rate_limit: Option<Option<RateLimit>>,
-    /// Accepted only unchanged: the shard count is fixed when the org is created.
-    shards: Option<u32>,
-}
-
-fn check_rate(r: &Option<RateLimit>) -> Result<(), GatewayError> {
-    match r {
-        Some(r) if crate::core::gcra::Quota::new(r.rpm, r.burst).is_none() => {
-            Err(bad("rate_limit: rpm and burst must be at least 1"))
-        }
-        _ => Ok(()),
-    }
-}
-
-fn check_origins(list: &[String]) -> Result<Vec<String>, GatewayError> {
-    if list.len() > 32 {
-        return Err(bad("allowed_origins: at most 32"));
-    }
-    list.iter().map(|o| normalise_origin(o).map_err(bad)).collect()
-}
-
 /// Seals provider keys for the key `key_id` (each bound to that id and its provider).
 async fn seal_all(
     s: &Settings,
@@ -189,12 +112,7 @@ async fn seal_all(
 ) -> Result<BTreeMap<String, SealedKey>, GatewayError> {
     let mut out = BTreeMap::new();
     for (provider, key) in given {
-        if !PROVIDERS.contains(&provider.as_str()) {
-            return Err(bad(format!("provider_key: unknown provider {provider:?}")));
-        }
-        if key.is_empty() || key.len() > 512 || !crate::core::headers::safe_value(&key, 512) {
-            return Err(bad(format!("provider_key: the key for {provider} is not a valid token")));
-        }
+        admin_input::check_provider_key(&provider, &key)?;
         let sealed = sealing::seal(s, key_id, &provider, &key).await?;
         out.insert(provider, sealed);
     }
@@ -342,46 +260,6 @@ pub async fn get_key(env: &Env, s: &Settings, id: &str) -> Result<Answer, Gatewa
     Ok(Answer::record(200, body, version))
 }
 
-/// Applies a patch to a record (validated; provider keys already sealed).
-fn apply_key_patch(
-    p: &KeyPatch,
-    sealed: Option<&BTreeMap<String, SealedKey>>,
-    record: &mut KeyRecord,
-    s: &Settings,
-) -> Result<(), GatewayError> {
-    if let Some(name) = &p.name {
-        if !keys::valid_name(name) {
-            return Err(bad("name: at most 100 printable characters"));
-        }
-        record.name = name.clone();
-    }
-    if let Some(plan) = &p.plan {
-        let new = s.plan(plan).ok_or_else(|| bad(format!("unknown plan {plan:?}")))?;
-        let old = s.plan(&record.plan);
-        if old.is_some_and(|o| o.pooled != new.pooled || o.byok != new.byok) {
-            return Err(bad("a key can change plan only within the same kind (personal, org, byok)"));
-        }
-        record.plan = plan.clone();
-    }
-    if let Some(origins) = &p.allowed_origins {
-        record.allowed_origins = check_origins(origins)?;
-    }
-    if let Some(r) = p.rate_limit {
-        check_rate(&r)?;
-        record.rate_limit = r;
-    }
-    if let Some(c) = p.monthly_credit_micro_usd {
-        record.monthly_credit_micro_usd = c;
-    }
-    if let Some(c) = p.spend_cap_micro_usd {
-        record.spend_cap_micro_usd = c;
-    }
-    if let Some(pk) = sealed {
-        record.provider_keys = pk.clone();
-    }
-    Ok(())
-}
-
 /// `PATCH /admin/keys/{id}`: compare-and-set in the key's ledger on the version read from KV.
 /// With `If-Match`, a version other than the current one is a 412; without, an edit that
 /// lost a race reads the winner's record and re-applies itself, a few times at most.
@@ -446,20 +324,6 @@ pub async fn revoke_key(env: &Env, s: &Settings, id: &str) -> Result<Answer, Gat
     let held = account_do::held_key(env, &caller.account, caller.key_policy, true).await?;
     let record = follow_ledger(env, record, held.as_ref()).await?;
     Ok(Answer::record(200, record.public_json(), record.version))
-}
-
-fn check_org_fields(plan: &str, seats: u32, bill_to: &str, s: &Settings) -> Result<(), GatewayError> {
-    let p = s.plan(plan).ok_or_else(|| bad(format!("unknown plan {plan:?}")))?;
-    if !p.pooled {
-        return Err(bad("an org's plan must be a pooled plan (team, enterprise)"));
-    }
-    if !(1..=100_000).contains(&seats) {
-        return Err(bad("seats must be from 1 to 100000"));
-    }
-    if !keys::valid_slug(bill_to, 96) {
-        return Err(bad("bill_to must be an org name: letters, digits, '-', '_', '.'"));
-    }
-    Ok(())
 }
 
 pub async fn create_org(mut req: Request, env: &Env, s: &Settings) -> Result<Answer, GatewayError> {

@@ -4,18 +4,15 @@
 //! (an org's keys), `org:<id>` -> org record. The `id:`, `ok:` and `org:` entries carry the
 //! record's summary as metadata, so a page of a list is one KV list call.
 //! A record read here has its sealed provider keys bound to it (`KeyRecord::bind_sealed`).
-//! The cache is safe because nothing that must be immediate depends on it: revocation and
-//! policy changes are enforced by the account Durable Object, which holds the newest version
-//! and tells the edge when its copy is stale.
+//! What the per-isolate cache believes, and for how long, is `core::record_cache`.
 
 use crate::core::error::GatewayError;
 use crate::core::keys::{digest_prefix, KeyRecord, OrgRecord};
-use crate::core::time::UnixMillis;
+use crate::core::record_cache::{Cache, Cached};
 use crate::edge::stats::{self, Counter};
 use crate::edge::{platform, registry_do};
 use js_sys::{Array, Function, Object, Promise, Reflect};
 use std::cell::RefCell;
-use std::collections::HashMap;
 use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
 use worker::kv::KvStore;
@@ -34,46 +31,6 @@ pub const ALL_ORGS: &str = "org:";
 pub fn org_keys(org: &str) -> String {
     format!("ok:{org}:")
 }
-/// How long a known record is served from memory.
-const HIT_TTL_MS: u64 = 60_000;
-/// How long an unknown key is remembered as unknown. Made-up keys rarely get this far: the
-/// key registry refuses them without a KV read. A key created meanwhile is found at most
-/// 10 s late (the admin API clears this cache in its own isolate at once).
-const MISS_TTL_MS: u64 = 10_000;
-const MAX_ENTRIES: usize = 10_000;
-
-#[derive(Clone)]
-enum Cached<T> {
-    Hit(T),
-    Miss,
-}
-
-struct Cache<T> {
-    entries: HashMap<String, (Cached<T>, UnixMillis)>,
-}
-
-impl<T: Clone> Cache<T> {
-    fn new() -> Self {
-        Cache { entries: HashMap::new() }
-    }
-
-    fn get(&self, k: &str, now: UnixMillis) -> Option<Cached<T>> {
-        let (v, at) = self.entries.get(k)?;
-        let ttl = if matches!(v, Cached::Hit(_)) { HIT_TTL_MS } else { MISS_TTL_MS };
-        (now.millis_since(*at) < ttl).then(|| v.clone())
-    }
-
-    fn put(&mut self, k: &str, v: Cached<T>, now: UnixMillis) {
-        if self.entries.len() >= MAX_ENTRIES {
-            self.entries.retain(|_, (_, at)| now.millis_since(*at) < MISS_TTL_MS);
-            if self.entries.len() >= MAX_ENTRIES {
-                self.entries.clear();
-            }
-        }
-        self.entries.insert(k.to_string(), (v, now));
-    }
-}
-
 thread_local! {
     static KEYS: RefCell<Cache<KeyRecord>> = RefCell::new(Cache::new());
     static ORGS: RefCell<Cache<OrgRecord>> = RefCell::new(Cache::new());
