@@ -16,8 +16,9 @@ use futures_util::future::{self, Either};
 use js_sys::Uint8Array;
 use std::cell::RefCell;
 use std::rc::Rc;
-use wasm_bindgen::JsValue;
-use worker::{AbortController, Context, Env, Fetch, Headers, Method, Request, RequestInit, Response};
+use wasm_bindgen::{JsCast, JsValue};
+use wasm_bindgen_futures::JsFuture;
+use worker::{AbortController, Context, Env, Headers, Method, Response};
 
 thread_local! {
     static RETRY_BUDGET: RefCell<RetryBudget> = RefCell::new(RetryBudget::default());
@@ -169,18 +170,23 @@ async fn send_once(s: &Settings, out: &Outbound<'_>, left_ms: u64) -> Result<Res
         let _ = h.append(&k, &v);
     }
     let _ = h.set("authorization", &format!("Bearer {token}"));
-    let mut init = RequestInit::new();
-    init.with_method(method.clone()).with_headers(h);
-    if let Some(body) = body {
-        // fetch copies a typed array body, so the same one serves every attempt
-        init.with_body(Some(JsValue::from(body.clone())));
-    }
-    let request =
-        Request::new_with_init(&url, &init).map_err(|_| GatewayError::UpstreamError("bad upstream request".into()))?;
+    // the runtime's own RequestInit and fetch: workers-rs's `RequestInit` converts its `cf`
+    // options through serde-wasm-bindgen on every request, which the gateway never sets
     let controller = AbortController::default();
     let signal = controller.signal();
-    let fetch = Fetch::Request(request);
-    let send = fetch.send_with_signal(&signal);
+    let init = web_sys::RequestInit::new();
+    init.set_method(method.as_ref());
+    init.set_headers(h.as_ref());
+    init.set_signal(Some(&signal));
+    if let Some(body) = body {
+        // fetch copies a typed array body, so the same one serves every attempt
+        init.set_body(body.as_ref());
+    }
+    let global: web_sys::WorkerGlobalScope = js_sys::global().unchecked_into();
+    let send = async {
+        let resp = JsFuture::from(global.fetch_with_str_and_init(&url, &init)).await?;
+        Ok::<Response, JsValue>(resp.dyn_into::<web_sys::Response>()?.into())
+    };
     let timer = platform::sleep_ms(left_ms);
     futures_util::pin_mut!(send);
     futures_util::pin_mut!(timer);
