@@ -80,13 +80,14 @@ pub enum AccountOp {
     Batch(Vec<AccountOp>),
     /// To an org's pool object, from one of its `shards` shards: the shard's report and the
     /// credit it wants (none: it gives back what it lowered its lease by). `account` is the
-    /// org's policy as the shard last saw it (newest version wins, as everywhere).
+    /// org's policy as the call that needs the credit offered it (newest version wins, as
+    /// everywhere); a give-back offers none.
     Lease {
         shard: u32,
         shards: u32,
         report: Report,
         want: MicroUsd,
-        account: AccountPolicy,
+        account: Option<AccountPolicy>,
     },
 }
 

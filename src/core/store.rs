@@ -192,11 +192,14 @@ pub fn grant(
     shards: u32,
     report: Report,
     want: MicroUsd,
-    account: AccountPolicy,
+    account: Option<AccountPolicy>,
     now: UnixMillis,
 ) -> (AccountReply, Vec<RowWrite>) {
-    let (_, mut writes) = run(st, AccountOp::Policy { key: None, account: Some(account) }, now);
-    let budget = st.policy.map_or(account.budget, |p| p.budget);
+    let (_, mut writes) = run(st, AccountOp::Policy { key: None, account }, now);
+    // the org's own budget, as the pool holds it: never a shard's lease
+    let Some(budget) = st.policy.map(|p| p.budget) else {
+        return (AccountReply::Grant(None), writes);
+    };
     if pool.is_none() {
         *pool = Pool::new(shards, now);
     }
@@ -423,17 +426,25 @@ mod tests {
         let mut pool = None;
         let AccountOp::Admit(req) = admit("a", 10) else { panic!() };
         let report = shard_report(&shard, &mut lease, false, NOW);
-        let (reply, writes) = grant(&mut org, &mut pool, 1, 4, report, MicroUsd(10), req.account, NOW);
+        let (reply, writes) = grant(&mut org, &mut pool, 1, 4, report, MicroUsd(10), Some(req.account), NOW);
         let AccountReply::Grant(Some(g)) = reply else { panic!("{reply:?}") };
         assert!(g.lease.is_some_and(|l| l >= MicroUsd(10)));
         assert!(writes.iter().any(|w| matches!(w, RowWrite::Pool(_))));
         assert!(lease.apply(g));
         let (reply, _) = run(&mut shard, on_lease(admit("a", 10), &lease, NOW), NOW);
         assert!(matches!(reply, AccountReply::Admission(Admission::Admitted { .. })));
+        // a give-back offers no policy: the pool keeps the org's own budget
+        let back = shard_report(&shard, &mut lease, true, NOW);
+        let (reply, _) = grant(&mut org, &mut pool, 1, 4, back, MicroUsd::ZERO, None, NOW);
+        assert!(matches!(reply, AccountReply::Grant(Some(_))));
+        assert_eq!(org.policy.map(|p| p.budget), Some(req.account.budget));
+        // a pool that has never heard of its org's policy grants nothing
+        let (reply, _) = grant(&mut AccountState::new(NOW), &mut None, 1, 4, back, MicroUsd(1), None, NOW);
+        assert_eq!(reply, AccountReply::Grant(None));
         // another shard count than the pool was made with is not served
         let report = shard_report(&shard, &mut lease, false, NOW);
         assert_eq!(
-            grant(&mut org, &mut pool, 1, 8, report, MicroUsd(10), req.account, NOW).0,
+            grant(&mut org, &mut pool, 1, 8, report, MicroUsd(10), Some(req.account), NOW).0,
             AccountReply::Grant(None)
         );
     }

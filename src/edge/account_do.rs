@@ -38,6 +38,10 @@ const GIVE_BACK_AFTER_MS: u64 = 30_000;
 pub struct Account {
     state: State,
     env: Env,
+    /// The object's name (`key:<id>`, `org:<id>`, or a shard's `org:<id>#<i>/<n>`).
+    name: String,
+    /// For a shard of an org's pool: the pool object, this shard, how many there are.
+    shard: Option<(String, u32, u32)>,
     mem: RefCell<Option<AccountState>>,
     /// An org pool object's book of its shards' leases.
     pool: RefCell<Option<Pool>>,
@@ -48,7 +52,11 @@ pub struct Account {
 
 impl DurableObject for Account {
     fn new(state: State, env: Env) -> Self {
+        let id = state.id();
+        let name = id.name().unwrap_or_else(|| id.to_string());
         Account {
+            shard: shard_of_account(&name),
+            name,
             state,
             env,
             mem: RefCell::new(None),
@@ -67,8 +75,8 @@ impl DurableObject for Account {
         self.alarm_at.set(None);
         let writes = self.mem.borrow_mut().as_mut().map(|st| store::expire(st, platform::now())).unwrap_or_default();
         self.write(&writes)?;
-        if let Some((pool, shard, shards)) = shard_of_account(&self.name()) {
-            self.give_back(&pool, shard, shards).await?;
+        if let Some((pool, shard, shards)) = &self.shard {
+            self.give_back(pool, *shard, *shards).await?;
         }
         self.schedule(None).await?;
         Response::ok("")
@@ -89,13 +97,13 @@ impl Account {
     async fn answer(&self, op: AccountOp) -> Result<AccountReply> {
         if let Err(e) = self.load().await {
             // never a fresh start: that would hand every key a full balance again
-            worker::console_error!("account {}: stored state refused: {e}", self.name());
+            worker::console_error!("account {}: stored state refused: {e}", self.name);
             return Err(worker::Error::RustError(
                 "ledger_unavailable: the account's stored state does not decode".into(),
             ));
         }
-        let reply = match shard_of_account(&self.name()) {
-            Some((pool, shard, shards)) => self.on_shard(op, &pool, shard, shards).await?,
+        let reply = match &self.shard {
+            Some((pool, shard, shards)) => self.on_shard(op, pool, *shard, *shards).await?,
             None => self.apply(op)?,
         };
         for (overrun, late) in store::overruns(&reply) {
@@ -139,7 +147,7 @@ impl Account {
         if !matches!(first, AccountReply::Admission(Admission::Denied { denial: Denial::InsufficientQuota, .. })) {
             return Ok(first);
         }
-        if !self.ask(pool, shard, shards, want, org, false).await? {
+        if !self.ask(pool, shard, shards, want, Some(org), false).await? {
             return Ok(first);
         }
         let now = platform::now();
@@ -154,7 +162,7 @@ impl Account {
         shard: u32,
         shards: u32,
         want: MicroUsd,
-        org: AccountPolicy,
+        org: Option<AccountPolicy>,
         give_back: bool,
     ) -> Result<bool> {
         let now = platform::now();
@@ -185,16 +193,18 @@ impl Account {
     /// Gives the pool back what the lease holds beyond what is committed.
     async fn give_back(&self, pool: &str, shard: u32, shards: u32) -> Result<()> {
         let now = platform::now();
-        let (org, spare) = {
+        let spare = {
             let mem = self.mem.borrow();
             let Some(st) = mem.as_ref() else { return Ok(()) };
             let Some(lease) = *self.lease.borrow() else { return Ok(()) };
             let u = st.ledger.usage(now, &lease.budget(now));
             let committed = u.used.saturating_add(u.reserved);
-            (st.policy, lease.credit(now).is_none_or(|c| c > committed))
+            lease.credit(now).is_none_or(|c| c > committed)
         };
-        if let (Some(org), true) = (org, spare) {
-            self.ask(pool, shard, shards, MicroUsd::ZERO, org, true).await?;
+        if spare {
+            // the pool holds the org's policy: a give-back offers none (the shard's own copy
+            // has its lease for a budget)
+            self.ask(pool, shard, shards, MicroUsd::ZERO, None, true).await?;
         }
         Ok(())
     }
@@ -227,11 +237,6 @@ fn as_text(v: &SqlStorageValue) -> Option<String> {
 }
 
 impl Account {
-    fn name(&self) -> String {
-        let id = self.state.id();
-        id.name().unwrap_or_else(|| id.to_string())
-    }
-
     fn sql(&self) -> SqlStorage {
         self.state.storage().sql()
     }
@@ -349,7 +354,7 @@ impl Account {
         });
         if result.is_err() {
             self.mem.borrow_mut().take();
-            worker::console_error!("account {}: a row write failed; reloading from storage", self.name());
+            worker::console_error!("account {}: a row write failed; reloading from storage", self.name);
         }
         result
     }
