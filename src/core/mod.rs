@@ -19,6 +19,7 @@ pub mod rand;
 pub mod retry;
 pub mod sandbox;
 pub mod settings;
+pub mod sort;
 pub mod sse;
 pub mod store;
 pub mod time;
