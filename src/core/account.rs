@@ -375,7 +375,13 @@ impl AccountState {
                 (id, hold)
             })
             .collect();
-        AccountState { ledger: Ledger::from_rows(head, holds), tat, policy, keys: keys.into_iter().collect(), owners }
+        // inserted one by one: `collect` into a BTreeMap sorts first, a second copy of the
+        // sort code in the bundle for no gain (rows are few)
+        let mut by_id = BTreeMap::new();
+        for (id, state) in keys {
+            by_id.insert(id, state);
+        }
+        AccountState { ledger: Ledger::from_rows(head, holds), tat, policy, keys: by_id, owners }
     }
 
     pub fn usage(&self, now: UnixMillis) -> Option<Usage> {

@@ -161,7 +161,7 @@ impl CallShape {
         if !front.is_empty() {
             edits.push(Edit { start: self.after_open, end: self.after_open, insert: front });
         }
-        edits.sort_by_key(|e| (e.start, e.end));
+        crate::core::sort::sort_small_by(&mut edits, |a, b| (a.start, a.end).cmp(&(b.start, b.end)));
         edits
     }
 }

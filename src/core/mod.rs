@@ -25,6 +25,7 @@ pub mod record_cache;
 pub mod retry;
 pub mod sandbox;
 pub mod settings;
+pub mod sort;
 pub mod sse;
 pub mod store;
 pub mod time;

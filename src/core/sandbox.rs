@@ -141,7 +141,7 @@ impl Reply {
 /// `/v1/models` as the router shows it, with the gateway's prices.
 pub fn models(prices: &PriceTable) -> Value {
     let mut ids: Vec<(&str, crate::core::pricing::Price)> = prices.known_models().collect();
-    ids.sort_by(|a, b| a.0.cmp(b.0));
+    crate::core::sort::sort_small_by(&mut ids, |a, b| a.0.cmp(b.0));
     let data: Vec<Value> = ids
         .into_iter()
         .map(|(id, p)| {

@@ -104,15 +104,16 @@ fn default_plans() -> BTreeMap<String, Plan> {
         ("enterprise", 2_000_000, Payg, 1200, 100, true, false),
         ("byok", 0, Payg, 600, 50, false, true),
     ];
-    table
-        .into_iter()
-        .filter_map(|(name, credit, on_exhausted, rpm, burst, pooled, byok)| {
-            let quota = Quota::new(rpm, burst)?;
+    // inserted one by one rather than collected: `collect` into a BTreeMap brings in a sort
+    let mut plans = BTreeMap::new();
+    for (name, credit, on_exhausted, rpm, burst, pooled, byok) in table {
+        if let Some(quota) = Quota::new(rpm, burst) {
             let plan =
                 Plan { monthly_credit: MicroUsd(credit), on_exhausted, quota, default_max_tokens: 1024, pooled, byok };
-            Some((name.to_string(), plan))
-        })
-        .collect()
+            plans.insert(name.to_string(), plan);
+        }
+    }
+    plans
 }
 
 fn invalid(setting: &'static str, reason: impl Into<String>) -> GatewayError {

@@ -17,7 +17,7 @@ use crate::core::time::UnixMillis;
 use crate::edge::objects;
 use crate::edge::{kv, platform, stats};
 use std::cell::RefCell;
-use std::collections::{BTreeSet, HashSet};
+use std::collections::HashSet;
 use std::rc::Rc;
 use wasm_bindgen::prelude::wasm_bindgen;
 use wasm_bindgen::JsValue;
@@ -35,8 +35,8 @@ const LEGACY_KV_ORIGINS: &str = "cors:origins";
 pub struct Registry {
     state: State,
     env: Env,
-    known: RefCell<Option<BTreeSet<u64>>>,
-    origins: RefCell<Option<BTreeSet<String>>>,
+    known: RefCell<Option<Vec<u64>>>,
+    origins: RefCell<Option<Vec<String>>>,
 }
 
 impl DurableObject for Registry {
@@ -74,19 +74,19 @@ impl Registry {
         if self.known.borrow().is_none() {
             let stored: Option<String> = self.state.storage().get("prefixes").await?;
             let set = stored.and_then(|s| serde_json::from_str::<Vec<u64>>(&s).ok()).unwrap_or_default();
-            self.known.borrow_mut().get_or_insert_with(|| set.into_iter().collect());
+            self.known.borrow_mut().get_or_insert_with(|| sorted_set(set));
         }
         if let Some(add) = add {
             let snapshot = {
                 let mut known = self.known.borrow_mut();
-                let set = known.get_or_insert_with(BTreeSet::new);
-                set.insert(add).then(|| serde_json::to_string(&set.iter().collect::<Vec<_>>()))
+                let set = known.get_or_insert_with(Vec::new);
+                insert_sorted(set, add).then(|| serde_json::to_string(set))
             };
             if let Some(json) = snapshot {
                 self.state.storage().put("prefixes", json?).await?;
             }
         }
-        Ok(self.known.borrow().as_ref().map(|s| s.iter().copied().collect()).unwrap_or_default())
+        Ok(self.known.borrow().clone().unwrap_or_default())
     }
 
     /// The origin list, after adding `add`; same care as `prefixes`.
@@ -97,21 +97,23 @@ impl Registry {
                 Some(s) => serde_json::from_str::<Vec<String>>(&s)?,
                 None => self.legacy_origins().await,
             };
-            self.origins.borrow_mut().get_or_insert_with(|| list.into_iter().collect());
+            self.origins.borrow_mut().get_or_insert_with(|| sorted_set(list));
         }
         if !add.is_empty() {
             let snapshot = {
                 let mut held = self.origins.borrow_mut();
-                let set = held.get_or_insert_with(BTreeSet::new);
-                let before = set.len();
-                set.extend(add);
-                (set.len() != before).then(|| serde_json::to_string(&set.iter().collect::<Vec<_>>()))
+                let set = held.get_or_insert_with(Vec::new);
+                let mut grew = false;
+                for o in add {
+                    grew |= insert_sorted(set, o);
+                }
+                grew.then(|| serde_json::to_string(set))
             };
             if let Some(json) = snapshot {
                 self.state.storage().put(ORIGINS_KEY, json?).await?;
             }
         }
-        Ok(self.origins.borrow().as_ref().map(|s| s.iter().cloned().collect()).unwrap_or_default())
+        Ok(self.origins.borrow().clone().unwrap_or_default())
     }
 
     /// The list as KV held it before it moved here (none if unreadable: KV was only ever a
@@ -204,7 +206,7 @@ pub async fn add(env: &Env, prefix: u64) -> std::result::Result<(), crate::core:
 }
 
 thread_local! {
-    static ORIGINS: RefCell<Option<(BTreeSet<String>, UnixMillis)>> = const { RefCell::new(None) };
+    static ORIGINS: RefCell<Option<(Vec<String>, UnixMillis)>> = const { RefCell::new(None) };
 }
 /// How long an isolate's copy of the origin list serves preflights.
 const ORIGINS_TTL_MS: u64 = 60_000;
@@ -214,10 +216,12 @@ const ORIGINS_TTL_MS: u64 = 60_000;
 fn keep_origins(list: Vec<String>, now: UnixMillis) -> Vec<String> {
     ORIGINS.with(|o| {
         let mut o = o.borrow_mut();
-        let (set, at) = o.get_or_insert_with(|| (BTreeSet::new(), now));
-        set.extend(list);
+        let (set, at) = o.get_or_insert_with(|| (Vec::new(), now));
+        for origin in list {
+            insert_sorted(set, origin);
+        }
         *at = now;
-        set.iter().cloned().collect()
+        set.clone()
     })
 }
 
@@ -226,7 +230,7 @@ fn keep_origins(list: Vec<String>, now: UnixMillis) -> Vec<String> {
 /// cannot be read, a stale copy is better than none.
 pub async fn browser_origins(env: &Env) -> std::result::Result<Vec<String>, GatewayError> {
     let now = platform::now();
-    let cached = ORIGINS.with(|o| o.borrow().as_ref().map(|(set, at)| (set.iter().cloned().collect::<Vec<_>>(), *at)));
+    let cached = ORIGINS.with(|o| o.borrow().clone());
     if let Some((list, at)) = &cached {
         if now.millis_since(*at) < ORIGINS_TTL_MS {
             return Ok(list.clone());
@@ -246,4 +250,27 @@ pub async fn add_origins(env: &Env, list: &[String]) -> std::result::Result<(), 
     let added = self::origins(env, list.to_vec()).await.ok_or(GatewayError::KeyStoreUnavailable)?;
     keep_origins(added, platform::now());
     Ok(())
+}
+
+/// Sets here are sorted, deduplicated vectors rather than `BTreeSet`s: each distinct
+/// `BTreeSet<T>` brings its own copy of the B-tree code into the bundle (about 7 KB each),
+/// and these sets are small, read far more than written, and stored as sorted lists anyway.
+/// Adds `x` in order; false when it was already there.
+fn insert_sorted<T: Ord>(set: &mut Vec<T>, x: T) -> bool {
+    match set.binary_search(&x) {
+        Ok(_) => false,
+        Err(at) => {
+            set.insert(at, x);
+            true
+        }
+    }
+}
+
+/// A stored list as a set (the stored lists are sorted already, so each insert appends).
+fn sorted_set<T: Ord>(list: Vec<T>) -> Vec<T> {
+    let mut set = Vec::with_capacity(list.len());
+    for x in list {
+        insert_sorted(&mut set, x);
+    }
+    set
 }
