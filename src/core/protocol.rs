@@ -109,6 +109,25 @@ pub enum AccountReply {
     Grant(Option<Grant>),
 }
 
+impl AccountReply {
+    /// The kind of reply, for a log line (a `Debug` of the whole protocol would cost the
+    /// bundle more than it tells).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            AccountReply::Admission(_) => "admission",
+            AccountReply::Settled(_) => "settled",
+            AccountReply::Released(_) => "released",
+            AccountReply::Done => "done",
+            AccountReply::Usage(_) => "usage",
+            AccountReply::KeyEdit(_) => "key_edit",
+            AccountReply::AccountEdit(_) => "account_edit",
+            AccountReply::Key(_) => "key",
+            AccountReply::Batch(_) => "batch",
+            AccountReply::Grant(_) => "grant",
+        }
+    }
+}
+
 /// An account's usage as `/v1/usage` and the admin API show it.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct UsageReport {

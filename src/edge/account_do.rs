@@ -389,7 +389,7 @@ pub async fn call(env: &Env, account: &str, op: &AccountOp) -> std::result::Resu
 
 /// A reply of another kind than the operation asks for: the worker and the object disagree.
 pub fn unexpected(reply: AccountReply) -> GatewayError {
-    worker::console_error!("account object: unexpected reply {reply:?}");
+    worker::console_error!("account object: a reply of the wrong kind: {}", reply.kind());
     GatewayError::LedgerUnavailable
 }
 

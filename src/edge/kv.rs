@@ -89,7 +89,13 @@ pub async fn key_by_id(env: &Env, id: &str) -> Result<Option<KeyRecord>, Gateway
 pub async fn put_key(env: &Env, record: &KeyRecord) -> Result<(), GatewayError> {
     let kv = store(env)?;
     let json = serde_json::to_string(record).map_err(|_| GatewayError::Internal("the record could not be written"))?;
-    kv.put(&format!("k:{}", record.digest), json).map_err(unavailable)?.execute().await.map_err(unavailable)?;
+    // as bytes: workers-rs sends a `put` of a string through serde-wasm-bindgen and its float
+    // formatting; the stored value is the same
+    kv.put_bytes(&format!("k:{}", record.digest), json.as_bytes())
+        .map_err(unavailable)?
+        .execute()
+        .await
+        .map_err(unavailable)?;
     forget_key(&record.digest);
     index_key(env, record).await
 }
