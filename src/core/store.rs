@@ -105,11 +105,12 @@ impl Touch {
 /// A hold's row: the key it was made for, and the hold.
 type HoldRow = (Option<String>, Hold);
 
-/// The touched rows as they stand (`None`: no such row).
+/// The touched rows as they stand (`None`: no such row), as values: they are compared as
+/// values, and only the rows that changed are encoded, once.
 #[derive(PartialEq, Eq)]
 struct Rows {
-    account: String,
-    keys: Vec<(String, Option<String>)>,
+    account: AccountRow,
+    keys: Vec<(String, Option<KeyState>)>,
     holds: Vec<(u64, Option<HoldRow>)>,
 }
 
@@ -118,8 +119,12 @@ fn to_json<T: Serialize>(v: &T) -> String {
     serde_json::to_string(v).unwrap_or_default()
 }
 
+fn account_value(st: &AccountState) -> AccountRow {
+    AccountRow { ledger: st.ledger.head(), tat: st.tat, policy: st.policy }
+}
+
 fn account_row(st: &AccountState) -> String {
-    to_json(&AccountRow { ledger: st.ledger.head(), tat: st.tat, policy: st.policy })
+    to_json(&account_value(st))
 }
 
 fn hold_row(st: &AccountState, id: u64) -> Option<HoldRow> {
@@ -129,21 +134,22 @@ fn hold_row(st: &AccountState, id: u64) -> Option<HoldRow> {
 impl Rows {
     fn read(st: &AccountState, touch: &Touch) -> Rows {
         Rows {
-            account: account_row(st),
-            keys: touch.keys.iter().map(|k| (k.clone(), st.keys.get(k).map(to_json))).collect(),
+            account: account_value(st),
+            keys: touch.keys.iter().map(|k| (k.clone(), st.keys.get(k).cloned())).collect(),
             holds: touch.holds.iter().map(|id| (*id, hold_row(st, *id))).collect(),
         }
     }
 
-    /// The writes that turn `self` into `after`.
+    /// The writes that turn `self` into `after`. A value that differs is written even if its
+    /// JSON would not (a superset of the rows that changed: never a missed write).
     fn changes_to(self, after: Rows) -> Vec<RowWrite> {
         let mut out = Vec::new();
         if self.account != after.account {
-            out.push(RowWrite::Account(after.account));
+            out.push(RowWrite::Account(to_json(&after.account)));
         }
         for ((_, was), (key_id, now)) in self.keys.into_iter().zip(after.keys) {
             if let Some(state) = now.filter(|n| was.as_ref() != Some(n)) {
-                out.push(RowWrite::Key { key_id, state });
+                out.push(RowWrite::Key { key_id, state: to_json(&state) });
             }
         }
         for ((_, was), (id, now)) in self.holds.into_iter().zip(after.holds) {

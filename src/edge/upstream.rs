@@ -71,10 +71,10 @@ pub fn credential(caller: &Caller, route: &ProxyRoute) -> String {
 /// gateway's own billing header for org keys.
 pub fn upstream_headers(incoming: &Headers, bill_to: Option<&str>) -> Headers {
     let tokens = headers::connection_tokens(incoming.get("connection").ok().flatten().as_deref());
-    let out = Headers::new();
-    for (name, value) in incoming.entries() {
-        if headers::forward_upstream(&name, &tokens) {
-            let _ = out.append(&name, &value);
+    let out = copy(incoming);
+    for name in incoming.keys() {
+        if !headers::forward_upstream(&name, &tokens) {
+            let _ = out.delete(&name);
         }
     }
     if let Some(org) = bill_to {
@@ -84,14 +84,20 @@ pub fn upstream_headers(incoming: &Headers, bill_to: Option<&str>) -> Headers {
 }
 
 pub fn downstream_headers(upstream: &Headers, meta: &Meta) -> Headers {
-    let out = Headers::new();
-    for (name, value) in upstream.entries() {
-        if headers::forward_downstream(&name) {
-            let _ = out.append(&name, &value);
+    let out = copy(upstream);
+    for name in upstream.keys() {
+        if !headers::forward_downstream(&name) {
+            let _ = out.delete(&name);
         }
     }
     meta.apply(&out);
     out
+}
+
+/// A copy of `h` made by the runtime in one call (only names cross into wasm afterwards, to
+/// delete what must not pass, rather than every name and value in and out again).
+fn copy(h: &Headers) -> Headers {
+    web_sys::Headers::new_with_headers(&h.0).map(Headers).unwrap_or_else(|_| Headers::new())
 }
 
 /// One upstream call, as sent on every attempt.
@@ -128,7 +134,12 @@ pub async fn send_with_retries(
         let resp = send_once(s, out, left).await?;
         let status = resp.status_code();
         let now = platform::now();
-        let waited = retry::upstream_wait(|n| resp.headers().get(n).ok().flatten(), now);
+        // only a 429 or a 503 is ever retried: no other status has its wait headers read
+        let waited = if matches!(status, 429 | 503) {
+            retry::upstream_wait(|n| resp.headers().get(n).ok().flatten(), now)
+        } else {
+            None
+        };
         let throttled = status == 429 || (status == 503 && waited.is_some());
         if !throttled {
             return Ok(resp);
@@ -165,18 +176,16 @@ async fn send_once(s: &Settings, out: &Outbound<'_>, left_ms: u64) -> Result<Res
         Some(q) => format!("{base}{path}?{q}"),
         None => format!("{base}{path}"),
     };
-    let h = Headers::new();
-    for (k, v) in headers.entries() {
-        let _ = h.append(&k, &v);
-    }
-    let _ = h.set("authorization", &format!("Bearer {token}"));
+    // The outbound headers are the call's own (built once by `upstream_headers`): the
+    // credential is set on them, not on a copy, and fetch copies them into its request.
+    let _ = headers.set("authorization", &format!("Bearer {token}"));
     // the runtime's own RequestInit and fetch: workers-rs's `RequestInit` converts its `cf`
     // options through serde-wasm-bindgen on every request, which the gateway never sets
     let controller = AbortController::default();
     let signal = controller.signal();
     let init = web_sys::RequestInit::new();
     init.set_method(method.as_ref());
-    init.set_headers(h.as_ref());
+    init.set_headers(headers.as_ref());
     init.set_signal(Some(&signal));
     if let Some(body) = body {
         // fetch copies a typed array body, so the same one serves every attempt
