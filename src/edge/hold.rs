@@ -9,7 +9,7 @@
 
 use crate::core::ledger::MicroUsd;
 use crate::core::protocol::AccountOp as Op;
-use crate::edge::account_do;
+use crate::edge::{account_do, platform};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -117,14 +117,22 @@ async fn drain(env: Env, account: String) {
     }
 }
 
-/// A failure leaves the reservation to expire: the account is never charged twice (a settle
-/// of an unknown reservation charges nothing), at worst a hold lingers for its TTL and a late
-/// settle is still charged.
+/// Sends settles and releases, and once more after a short pause if the object could not be
+/// reached: both are idempotent (a reservation settles or is released once; a second try
+/// charges nothing), so a retry can only save a charge. If both fail, the holds expire and
+/// their cost is lost to the ledger, which the log says.
 async fn send(env: &Env, account: &str, op: Op) {
+    if account_do::call(env, account, &op).await.is_ok() {
+        return;
+    }
+    platform::sleep_ms(RETRY_AFTER_MS).await;
     if account_do::call(env, account, &op).await.is_err() {
-        worker::console_error!("settle or release failed for account {account}; the reservation will expire");
+        worker::console_error!("settle or release failed twice for account {account}; the reservation will expire");
     }
 }
+
+/// How long a failed settle waits before its one retry.
+const RETRY_AFTER_MS: u64 = 250;
 
 impl Drop for Hold {
     fn drop(&mut self) {
