@@ -90,9 +90,10 @@ pub async fn read_request(req: &mut Request, limit: u64) -> Result<Body, Gateway
     let expect = declared.unwrap_or(limit);
     let permit = permit(expect.saturating_mul(2)).await?;
     let unreadable = |_| GatewayError::InvalidRequest("could not read the request body".into());
-    if let Some(n) = declared {
-        // a declared length is what arrives (the runtime holds the framing to it): read it
-        // whole, in one call, rather than chunk by chunk through a stream reader
+    if let Some(n) = declared.filter(|n| *n <= SMALL_BODY) {
+        // a small declared length is what arrives (the runtime holds the framing to it): read
+        // it whole, in one call, rather than chunk by chunk through a stream reader (a large
+        // one is read through the reader into its room, so it is never held twice at once)
         let bytes = whole(req.inner().array_buffer()).await.map_err(unreadable)?;
         if bytes.len() as u64 > n.min(limit) {
             return Err(too_large);

@@ -27,6 +27,9 @@ use worker::{Context, Headers, Response};
 /// Responses larger than this are not buffered to read their usage; they are passed through
 /// and charged their bound.
 const MAX_BUFFERED_RESPONSE: usize = 32 * 1024 * 1024;
+/// Responses up to this size are read in one call (the runtime's copy and the wasm copy are
+/// then held at once, briefly); larger ones through a reader, into their room.
+const READ_WHOLE_RESPONSE: usize = 1024 * 1024;
 
 fn unreadable<E>(_: E) -> GatewayError {
     GatewayError::UpstreamError("unreadable response".into())
@@ -47,8 +50,8 @@ pub async fn whole_body(
     pricing: CallPricing,
 ) -> Result<Response, GatewayError> {
     let declared = resp.headers().get("content-length").ok().flatten().and_then(|v| v.trim().parse::<usize>().ok());
-    if declared.is_some_and(|n| n <= MAX_BUFFERED_RESPONSE) {
-        // a declared length within bounds: read whole, in one call, not through a reader
+    if declared.is_some_and(|n| n <= READ_WHOLE_RESPONSE) {
+        // a small declared length: read whole, in one call, not through a reader
         let whole_response: web_sys::Response = resp.into();
         let Ok(bytes) = whole(whole_response.array_buffer()).await else {
             return Err(GatewayError::UpstreamError("upstream body could not be read".into()));
