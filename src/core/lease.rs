@@ -431,21 +431,8 @@ pub fn org_usage(shards: &[Usage], budget: &Budget, now: UnixMillis) -> Usage {
     let sum = |f: fn(&Usage) -> MicroUsd| {
         shards.iter().filter(|u| u.period == period).map(f).fold(MicroUsd::ZERO, MicroUsd::saturating_add)
     };
-    let used = sum(|u| u.used);
     let reserved = shards.iter().map(|u| u.reserved).fold(MicroUsd::ZERO, MicroUsd::saturating_add);
-    // the same reading of a budget as `Ledger::usage`
-    let spendable = budget.ceiling().map_or(budget.credit, |c| c.min(budget.credit));
-    Usage {
-        period,
-        limit: budget.credit,
-        used,
-        reserved,
-        remaining: spendable.saturating_sub(used).saturating_sub(reserved),
-        overage: used.saturating_sub(budget.credit),
-        cap: budget.cap,
-        provider_billed: sum(|u| u.provider_billed),
-        overrun: sum(|u| u.overrun),
-    }
+    Usage::against(budget, period, sum(|u| u.used), reserved, sum(|u| u.provider_billed), sum(|u| u.overrun))
 }
 
 #[cfg(test)]

@@ -144,6 +144,31 @@ pub struct Usage {
     pub overrun: MicroUsd,
 }
 
+impl Usage {
+    /// Spend and holds read against a budget: what is left of it, and what went past credit.
+    pub fn against(
+        budget: &Budget,
+        period: BillingPeriod,
+        used: MicroUsd,
+        reserved: MicroUsd,
+        provider_billed: MicroUsd,
+        overrun: MicroUsd,
+    ) -> Usage {
+        let spendable = budget.ceiling().map_or(budget.credit, |c| c.min(budget.credit));
+        Usage {
+            period,
+            limit: budget.credit,
+            used,
+            reserved,
+            remaining: spendable.saturating_sub(used).saturating_sub(reserved),
+            overage: used.saturating_sub(budget.credit),
+            cap: budget.cap,
+            provider_billed,
+            overrun,
+        }
+    }
+}
+
 /// Expired reservations remembered for late settles.
 const MAX_EXPIRED: usize = 10_000;
 
@@ -324,19 +349,8 @@ impl Ledger {
         } else {
             (MicroUsd::ZERO, MicroUsd::ZERO)
         };
-        let reserved = self.reserved();
-        let spendable = budget.ceiling().map_or(budget.credit, |c| c.min(budget.credit));
-        Usage {
-            period,
-            limit: budget.credit,
-            used,
-            reserved,
-            remaining: spendable.saturating_sub(used).saturating_sub(reserved),
-            overage: used.saturating_sub(budget.credit),
-            cap: budget.cap,
-            provider_billed,
-            overrun: if period.start == self.period_start { self.overrun } else { MicroUsd::ZERO },
-        }
+        let overrun = if period.start == self.period_start { self.overrun } else { MicroUsd::ZERO };
+        Usage::against(budget, period, used, self.reserved(), provider_billed, overrun)
     }
 
     /// Charged micro-USD per day, oldest first, for the current and previous period.

@@ -6,8 +6,8 @@
 use crate::core::account::{AccountPolicy, Admission, AdmitRequest, KeyPolicy, RateView};
 use crate::core::edits::{AccountEdit, KeyEdit};
 use crate::core::lease::{Grant, Report};
-use crate::core::ledger::{Budget, MicroUsd, Settled};
-use crate::core::time::UnixMillis;
+use crate::core::ledger::{Budget, MicroUsd, Settled, Usage};
+use crate::core::time::{BillingPeriod, UnixMillis};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -158,13 +158,23 @@ impl UsageReport {
     /// A sharded org's usage: every shard's figures added up, against the org's own budget
     /// (each shard reports against its lease); the key's own figures and throttle come from
     /// the shard that holds the key, `key`.
-    pub fn of_shards(shards: &[UsageReport], key: Option<&UsageReport>, budget: &Budget) -> Option<UsageReport> {
+    pub fn of_shards(
+        shards: &[UsageReport],
+        key: Option<&UsageReport>,
+        budget: &Budget,
+        now: UnixMillis,
+    ) -> Option<UsageReport> {
         let first = key.or(shards.first())?;
         let sum = |f: fn(&UsageReport) -> u64| shards.iter().map(f).fold(0u64, u64::saturating_add);
-        let used = sum(|r| r.used_micro_usd);
-        let reserved = sum(|r| r.reserved_micro_usd);
         // the same reading of a budget as `Ledger::usage`
-        let spendable = budget.ceiling().map_or(budget.credit, |c| c.min(budget.credit)).0;
+        let u = Usage::against(
+            budget,
+            BillingPeriod::containing(now),
+            MicroUsd(sum(|r| r.used_micro_usd)),
+            MicroUsd(sum(|r| r.reserved_micro_usd)),
+            MicroUsd(sum(|r| r.provider_billed_micro_usd)),
+            MicroUsd(sum(|r| r.overrun_micro_usd)),
+        );
         let mut daily = std::collections::BTreeMap::<String, u64>::new();
         for (day, v) in shards.iter().flat_map(|r| r.daily.iter()) {
             let d = daily.entry(day.clone()).or_default();
@@ -173,14 +183,14 @@ impl UsageReport {
         Some(UsageReport {
             period_start: first.period_start.clone(),
             period_end: first.period_end.clone(),
-            limit_micro_usd: budget.credit.0,
-            used_micro_usd: used,
-            reserved_micro_usd: reserved,
-            remaining_micro_usd: spendable.saturating_sub(used).saturating_sub(reserved),
-            overage_micro_usd: used.saturating_sub(budget.credit.0),
-            spend_cap_micro_usd: budget.cap.map(|c| c.0),
-            provider_billed_micro_usd: sum(|r| r.provider_billed_micro_usd),
-            overrun_micro_usd: sum(|r| r.overrun_micro_usd),
+            limit_micro_usd: u.limit.0,
+            used_micro_usd: u.used.0,
+            reserved_micro_usd: u.reserved.0,
+            remaining_micro_usd: u.remaining.0,
+            overage_micro_usd: u.overage.0,
+            spend_cap_micro_usd: u.cap.map(|c| c.0),
+            provider_billed_micro_usd: u.provider_billed.0,
+            overrun_micro_usd: u.overrun.0,
             key_used_micro_usd: key.map_or(0, |k| k.key_used_micro_usd),
             key_overrun_micro_usd: key.map_or(0, |k| k.key_overrun_micro_usd),
             requests: sum(|r| r.requests),

@@ -436,7 +436,7 @@ pub async fn caller_usage(
     let mut all =
         others.into_iter().collect::<std::result::Result<Vec<_>, _>>()?.into_iter().flatten().collect::<Vec<_>>();
     all.extend(own.clone());
-    Ok(UsageReport::of_shards(&all, own.as_ref(), &caller.account_policy.budget))
+    Ok(UsageReport::of_shards(&all, own.as_ref(), &caller.account_policy.budget, platform::now()))
 }
 
 /// An org's pooled usage: its pool object's, or every shard's added up.
@@ -457,7 +457,7 @@ pub async fn org_usage(
         shards.into_iter().collect::<std::result::Result<Vec<_>, _>>()?.into_iter().flatten().collect::<Vec<_>>();
     // the pool object holds the org policy's version; its own ledger is empty
     all.extend(pool?);
-    Ok(UsageReport::of_shards(&all, None, &policy.budget))
+    Ok(UsageReport::of_shards(&all, None, &policy.budget, platform::now()))
 }
 
 pub async fn push_policy(
