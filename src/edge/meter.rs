@@ -12,7 +12,6 @@ use crate::core::time::UnixMillis;
 use crate::edge::body_io::{read_capped, response_body, whole, Capped, Source};
 use crate::edge::hold::Hold;
 use crate::edge::platform;
-use futures_channel::oneshot;
 use futures_util::future::{self, Either};
 use futures_util::Stream;
 use futures_util::StreamExt;
@@ -20,8 +19,7 @@ use std::cell::RefCell;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context as TaskContext, Poll};
-use std::time::Duration;
+use std::task::{Context as TaskContext, Poll, Waker};
 use worker::{Context, Headers, Response};
 
 /// Responses larger than this are not buffered to read their usage; they are passed through
@@ -85,6 +83,8 @@ struct Progress {
     first_byte: Option<UnixMillis>,
     last_activity: UnixMillis,
     ended_at: Option<UnixMillis>,
+    /// The settle task, to wake when the stream finishes.
+    settler: Option<Waker>,
 }
 
 /// How long a stream may be silent before it is over: until its first byte, the rest of
@@ -124,7 +124,6 @@ pub async fn stream(
     // The settle task watches the stream rather than waiting for it to say it ended: a
     // caller that hangs up may leave the stream neither finished nor dropped, and its cost
     // must still be settled (for what was delivered) within the runtime's wait_until grace.
-    let (ended_tx, mut ended_rx) = oneshot::channel::<()>();
     let settle = async move {
         loop {
             let (ended, left) = {
@@ -134,10 +133,20 @@ pub async fn stream(
             if ended || left == 0 {
                 break;
             }
-            // woken at once when the stream ends, or after a while to look for silence
+            // woken at once when the stream finishes, or after a while to look for silence
+            // (or for a stream that was dropped)
             let tick = platform::sleep_ms(left.clamp(50, 1_000));
+            let finished = future::poll_fn(|cx| {
+                let mut p = watched.borrow_mut();
+                if p.ended_at.is_some() {
+                    return Poll::Ready(());
+                }
+                p.settler = Some(cx.waker().clone());
+                Poll::Pending
+            });
             futures_util::pin_mut!(tick);
-            if let Either::Left(_) = future::select(&mut ended_rx, tick).await {
+            futures_util::pin_mut!(finished);
+            if let Either::Left(_) = future::select(finished, tick).await {
                 break;
             }
         }
@@ -146,10 +155,11 @@ pub async fn stream(
             let ended_at = p.ended_at.unwrap_or(p.last_activity);
             pricing.with_usage(p.usage, p.delivered_events, ended_at.millis_since(started))
         };
+        watched.borrow_mut().settler = None;
         hold.settle(actual);
     };
     ctx.wait_until(settle);
-    let metered = Metered { inner, meter: sse, progress, ended: Some(ended_tx), silence, timer: None, finished: false };
+    let metered = Metered { inner, meter: sse, progress, silence, timer: None, finished: false };
     Response::from_stream(metered).map(|r| r.with_status(status).with_headers(headers)).map_err(unreadable)
 }
 
@@ -159,10 +169,8 @@ struct Metered {
     inner: Source,
     meter: Option<SseMeter>,
     progress: Rc<RefCell<Progress>>,
-    /// Wakes the settle task the moment the stream ends.
-    ended: Option<oneshot::Sender<()>>,
     silence: Silence,
-    timer: Option<Pin<Box<worker::Delay>>>,
+    timer: Option<Pin<Box<platform::Timer>>>,
     finished: bool,
 }
 
@@ -180,15 +188,18 @@ impl Metered {
     fn end(&mut self) {
         self.record();
         self.progress.borrow_mut().ended_at.get_or_insert_with(platform::now);
-        if let Some(tx) = self.ended.take() {
-            let _ = tx.send(());
-        }
     }
 
+    /// The stream's end as its reader sees it, in the pull of the request that reads it: the
+    /// settle task is woken at once.
     fn finish(&mut self) -> Poll<Option<Result<Vec<u8>, worker::Error>>> {
         self.finished = true;
         let rest = self.meter.as_mut().map(SseMeter::finish).unwrap_or_default();
         self.end();
+        let settler = self.progress.borrow_mut().settler.take();
+        if let Some(settler) = settler {
+            settler.wake();
+        }
         Poll::Ready((!rest.is_empty()).then_some(Ok(rest)))
     }
 }
@@ -205,7 +216,7 @@ impl Stream for Metered {
                 Poll::Pending => {
                     if self.timer.is_none() {
                         let left = self.silence.allowed_ms(&self.progress.borrow(), platform::now());
-                        self.timer = Some(Box::pin(worker::Delay::from(Duration::from_millis(left))));
+                        self.timer = Some(Box::pin(platform::Timer::after_ms(left)));
                     }
                     if let Some(timer) = self.timer.as_mut() {
                         if timer.as_mut().poll(cx).is_ready() {
@@ -234,6 +245,12 @@ impl Stream for Metered {
     }
 }
 
+/// A stream dropped unfinished (a caller that hung up, or the garbage collector freeing a
+/// response nobody reads any more) is marked over, but wakes no one: it may be dropped where
+/// no request runs, and a settle task woken there would be polled there, where the runtime
+/// refuses its timer and its `wait_until`, and such a refusal re-instantiates the wasm
+/// instance, hanging every call in flight. The settle task sees the end at its next tick,
+/// in its own request.
 impl Drop for Metered {
     fn drop(&mut self) {
         self.end();

@@ -3,7 +3,13 @@
 use crate::core::error::GatewayError;
 use crate::core::rand::Rng;
 use crate::core::time::UnixMillis;
-use std::time::Duration;
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context as TaskContext, Poll, Waker};
+use wasm_bindgen::prelude::{wasm_bindgen, Closure};
+use wasm_bindgen::{JsCast, JsValue};
 
 /// `Date.now()`. (Inside a Worker it advances on I/O, which is all the gateway measures.)
 pub fn now() -> UnixMillis {
@@ -32,7 +38,88 @@ pub fn secure_random(buf: &mut [u8]) -> Result<(), GatewayError> {
 }
 
 pub async fn sleep_ms(ms: u64) {
-    worker::Delay::from(Duration::from_millis(ms)).await;
+    Timer::after_ms(ms).await;
+}
+
+#[wasm_bindgen]
+extern "C" {
+    #[wasm_bindgen(catch, js_name = setTimeout)]
+    fn set_timeout(handler: &js_sys::Function, ms: f64) -> Result<JsValue, JsValue>;
+    #[wasm_bindgen(catch, js_name = clearTimeout)]
+    fn clear_timeout(id: &JsValue) -> Result<(), JsValue>;
+}
+
+/// What a timer shares with its callback.
+#[derive(Default)]
+struct Alarm {
+    fired: Cell<bool>,
+    waker: RefCell<Option<Waker>>,
+}
+
+/// A timer future (`setTimeout`), in place of `worker::Delay`, whose drop can never take the
+/// isolate down. A future can be dropped where no request is running: the garbage collector
+/// frees an abandoned response stream (and with it the metered stream and whatever it owns)
+/// outside any handler, and there the runtime refuses `clearTimeout` ("Disallowed operation
+/// called within global scope"). `worker::Delay` calls it through a binding that does not
+/// catch, and under panic=abort a JS exception through such a binding is fatal: the wasm
+/// instance is re-instantiated and every call in flight in it hangs. Here both calls catch:
+/// a timer that cannot be cleared belongs to a request that is gone and will never fire (its
+/// callback is kept, so it could only find no one to wake). It also wakes the task that
+/// polled it last, not the first one.
+pub struct Timer {
+    ms: u64,
+    alarm: Rc<Alarm>,
+    armed: Option<(JsValue, Closure<dyn FnMut()>)>,
+}
+
+impl Timer {
+    pub fn after_ms(ms: u64) -> Self {
+        Timer { ms, alarm: Rc::default(), armed: None }
+    }
+}
+
+impl Future for Timer {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<()> {
+        if self.alarm.fired.get() {
+            return Poll::Ready(());
+        }
+        {
+            let mut waker = self.alarm.waker.borrow_mut();
+            if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                *waker = Some(cx.waker().clone());
+            }
+        }
+        if self.armed.is_none() {
+            let alarm = self.alarm.clone();
+            let callback = Closure::<dyn FnMut()>::own_assert_unwind_safe(move || {
+                alarm.fired.set(true);
+                let waker = alarm.waker.borrow_mut().take();
+                if let Some(w) = waker {
+                    w.wake();
+                }
+            });
+            let ms = self.ms.min(i32::MAX as u64) as f64;
+            // refused only where no request runs: then it never fires (nothing to time)
+            if let Ok(id) = set_timeout(callback.as_ref().unchecked_ref(), ms) {
+                self.armed = Some((id, callback));
+            }
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for Timer {
+    fn drop(&mut self) {
+        self.alarm.waker.borrow_mut().take();
+        if let Some((id, callback)) = self.armed.take() {
+            if !self.alarm.fired.get() && clear_timeout(&id).is_err() {
+                // not cleared: keep the callback, so a late call finds it and wakes no one
+                callback.forget();
+            }
+        }
+    }
 }
 
 /// Runs futures together and returns their outputs in order: the few lines it takes, rather
