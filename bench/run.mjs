@@ -309,7 +309,7 @@ async function main() {
     }
   }
   const modes = ratios(results);
-  const ledgerFailures = gatewayLog.join("").split("\n").filter((l) => /settle or release failed|ACCOUNTS \S+: (unreachable|answered|reply does not decode)/.test(l));
+  const ledgerFailures = gatewayLog.join("").split("\n").filter((l) => /settle or release failed|ACCOUNTS \S+: (failed|reply does not decode)/.test(l));
   if (Object.keys(oddStatuses).length) console.error(`gateway answers that were not 2xx: ${JSON.stringify(oddStatuses)}`);
   if (ledgerFailures.length) console.error(`gateway logged ${ledgerFailures.length} ledger failures under load, e.g. ${ledgerFailures[0]}`);
   const size = bundleSize();

@@ -22,10 +22,10 @@ use worker::{Env, Headers, Request, Response};
 /// Why a call to an object failed. Metered traffic fails closed on any of them.
 #[derive(Debug)]
 pub enum CallError {
-    /// The runtime could not deliver the call (the object is overloaded, reset, missing).
-    Unreachable(String),
-    /// The object answered with an error status.
-    Refused(u16),
+    /// The call did not get an answer: the runtime could not deliver it (the object is
+    /// overloaded, reset, missing) or the object failed while answering (its stored state
+    /// does not decode, a write failed). The words are the runtime's or the object's.
+    Failed(String),
     /// The message could not be encoded, or the reply did not decode.
     Undecodable(String),
 }
@@ -33,8 +33,7 @@ pub enum CallError {
 impl std::fmt::Display for CallError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            CallError::Unreachable(e) => write!(f, "unreachable: {e}"),
-            CallError::Refused(status) => write!(f, "answered {status}"),
+            CallError::Failed(e) => write!(f, "failed: {e}"),
             CallError::Undecodable(e) => write!(f, "reply does not decode: {e}"),
         }
     }
@@ -61,12 +60,12 @@ extern "C" {
 }
 
 async fn send<P: Protocol>(env: &Env, name: &str, req: &P::Request) -> Result<P::Reply, CallError> {
-    let unreachable = |e: worker::Error| CallError::Unreachable(e.to_string());
+    let unreachable = |e: worker::Error| CallError::Failed(e.to_string());
     let ns = env.durable_object(P::BINDING).map_err(unreachable)?;
     let stub = ns.id_from_name(name).and_then(|id| id.get_stub()).map_err(unreachable)?;
     let body = serde_json::to_string(req).map_err(|e| CallError::Undecodable(e.to_string()))?;
     let rpc: ObjectRpc = stub.into_rpc();
-    let reply = JsFuture::from(rpc.op(&body)).await.map_err(|e| CallError::Unreachable(describe(&e)))?;
+    let reply = JsFuture::from(rpc.op(&body)).await.map_err(|e| CallError::Failed(describe(&e)))?;
     let text = reply.as_string().ok_or_else(|| CallError::Undecodable("not a string".into()))?;
     serde_json::from_str(&text).map_err(|e| CallError::Undecodable(e.to_string()))
 }
