@@ -154,7 +154,47 @@ pub struct UsageReport {
     pub account_version: Option<u64>,
 }
 
+/// What a usage report says of one key: its share of the spend, what it was charged beyond
+/// its holds, its throttle, and the ledger's word on it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeyFigures {
+    pub used: MicroUsd,
+    pub overrun: MicroUsd,
+    pub rate: Option<RateView>,
+    pub policy: Option<KeyPolicy>,
+}
+
 impl UsageReport {
+    /// The report of an account's figures (`u`, its ledger read against its budget), with
+    /// one key's.
+    pub fn new(
+        u: &Usage,
+        key: KeyFigures,
+        requests: u64,
+        daily: Vec<(String, u64)>,
+        account_version: Option<u64>,
+    ) -> UsageReport {
+        UsageReport {
+            period_start: u.period.start.to_string(),
+            period_end: u.period.end.to_string(),
+            limit_micro_usd: u.limit.0,
+            used_micro_usd: u.used.0,
+            reserved_micro_usd: u.reserved.0,
+            remaining_micro_usd: u.remaining.0,
+            overage_micro_usd: u.overage.0,
+            spend_cap_micro_usd: u.cap.map(|c| c.0),
+            provider_billed_micro_usd: u.provider_billed.0,
+            overrun_micro_usd: u.overrun.0,
+            key_used_micro_usd: key.used.0,
+            key_overrun_micro_usd: key.overrun.0,
+            requests,
+            rate: key.rate,
+            daily,
+            key_policy: key.policy,
+            account_version,
+        }
+    }
+
     /// A sharded org's usage: every shard's figures added up, against the org's own budget
     /// (each shard reports against its lease); the key's own figures and throttle come from
     /// the shard that holds the key, `key`.
@@ -164,7 +204,9 @@ impl UsageReport {
         budget: &Budget,
         now: UnixMillis,
     ) -> Option<UsageReport> {
-        let first = key.or(shards.first())?;
+        if key.is_none() && shards.is_empty() {
+            return None;
+        }
         let sum = |f: fn(&UsageReport) -> u64| shards.iter().map(f).fold(0u64, u64::saturating_add);
         // the same reading of a budget as `Ledger::usage`
         let u = Usage::against(
@@ -180,25 +222,14 @@ impl UsageReport {
             let d = daily.entry(day.clone()).or_default();
             *d = d.saturating_add(*v);
         }
-        Some(UsageReport {
-            period_start: first.period_start.clone(),
-            period_end: first.period_end.clone(),
-            limit_micro_usd: u.limit.0,
-            used_micro_usd: u.used.0,
-            reserved_micro_usd: u.reserved.0,
-            remaining_micro_usd: u.remaining.0,
-            overage_micro_usd: u.overage.0,
-            spend_cap_micro_usd: u.cap.map(|c| c.0),
-            provider_billed_micro_usd: u.provider_billed.0,
-            overrun_micro_usd: u.overrun.0,
-            key_used_micro_usd: key.map_or(0, |k| k.key_used_micro_usd),
-            key_overrun_micro_usd: key.map_or(0, |k| k.key_overrun_micro_usd),
-            requests: sum(|r| r.requests),
-            rate: key.and_then(|k| k.rate),
-            daily: daily.into_iter().collect(),
-            key_policy: key.and_then(|k| k.key_policy.clone()),
-            account_version: shards.iter().filter_map(|r| r.account_version).max(),
-        })
+        let key = key.map_or_else(KeyFigures::default, |k| KeyFigures {
+            used: MicroUsd(k.key_used_micro_usd),
+            overrun: MicroUsd(k.key_overrun_micro_usd),
+            rate: k.rate,
+            policy: k.key_policy.clone(),
+        });
+        let version = shards.iter().filter_map(|r| r.account_version).max();
+        Some(UsageReport::new(&u, key, sum(|r| r.requests), daily.into_iter().collect(), version))
     }
 }
 

@@ -15,8 +15,8 @@ use crate::core::edits;
 use crate::core::gcra::Tat;
 use crate::core::lease::{Lease, Pool, Report};
 use crate::core::ledger::{Hold, LedgerHead, MicroUsd};
-use crate::core::protocol::{AccountOp, AccountReply, UsageReport};
-use crate::core::time::{format_day, BillingPeriod, UnixMillis};
+use crate::core::protocol::{AccountOp, AccountReply, KeyFigures, UsageReport};
+use crate::core::time::{format_day, UnixMillis};
 use serde::{Deserialize, Serialize};
 
 /// The shape of the rows this build writes, stored in the account row. Version 1 was one
@@ -335,26 +335,14 @@ fn merge(st: &mut AccountState, key: Option<KeyPolicy>, account: Option<AccountP
 
 fn report(st: &AccountState, key_id: Option<&str>, now: UnixMillis) -> Option<UsageReport> {
     let u = st.usage(now)?;
-    let period = BillingPeriod::containing(now);
-    Some(UsageReport {
-        period_start: period.start.to_string(),
-        period_end: period.end.to_string(),
-        limit_micro_usd: u.limit.0,
-        used_micro_usd: u.used.0,
-        reserved_micro_usd: u.reserved.0,
-        remaining_micro_usd: u.remaining.0,
-        overage_micro_usd: u.overage.0,
-        spend_cap_micro_usd: u.cap.map(|c| c.0),
-        provider_billed_micro_usd: u.provider_billed.0,
-        overrun_micro_usd: u.overrun.0,
-        key_used_micro_usd: key_id.map_or(0, |k| st.key_used(k, now).0),
-        key_overrun_micro_usd: key_id.map_or(0, |k| st.key_overrun(k, now).0),
-        requests: st.ledger.requests,
-        rate: key_id.and_then(|k| st.rate_view(k, now)),
-        daily: st.ledger.daily().map(|(d, v)| (format_day(d), v.0)).collect(),
-        key_policy: key_id.and_then(|k| st.keys.get(k)).and_then(|k| k.policy.clone()),
-        account_version: st.policy.map(|p| p.version),
-    })
+    let key = key_id.map_or_else(KeyFigures::default, |k| KeyFigures {
+        used: st.key_used(k, now),
+        overrun: st.key_overrun(k, now),
+        rate: st.rate_view(k, now),
+        policy: st.keys.get(k).and_then(|k| k.policy.clone()),
+    });
+    let daily = st.ledger.daily().map(|(d, v)| (format_day(d), v.0)).collect();
+    Some(UsageReport::new(&u, key, st.ledger.requests, daily, st.policy.map(|p| p.version)))
 }
 
 /// The overruns settles recorded (and whether each came late), for the object's log.
