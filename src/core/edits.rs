@@ -1,7 +1,7 @@
 //! What an account's Durable Object accepts from the admin API, so that no admin caller can
 //! break the ledger: edits are compare-and-set on the record's version, a revocation always
-//! lands and is final, and the state is stored in a versioned envelope that is refused, never
-//! reset to a full balance, when it does not decode.
+//! lands and is final, and a state stored by earlier builds as one document is read from its
+//! versioned envelope, refused (never reset to a full balance) when it does not decode.
 //!
 //! KV has no compare-and-set. The account object is one serialised object that already holds
 //! the versioned key and account policies, so it is where an edit wins or loses; KV follows
@@ -12,8 +12,8 @@ use crate::core::keys::KeyRecord;
 use crate::core::retry::RetryPolicy;
 use serde::{Deserialize, Serialize};
 
-/// The shape of the stored state this build writes. 0 is the bare `AccountState` written
-/// before the envelope existed.
+/// The last shape of the single stored document (`decode`). 0 is the bare `AccountState`
+/// written before the envelope existed.
 pub const SCHEMA: u32 = 1;
 
 /// How an edit that lost a race without `If-Match` waits before it re-reads and re-applies
@@ -173,12 +173,6 @@ impl IfMatch {
     }
 }
 
-#[derive(Serialize)]
-struct Envelope<'a> {
-    schema: u32,
-    state: &'a AccountState,
-}
-
 /// The envelope as read: the state stays raw text until the schema is known, so it is
 /// parsed once, by the one `AccountState` parser (no JSON tree, no second copy of that code
 /// in the bundle).
@@ -197,13 +191,10 @@ pub struct Undecodable {
     pub reason: String,
 }
 
-/// The stored form of an account's state: `{"schema": 1, "state": {...}}`.
-pub fn encode(st: &AccountState) -> Result<String, serde_json::Error> {
-    serde_json::to_string(&Envelope { schema: SCHEMA, state: st })
-}
-
-/// Reads stored state: the current envelope, or the bare state of schema 0. Anything else,
-/// including an envelope from a newer schema, is `Undecodable`.
+/// Reads the one document earlier builds stored an account's state as (rows replaced it,
+/// `core::store`; the account object carries such a document over once): the envelope of
+/// schema 1, or the bare state of schema 0. Anything else, including an envelope from a newer
+/// schema, is `Undecodable`.
 pub fn decode(stored: &str) -> Result<(u32, AccountState), Undecodable> {
     let fail = |schema, e: &dyn std::fmt::Display| Undecodable { schema, reason: e.to_string() };
     let env: StoredEnvelope = serde_json::from_str(stored).map_err(|e| fail(None, &e))?;
@@ -222,6 +213,16 @@ pub fn decode(stored: &str) -> Result<(u32, AccountState), Undecodable> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The document earlier builds stored: `{"schema": 1, "state": {...}}`.
+    fn encode(st: &AccountState) -> Result<String, serde_json::Error> {
+        #[derive(Serialize)]
+        struct Envelope<'a> {
+            schema: u32,
+            state: &'a AccountState,
+        }
+        serde_json::to_string(&Envelope { schema: SCHEMA, state: st })
+    }
     use crate::core::account::{AdmitRequest, Cost};
     use crate::core::keys::RateLimit;
     use crate::core::ledger::{Budget, MicroUsd, OnExhausted};

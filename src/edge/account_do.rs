@@ -6,7 +6,7 @@
 //! runtime commits their writes; each reply still waits for its own commit).
 
 use crate::core::account::{AccountPolicy, AccountState, Admission, AdmitRequest, Denial, KeyPolicy};
-use crate::core::caller::{shard_account, shard_of_account, Caller};
+use crate::core::caller::{org_account, shard_account, shard_of_account, Caller};
 use crate::core::edits::{self, AccountEdit, KeyEdit};
 use crate::core::error::GatewayError;
 use crate::core::keys::OrgRecord;
@@ -378,8 +378,6 @@ impl Account {
         Ok(())
     }
 }
-
-pub use crate::core::caller::{key_account, org_account};
 
 /// Sends one operation to an account. Any failure is `LedgerUnavailable` (logged by
 /// `objects::call`): metered traffic fails closed rather than going upstream uncounted.

@@ -17,6 +17,7 @@ use crate::core::account::KeyPolicy;
 use crate::core::admin_input::{
     self, apply_key_patch, check_org_fields, check_origins, check_rate, KeyPatch, NewKey, NewOrg, OrgPatch,
 };
+use crate::core::caller::{caller_for, org_account, org_policy, Caller};
 use crate::core::edits::{self, AccountEdit, IfMatch, KeyEdit, EDIT_RETRY};
 use crate::core::error::GatewayError;
 use crate::core::gcra::{self, Quota, Tat};
@@ -25,7 +26,6 @@ use crate::core::lease::MAX_SHARDS;
 use crate::core::listing;
 use crate::core::settings::Settings;
 use crate::edge::account_do;
-use crate::edge::auth::{self, Caller};
 use crate::edge::platform::{self, OsRng};
 use crate::edge::response::{self, Meta};
 use crate::edge::{kv, sealing, usage};
@@ -203,7 +203,7 @@ pub async fn create_key(mut req: Request, env: &Env, s: &Settings) -> Result<Ans
         provider_keys,
         digest: keys::digest(&minted.secret),
     };
-    push(env, &auth::caller_for(record.clone(), org, s)?).await?;
+    push(env, &caller_for(record.clone(), org, s)?).await?;
     registry_do::add(env, keys::digest_prefix(&record.digest)).await?;
     registry_do::add_origins(env, &record.allowed_origins).await?;
     kv::put_key(env, &record).await?;
@@ -251,12 +251,12 @@ pub async fn list_org_keys(req: &Request, env: &Env, org: &str) -> Result<Answer
 pub async fn get_key(env: &Env, s: &Settings, id: &str) -> Result<Answer, GatewayError> {
     let record = kv::key_by_id(env, id).await?.ok_or(GatewayError::NotFound)?;
     let org = org_of(env, &record).await?;
-    let caller = auth::caller_for(record.clone(), org.clone(), s)?;
+    let caller = caller_for(record.clone(), org.clone(), s)?;
     let report = account_do::caller_usage(env, &caller, false).await?;
     let record = follow_ledger(env, record, report.as_ref().and_then(|r| r.key_policy.as_ref())).await?;
     let mut body = record.public_json();
     let version = record.version;
-    body["usage"] = usage::document(&auth::caller_for(record, org, s)?, report);
+    body["usage"] = usage::document(&caller_for(record, org, s)?, report);
     Ok(Answer::record(200, body, version))
 }
 
@@ -287,7 +287,7 @@ pub async fn patch_key(mut req: Request, env: &Env, s: &Settings, id: &str) -> R
         apply_key_patch(&p, sealed.as_ref(), &mut record, s)?;
         record.version = base.saturating_add(1);
         let org = org_of(env, &record).await?;
-        let caller = auth::caller_for(record.clone(), org, s)?;
+        let caller = caller_for(record.clone(), org, s)?;
         let edit =
             account_do::edit_key(env, &caller.account, base, caller.key_policy.clone(), Some(caller.account_policy));
         match edit.await? {
@@ -320,7 +320,7 @@ pub async fn patch_key(mut req: Request, env: &Env, s: &Settings, id: &str) -> R
 pub async fn revoke_key(env: &Env, s: &Settings, id: &str) -> Result<Answer, GatewayError> {
     let record = kv::key_by_id(env, id).await?.ok_or(GatewayError::NotFound)?;
     let org = org_of(env, &record).await?;
-    let caller = auth::caller_for(record.clone(), org, s)?;
+    let caller = caller_for(record.clone(), org, s)?;
     let held = account_do::held_key(env, &caller.account, caller.key_policy, true).await?;
     let record = follow_ledger(env, record, held.as_ref()).await?;
     Ok(Answer::record(200, record.public_json(), record.version))
@@ -352,8 +352,8 @@ pub async fn create_org(mut req: Request, env: &Env, s: &Settings) -> Result<Ans
         version: 1,
         shards,
     };
-    let (_, policy) = auth::org_policy(&org, s)?;
-    account_do::push_policy(env, &account_do::org_account(&org.id), None, Some(policy)).await?;
+    let (_, policy) = org_policy(&org, s)?;
+    account_do::push_policy(env, &org_account(&org.id), None, Some(policy)).await?;
     kv::put_org(env, &org).await?;
     Ok(Answer::record(201, org.public_json(), org.version))
 }
@@ -366,7 +366,7 @@ pub async fn list_orgs(req: &Request, env: &Env) -> Result<Answer, GatewayError>
 pub async fn get_org(env: &Env, s: &Settings, id: &str) -> Result<Answer, GatewayError> {
     kv::forget_org(id);
     let org = kv::org(env, id).await?.ok_or(GatewayError::NotFound)?;
-    let (_, policy) = auth::org_policy(&org, s)?;
+    let (_, policy) = org_policy(&org, s)?;
     let report = account_do::org_usage(env, &org, policy).await?;
     let version = org.version.max(report.as_ref().and_then(|r| r.account_version).unwrap_or(0));
     let mut body = org.public_json();
@@ -411,8 +411,8 @@ pub async fn patch_org(mut req: Request, env: &Env, s: &Settings, id: &str) -> R
         }
         check_org_fields(&org.plan, org.seats, &org.bill_to, s)?;
         org.version = base.saturating_add(1);
-        let (_, policy) = auth::org_policy(&org, s)?;
-        match account_do::edit_account(env, &account_do::org_account(&org.id), base, policy).await? {
+        let (_, policy) = org_policy(&org, s)?;
+        match account_do::edit_account(env, &org_account(&org.id), base, policy).await? {
             AccountEdit::Accepted { policy } => {
                 org.version = policy.version;
                 kv::put_org(env, &org).await?;

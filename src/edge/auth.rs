@@ -1,7 +1,7 @@
 //! Who is calling: the gateway key, read from KV (cached), and what it means
 //! (`core::caller`).
 
-pub use crate::core::caller::{caller_for, org_policy, Caller};
+use crate::core::caller::{caller_for, Caller};
 use crate::core::cors;
 use crate::core::error::GatewayError;
 use crate::core::keys;

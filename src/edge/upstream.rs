@@ -2,13 +2,13 @@
 //! `byok` key's provider), the headers both ways, one attempt under the call's deadline, and
 //! the retry loop that sleeps through short upstream 429s and opens a cooldown on long ones.
 
+use crate::core::caller::Caller;
 use crate::core::error::GatewayError;
 use crate::core::headers;
 use crate::core::paths::ProxyRoute;
 use crate::core::retry::{self, RetryBudget, RetryDecision};
 use crate::core::settings::{Settings, Upstream};
 use crate::core::time::UnixMillis;
-use crate::edge::auth::Caller;
 use crate::edge::platform::{self, OsRng};
 use crate::edge::response::Meta;
 use crate::edge::{cooldown_do, sandbox, sealing};
