@@ -70,6 +70,27 @@ impl PriceTable {
         self.models.get(base).copied().unwrap_or(self.fallback)
     }
 
+    /// The entry for exactly `key` (`"model"` or `"model:provider"`), with no suffix stripped
+    /// and no fallback: the live price book needs to tell an operator's override from a gap.
+    /// `"*"` is not an entry; it is `fallback()`.
+    ///
+    /// ```
+    /// use hf_gate::core::pricing::{Price, PriceTable};
+    /// let t = PriceTable::parse(r#"{"*": {"input": 1, "output": 3}, "m": {"input": 0.1, "output": 0.2}}"#).unwrap();
+    /// assert_eq!(t.exact("m"), Some(Price { input: 100_000, output: 200_000 }));
+    /// assert_eq!(t.exact("m:together"), None);
+    /// assert_eq!(t.exact("*"), None);
+    /// assert_eq!(t.fallback(), Price { input: 1_000_000, output: 3_000_000 });
+    /// ```
+    pub fn exact(&self, key: &str) -> Option<Price> {
+        self.models.get(key).copied()
+    }
+
+    /// The `"*"` price: what prices a model nothing else prices.
+    pub fn fallback(&self) -> Price {
+        self.fallback
+    }
+
     pub fn known_models(&self) -> impl Iterator<Item = (&str, Price)> {
         self.models.iter().map(|(m, p)| (m.as_str(), *p))
     }
@@ -169,6 +190,19 @@ mod tests {
         let t = PriceTable::parse(DEFAULT_PRICES).unwrap();
         assert_eq!(t.price("meta-llama/Llama-3.1-8B-Instruct:together"), Price { input: 100_000, output: 100_000 });
         assert_eq!(t.price("someone/new-model"), Price { input: 1_000_000, output: 3_000_000 });
+    }
+
+    #[test]
+    fn exact_lookups_strip_nothing_and_fall_back_to_nothing() {
+        let t = PriceTable::parse(
+            r#"{"*": {"input": 1, "output": 1}, "m": {"input": 2, "output": 2}, "m:groq": {"input": 3, "output": 3}}"#,
+        )
+        .unwrap();
+        assert_eq!(t.exact("m:groq"), Some(Price { input: 3_000_000, output: 3_000_000 }));
+        assert_eq!(t.exact("m:together"), None);
+        assert_eq!(t.exact("other"), None);
+        // `price` still strips the suffix, as before
+        assert_eq!(t.price("m:groq"), Price { input: 2_000_000, output: 2_000_000 });
     }
 
     #[test]
