@@ -67,11 +67,50 @@ fn clamp_ms(ms: f64) -> u64 {
 /// The smallest `t=` among the items of a `RateLimit` field
 /// (`"default";r=0;t=30, "daily";r=5;t=3600`), in seconds.
 fn ratelimit_reset_secs(v: &str) -> Option<f64> {
-    v.split(',')
-        .filter_map(|item| {
-            item.split(';').skip(1).filter_map(|p| p.trim().strip_prefix("t=")).find_map(parse_non_negative)
-        })
-        .min_by(|a, b| a.total_cmp(b))
+    ratelimit_items(v).filter_map(|(_, t)| t).min_by(|a, b| a.total_cmp(b))
+}
+
+/// How long an upstream quota that says it is spent stays spent: the wait, in ms, of the
+/// longest item of a `RateLimit` field whose remaining `r` is 0. A 2xx can carry this (the
+/// Hub sends `"api";r=0;t=55` on the call that used the last request), so the gateway can stop
+/// sending before upstream starts answering 429. An item with `r=0` but no usable `t` says
+/// nothing about when, so it is ignored; `None` when no item is exhausted or the field is
+/// garbage. Waits are clamped like every other upstream wait.
+///
+/// ```
+/// use hf_gate::core::retry::exhausted_for_ms;
+/// assert_eq!(exhausted_for_ms(r#""api";r=0;t=55"#), Some(55_000));
+/// assert_eq!(exhausted_for_ms(r#""api";r=3;t=55"#), None);
+/// ```
+pub fn exhausted_for_ms(ratelimit: &str) -> Option<u64> {
+    ratelimit_items(ratelimit)
+        .filter(|(r, _)| *r == Some(0.0))
+        .filter_map(|(_, t)| t)
+        .max_by(|a, b| a.total_cmp(b))
+        .map(|secs| clamp_ms(secs * 1000.0))
+}
+
+/// The remaining quota `r` and the seconds to reset `t` of each item of a `RateLimit` field,
+/// each `None` when absent or garbage. The item's name is optional (`"api";r=0;t=55` and the
+/// older `r=0;t=55` both occur), parameters come in any order with whitespace around them,
+/// and a repeated parameter's last value counts, as in RFC 8941.
+fn ratelimit_items(v: &str) -> impl Iterator<Item = (Option<f64>, Option<f64>)> + '_ {
+    v.split(',').map(|item| {
+        let (mut r, mut t) = (None, None);
+        for (i, member) in item.split(';').enumerate() {
+            let Some((key, value)) = member.split_once('=') else { continue };
+            // a quoted name may itself hold '=': it is the item, not a parameter
+            if i == 0 && key.trim_start().starts_with('"') {
+                continue;
+            }
+            match key.trim() {
+                "r" => r = parse_non_negative(value),
+                "t" => t = parse_non_negative(value),
+                _ => {}
+            }
+        }
+        (r, t)
+    })
 }
 
 /// The gateway's own retry rules for upstream 429 / 503.
@@ -249,6 +288,58 @@ mod tests {
         for bad in ["-1", "1e3", "NaN", "inf", "", " ", "0x10", "1,5"] {
             assert_eq!(upstream_wait(headers(&[("retry-after", bad)]), UnixMillis(0)), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn a_spent_quota_says_how_long_in_the_hubs_forms() {
+        assert_eq!(exhausted_for_ms(r#""api";r=0;t=55"#), Some(55_000));
+        assert_eq!(exhausted_for_ms("r=0;t=55"), Some(55_000));
+        assert_eq!(exhausted_for_ms("t=55;r=0"), Some(55_000));
+        assert_eq!(exhausted_for_ms(r#"  "api" ; t = 55 ; r = 0  "#), Some(55_000));
+        assert_eq!(exhausted_for_ms(r#""api";r=0;t=0.5"#), Some(500));
+        assert_eq!(exhausted_for_ms(r#""api";r=0;t=0"#), Some(0));
+    }
+
+    #[test]
+    fn a_quota_with_requests_left_is_not_spent() {
+        assert_eq!(exhausted_for_ms(r#""api";r=1;t=55"#), None);
+        assert_eq!(exhausted_for_ms(r#""api";r=0.5;t=55"#), None);
+        assert_eq!(exhausted_for_ms(r#""api";t=55"#), None);
+    }
+
+    #[test]
+    fn of_several_items_the_longest_spent_one_counts() {
+        let v = r#""minute";r=0;t=5, "day";r=0;t=3600, "month";r=9;t=999999"#;
+        assert_eq!(exhausted_for_ms(v), Some(3_600_000));
+        assert_eq!(exhausted_for_ms(r#""a";r=2;t=5, "b";r=0;t=30,"#), Some(30_000));
+        assert_eq!(exhausted_for_ms(r#""api";r=0;t=99999999999"#), Some(MAX_UPSTREAM_WAIT_MS));
+    }
+
+    #[test]
+    fn a_garbage_ratelimit_field_says_nothing() {
+        for bad in [
+            "",
+            ",",
+            "nonsense",
+            "\"api\"",
+            "r=;t=",
+            "r=0",
+            "r=0;t=-5",
+            "r=0;t=soon",
+            "r=-0;t=5",
+            "r=x;t=5",
+            "r=0;t=1e3",
+            "\"r=0;t=5\"",
+            "r=0;t=5;t=later",
+        ] {
+            assert_eq!(exhausted_for_ms(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_reset_wait_reads_unnamed_items_too() {
+        let h = headers(&[("ratelimit", "t=7;r=0")]);
+        assert_eq!(upstream_wait(h, UnixMillis(0)), Some((7_000, WaitSource::RateLimitReset)));
     }
 
     #[test]
