@@ -18,6 +18,7 @@ pub mod lease;
 pub mod ledger;
 pub mod listing;
 pub mod paths;
+pub mod price_book;
 pub mod pricing;
 pub mod protocol;
 pub mod rand;
