@@ -24,6 +24,7 @@ pub mod protocol;
 pub mod rand;
 pub mod record_cache;
 pub mod retry;
+pub mod route_prices;
 pub mod sandbox;
 pub mod settings;
 pub mod sort;

@@ -1,0 +1,265 @@
+//! `ROUTE_PRICES`: what a call that reports no token usage costs, for queued jobs and
+//! predictions (fal-ai's queue, Replicate) and any other route the operator prices by the
+//! request or by the second.
+//!
+//! Such calls say nothing priceable in their answers, so the operator names the price: a
+//! pattern (a path without its leading `/`, or a model id; exact, or ending in `*` for a
+//! prefix) maps to `{"per_request": USD}` or `{"per_second": USD}`. When nothing matches, a
+//! job costs `DEFAULT_JOB_PRICE`, set high on purpose: an unpriced route should be noticed
+//! on the bill, not be free.
+
+use crate::core::ledger::MicroUsd;
+use crate::core::pricing::ComputePrice;
+use serde::Deserialize;
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap};
+
+/// What one call on a route costs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RouteRate {
+    /// A flat price per call.
+    PerRequest(MicroUsd),
+    /// A price per second of upstream time.
+    PerSecond(ComputePrice),
+}
+
+impl RouteRate {
+    /// The cost of one call that took `elapsed_ms` upstream, rounded up to the micro-USD.
+    ///
+    /// ```
+    /// use hf_gate::core::ledger::MicroUsd;
+    /// use hf_gate::core::pricing::ComputePrice;
+    /// use hf_gate::core::route_prices::RouteRate;
+    /// assert_eq!(RouteRate::PerRequest(MicroUsd(5_000)).cost(60_000), MicroUsd(5_000));
+    /// assert_eq!(RouteRate::PerSecond(ComputePrice(1_000_000)).cost(2_500), MicroUsd(2_500));
+    /// ```
+    pub fn cost(&self, elapsed_ms: u64) -> MicroUsd {
+        match self {
+            RouteRate::PerRequest(price) => *price,
+            RouteRate::PerSecond(price) => price.cost_ms(elapsed_ms),
+        }
+    }
+}
+
+/// $0.10 per job when nothing matches: conservative, so an unpriced route costs too much
+/// rather than nothing.
+pub const DEFAULT_JOB_PRICE: MicroUsd = MicroUsd(100_000);
+
+/// The most a route may cost, per request or per second.
+pub const MAX_ROUTE_USD: f64 = 1000.0;
+/// Patterns longer than a path may be are refused.
+pub const MAX_PATTERN_LEN: usize = crate::core::paths::MAX_PATH_LEN;
+
+/// The parsed `ROUTE_PRICES` setting.
+///
+/// ```
+/// use hf_gate::core::ledger::MicroUsd;
+/// use hf_gate::core::route_prices::{RoutePrices, RouteRate};
+/// let r = RoutePrices::parse(r#"{"fal-ai/*": {"per_request": 0.05},
+///                                "fal-ai/fal-ai/wan/*": {"per_request": 0.4}}"#).unwrap();
+/// assert_eq!(r.rate_for("/fal-ai/fal-ai/wan/t2v", None), Some(RouteRate::PerRequest(MicroUsd(400_000))));
+/// assert_eq!(r.rate_for("/fal-ai/fal-ai/flux/dev", None), Some(RouteRate::PerRequest(MicroUsd(50_000))));
+/// assert_eq!(r.rate_for("/replicate/v1/predictions", None), None);
+/// ```
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RoutePrices {
+    exact: HashMap<String, RouteRate>,
+    /// Prefix patterns without their `*`, longest first, so the first that matches wins.
+    prefixes: Vec<(String, RouteRate)>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRate {
+    per_request: Option<f64>,
+    per_second: Option<f64>,
+}
+
+impl RoutePrices {
+    /// Parses the `ROUTE_PRICES` JSON object. Every error names the pattern it is about.
+    pub fn parse(json: &str) -> Result<RoutePrices, String> {
+        let raw: BTreeMap<String, Value> = serde_json::from_str(json).map_err(|e| {
+            format!("expected {{\"pattern\": {{\"per_request\": USD}} or {{\"per_second\": USD}}}}: {e}")
+        })?;
+        let mut prices = RoutePrices::empty();
+        for (pattern, value) in raw {
+            check_pattern(&pattern)?;
+            let rate = parse_rate(&pattern, value)?;
+            match pattern.strip_suffix('*') {
+                Some(prefix) => prices.prefixes.push((prefix.to_string(), rate)),
+                None => {
+                    prices.exact.insert(pattern, rate);
+                }
+            }
+        }
+        prices.prefixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
+        Ok(prices)
+    }
+
+    /// No route priced: every job costs `DEFAULT_JOB_PRICE`.
+    pub fn empty() -> RoutePrices {
+        RoutePrices::default()
+    }
+
+    /// The rate for a call. The candidates are the path (its leading `/` removed) and the
+    /// model, if any, on the same footing: an exact match beats any prefix match, and among
+    /// prefixes the longest wins. Of two exact matches the longer pattern wins; on a tie the
+    /// path does. `None` when nothing matches (the caller then charges `DEFAULT_JOB_PRICE`).
+    pub fn rate_for(&self, path: &str, model: Option<&str>) -> Option<RouteRate> {
+        let path = path.strip_prefix('/').unwrap_or(path);
+        let candidates = [Some(path), model];
+        let exact = candidates
+            .iter()
+            .flatten()
+            .filter_map(|c| self.exact.get(*c).map(|rate| (c.len(), *rate)))
+            .reduce(|best, next| if next.0 > best.0 { next } else { best });
+        if let Some((_, rate)) = exact {
+            return Some(rate);
+        }
+        self.prefixes
+            .iter()
+            .find(|(prefix, _)| candidates.iter().flatten().any(|c| c.starts_with(prefix.as_str())))
+            .map(|(_, rate)| *rate)
+    }
+
+    /// How many patterns are priced.
+    pub fn len(&self) -> usize {
+        self.exact.len() + self.prefixes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn check_pattern(pattern: &str) -> Result<(), String> {
+    let bad = |why: &str| Err(format!("pattern {pattern:?} {why}"));
+    if pattern.is_empty() {
+        return bad("is empty");
+    }
+    if pattern.len() > MAX_PATTERN_LEN {
+        return bad("is too long");
+    }
+    if pattern.starts_with('/') {
+        return bad("must not start with '/': write paths without it, like \"fal-ai/*\"");
+    }
+    if !pattern.bytes().all(|b| b.is_ascii_graphic()) {
+        return bad("has spaces or characters that are not allowed");
+    }
+    if pattern.find('*').is_some_and(|at| at != pattern.len() - 1) {
+        return bad("may only have a '*' at its end");
+    }
+    Ok(())
+}
+
+fn parse_rate(pattern: &str, value: Value) -> Result<RouteRate, String> {
+    let shape = "{\"per_request\": USD} or {\"per_second\": USD}";
+    let raw = RawRate::deserialize(value).map_err(|e| format!("pattern {pattern:?}: expected {shape}: {e}"))?;
+    let usd = |v: f64| -> Result<f64, String> {
+        if v.is_finite() && (0.0..=MAX_ROUTE_USD).contains(&v) {
+            Ok(v)
+        } else {
+            Err(format!("pattern {pattern:?}: a price must be between 0 and {MAX_ROUTE_USD} USD"))
+        }
+    };
+    match (raw.per_request, raw.per_second) {
+        (Some(v), None) => Ok(RouteRate::PerRequest(MicroUsd((usd(v)? * 1e6).round() as u64))),
+        (None, Some(v)) => Ok(RouteRate::PerSecond(ComputePrice((usd(v)? * 1e9).round() as u64))),
+        _ => Err(format!("pattern {pattern:?}: expected exactly one of {shape}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn per_request(usd_micro: u64) -> Option<RouteRate> {
+        Some(RouteRate::PerRequest(MicroUsd(usd_micro)))
+    }
+
+    #[test]
+    fn both_rates_parse_in_their_units() {
+        let r = RoutePrices::parse(
+            r#"{"replicate/v1/models/black-forest-labs/flux-schnell/predictions": {"per_request": 0.003},
+                "hf-inference/*": {"per_second": 0.00012}}"#,
+        )
+        .unwrap();
+        assert_eq!(r.len(), 2);
+        assert_eq!(
+            r.rate_for("/replicate/v1/models/black-forest-labs/flux-schnell/predictions", None),
+            per_request(3_000)
+        );
+        assert_eq!(
+            r.rate_for("/hf-inference/models/BAAI/bge-small-en-v1.5", None),
+            Some(RouteRate::PerSecond(ComputePrice(120_000)))
+        );
+        assert_eq!(RoutePrices::parse("{}").unwrap(), RoutePrices::empty());
+        assert!(RoutePrices::empty().is_empty());
+        assert_eq!(RoutePrices::empty().rate_for("/fal-ai/x", Some("x")), None);
+    }
+
+    #[test]
+    fn an_exact_match_beats_any_prefix_and_the_longest_prefix_wins() {
+        let r = RoutePrices::parse(
+            r#"{"*": {"per_request": 1},
+                "fal-ai/*": {"per_request": 2},
+                "fal-ai/fal-ai/*": {"per_request": 3},
+                "fal-ai/fal-ai/flux/dev": {"per_request": 4},
+                "black-forest-labs/FLUX.1-dev": {"per_request": 5},
+                "black-forest-labs/*": {"per_request": 6}}"#,
+        )
+        .unwrap();
+        assert_eq!(r.rate_for("/fal-ai/fal-ai/flux/dev", None), per_request(4_000_000));
+        assert_eq!(r.rate_for("/fal-ai/fal-ai/flux/schnell", None), per_request(3_000_000));
+        assert_eq!(r.rate_for("/fal-ai/bytedance/x", None), per_request(2_000_000));
+        assert_eq!(r.rate_for("/replicate/v1/predictions", None), per_request(1_000_000));
+        // the model competes with the path: its exact match beats the path's prefixes
+        assert_eq!(
+            r.rate_for("/fal-ai/fal-ai/flux/schnell", Some("black-forest-labs/FLUX.1-dev")),
+            per_request(5_000_000)
+        );
+        // and the path's exact match beats the model's prefix
+        assert_eq!(r.rate_for("/fal-ai/fal-ai/flux/dev", Some("black-forest-labs/other")), per_request(4_000_000));
+        // between prefixes, length decides, whichever candidate matched
+        assert_eq!(r.rate_for("/replicate/v1/predictions", Some("black-forest-labs/other")), per_request(6_000_000));
+    }
+
+    #[test]
+    fn of_two_exact_matches_the_longer_wins_and_a_tie_goes_to_the_path() {
+        let r = RoutePrices::parse(r#"{"a/b": {"per_request": 1}, "a/bc": {"per_request": 2}}"#).unwrap();
+        assert_eq!(r.rate_for("/a/b", Some("a/bc")), per_request(2_000_000));
+        let r = RoutePrices::parse(r#"{"a/b": {"per_request": 1}, "c/d": {"per_request": 2}}"#).unwrap();
+        assert_eq!(r.rate_for("/a/b", Some("c/d")), per_request(1_000_000));
+        assert_eq!(r.rate_for("a/b", None), per_request(1_000_000));
+    }
+
+    #[test]
+    fn every_bad_entry_is_refused_naming_its_pattern() {
+        for (json, pattern) in [
+            (r#"{"p/x": {}}"#, "p/x"),
+            (r#"{"p/x": {"per_request": 1, "per_second": 1}}"#, "p/x"),
+            (r#"{"p/x": {"per_request": -1}}"#, "p/x"),
+            (r#"{"p/x": {"per_request": 1001}}"#, "p/x"),
+            (r#"{"p/x": {"per_second": 1000.5}}"#, "p/x"),
+            (r#"{"p/x": {"per_request": "0.1"}}"#, "p/x"),
+            (r#"{"p/x": {"per_call": 0.1}}"#, "p/x"),
+            (r#"{"p/x": 0.1}"#, "p/x"),
+            (r#"{"/fal-ai/*": {"per_request": 0.1}}"#, "/fal-ai/*"),
+            (r#"{"fal-ai/*/x": {"per_request": 0.1}}"#, "fal-ai/*/x"),
+            (r#"{"fal ai": {"per_request": 0.1}}"#, "fal ai"),
+        ] {
+            let e = RoutePrices::parse(json).unwrap_err();
+            assert!(e.contains(&format!("{pattern:?}")), "{json}: {e}");
+        }
+        assert!(RoutePrices::parse(r#"{"": {"per_request": 1}}"#).unwrap_err().contains("empty"));
+        assert!(RoutePrices::parse("[]").is_err());
+        assert!(RoutePrices::parse("").is_err());
+    }
+
+    #[test]
+    fn zero_and_the_limits_are_allowed() {
+        let r = RoutePrices::parse(r#"{"free/*": {"per_request": 0}, "dear": {"per_second": 1000}}"#).unwrap();
+        assert_eq!(r.rate_for("/free/x", None), per_request(0));
+        assert_eq!(r.rate_for("/x", Some("dear")), Some(RouteRate::PerSecond(ComputePrice(1_000_000_000_000))));
+    }
+}
