@@ -13,6 +13,7 @@ pub mod edits;
 pub mod error;
 pub mod gcra;
 pub mod headers;
+pub mod jobs;
 pub mod keys;
 pub mod lease;
 pub mod ledger;

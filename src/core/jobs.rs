@@ -1,0 +1,497 @@
+//! Queued jobs and predictions: calls whose answer is a ticket, polled later.
+//!
+//! fal-ai's queue (through the router, `?_subdomain=queue`) and Replicate's predictions are
+//! priced once, at submit (`ROUTE_PRICES`), and their polls are free. So the gateway must
+//! tell a submit from a poll, record the job a submit created, and send every poll upstream
+//! to the path it recorded, never to the one the client wrote: clients build poll paths
+//! differently (huggingface_hub and huggingface.js prefix `/fal-ai` only when they talk to
+//! `router.huggingface.co`), and a client-written path would let a free poll reach any queue
+//! path at all. The job is found by the id in the path.
+//!
+//! The shapes:
+//! - fal-ai submit: `POST /fal-ai/<fal model path>?_subdomain=queue`, answered
+//!   `{"request_id": "abc", "response_url": "https://queue.fal.run/fal-ai/wan/requests/abc", ...}`.
+//! - fal-ai polls (with `?_subdomain=queue`): `GET .../requests/<id>/status`, `GET
+//!   .../requests/<id>` (the result), `PUT .../requests/<id>/cancel`.
+//! - Replicate submit: `POST /replicate/v1/models/<owner>/<name>/predictions`, `POST
+//!   /replicate/v1/deployments/<owner>/<name>/predictions`, `POST /replicate/v1/predictions`
+//!   (the body names a `version`), answered `{"id": "p123", "status": ..., "urls": {...}}`.
+//! - Replicate polls: `GET /replicate/v1/predictions/<id>`, `POST
+//!   /replicate/v1/predictions/<id>/cancel`.
+
+use crate::core::paths::check_path;
+use serde::Deserialize;
+use serde_json::Value;
+
+/// The longest job id accepted.
+pub const MAX_JOB_ID_LEN: usize = 128;
+/// The longest model (or Replicate version) a job may name.
+pub const MAX_JOB_MODEL_LEN: usize = 256;
+
+/// What a call is, as far as jobs go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum JobCall {
+    /// Creates a job: priced once, and its answer recorded (`submitted_job`).
+    Submit,
+    /// Reads or cancels the job `job_id`: free, and sent upstream to
+    /// `poll_path(<recorded poll_base>, tail)`. `tail` is `""` (the result, or the
+    /// prediction), `"/status"` or `"/cancel"`.
+    Poll { job_id: String, tail: &'static str },
+    /// Anything else, priced and sent as usual.
+    NotAJob,
+}
+
+/// Classifies a call by its method, its checked path (no query) and its raw query string.
+///
+/// fal-ai calls are jobs only with a `_subdomain=queue` query parameter; without it a
+/// `POST /fal-ai/...` is a synchronous call and `NotAJob`. With it, a path whose last
+/// segments are `requests/<id>`, optionally followed by `status` or `cancel`, is a `Poll`
+/// when the method fits (`GET` or `HEAD` to read, `PUT` to cancel) and `NotAJob` when it does
+/// not; any other `POST` is a `Submit`. A queue call that is neither (see `queue_requested`)
+/// is best refused: the queue's paths make sense only for a job the gateway recorded.
+/// Replicate's shapes are in the module documentation. Everything else is `NotAJob`.
+///
+/// ```
+/// use hf_gate::core::jobs::{classify, JobCall};
+/// let q = Some("_subdomain=queue");
+/// assert_eq!(classify("POST", "/fal-ai/fal-ai/wan/t2v", q), JobCall::Submit);
+/// assert_eq!(classify("POST", "/fal-ai/fal-ai/wan/t2v", None), JobCall::NotAJob);
+/// assert_eq!(
+///     classify("GET", "/fal-ai/fal-ai/wan/requests/abc/status", q),
+///     JobCall::Poll { job_id: "abc".into(), tail: "/status" }
+/// );
+/// assert_eq!(
+///     classify("POST", "/replicate/v1/predictions/p123/cancel", None),
+///     JobCall::Poll { job_id: "p123".into(), tail: "/cancel" }
+/// );
+/// ```
+pub fn classify(method: &str, path: &str, query: Option<&str>) -> JobCall {
+    if let Some(rest) = path.strip_prefix("/fal-ai/") {
+        return classify_fal(method, rest, query);
+    }
+    if let Some(rest) = path.strip_prefix("/replicate/") {
+        return classify_replicate(method, rest);
+    }
+    JobCall::NotAJob
+}
+
+/// Whether a raw query string asks for fal-ai's queue: a `_subdomain=queue` parameter among
+/// its `&`-separated pairs (a leading `?` is tolerated).
+///
+/// ```
+/// use hf_gate::core::jobs::queue_requested;
+/// assert!(queue_requested(Some("a=1&_subdomain=queue")));
+/// assert!(!queue_requested(Some("_subdomain=queues")));
+/// assert!(!queue_requested(None));
+/// ```
+pub fn queue_requested(query: Option<&str>) -> bool {
+    let Some(query) = query else { return false };
+    let query = query.strip_prefix('?').unwrap_or(query);
+    query.split('&').any(|pair| pair.split_once('=') == Some(("_subdomain", "queue")))
+}
+
+fn classify_fal(method: &str, rest: &str, query: Option<&str>) -> JobCall {
+    if !queue_requested(query) {
+        return JobCall::NotAJob;
+    }
+    let rest = rest.trim_end_matches('/');
+    if let Some((job_id, tail)) = fal_poll(rest) {
+        let fits = match tail {
+            "/cancel" => method == "PUT",
+            _ => method == "GET" || method == "HEAD",
+        };
+        return if fits { JobCall::Poll { job_id: job_id.to_string(), tail } } else { JobCall::NotAJob };
+    }
+    if method == "POST" && !rest.is_empty() {
+        JobCall::Submit
+    } else {
+        JobCall::NotAJob
+    }
+}
+
+/// The job id and tail of a fal-ai poll path (after `/fal-ai/`): at least one segment, then
+/// `requests/<id>`, then optionally `status` or `cancel`, and nothing else.
+fn fal_poll(rest: &str) -> Option<(&str, &'static str)> {
+    let segs: Vec<&str> = rest.split('/').collect();
+    let n = segs.len();
+    let tail = match segs.last() {
+        Some(&"status") => "/status",
+        Some(&"cancel") => "/cancel",
+        _ => "",
+    };
+    if !tail.is_empty() && n >= 4 && segs[n - 3] == "requests" && valid_job_id(segs[n - 2]) {
+        return Some((segs[n - 2], tail));
+    }
+    if n >= 3 && segs[n - 2] == "requests" && valid_job_id(segs[n - 1]) {
+        return Some((segs[n - 1], ""));
+    }
+    None
+}
+
+fn classify_replicate(method: &str, rest: &str) -> JobCall {
+    let segs: Vec<&str> = rest.trim_end_matches('/').split('/').collect();
+    let post = method == "POST";
+    let read = method == "GET" || method == "HEAD";
+    match segs.as_slice() {
+        ["v1", "models" | "deployments", owner, name, "predictions"]
+            if post && !owner.is_empty() && !name.is_empty() =>
+        {
+            JobCall::Submit
+        }
+        ["v1", "predictions"] if post => JobCall::Submit,
+        ["v1", "predictions", id] if read && valid_job_id(id) => JobCall::Poll { job_id: id.to_string(), tail: "" },
+        ["v1", "predictions", id, "cancel"] if post && valid_job_id(id) => {
+            JobCall::Poll { job_id: id.to_string(), tail: "/cancel" }
+        }
+        _ => JobCall::NotAJob,
+    }
+}
+
+/// A job id as the gateway accepts it: 1 to 128 characters of `[A-Za-z0-9_.-]`, and not a
+/// dot segment, so it is safe in a path and as a storage key.
+///
+/// ```
+/// use hf_gate::core::jobs::valid_job_id;
+/// assert!(valid_job_id("6c1f4a52-0f5e-4bd2-9d3e-7e8f0a1b2c3d"));
+/// assert!(!valid_job_id(".."));
+/// assert!(!valid_job_id("a/b"));
+/// ```
+pub fn valid_job_id(id: &str) -> bool {
+    (1..=MAX_JOB_ID_LEN).contains(&id.len())
+        && id != "."
+        && id != ".."
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
+/// A job a submit created: its id, and the upstream path its polls go to (before the tail).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SubmittedJob {
+    pub id: String,
+    pub poll_base: String,
+}
+
+#[derive(Deserialize)]
+struct FalSubmitted {
+    request_id: Option<Value>,
+    response_url: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct ReplicateSubmitted {
+    id: Option<Value>,
+}
+
+/// Reads the job a submit created from its 2xx JSON answer. `None` when the answer names no
+/// valid id (or the path is no job route).
+///
+/// fal-ai: the id is `request_id`; polls go to `"/fal-ai"` + the path of `response_url`, when
+/// that is an `https` URL with no query, fragment or user info, whose path ends in
+/// `/requests/<id>` after at least one segment and passes `paths::check_path`. Otherwise the
+/// gateway builds the path fal documents: `"/fal-ai/"` + the first two segments of the submit
+/// path after `/fal-ai/` (fal's queue is per app, `<owner>/<app>`, without the sub-path a
+/// submit may add) + `"/requests/"` + id.
+///
+/// Replicate: the id is `id`; polls go to `/replicate/v1/predictions/<id>`.
+///
+/// ```
+/// use hf_gate::core::jobs::submitted_job;
+/// let body = br#"{"request_id":"abc","status":"IN_QUEUE",
+///   "response_url":"https://queue.fal.run/fal-ai/wan/requests/abc"}"#;
+/// let job = submitted_job("/fal-ai/fal-ai/wan/v2.2-a14b/text-to-video", body).unwrap();
+/// assert_eq!(job.poll_base, "/fal-ai/fal-ai/wan/requests/abc");
+/// ```
+pub fn submitted_job(path: &str, body: &[u8]) -> Option<SubmittedJob> {
+    if let Some(rest) = path.strip_prefix("/fal-ai/") {
+        let answer: FalSubmitted = serde_json::from_slice(body).ok()?;
+        let id = answer.request_id.as_ref().and_then(Value::as_str).filter(|id| valid_job_id(id))?;
+        let poll_base = answer
+            .response_url
+            .as_ref()
+            .and_then(Value::as_str)
+            .and_then(|url| fal_poll_base(url, id))
+            .or_else(|| fal_fallback_poll_base(rest, id))?;
+        return Some(SubmittedJob { id: id.to_string(), poll_base });
+    }
+    if path.starts_with("/replicate/") {
+        let answer: ReplicateSubmitted = serde_json::from_slice(body).ok()?;
+        let id = answer.id.as_ref().and_then(Value::as_str).filter(|id| valid_job_id(id))?;
+        return Some(SubmittedJob { id: id.to_string(), poll_base: format!("/replicate/v1/predictions/{id}") });
+    }
+    None
+}
+
+/// `"/fal-ai"` + the path of fal's `response_url`, if it is one the gateway can trust.
+fn fal_poll_base(url: &str, id: &str) -> Option<String> {
+    let rest = url.strip_prefix("https://")?;
+    let slash = rest.find('/')?;
+    let (host, url_path) = rest.split_at(slash);
+    let host_ok =
+        !host.is_empty() && host.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':'));
+    let ending = format!("/requests/{id}");
+    let owned = url_path.strip_suffix(ending.as_str()).is_some_and(|before| before.len() > 1);
+    if !host_ok || !owned || url_path.contains(['?', '#']) {
+        return None;
+    }
+    let base = format!("/fal-ai{url_path}");
+    check_path(&base).is_ok().then_some(base)
+}
+
+/// The poll path fal documents, from the submit path after `/fal-ai/`.
+fn fal_fallback_poll_base(rest: &str, id: &str) -> Option<String> {
+    let app: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).take(2).collect();
+    if app.is_empty() {
+        return None;
+    }
+    let base = format!("/fal-ai/{}/requests/{id}", app.join("/"));
+    check_path(&base).is_ok().then_some(base)
+}
+
+/// The upstream path of a poll: the recorded `poll_base` and the poll's tail. Replicate has
+/// no status path (the prediction is its status), so only `"/cancel"` is appended to a
+/// Replicate base; a tail that is none of `""`, `"/status"`, `"/cancel"` appends nothing.
+///
+/// ```
+/// use hf_gate::core::jobs::poll_path;
+/// assert_eq!(poll_path("/fal-ai/fal-ai/wan/requests/abc", "/status"), "/fal-ai/fal-ai/wan/requests/abc/status");
+/// assert_eq!(poll_path("/replicate/v1/predictions/p1", "/status"), "/replicate/v1/predictions/p1");
+/// assert_eq!(poll_path("/replicate/v1/predictions/p1", "/cancel"), "/replicate/v1/predictions/p1/cancel");
+/// ```
+pub fn poll_path(poll_base: &str, tail: &str) -> String {
+    let appended = match tail {
+        "/cancel" => tail,
+        "/status" if !poll_base.starts_with("/replicate/") => tail,
+        _ => "",
+    };
+    format!("{poll_base}{appended}")
+}
+
+#[derive(Deserialize)]
+struct VersionedPrediction {
+    version: Option<Value>,
+}
+
+/// The model a job names, for `ROUTE_PRICES` and the usage views: the fal model path of a
+/// fal-ai submit, `<owner>/<name>` of a Replicate model or deployment, the body's `version`
+/// for `POST /replicate/v1/predictions` (when it is a string). `None` otherwise.
+///
+/// ```
+/// use hf_gate::core::jobs::job_model;
+/// assert_eq!(job_model("/fal-ai/fal-ai/wan/t2v", b"{}").as_deref(), Some("fal-ai/wan/t2v"));
+/// assert_eq!(
+///     job_model("/replicate/v1/models/black-forest-labs/flux-schnell/predictions", b"{}").as_deref(),
+///     Some("black-forest-labs/flux-schnell")
+/// );
+/// assert_eq!(job_model("/replicate/v1/predictions", br#"{"version":"5c7d5dc6"}"#).as_deref(), Some("5c7d5dc6"));
+/// ```
+pub fn job_model(path: &str, body: &[u8]) -> Option<String> {
+    let model = if let Some(rest) = path.strip_prefix("/fal-ai/") {
+        rest.trim_end_matches('/').to_string()
+    } else if let Some(rest) = path.strip_prefix("/replicate/v1/") {
+        let segs: Vec<&str> = rest.trim_end_matches('/').split('/').collect();
+        match segs.as_slice() {
+            ["models" | "deployments", owner, name, "predictions"] => format!("{owner}/{name}"),
+            ["predictions"] => {
+                let body: VersionedPrediction = serde_json::from_slice(body).ok()?;
+                body.version.as_ref().and_then(Value::as_str)?.to_string()
+            }
+            _ => return None,
+        }
+    } else {
+        return None;
+    };
+    let printable = model.bytes().all(|b| b.is_ascii_graphic());
+    (!model.is_empty() && model.len() <= MAX_JOB_MODEL_LEN && printable).then_some(model)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const Q: Option<&str> = Some("_subdomain=queue");
+
+    fn poll(id: &str, tail: &'static str) -> JobCall {
+        JobCall::Poll { job_id: id.to_string(), tail }
+    }
+
+    #[test]
+    fn fal_queue_calls_are_told_apart_by_path_and_method() {
+        assert_eq!(classify("POST", "/fal-ai/fal-ai/wan/v2.2-a14b/text-to-video", Q), JobCall::Submit);
+        assert_eq!(classify("POST", "/fal-ai/fal-ai/flux/dev", Some("x=1&_subdomain=queue&y")), JobCall::Submit);
+        // polls as the router's clients send them, and as they send them pointed elsewhere
+        for prefix in ["/fal-ai/fal-ai/wan", "/fal-ai/wan", "/fal-ai/bytedance/seedance/v1"] {
+            assert_eq!(classify("GET", &format!("{prefix}/requests/abc-1/status"), Q), poll("abc-1", "/status"));
+            assert_eq!(classify("GET", &format!("{prefix}/requests/abc-1"), Q), poll("abc-1", ""));
+            assert_eq!(classify("HEAD", &format!("{prefix}/requests/abc-1"), Q), poll("abc-1", ""));
+            assert_eq!(classify("PUT", &format!("{prefix}/requests/abc-1/cancel"), Q), poll("abc-1", "/cancel"));
+        }
+        assert_eq!(classify("GET", "/fal-ai/wan/requests/abc/status/", Q), poll("abc", "/status"));
+    }
+
+    #[test]
+    fn a_poll_shape_with_the_wrong_method_is_no_job() {
+        assert_eq!(classify("PUT", "/fal-ai/wan/requests/abc/status", Q), JobCall::NotAJob);
+        assert_eq!(classify("GET", "/fal-ai/wan/requests/abc/cancel", Q), JobCall::NotAJob);
+        assert_eq!(classify("POST", "/fal-ai/wan/requests/abc", Q), JobCall::NotAJob);
+        assert_eq!(classify("DELETE", "/fal-ai/wan/requests/abc", Q), JobCall::NotAJob);
+    }
+
+    #[test]
+    fn fal_calls_without_the_queue_parameter_are_synchronous() {
+        assert_eq!(classify("POST", "/fal-ai/fal-ai/flux/dev", None), JobCall::NotAJob);
+        assert_eq!(classify("GET", "/fal-ai/wan/requests/abc/status", None), JobCall::NotAJob);
+        for q in ["_subdomain=queued", "subdomain=queue", "_subdomain=QUEUE", "_subdomain", "", "a=_subdomain=queue"] {
+            assert_eq!(classify("POST", "/fal-ai/fal-ai/flux/dev", Some(q)), JobCall::NotAJob, "{q}");
+        }
+        assert!(queue_requested(Some("?_subdomain=queue")));
+    }
+
+    #[test]
+    fn what_is_not_a_poll_under_the_queue() {
+        // no segment before `requests`, a bad id, more after the tail
+        assert_eq!(classify("GET", "/fal-ai/requests/abc", Q), JobCall::NotAJob);
+        assert_eq!(classify("GET", "/fal-ai/wan/requests/a..b/x/status", Q), JobCall::NotAJob);
+        assert_eq!(classify("GET", "/fal-ai/wan/requests/abc/status/more", Q), JobCall::NotAJob);
+        assert_eq!(classify("GET", "/fal-ai/wan/requests/abc/logs", Q), JobCall::NotAJob);
+        assert_eq!(classify("GET", "/fal-ai/wan/requests/..", Q), JobCall::NotAJob);
+        assert_eq!(classify("GET", "/fal-ai/fal-ai/flux/dev", Q), JobCall::NotAJob);
+        // a POST whose last segments are not a poll is a submit
+        assert_eq!(classify("POST", "/fal-ai/wan/requests", Q), JobCall::Submit);
+        assert_eq!(classify("POST", "/fal-ai/", Q), JobCall::NotAJob);
+    }
+
+    #[test]
+    fn replicate_predictions_are_told_apart() {
+        for p in [
+            "/replicate/v1/models/black-forest-labs/flux-schnell/predictions",
+            "/replicate/v1/deployments/acme/my-flux/predictions",
+            "/replicate/v1/predictions",
+        ] {
+            assert_eq!(classify("POST", p, None), JobCall::Submit, "{p}");
+            assert_eq!(classify("GET", p, None), JobCall::NotAJob, "{p}");
+        }
+        assert_eq!(classify("GET", "/replicate/v1/predictions/p123", None), poll("p123", ""));
+        assert_eq!(classify("POST", "/replicate/v1/predictions/p123/cancel", None), poll("p123", "/cancel"));
+        assert_eq!(classify("POST", "/replicate/v1/predictions/p123", None), JobCall::NotAJob);
+        assert_eq!(classify("GET", "/replicate/v1/predictions/p123/cancel", None), JobCall::NotAJob);
+        assert_eq!(classify("GET", "/replicate/v1/predictions/p123/status", None), JobCall::NotAJob);
+        assert_eq!(classify("POST", "/replicate/v1/models/x/predictions", None), JobCall::NotAJob);
+        assert_eq!(classify("POST", "/replicate/v1/models/a/b/versions", None), JobCall::NotAJob);
+    }
+
+    #[test]
+    fn other_routes_are_no_jobs() {
+        assert_eq!(classify("POST", "/v1/chat/completions", Q), JobCall::NotAJob);
+        assert_eq!(classify("POST", "/together/v1/images/generations", Q), JobCall::NotAJob);
+        assert_eq!(classify("POST", "/fal-ai-x/y", Q), JobCall::NotAJob);
+    }
+
+    #[test]
+    fn job_ids_are_safe_path_segments() {
+        assert!(valid_job_id("a"));
+        assert!(valid_job_id("A_b-c.d"));
+        assert!(valid_job_id(&"x".repeat(128)));
+        for bad in ["", ".", "..", "a/b", "a b", "a%2f", "é", "a?b"] {
+            assert!(!valid_job_id(bad), "{bad}");
+        }
+        assert!(!valid_job_id(&"x".repeat(129)));
+    }
+
+    #[test]
+    fn a_fal_submit_records_the_path_of_its_response_url() {
+        let body = br#"{"request_id":"abc","status":"IN_QUEUE",
+            "response_url":"https://queue.fal.run/fal-ai/wan/requests/abc",
+            "status_url":"https://queue.fal.run/fal-ai/wan/requests/abc/status"}"#;
+        let job = submitted_job("/fal-ai/fal-ai/wan/v2.2-a14b/text-to-video", body).unwrap();
+        assert_eq!(job, SubmittedJob { id: "abc".into(), poll_base: "/fal-ai/fal-ai/wan/requests/abc".into() });
+        // and a poll the client sends either way reaches it
+        let JobCall::Poll { job_id, tail } = classify("GET", "/fal-ai/wan/requests/abc/status", Q) else { panic!() };
+        assert_eq!(job_id, job.id);
+        assert_eq!(poll_path(&job.poll_base, tail), "/fal-ai/fal-ai/wan/requests/abc/status");
+    }
+
+    #[test]
+    fn a_response_url_that_cannot_be_trusted_falls_back_to_the_submit_path() {
+        let fallback = "/fal-ai/fal-ai/wan/requests/abc";
+        for url in [
+            "http://queue.fal.run/fal-ai/wan/requests/abc",
+            "https://queue.fal.run/fal-ai/wan/requests/other",
+            "https://queue.fal.run/fal-ai/wan/requests/abc?x=1",
+            "https://queue.fal.run/fal-ai/wan/requests/abc#x",
+            "https://user@queue.fal.run/fal-ai/wan/requests/abc",
+            "https://queue.fal.run/fal-ai/../admin/requests/abc",
+            "https://queue.fal.run/fal-ai/%2e%2e/requests/abc",
+            "https://queue.fal.run//requests/abc",
+            "https://queue.fal.run/requests/abc",
+            "https:///fal-ai/wan/requests/abc",
+            "queue.fal.run/fal-ai/wan/requests/abc",
+            "",
+        ] {
+            let body = format!(r#"{{"request_id":"abc","response_url":"{url}"}}"#);
+            let job = submitted_job("/fal-ai/fal-ai/wan/v2.2-a14b/text-to-video", body.as_bytes()).unwrap();
+            assert_eq!(job.poll_base, fallback, "{url}");
+        }
+        for body in [r#"{"request_id":"abc"}"#, r#"{"request_id":"abc","response_url":7}"#] {
+            let job = submitted_job("/fal-ai/fal-ai/wan/v2.2-a14b/text-to-video", body.as_bytes()).unwrap();
+            assert_eq!(job.poll_base, fallback, "{body}");
+        }
+        let one_segment = submitted_job("/fal-ai/solo", br#"{"request_id":"abc"}"#).unwrap();
+        assert_eq!(one_segment.poll_base, "/fal-ai/solo/requests/abc");
+    }
+
+    #[test]
+    fn a_submit_without_a_valid_id_records_nothing() {
+        let p = "/fal-ai/fal-ai/wan/t2v";
+        for body in [
+            &br#"{"status":"IN_QUEUE"}"#[..],
+            br#"{"request_id":42}"#,
+            br#"{"request_id":"../x"}"#,
+            br#"{"request_id":""}"#,
+            b"not json",
+            b"[]",
+        ] {
+            assert_eq!(submitted_job(p, body), None);
+        }
+        assert_eq!(submitted_job("/fal-ai/", br#"{"request_id":"abc"}"#), None);
+        assert_eq!(submitted_job("/replicate/v1/predictions", br#"{"id":"a/b"}"#), None);
+        assert_eq!(submitted_job("/together/v1/x", br#"{"id":"abc"}"#), None);
+    }
+
+    #[test]
+    fn a_replicate_submit_records_its_prediction() {
+        let body =
+            br#"{"id":"p123","status":"starting","urls":{"get":"https://api.replicate.com/v1/predictions/p123"}}"#;
+        let job = submitted_job("/replicate/v1/models/black-forest-labs/flux-schnell/predictions", body).unwrap();
+        assert_eq!(job, SubmittedJob { id: "p123".into(), poll_base: "/replicate/v1/predictions/p123".into() });
+        assert_eq!(poll_path(&job.poll_base, ""), "/replicate/v1/predictions/p123");
+        assert_eq!(poll_path(&job.poll_base, "/cancel"), "/replicate/v1/predictions/p123/cancel");
+    }
+
+    #[test]
+    fn poll_paths_append_only_known_tails() {
+        let fal = "/fal-ai/fal-ai/wan/requests/abc";
+        assert_eq!(poll_path(fal, ""), fal);
+        assert_eq!(poll_path(fal, "/cancel"), format!("{fal}/cancel"));
+        assert_eq!(poll_path(fal, "/../../admin"), fal);
+    }
+
+    #[test]
+    fn the_model_a_job_names() {
+        assert_eq!(job_model("/fal-ai/fal-ai/flux/dev/", b"").as_deref(), Some("fal-ai/flux/dev"));
+        assert_eq!(
+            job_model("/replicate/v1/deployments/acme/my-flux/predictions", b"").as_deref(),
+            Some("acme/my-flux")
+        );
+        let versioned = br#"{"version":"black-forest-labs/flux-schnell:5c7d5dc6","input":{"prompt":"x"}}"#;
+        assert_eq!(
+            job_model("/replicate/v1/predictions", versioned).as_deref(),
+            Some("black-forest-labs/flux-schnell:5c7d5dc6")
+        );
+        assert_eq!(job_model("/replicate/v1/predictions", br#"{"version":7}"#), None);
+        assert_eq!(job_model("/replicate/v1/predictions", br#"{"version":"has space"}"#), None);
+        assert_eq!(job_model("/replicate/v1/predictions", b"{}"), None);
+        assert_eq!(job_model("/replicate/v1/predictions", b"nope"), None);
+        assert_eq!(job_model("/replicate/v1/predictions/p1", b""), None);
+        assert_eq!(job_model("/fal-ai/", b""), None);
+        assert_eq!(job_model("/v1/chat/completions", br#"{"model":"m"}"#), None);
+    }
+}
