@@ -10,6 +10,7 @@ pub mod call;
 pub mod caller;
 pub mod cors;
 pub mod edits;
+pub mod endpoints;
 pub mod error;
 pub mod gcra;
 pub mod headers;
