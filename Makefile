@@ -6,7 +6,7 @@ export WRANGLER_SEND_METRICS := false
 export CLOUDFLARE_CF_FETCH_ENABLED := false
 PORT ?= 8787
 
-.PHONY: setup build dev test test-native test-wasm test-e2e lint bench fuzz clean
+.PHONY: setup build dev deploy test test-native test-wasm test-e2e lint bench fuzz clean
 
 setup:
 	@scripts/setup.sh
@@ -16,6 +16,11 @@ build: setup
 
 dev: build
 	@node scripts/dev.mjs --port $(PORT)
+
+# Checks the login, the KV namespace id, the secrets and UPSTREAM_URL, then `wrangler deploy`
+# (scripts/deploy.sh says what each refusal means; README "Deploy" walks through it).
+deploy: build
+	@scripts/deploy.sh
 
 lint: setup
 	cargo fmt --check

@@ -22,6 +22,9 @@ step "build: release worker, held to its size budget"
 scripts/build.sh >/dev/null 2>&1 || scripts/build.sh
 node scripts/size.mjs --check
 
+step "deploy dry run: wrangler deploy --dry-run (no account, no network), Cloudflare's size limit"
+scripts/deploy.sh --dry-run
+
 step "end to end: the built worker on workerd, fake upstream, real clients"
 rm -rf e2e/artifacts/transcripts
 node --test --test-concurrency=1 --test-timeout=120000 e2e/
