@@ -141,6 +141,7 @@ async function defaultHandler(req, res, call) {
 /** A fake upstream on loopback. `calls` records what it received; `on(fn)` scripts it. */
 export async function startUpstream() {
   const calls = [];
+  const bookCalls = [];
   let handler = defaultHandler;
   const server = http.createServer(async (req, res) => {
     const raw = await collect(req);
@@ -149,7 +150,9 @@ export async function startUpstream() {
       json = JSON.parse(raw.toString("utf8"));
     } catch {}
     const call = { method: req.method, path: req.url, headers: req.headers, raw, json };
-    calls.push(call);
+    // the gateway's own read of /v1/models for its price book is not a call a test made
+    if (String(req.headers["user-agent"] ?? "").endsWith(" price-book")) bookCalls.push(call);
+    else calls.push(call);
     try {
       await handler(req, res, call, calls.length);
     } catch (e) {
@@ -161,6 +164,7 @@ export async function startUpstream() {
   return {
     url: `http://127.0.0.1:${server.address().port}`,
     calls,
+    bookCalls,
     on(fn) {
       handler = fn;
     },

@@ -272,18 +272,18 @@ test("usage by model: the caller's own in /v1/usage, the key's in the admin view
   await served(gw, b.key, "acme/cheap-1:groq"); // 150
   const ub = await settled(gw, b.key, 3300); // the org's pool: all four calls
   assert.equal(ub.credits.used_micro_usd, 3300);
-  assert.deepEqual(rows(ub.by_model), [row("acme/cheap-1", "groq", 2, 2000, 1000, 300), row("acme/chat-1", "groq", 1, 1000, 500, 1000)], "b's own calls only");
+  assert.deepEqual(rows(ub.by_model), [row("acme/chat-1", "groq", 1, 1000, 500, 1000), row("acme/cheap-1", "groq", 2, 2000, 1000, 300)], "b's own calls only");
   assert.deepEqual(rows((await usage(gw, a.key)).by_model), [row("acme/chat-1", "together", 1, 1000, 500, 2000)]);
   const ka = await admin(gw, "GET", `/admin/keys/${a.id}`);
   assert.deepEqual(rows(ka.json.usage?.by_model), [row("acme/chat-1", "together", 1, 1000, 500, 2000)]);
   const kb = await admin(gw, "GET", `/admin/keys/${b.id}`);
-  assert.deepEqual(rows(kb.json.usage?.by_model), [row("acme/cheap-1", "groq", 2, 2000, 1000, 300), row("acme/chat-1", "groq", 1, 1000, 500, 1000)]);
+  assert.deepEqual(rows(kb.json.usage?.by_model), [row("acme/chat-1", "groq", 1, 1000, 500, 1000), row("acme/cheap-1", "groq", 2, 2000, 1000, 300)]);
   const o = await admin(gw, "GET", "/admin/orgs/router-usage-org");
   assert.equal(o.status, 200);
   assert.deepEqual(rows(o.json.usage?.by_model), [
-    row("acme/cheap-1", "groq", 2, 2000, 1000, 300),
     row("acme/chat-1", "groq", 1, 1000, 500, 1000),
     row("acme/chat-1", "together", 1, 1000, 500, 2000),
+    row("acme/cheap-1", "groq", 2, 2000, 1000, 300),
   ]);
 });
 

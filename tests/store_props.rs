@@ -9,7 +9,9 @@
 use hf_gate::core::account::{AccountPolicy, AccountState, AdmitRequest, Cost, KeyPolicy};
 use hf_gate::core::keys::RateLimit;
 use hf_gate::core::ledger::{Budget, Hold, MicroUsd, OnExhausted};
+use hf_gate::core::pricing::TokenUsage;
 use hf_gate::core::protocol::AccountOp;
+use hf_gate::core::spend::{CallLine, JobRow};
 use hf_gate::core::store::{self, RowWrite};
 use hf_gate::core::time::UnixMillis;
 use proptest::prelude::*;
@@ -23,6 +25,8 @@ struct Tables {
     account: Option<String>,
     keys: BTreeMap<String, String>,
     holds: BTreeMap<u64, (Option<String>, Hold)>,
+    lines: BTreeMap<(String, String, String), String>,
+    jobs: BTreeMap<String, String>,
 }
 
 impl Tables {
@@ -39,6 +43,15 @@ impl Tables {
                 RowWrite::DropHold(id) => {
                     self.holds.remove(&id);
                 }
+                RowWrite::Spend { line, totals } => {
+                    self.lines.insert(line, totals);
+                }
+                RowWrite::Job { id, row } => {
+                    self.jobs.insert(id, row);
+                }
+                RowWrite::DropJob(id) => {
+                    self.jobs.remove(&id);
+                }
                 // a pool's book and a shard's lease: never written by an account's own operations
                 RowWrite::Pool(_) | RowWrite::Lease(_) => panic!("an account operation wrote {w:?}"),
             }
@@ -46,12 +59,19 @@ impl Tables {
     }
 
     fn load(&self) -> AccountState {
-        store::load(
+        let mut st = store::load(
             self.account.as_deref().expect("an account row"),
             self.keys.iter().map(|(k, v)| (k.clone(), v.clone())),
             self.holds.iter().map(|(id, (k, h))| (*id, k.clone(), *h)),
         )
-        .expect("rows decode")
+        .expect("rows decode");
+        store::load_extras(
+            &mut st,
+            self.lines.iter().map(|(k, v)| (k.clone(), v.clone())),
+            self.jobs.iter().map(|(k, v)| (k.clone(), v.clone())),
+        )
+        .expect("spend and job rows decode");
+        st
     }
 }
 
@@ -65,6 +85,12 @@ enum Step {
     Settle {
         nth: usize,
         percent: u64,
+        model: Option<u8>,
+    },
+    /// A queued job submitted by a key (ids repeat, to check an owner is kept).
+    OwnJob {
+        key: u8,
+        id: u8,
     },
     Release {
         nth: usize,
@@ -102,7 +128,8 @@ enum Step {
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
         6 => (0u8..6, 0u64..30_000, any::<bool>()).prop_map(|(key, cost, tokens)| Step::Admit { key, cost, tokens }),
-        4 => (0usize..32, 0u64..160).prop_map(|(nth, percent)| Step::Settle { nth, percent }),
+        4 => (0usize..32, 0u64..160, prop::option::of(0u8..4)).prop_map(|(nth, percent, model)| Step::Settle { nth, percent, model }),
+        1 => (0u8..6, 0u8..8).prop_map(|(key, id)| Step::OwnJob { key, id }),
         1 => (0usize..32).prop_map(|nth| Step::Release { nth }),
         2 => prop::collection::vec((0usize..32, 0u64..200), 1..6).prop_map(Step::Batch),
         1 => (0u8..6, 0u64..5_000).prop_map(|(key, cost)| Step::ProviderBilled { key, cost }),
@@ -162,10 +189,19 @@ proptest! {
                     };
                     Some(AccountOp::Admit(AdmitRequest { key: key(k, 1, false), account: account(1, 100_000), cost, ttl_ms: 30_000 }))
                 }
-                Step::Settle { nth, percent } if !reservations.is_empty() => {
+                Step::Settle { nth, percent, model } if !reservations.is_empty() => {
                     let (id, held) = reservations[nth % reservations.len()];
-                    Some(AccountOp::Settle { reservation: id, actual: MicroUsd(held * percent / 100) })
+                    let line = model.map(|m| CallLine {
+                        model: format!("m{m}"),
+                        provider: if m % 2 == 0 { "groq".into() } else { "together".into() },
+                        tokens: TokenUsage { prompt: u64::from(m) * 10, completion: 3 },
+                    });
+                    Some(AccountOp::Settle { reservation: id, actual: MicroUsd(held * percent / 100), line })
                 }
+                Step::OwnJob { key: k, id } => Some(AccountOp::OwnJob {
+                    job_id: format!("job{id}"),
+                    row: JobRow { key_id: key(k, 1, false).key_id, poll_base: format!("/fal-ai/x/requests/job{id}"), at: now },
+                }),
                 Step::Release { nth } if !reservations.is_empty() => {
                     Some(AccountOp::Release { reservation: reservations[nth % reservations.len()].0 })
                 }
@@ -178,13 +214,14 @@ proptest! {
                             if percent > 160 {
                                 AccountOp::Release { reservation: id }
                             } else {
-                                AccountOp::Settle { reservation: id, actual: MicroUsd(held * percent / 100) }
+                                AccountOp::Settle { reservation: id, actual: MicroUsd(held * percent / 100), line: None }
                             }
                         })
                         .collect(),
                 )),
                 Step::ProviderBilled { key: k, cost } => {
-                    Some(AccountOp::RecordProviderBilled { key_id: key(k, 1, false).key_id, actual: MicroUsd(cost) })
+                    let line = CallLine { model: "byok-model".into(), provider: "together".into(), tokens: TokenUsage::default() };
+                    Some(AccountOp::RecordProviderBilled { key_id: key(k, 1, false).key_id, actual: MicroUsd(cost), line: Some(line) })
                 }
                 Step::Offer { key: k, version, revoked } => {
                     Some(AccountOp::Policy { key: Some(key(k, version, revoked)), account: Some(account(version, 100_000)) })
@@ -209,8 +246,10 @@ proptest! {
             };
             if let Some(op) = op {
                 let most = match &op {
-                    AccountOp::Batch(ops) => 1 + 2 * ops.len(),
-                    _ => 3,
+                    AccountOp::Batch(ops) => 1 + 3 * ops.len(),
+                    // a job submit also forgets the jobs past their time
+                    AccountOp::OwnJob { .. } => 1 + st.jobs.len(),
+                    _ => 4,
                 };
                 let (reply, writes) = store::run(&mut st, op, now);
                 prop_assert!(writes.len() <= most, "{} writes for one operation: {writes:?}", writes.len());

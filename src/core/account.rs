@@ -10,6 +10,7 @@ use crate::core::gcra::{self, Quota, Tat};
 use crate::core::keys::RateLimit;
 use crate::core::ledger::{Budget, Hold, Ledger, LedgerHead, MicroUsd, Settled, Usage};
 use crate::core::pricing::{Price, TokenUsage};
+use crate::core::spend::{Jobs, Spend};
 use crate::core::time::{BillingPeriod, UnixMillis};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -146,6 +147,12 @@ pub struct AccountState {
     pub keys: BTreeMap<String, KeyState>,
     /// Reservation id -> the key it was made for, to attribute spend per key.
     owners: BTreeMap<u64, String>,
+    /// This period's spend per key, model and provider.
+    #[serde(default)]
+    pub spend: Spend,
+    /// The queued jobs this account's keys submitted.
+    #[serde(default)]
+    pub jobs: Jobs,
 }
 
 fn quota(r: RateLimit) -> Option<Quota> {
@@ -381,7 +388,15 @@ impl AccountState {
         for (id, state) in keys {
             by_id.insert(id, state);
         }
-        AccountState { ledger: Ledger::from_rows(head, holds), tat, policy, keys: by_id, owners }
+        AccountState {
+            ledger: Ledger::from_rows(head, holds),
+            tat,
+            policy,
+            keys: by_id,
+            owners,
+            spend: Spend::default(),
+            jobs: Jobs::default(),
+        }
     }
 
     pub fn usage(&self, now: UnixMillis) -> Option<Usage> {

@@ -22,6 +22,8 @@ pub struct NewKey {
     pub org: Option<String>,
     #[serde(default)]
     pub allowed_origins: Vec<String>,
+    #[serde(default)]
+    pub allowed_endpoints: Vec<String>,
     pub rate_limit: Option<RateLimit>,
     pub monthly_credit_micro_usd: Option<u64>,
     pub spend_cap_micro_usd: Option<u64>,
@@ -40,6 +42,7 @@ pub struct KeyPatch {
     pub name: Option<String>,
     pub plan: Option<String>,
     pub allowed_origins: Option<Vec<String>>,
+    pub allowed_endpoints: Option<Vec<String>>,
     #[serde(default, deserialize_with = "double_option")]
     pub rate_limit: Option<Option<RateLimit>>,
     #[serde(default, deserialize_with = "double_option")]
@@ -92,6 +95,24 @@ pub fn check_origins(list: &[String]) -> Result<Vec<String>, GatewayError> {
     list.iter().map(|o| normalise_origin(o).map_err(bad)).collect()
 }
 
+/// The endpoints a key may call: names `ENDPOINTS` has (an unknown name is a mistake worth
+/// saying at once, not a key that silently reaches nothing), without repeats.
+pub fn check_endpoints(list: &[String], s: &Settings) -> Result<Vec<String>, GatewayError> {
+    if list.len() > 32 {
+        return Err(bad("allowed_endpoints: at most 32"));
+    }
+    let mut out: Vec<String> = Vec::with_capacity(list.len());
+    for name in list {
+        if s.endpoints.get(name).is_none() {
+            return Err(bad(format!("allowed_endpoints: no endpoint named {name:?} in ENDPOINTS")));
+        }
+        if !out.contains(name) {
+            out.push(name.clone());
+        }
+    }
+    Ok(out)
+}
+
 pub fn check_org_fields(plan: &str, seats: u32, bill_to: &str, s: &Settings) -> Result<(), GatewayError> {
     let p = s.plan(plan).ok_or_else(|| bad(format!("unknown plan {plan:?}")))?;
     if !p.pooled {
@@ -129,6 +150,9 @@ pub fn apply_key_patch(
     }
     if let Some(origins) = &p.allowed_origins {
         record.allowed_origins = check_origins(origins)?;
+    }
+    if let Some(endpoints) = &p.allowed_endpoints {
+        record.allowed_endpoints = check_endpoints(endpoints, s)?;
     }
     if let Some(r) = p.rate_limit {
         check_rate(&r)?;

@@ -106,6 +106,8 @@ pub struct CallShape {
     /// Every output-limit field present (with a `null` value too).
     limit_spans: Vec<Span>,
     stream_options: StreamOptions,
+    /// Where the `model` value is.
+    model_span: Option<Span>,
 }
 
 /// Replace `start..end` of the body with `insert` (an insertion when `start == end`).
@@ -131,6 +133,14 @@ impl CallShape {
     /// chunk is then metered and not forwarded.
     pub fn hides_usage(&self) -> bool {
         self.stream && self.api.usage_on_request() && !self.caller_wants_usage
+    }
+
+    /// The splice that names another model (a `byok` call sent to its provider directly drops
+    /// the `:provider` suffix the provider would not know), merged into `edits` in order.
+    pub fn rename_model(&self, edits: &mut Vec<Edit>, model: &str) {
+        let (Some(span), Ok(text)) = (self.model_span, serde_json::to_string(model)) else { return };
+        edits.push(Edit { start: span.start, end: span.end, insert: text.into_bytes() });
+        crate::core::sort::sort_small_by(edits, |a, b| (a.start, a.end).cmp(&(b.start, b.end)));
     }
 
     /// The splices that make the body carry `output` in every output-limit field and, for a
@@ -299,6 +309,7 @@ impl<'de, 'b> Visitor<'de> for Top<'b> {
         let after_open = self.body.iter().position(|b| !b.is_ascii_whitespace()).map_or(0, |p| p + 1);
         let mut seen = HashSet::new();
         let mut model = None;
+        let mut model_span = None;
         let mut limits: Vec<(Span, Option<u64>)> = Vec::new();
         let mut choices = 1u64;
         let mut stream = false;
@@ -319,7 +330,10 @@ impl<'de, 'b> Visitor<'de> for Top<'b> {
             }
             match key.as_str() {
                 "model" => {
-                    let m: String = map.next_value().map_err(|_| de::Error::custom("'model' must be a string"))?;
+                    let raw: &RawValue = map.next_value()?;
+                    model_span = offset_of(self.body, raw);
+                    let m: String =
+                        serde_json::from_str(raw.get()).map_err(|_| de::Error::custom("'model' must be a string"))?;
                     if m.trim().is_empty() || m.len() > MAX_MODEL_LEN {
                         return Err(de::Error::custom("'model' must be a non-empty string of at most 256 bytes"));
                     }
@@ -402,6 +416,7 @@ impl<'de, 'b> Visitor<'de> for Top<'b> {
             after_open,
             limit_spans: limits.into_iter().map(|(s, _)| s).collect(),
             stream_options,
+            model_span,
         })
     }
 }
@@ -747,6 +762,21 @@ mod tests {
             let err = chat(body).unwrap_err();
             assert!(err.to_string().contains("duplicate key"), "{body}: {err}");
         }
+    }
+
+    #[test]
+    fn a_model_can_be_renamed_beside_the_bound() {
+        let body = br#"{"model":"m/x:together","max_tokens":9,"messages":[{"role":"user","content":"hi"}]}"#;
+        let shape = inspect(body, Api::Chat, 1).unwrap();
+        assert_eq!(shape.model, "m/x:together");
+        let mut edits = shape.edits(5);
+        shape.rename_model(&mut edits, "m/x");
+        let sent = apply(body, &edits);
+        let v: serde_json::Value = serde_json::from_slice(&sent).unwrap();
+        assert_eq!((v["model"].as_str(), v["max_tokens"].as_u64()), (Some("m/x"), Some(5)));
+        // an escaped model name is read as its text
+        let shape = inspect(br#"{"model":"m\/x","messages":[]}"#, Api::Chat, 1).unwrap();
+        assert_eq!(shape.model, "m/x");
     }
 
     #[test]

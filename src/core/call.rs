@@ -4,9 +4,83 @@
 
 use crate::core::account::Cost;
 use crate::core::body::{CallShape, MIN_USEFUL_OUTPUT_TOKENS};
+use crate::core::endpoints::EndpointPrice;
 use crate::core::ledger::MicroUsd;
 use crate::core::paths::Metering;
 use crate::core::pricing::{ComputePrice, Price, TokenUsage};
+use crate::core::route_prices::{RouteRate, DEFAULT_JOB_PRICE};
+
+/// What a call is priced by, chosen once from its route (and, for a dedicated endpoint, the
+/// endpoint's own price).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rate {
+    /// Per token (the price reserved at: for an unpinned call, the dearest live provider's).
+    Tokens(Price),
+    /// Per second of upstream time.
+    Time(ComputePrice),
+    /// One price per call.
+    Fixed(MicroUsd),
+    Free,
+}
+
+/// Where a call goes, as far as its price is concerned.
+pub struct RateInputs<'a> {
+    pub metering: Metering,
+    /// A dedicated endpoint's price, for `/endpoints/...` calls.
+    pub endpoint: Option<&'a EndpointPrice>,
+    /// The token price the call reserves at (from the price book and `PRICES`).
+    pub token_price: Price,
+    /// The `ROUTE_PRICES` entry the path or model matches.
+    pub route_rate: Option<RouteRate>,
+    /// Whether the call submits a queued job or a prediction.
+    pub job: bool,
+    /// The provider the path names.
+    pub provider: Option<&'a str>,
+    /// `COMPUTE_USD_PER_SECOND`.
+    pub compute: ComputePrice,
+}
+
+/// The rate of a call. A route that reports no usage is priced by `ROUTE_PRICES`; failing
+/// that, `hf-inference` by upstream time (`COMPUTE_USD_PER_SECOND`) and every other
+/// provider's (image and video jobs, whose price per second would say nothing) at the
+/// conservative default per call.
+///
+/// ```
+/// use hf_gate::core::call::{rate, Rate, RateInputs};
+/// use hf_gate::core::paths::Metering;
+/// use hf_gate::core::pricing::{ComputePrice, Price};
+/// use hf_gate::core::route_prices::DEFAULT_JOB_PRICE;
+/// let base = RateInputs {
+///     metering: Metering::Time, endpoint: None, token_price: Price { input: 1, output: 1 },
+///     route_rate: None, job: true, provider: Some("fal-ai"), compute: ComputePrice(120_000),
+/// };
+/// assert_eq!(rate(&base), Rate::Fixed(DEFAULT_JOB_PRICE));
+/// assert_eq!(rate(&RateInputs { job: false, provider: Some("hf-inference"), ..base }), Rate::Time(ComputePrice(120_000)));
+/// ```
+pub fn rate(i: &RateInputs<'_>) -> Rate {
+    let by_route = |r: RouteRate| match r {
+        RouteRate::PerRequest(amount) => Rate::Fixed(amount),
+        RouteRate::PerSecond(c) => Rate::Time(c),
+    };
+    if let Some(price) = i.endpoint {
+        return match (price, i.metering) {
+            (EndpointPrice::Free, _) => Rate::Free,
+            (EndpointPrice::PerHour(c), _) => Rate::Time(*c),
+            (EndpointPrice::Tokens(p), Metering::Tokens(_)) => Rate::Tokens(*p),
+            // a token-priced endpoint on a path that reports no tokens: by upstream time
+            (EndpointPrice::Tokens(_), _) => Rate::Time(i.compute),
+        };
+    }
+    match i.metering {
+        Metering::Tokens(_) => Rate::Tokens(i.token_price),
+        Metering::Unmetered => Rate::Free,
+        Metering::Time => match (i.route_rate, i.job || i.provider != Some("hf-inference")) {
+            (Some(r), _) => by_route(r),
+            (None, true) => Rate::Fixed(DEFAULT_JOB_PRICE),
+            (None, false) => Rate::Time(i.compute),
+        },
+    }
+}
 
 /// The rule that settles a call once it is over.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -19,19 +93,22 @@ pub enum CallPricing {
     },
     /// Priced by upstream time.
     Time(ComputePrice),
+    /// One price per call (a queued job, a prediction).
+    Fixed(MicroUsd),
     Free,
 }
 
 impl CallPricing {
     /// The pricing of a call as sent: `output` is the output bound per choice it carries.
-    pub fn of(metering: Metering, shape: Option<&CallShape>, price: Price, compute: ComputePrice, output: u64) -> Self {
-        match (shape, metering) {
-            (Some(sh), _) => {
+    pub fn of(rate: Rate, shape: Option<&CallShape>, output: u64) -> Self {
+        match (rate, shape) {
+            (Rate::Tokens(price), Some(sh)) => {
                 let bound = sh.worst_case(output);
                 CallPricing::Tokens { price, prompt: bound.prompt, completion: bound.completion }
             }
-            (None, Metering::Time) => CallPricing::Time(compute),
-            (None, _) => CallPricing::Free,
+            (Rate::Time(compute), _) => CallPricing::Time(compute),
+            (Rate::Fixed(amount), _) => CallPricing::Fixed(amount),
+            (Rate::Tokens(_), None) | (Rate::Free, _) => CallPricing::Free,
         }
     }
 
@@ -43,6 +120,7 @@ impl CallPricing {
                 price.cost(TokenUsage { prompt, completion: delivered.min(completion) })
             }
             CallPricing::Time(compute) => compute.cost_ms(elapsed_ms),
+            CallPricing::Fixed(amount) => amount,
             CallPricing::Free => MicroUsd::ZERO,
         }
     }
@@ -55,6 +133,28 @@ impl CallPricing {
         }
     }
 
+    /// The cost, and the tokens it was counted at: upstream's `usage`, or for a token-priced
+    /// call without one, the prompt bound and what was delivered.
+    pub fn charge(&self, usage: Option<TokenUsage>, delivered: u64, elapsed_ms: u64) -> (MicroUsd, TokenUsage) {
+        let cost = self.with_usage(usage, delivered, elapsed_ms);
+        let tokens = match (*self, usage) {
+            (_, Some(u)) => u,
+            (CallPricing::Tokens { prompt, completion, .. }, None) => {
+                TokenUsage { prompt, completion: delivered.min(completion) }
+            }
+            _ => TokenUsage::default(),
+        };
+        (cost, tokens)
+    }
+
+    /// The same rule at another token price (the price of the provider that served the call).
+    pub fn at_price(self, served: Price) -> Self {
+        match self {
+            CallPricing::Tokens { prompt, completion, .. } => CallPricing::Tokens { price: served, prompt, completion },
+            other => other,
+        }
+    }
+
     pub fn is_tokens(&self) -> bool {
         matches!(self, CallPricing::Tokens { .. })
     }
@@ -62,25 +162,19 @@ impl CallPricing {
 
 /// What a call may cost at worst, as asked (`asked`: the output bound its body names, or the
 /// plan's default): for a token-priced call the ledger may grant a lower output bound; a
-/// time-billed call reserves its whole deadline.
-pub fn worst_case(
-    metering: Metering,
-    shape: Option<&CallShape>,
-    price: Price,
-    compute: ComputePrice,
-    deadline_ms: u64,
-    asked: u64,
-) -> Cost {
-    match (shape, metering) {
-        (Some(sh), _) => Cost::Tokens {
+/// time-billed call reserves its whole deadline; a fixed-price call its price.
+pub fn worst_case(rate: Rate, shape: Option<&CallShape>, deadline_ms: u64, asked: u64) -> Cost {
+    match (rate, shape) {
+        (Rate::Tokens(price), Some(sh)) => Cost::Tokens {
             price,
             prompt: sh.prompt_tokens,
             output: asked,
             choices: sh.choices,
             min_output: MIN_USEFUL_OUTPUT_TOKENS,
         },
-        (None, Metering::Time) => Cost::Fixed { amount: compute.cost_ms(deadline_ms) },
-        (None, _) => Cost::FREE,
+        (Rate::Time(compute), _) => Cost::Fixed { amount: compute.cost_ms(deadline_ms) },
+        (Rate::Fixed(amount), _) => Cost::Fixed { amount },
+        (Rate::Tokens(_), None) | (Rate::Free, _) => Cost::FREE,
     }
 }
 
@@ -96,11 +190,9 @@ mod tests {
     fn a_token_call_reserves_its_worst_case_and_settles_on_usage() {
         let shape =
             inspect(br#"{"model":"m","messages":[{"role":"user","content":"hi"}],"n":2}"#, Api::Chat, 1).unwrap();
-        let metering = Metering::Tokens(Api::Chat);
-        let compute = ComputePrice(0);
-        let cost = worst_case(metering, Some(&shape), PRICE, compute, 1_000, 100);
+        let cost = worst_case(Rate::Tokens(PRICE), Some(&shape), 1_000, 100);
         assert!(matches!(cost, Cost::Tokens { output: 100, choices: 2, .. }));
-        let pricing = CallPricing::of(metering, Some(&shape), PRICE, compute, 100);
+        let pricing = CallPricing::of(Rate::Tokens(PRICE), Some(&shape), 100);
         let CallPricing::Tokens { completion, .. } = pricing else { panic!() };
         assert_eq!(completion, 200, "both choices");
         // with usage, usage; without, what was delivered within the bound
@@ -111,10 +203,44 @@ mod tests {
     #[test]
     fn a_time_call_reserves_its_deadline_and_settles_on_upstream_time() {
         let compute = ComputePrice::parse("0.001").unwrap();
-        let cost = worst_case(Metering::Time, None, PRICE, compute, 10_000, 0);
+        let cost = worst_case(Rate::Time(compute), None, 10_000, 0);
         assert_eq!(cost.full(), MicroUsd(10_000));
-        let pricing = CallPricing::of(Metering::Time, None, PRICE, compute, 0);
+        let pricing = CallPricing::of(Rate::Time(compute), None, 0);
         assert_eq!(pricing.with_usage(None, 0, 1_500), MicroUsd(1_500));
-        assert_eq!(CallPricing::of(Metering::Unmetered, None, PRICE, compute, 0).without_usage(9, 9), MicroUsd::ZERO);
+        assert_eq!(CallPricing::of(Rate::Free, None, 0).without_usage(9, 9), MicroUsd::ZERO);
+    }
+
+    #[test]
+    fn a_job_is_one_charge_whatever_it_reports() {
+        let cost = worst_case(Rate::Fixed(MicroUsd(20_000)), None, 10_000, 0);
+        assert_eq!(cost.full(), MicroUsd(20_000));
+        let pricing = CallPricing::of(Rate::Fixed(MicroUsd(20_000)), None, 0);
+        let (charged, tokens) = pricing.charge(None, 123_456, 99_000);
+        assert_eq!((charged, tokens), (MicroUsd(20_000), TokenUsage::default()));
+    }
+
+    #[test]
+    fn rates_follow_the_route_then_the_endpoint() {
+        let compute = ComputePrice(120_000);
+        let base = RateInputs {
+            metering: Metering::Time,
+            endpoint: None,
+            token_price: PRICE,
+            route_rate: None,
+            job: false,
+            provider: Some("hf-inference"),
+            compute,
+        };
+        assert_eq!(rate(&base), Rate::Time(compute));
+        let per_call = RouteRate::PerRequest(MicroUsd(5));
+        assert_eq!(rate(&RateInputs { route_rate: Some(per_call), ..base }), Rate::Fixed(MicroUsd(5)));
+        let chat = RateInputs { metering: Metering::Tokens(Api::Chat), ..base };
+        assert_eq!(rate(&chat), Rate::Tokens(PRICE));
+        let hourly = EndpointPrice::PerHour(ComputePrice(1_000_000));
+        assert_eq!(rate(&RateInputs { endpoint: Some(&hourly), ..chat }), Rate::Time(ComputePrice(1_000_000)));
+        let tokens = EndpointPrice::Tokens(Price { input: 2, output: 4 });
+        assert_eq!(rate(&RateInputs { endpoint: Some(&tokens), ..chat }), Rate::Tokens(Price { input: 2, output: 4 }));
+        assert_eq!(rate(&RateInputs { endpoint: Some(&EndpointPrice::Free), ..chat }), Rate::Free);
+        assert_eq!(rate(&RateInputs { metering: Metering::Unmetered, ..base }), Rate::Free);
     }
 }

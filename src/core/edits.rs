@@ -345,6 +345,7 @@ mod tests {
 
     fn record(version: u64, revoked: bool) -> KeyRecord {
         KeyRecord {
+            allowed_endpoints: Vec::new(),
             id: "k".into(),
             name: "n".into(),
             plan: "pro".into(),

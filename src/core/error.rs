@@ -38,6 +38,9 @@ pub enum GatewayError {
     UpstreamRateLimited {
         retry_after_ms: u64,
     },
+    /// Upstream said 402: the gateway's own upstream account is out of credits. Not the
+    /// caller's fault and not retried; nothing is charged.
+    UpstreamPaymentRequired,
     UpstreamError(String),
     UpstreamTimeout,
     UpstreamNotConfigured,
@@ -64,6 +67,7 @@ impl GatewayError {
         use GatewayError::*;
         match self {
             InvalidApiKey => 401,
+            UpstreamPaymentRequired => 402,
             OriginNotAllowed => 403,
             NotFound => 404,
             MethodNotAllowed => 405,
@@ -92,6 +96,7 @@ impl GatewayError {
             RateLimited { .. } => "rate_limit_exceeded",
             InsufficientQuota { .. } => "insufficient_quota",
             UpstreamRateLimited { .. } => "upstream_rate_limited",
+            UpstreamPaymentRequired => "upstream_payment_required",
             UpstreamError(_) => "upstream_error",
             UpstreamTimeout => "upstream_timeout",
             UpstreamNotConfigured => "upstream_not_configured",
@@ -116,7 +121,7 @@ impl GatewayError {
             }
             RateLimited { .. } | UpstreamRateLimited { .. } => "rate_limit_error",
             InsufficientQuota { .. } => "insufficient_quota",
-            UpstreamError(_) | UpstreamTimeout => "upstream_error",
+            UpstreamError(_) | UpstreamTimeout | UpstreamPaymentRequired => "upstream_error",
             UpstreamNotConfigured
             | AdminDisabled
             | Misconfigured { .. }
@@ -151,7 +156,10 @@ impl GatewayError {
     /// line, unlike a caller's mistake or a throttle.
     pub fn is_fault(&self) -> bool {
         use GatewayError::*;
-        matches!(self, Misconfigured { .. } | LedgerUnavailable | KeyStoreUnavailable | Internal(_))
+        matches!(
+            self,
+            Misconfigured { .. } | LedgerUnavailable | KeyStoreUnavailable | Internal(_) | UpstreamPaymentRequired
+        )
     }
 
     /// The body: `{"error": {"message", "type", "code"}}`.
@@ -196,6 +204,9 @@ impl fmt::Display for GatewayError {
             UpstreamRateLimited { retry_after_ms } => {
                 write!(f, "The provider is rate limiting this model. Retry in {} s.", retry_after_ms.div_ceil(1000))
             }
+            UpstreamPaymentRequired => f.write_str(
+                "The gateway's upstream account is out of credits (upstream answered 402 Payment Required). Nothing was charged to this key; the gateway's operator must add credits upstream.",
+            ),
             UpstreamError(why) => write!(f, "Upstream failed: {why}"),
             UpstreamTimeout => f.write_str("Upstream did not answer within the deadline."),
             UpstreamNotConfigured => f.write_str("The gateway has no upstream token configured."),

@@ -214,6 +214,9 @@ pub struct KeyRecord {
     pub org: Option<String>,
     #[serde(default)]
     pub allowed_origins: Vec<String>,
+    /// The dedicated endpoints (`ENDPOINTS` names) this key may call at `/endpoints/{name}`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_endpoints: Vec<String>,
     pub rate_limit: Option<RateLimit>,
     pub monthly_credit_micro_usd: Option<u64>,
     pub spend_cap_micro_usd: Option<u64>,
@@ -250,7 +253,8 @@ impl KeyRecord {
     pub fn public_json(&self) -> serde_json::Value {
         serde_json::json!({
             "id": self.id, "name": self.name, "plan": self.plan, "org": self.org,
-            "allowed_origins": self.allowed_origins, "rate_limit": self.rate_limit,
+            "allowed_origins": self.allowed_origins, "allowed_endpoints": self.allowed_endpoints,
+            "rate_limit": self.rate_limit,
             "monthly_credit_micro_usd": self.monthly_credit_micro_usd,
             "spend_cap_micro_usd": self.spend_cap_micro_usd,
             "providers": self.provider_keys.keys().collect::<Vec<_>>(),
@@ -388,6 +392,7 @@ mod tests {
 
     fn record(name: &str, origins: usize) -> KeyRecord {
         KeyRecord {
+            allowed_endpoints: Vec::new(),
             id: "key_a".into(),
             name: name.into(),
             plan: "pro".into(),

@@ -30,6 +30,7 @@ pub mod route_prices;
 pub mod sandbox;
 pub mod settings;
 pub mod sort;
+pub mod spend;
 pub mod sse;
 pub mod store;
 pub mod time;

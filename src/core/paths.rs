@@ -89,6 +89,8 @@ pub struct ProxyRoute {
     pub metering: Metering,
     /// For `/hf-inference/models/{model}` and `/v1/models/{model}`, the model in the path.
     pub path_model: Option<String>,
+    /// For `/endpoints/{name}/...`: the dedicated endpoint it goes to (`ENDPOINTS`).
+    pub endpoint: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -106,6 +108,9 @@ pub enum Route {
     AdminOrgKeys(String),
     /// Per-isolate counters.
     AdminStats,
+    /// The live price book (`GET`), refreshed on demand (`POST .../refresh`).
+    AdminPrices,
+    AdminPricesRefresh,
 }
 
 impl Route {
@@ -115,14 +120,16 @@ impl Route {
             Route::Playground | Route::AdminPage | Route::Health | Route::Usage | Route::AdminStats => {
                 method == "GET" || method == "HEAD"
             }
-            Route::AdminOrgKeys(_) => method == "GET",
+            Route::AdminOrgKeys(_) | Route::AdminPrices => method == "GET",
+            Route::AdminPricesRefresh => method == "POST",
             Route::AdminKeys | Route::AdminOrgs => method == "GET" || method == "POST",
             Route::AdminKey(_) => matches!(method, "GET" | "PATCH" | "DELETE"),
             Route::AdminOrg(_) => matches!(method, "GET" | "PATCH"),
             Route::Proxy(p) => match p.metering {
                 Metering::Unmetered => method == "GET",
                 Metering::Tokens(_) => method == "POST",
-                Metering::Time => method == "POST" || method == "GET",
+                // PUT: a queued job's cancel
+                Metering::Time => matches!(method, "POST" | "GET" | "PUT"),
             },
         }
     }
@@ -176,6 +183,7 @@ pub fn route(path: &str) -> Result<Route, GatewayError> {
             provider: provider.map(str::to_string),
             metering,
             path_model: path_model.map(str::to_string),
+            endpoint: None,
         }))
     };
     match trimmed {
@@ -186,6 +194,8 @@ pub fn route(path: &str) -> Result<Route, GatewayError> {
         "/admin/keys" => return Ok(Route::AdminKeys),
         "/admin/orgs" => return Ok(Route::AdminOrgs),
         "/admin/stats" => return Ok(Route::AdminStats),
+        "/admin/prices" => return Ok(Route::AdminPrices),
+        "/admin/prices/refresh" => return Ok(Route::AdminPricesRefresh),
         "/v1/chat/completions" => return proxy(Metering::Tokens(Api::Chat), None, None),
         "/v1/completions" => return proxy(Metering::Tokens(Api::Completions), None, None),
         "/v1/responses" => return proxy(Metering::Tokens(Api::Responses), None, None),
@@ -204,13 +214,39 @@ pub fn route(path: &str) -> Result<Route, GatewayError> {
     if let Some(model) = trimmed.strip_prefix("/v1/models/") {
         return proxy(Metering::Unmetered, None, Some(model));
     }
+    if let Some(rest) = trimmed.strip_prefix("/endpoints/") {
+        let (name, tail) = rest.split_once('/').unwrap_or((rest, ""));
+        if name.is_empty() {
+            return Err(GatewayError::NotFound);
+        }
+        let metering = match token_api(tail) {
+            Some(api) => Metering::Tokens(api),
+            None => Metering::Time,
+        };
+        return Ok(Route::Proxy(ProxyRoute {
+            path: trimmed.to_string(),
+            provider: None,
+            metering,
+            path_model: None,
+            endpoint: Some(name.to_string()),
+        }));
+    }
     let mut parts = trimmed[1..].splitn(2, '/');
     let provider = parts.next().unwrap_or("");
     let rest = parts.next().unwrap_or("");
     if !PROVIDERS.contains(&provider) || rest.is_empty() {
         return Err(GatewayError::NotFound);
     }
-    let api = if rest.ends_with("chat/completions") {
+    if let Some(api) = token_api(rest) {
+        return proxy(Metering::Tokens(api), Some(provider), None);
+    }
+    let path_model = rest.strip_prefix("models/").filter(|m| !m.is_empty());
+    proxy(Metering::Time, Some(provider), path_model)
+}
+
+/// The token-priced API a path ends in, if any.
+fn token_api(rest: &str) -> Option<Api> {
+    if rest.ends_with("chat/completions") {
         Some(Api::Chat)
     } else if rest.ends_with("v1/responses") {
         Some(Api::Responses)
@@ -218,12 +254,7 @@ pub fn route(path: &str) -> Result<Route, GatewayError> {
         Some(Api::Completions)
     } else {
         None
-    };
-    if let Some(api) = api {
-        return proxy(Metering::Tokens(api), Some(provider), None);
     }
-    let path_model = rest.strip_prefix("models/").filter(|m| !m.is_empty());
-    proxy(Metering::Time, Some(provider), path_model)
 }
 
 fn single_segment(s: &str) -> Result<&str, GatewayError> {
@@ -304,6 +335,12 @@ mod tests {
         assert_eq!(route("/admin/orgs/a/b/keys"), Err(GatewayError::NotFound));
         assert_eq!(route("/admin/orgs/keys"), Ok(Route::AdminOrg("keys".into())));
         assert_eq!(route("/"), Ok(Route::Playground));
+        let Ok(Route::Proxy(p)) = route("/endpoints/mine/v1/chat/completions") else { panic!() };
+        assert_eq!((p.endpoint.as_deref(), p.metering), (Some("mine"), Metering::Tokens(Api::Chat)));
+        let Ok(Route::Proxy(p)) = route("/endpoints/mine") else { panic!() };
+        assert_eq!((p.endpoint.as_deref(), p.metering), (Some("mine"), Metering::Time));
+        assert_eq!(route("/endpoints/"), Err(GatewayError::NotFound));
+        assert_eq!(route("/admin/prices/refresh"), Ok(Route::AdminPricesRefresh));
     }
 
     #[test]

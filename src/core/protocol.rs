@@ -7,6 +7,7 @@ use crate::core::account::{AccountPolicy, Admission, AdmitRequest, KeyPolicy, Ra
 use crate::core::edits::{AccountEdit, KeyEdit};
 use crate::core::lease::{Grant, Report};
 use crate::core::ledger::{Budget, MicroUsd, Settled, Usage};
+use crate::core::spend::{self, CallLine, JobRow, ModelSpend};
 use crate::core::time::{BillingPeriod, UnixMillis};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -32,9 +33,13 @@ impl Protocol for Account {
 pub enum AccountOp {
     /// Decides a call: revoked? throttled? worst case reserved?
     Admit(AdmitRequest),
+    /// Settles a call to its actual cost; `line` (model, provider, tokens) counts it in the
+    /// account's spend per model and provider in the same operation.
     Settle {
         reservation: u64,
         actual: MicroUsd,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        line: Option<CallLine>,
     },
     Release {
         reservation: u64,
@@ -42,6 +47,19 @@ pub enum AccountOp {
     RecordProviderBilled {
         key_id: String,
         actual: MicroUsd,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        line: Option<CallLine>,
+    },
+    /// Records who submitted a queued job (a job id already known keeps its owner).
+    OwnJob {
+        job_id: String,
+        row: JobRow,
+    },
+    /// A job of `key_id`'s, and where its polls go: `None` when the job is unknown, another
+    /// key's, or its key is revoked (the poll is then a 404, never a free pass-through).
+    Job {
+        job_id: String,
+        key_id: String,
     },
     /// Offers the edge's copy of the policies; the newer version of each is kept.
     Policy {
@@ -107,6 +125,7 @@ pub enum AccountReply {
     Batch(Vec<AccountReply>),
     /// The shard's whole lease for the period (`None`: the pool cannot serve this shard).
     Grant(Option<Grant>),
+    Job(Option<JobRow>),
 }
 
 impl AccountReply {
@@ -124,6 +143,7 @@ impl AccountReply {
             AccountReply::Key(_) => "key",
             AccountReply::Batch(_) => "batch",
             AccountReply::Grant(_) => "grant",
+            AccountReply::Job(_) => "job",
         }
     }
 }
@@ -152,6 +172,10 @@ pub struct UsageReport {
     pub key_policy: Option<KeyPolicy>,
     /// The version of the account policy the ledger holds.
     pub account_version: Option<u64>,
+    /// This period's spend per model and provider: the key's own in a key's report, every
+    /// key's added up in an org's.
+    #[serde(default)]
+    pub by_model: Vec<ModelSpend>,
 }
 
 /// What a usage report says of one key: its share of the spend, what it was charged beyond
@@ -192,6 +216,7 @@ impl UsageReport {
             daily,
             key_policy: key.policy,
             account_version,
+            by_model: Vec::new(),
         }
     }
 
@@ -222,6 +247,11 @@ impl UsageReport {
             let d = daily.entry(day.clone()).or_default();
             *d = d.saturating_add(*v);
         }
+        // an org's report adds up every shard's lines; a key's are its own shard's
+        let by_model = match key {
+            Some(k) => k.by_model.clone(),
+            None => spend::merge(&shards.iter().map(|r| r.by_model.as_slice()).collect::<Vec<_>>()),
+        };
         let key = key.map_or_else(KeyFigures::default, |k| KeyFigures {
             used: MicroUsd(k.key_used_micro_usd),
             overrun: MicroUsd(k.key_overrun_micro_usd),
@@ -229,7 +259,9 @@ impl UsageReport {
             policy: k.key_policy.clone(),
         });
         let version = shards.iter().filter_map(|r| r.account_version).max();
-        Some(UsageReport::new(&u, key, sum(|r| r.requests), daily.into_iter().collect(), version))
+        let mut report = UsageReport::new(&u, key, sum(|r| r.requests), daily.into_iter().collect(), version);
+        report.by_model = by_model;
+        Some(report)
     }
 }
 

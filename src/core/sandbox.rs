@@ -140,7 +140,9 @@ impl Reply {
 
 /// `/v1/models` as the router shows it, with the gateway's prices.
 pub fn models(prices: &PriceTable) -> Value {
-    let mut ids: Vec<(&str, crate::core::pricing::Price)> = prices.known_models().collect();
+    // a `model:provider` override prices one provider of a model; it is not a model
+    let mut ids: Vec<(&str, crate::core::pricing::Price)> =
+        prices.known_models().filter(|(id, _)| !id.contains(':')).collect();
     crate::core::sort::sort_small_by(&mut ids, |a, b| a.0.cmp(b.0));
     let data: Vec<Value> = ids
         .into_iter()

@@ -5,11 +5,13 @@
 //! environment and for tests.
 
 use crate::core::cors::Origins;
+use crate::core::endpoints::Endpoints;
 use crate::core::error::GatewayError;
 use crate::core::gcra::Quota;
 use crate::core::ledger::{MicroUsd, OnExhausted};
 use crate::core::pricing::{ComputePrice, PriceTable, DEFAULT_PRICES};
 use crate::core::retry::RetryPolicy;
+use crate::core::route_prices::RoutePrices;
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -93,6 +95,12 @@ pub struct Settings {
     pub stream_idle_ms: u64,
     /// The prompt tokens one image, audio or file part is counted at when a call is bounded.
     pub media_part_tokens: u64,
+    /// How old the live price book may get before a call refreshes it beside itself.
+    pub price_book_ttl_ms: u64,
+    /// `ROUTE_PRICES`: per-call or per-second prices of routes that report no usage.
+    pub route_prices: RoutePrices,
+    /// `ENDPOINTS`: dedicated Inference Endpoints by name.
+    pub endpoints: Endpoints,
 }
 
 fn default_plans() -> BTreeMap<String, Plan> {
@@ -177,6 +185,15 @@ impl Settings {
             sandbox_chunk_delay_ms: num("SANDBOX_CHUNK_DELAY_MS", 20, 0, 5_000)?,
             stream_idle_ms: num("STREAM_IDLE_MS", 20_000, 100, 25_000)?,
             media_part_tokens: num("MEDIA_PART_TOKENS", crate::core::body::DEFAULT_MEDIA_PART_TOKENS, 1, 1_000_000)?,
+            price_book_ttl_ms: num("PRICE_BOOK_TTL_SECONDS", 3_600, 1, 7 * 86_400)? * 1000,
+            route_prices: match get("ROUTE_PRICES") {
+                Some(v) => RoutePrices::parse(&v).map_err(|e| invalid("ROUTE_PRICES", e))?,
+                None => RoutePrices::empty(),
+            },
+            endpoints: match get("ENDPOINTS") {
+                Some(v) => Endpoints::parse(&v).map_err(|e| invalid("ENDPOINTS", e))?,
+                None => Endpoints::empty(),
+            },
         })
     }
 
@@ -302,6 +319,9 @@ mod tests {
             ("RETRY_MAX_RETRIES", "99"),
             ("MEDIA_PART_TOKENS", "0"),
             ("PROVIDER_URLS", r#"{"together":"not a url"}"#),
+            ("ROUTE_PRICES", r#"{"fal-ai/*":{"per_request":-1}}"#),
+            ("ENDPOINTS", r#"{"mine":{"url":"ftp://x"}}"#),
+            ("PRICE_BOOK_TTL_SECONDS", "0"),
         ] {
             match Settings::from_vars(vars(&[(name, value)])) {
                 Err(GatewayError::Misconfigured { setting, .. }) => assert_eq!(setting, name),

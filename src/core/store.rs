@@ -16,6 +16,7 @@ use crate::core::gcra::Tat;
 use crate::core::lease::{Lease, Pool, Report};
 use crate::core::ledger::{Hold, LedgerHead, MicroUsd};
 use crate::core::protocol::{AccountOp, AccountReply, KeyFigures, UsageReport};
+use crate::core::spend::{CallLine, JobRow, Jobs, LineKey, Spend, SpendLine};
 use crate::core::time::{format_day, UnixMillis};
 use serde::{Deserialize, Serialize};
 
@@ -51,6 +52,17 @@ pub enum RowWrite {
     Pool(String),
     /// A shard's lease (`lease::Lease`), in the shard object.
     Lease(String),
+    /// A spend line (key, model, provider), as JSON (`spend::SpendLine`).
+    Spend {
+        line: LineKey,
+        totals: String,
+    },
+    /// A job's owner, as JSON (`spend::JobRow`).
+    Job {
+        id: String,
+        row: String,
+    },
+    DropJob(String),
 }
 
 impl RowWrite {
@@ -63,6 +75,11 @@ impl RowWrite {
                 RowWrite::Hold { id: a, .. } | RowWrite::DropHold(a),
                 RowWrite::Hold { id: b, .. } | RowWrite::DropHold(b),
             ) => a == b,
+            (RowWrite::Spend { line: a, .. }, RowWrite::Spend { line: b, .. }) => a == b,
+            (
+                RowWrite::Job { id: a, .. } | RowWrite::DropJob(a),
+                RowWrite::Job { id: b, .. } | RowWrite::DropJob(b),
+            ) => a == b,
             _ => false,
         }
     }
@@ -73,32 +90,61 @@ impl RowWrite {
 struct Touch {
     keys: Vec<String>,
     holds: Vec<u64>,
+    lines: Vec<LineKey>,
+    jobs: Vec<String>,
 }
 
 impl Touch {
     fn of(st: &AccountState, op: &AccountOp) -> Touch {
         let key = |k: &Option<KeyPolicy>| k.iter().map(|k| k.key_id.clone()).collect();
         match op {
-            AccountOp::Admit(req) => {
-                Touch { keys: vec![req.key.key_id.clone()], holds: vec![st.ledger.next_reservation_id()] }
-            }
-            AccountOp::Settle { reservation, .. } => Touch {
-                keys: st.owner(*reservation).map(str::to_string).into_iter().collect(),
-                holds: vec![*reservation],
+            AccountOp::Admit(req) => Touch {
+                keys: vec![req.key.key_id.clone()],
+                holds: vec![st.ledger.next_reservation_id()],
+                ..Touch::default()
             },
-            AccountOp::Release { reservation } => Touch { keys: Vec::new(), holds: vec![*reservation] },
-            AccountOp::RecordProviderBilled { key_id, .. } => Touch { keys: vec![key_id.clone()], holds: Vec::new() },
+            AccountOp::Settle { reservation, line, .. } => {
+                let owner = st.owner(*reservation);
+                Touch {
+                    keys: owner.map(str::to_string).into_iter().collect(),
+                    holds: vec![*reservation],
+                    lines: line_of(st, owner, line.as_ref()),
+                    jobs: Vec::new(),
+                }
+            }
+            AccountOp::Release { reservation } => Touch { holds: vec![*reservation], ..Touch::default() },
+            AccountOp::RecordProviderBilled { key_id, line, .. } => Touch {
+                keys: vec![key_id.clone()],
+                lines: line_of(st, Some(key_id), line.as_ref()),
+                ..Touch::default()
+            },
             AccountOp::Policy { key: k, .. } | AccountOp::Usage { key: k, .. } => {
-                Touch { keys: key(k), holds: Vec::new() }
+                Touch { keys: key(k), ..Touch::default() }
             }
             AccountOp::EditKey { key: k, .. } | AccountOp::RevokeKey { key: k } => {
-                Touch { keys: vec![k.key_id.clone()], holds: Vec::new() }
+                Touch { keys: vec![k.key_id.clone()], ..Touch::default() }
+            }
+            AccountOp::OwnJob { job_id, row } => {
+                let mut jobs = st.jobs.forgotten_by(row.at);
+                if !jobs.contains(job_id) {
+                    jobs.push(job_id.clone());
+                }
+                Touch { jobs, ..Touch::default() }
             }
             AccountOp::EditAccount { .. }
             | AccountOp::HeldKey { .. }
+            | AccountOp::Job { .. }
             | AccountOp::Batch(_)
             | AccountOp::Lease { .. } => Touch::default(),
         }
+    }
+}
+
+/// The spend line a settle counts its call in, if it names one and its key is known.
+fn line_of(st: &AccountState, key_id: Option<&str>, line: Option<&CallLine>) -> Vec<LineKey> {
+    match (key_id, line) {
+        (Some(k), Some(l)) => vec![st.spend.line_key(k, l)],
+        _ => Vec::new(),
     }
 }
 
@@ -112,6 +158,8 @@ struct Rows {
     account: AccountRow,
     keys: Vec<(String, Option<KeyState>)>,
     holds: Vec<(u64, Option<HoldRow>)>,
+    lines: Vec<(LineKey, Option<SpendLine>)>,
+    jobs: Vec<(String, Option<JobRow>)>,
 }
 
 fn to_json<T: Serialize>(v: &T) -> String {
@@ -137,6 +185,8 @@ impl Rows {
             account: account_value(st),
             keys: touch.keys.iter().map(|k| (k.clone(), st.keys.get(k).cloned())).collect(),
             holds: touch.holds.iter().map(|id| (*id, hold_row(st, *id))).collect(),
+            lines: touch.lines.iter().map(|k| (k.clone(), st.spend.get(k).copied())).collect(),
+            jobs: touch.jobs.iter().map(|id| (id.clone(), st.jobs.get(id).cloned())).collect(),
         }
     }
 
@@ -157,6 +207,19 @@ impl Rows {
                 out.push(match now {
                     Some((key_id, hold)) => RowWrite::Hold { id, key_id, hold },
                     None => RowWrite::DropHold(id),
+                });
+            }
+        }
+        for ((_, was), (line, now)) in self.lines.into_iter().zip(after.lines) {
+            if let Some(totals) = now.filter(|n| was.as_ref() != Some(n)) {
+                out.push(RowWrite::Spend { line, totals: to_json(&totals) });
+            }
+        }
+        for ((_, was), (id, now)) in self.jobs.into_iter().zip(after.jobs) {
+            if was != now {
+                out.push(match now {
+                    Some(row) => RowWrite::Job { id, row: to_json(&row) },
+                    None => RowWrite::DropJob(id),
                 });
             }
         }
@@ -266,6 +329,27 @@ pub fn all_rows(st: &AccountState) -> Vec<RowWrite> {
     out
 }
 
+/// Spend lines and jobs from their rows, into a loaded account. A row that does not decode
+/// is refused, as every other row is.
+pub fn load_extras(
+    st: &mut AccountState,
+    lines: impl IntoIterator<Item = (LineKey, String)>,
+    jobs: impl IntoIterator<Item = (String, String)>,
+) -> Result<(), BadRow> {
+    let bad = |row: &str, e: serde_json::Error| BadRow { row: row.to_string(), reason: e.to_string() };
+    let lines = lines
+        .into_iter()
+        .map(|(k, text)| serde_json::from_str::<SpendLine>(&text).map(|v| (k.clone(), v)).map_err(|e| bad(&k.1, e)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let jobs = jobs
+        .into_iter()
+        .map(|(id, text)| serde_json::from_str::<JobRow>(&text).map(|v| (id.clone(), v)).map_err(|e| bad(&id, e)))
+        .collect::<Result<Vec<_>, _>>()?;
+    st.spend = Spend::from_rows(lines);
+    st.jobs = Jobs::from_rows(jobs);
+    Ok(())
+}
+
 /// A row that does not decode: the ledger refuses to run on it rather than start over.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BadRow {
@@ -291,11 +375,30 @@ pub fn load(
 fn apply(st: &mut AccountState, op: AccountOp, now: UnixMillis) -> AccountReply {
     match op {
         AccountOp::Admit(req) => AccountReply::Admission(st.admit(req, now)),
-        AccountOp::Settle { reservation, actual } => AccountReply::Settled(st.settle(reservation, actual, now)),
+        AccountOp::Settle { reservation, actual, line } => {
+            let owner = st.owner(reservation).map(str::to_string);
+            let settled = st.settle(reservation, actual, now);
+            if let (Some(key_id), Some(line), false) = (owner, line, settled.unknown) {
+                st.spend.add(&key_id, &line, actual, now);
+            }
+            AccountReply::Settled(settled)
+        }
         AccountOp::Release { reservation } => AccountReply::Released(st.release(reservation)),
-        AccountOp::RecordProviderBilled { key_id, actual } => {
+        AccountOp::RecordProviderBilled { key_id, actual, line } => {
             st.record_provider_billed(&key_id, actual, now);
+            if let Some(line) = line {
+                st.spend.add(&key_id, &line, actual, now);
+            }
             AccountReply::Done
+        }
+        AccountOp::OwnJob { job_id, row } => {
+            st.jobs.own(&job_id, row);
+            AccountReply::Done
+        }
+        AccountOp::Job { job_id, key_id } => {
+            let revoked = st.keys.get(&key_id).and_then(|k| k.policy.as_ref()).is_some_and(|p| p.revoked);
+            let row = st.jobs.get(&job_id).filter(|r| r.key_id == key_id && !revoked).cloned();
+            AccountReply::Job(row)
         }
         AccountOp::Policy { key, account } => {
             merge(st, key, account);
@@ -342,7 +445,9 @@ fn report(st: &AccountState, key_id: Option<&str>, now: UnixMillis) -> Option<Us
         policy: st.keys.get(k).and_then(|k| k.policy.clone()),
     });
     let daily = st.ledger.daily().map(|(d, v)| (format_day(d), v.0)).collect();
-    Some(UsageReport::new(&u, key, st.ledger.requests, daily, st.policy.map(|p| p.version)))
+    let mut r = UsageReport::new(&u, key, st.ledger.requests, daily, st.policy.map(|p| p.version));
+    r.by_model = st.spend.report(key_id, now);
+    Some(r)
 }
 
 /// The overruns settles recorded (and whether each came late), for the object's log.
@@ -402,7 +507,7 @@ mod tests {
         else {
             panic!()
         };
-        let (_, writes) = run(&mut st, AccountOp::Settle { reservation: id, actual: MicroUsd(1) }, NOW);
+        let (_, writes) = run(&mut st, AccountOp::Settle { reservation: id, actual: MicroUsd(1), line: None }, NOW);
         assert!(writes.contains(&RowWrite::DropHold(id)));
         assert!(writes.iter().any(|w| matches!(w, RowWrite::Key { key_id, .. } if key_id == "k8")));
         assert_eq!(writes.len(), 3, "{writes:?}");

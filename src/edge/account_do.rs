@@ -13,6 +13,7 @@ use crate::core::keys::OrgRecord;
 use crate::core::lease::{Lease, Pool};
 use crate::core::ledger::{Hold, MicroUsd};
 use crate::core::protocol::{self, AccountOp, AccountReply, UsageReport};
+use crate::core::spend::JobRow;
 use crate::core::store::{self, RowWrite, ROW_SCHEMA};
 use crate::core::time::UnixMillis;
 use crate::edge::{objects, platform};
@@ -29,7 +30,9 @@ const LEGACY_STATE_KEY: &str = "state";
 const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS account (id INTEGER PRIMARY KEY CHECK (id = 0), schema INTEGER NOT NULL, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS keys (key_id TEXT PRIMARY KEY, state TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS holds (id INTEGER PRIMARY KEY, key_id TEXT, amount INTEGER NOT NULL, expires_at INTEGER, expired INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, body TEXT NOT NULL) WITHOUT ROWID;";
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, body TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS spend (key_id TEXT NOT NULL, model TEXT NOT NULL, provider TEXT NOT NULL, body TEXT NOT NULL, PRIMARY KEY (key_id, model, provider)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, body TEXT NOT NULL) WITHOUT ROWID;";
 
 /// A shard gives back the lease it is not using this long after it last got one.
 const GIVE_BACK_AFTER_MS: u64 = 30_000;
@@ -278,8 +281,27 @@ impl Account {
                         Ok((num(0), row.get(1).and_then(as_text), hold))
                     })
                     .collect::<Result<Vec<_>>>()?;
-                store::load(&body, keys, holds)
-                    .map_err(|e| worker::Error::RustError(format!("row {}: {}", e.row, e.reason)))?
+                let text = |row: &[SqlStorageValue], i: usize| row.get(i).and_then(as_text).unwrap_or_default();
+                let lines = sql
+                    .exec("SELECT key_id, model, provider, body FROM spend", None)?
+                    .raw()
+                    .map(|row| {
+                        let row = row?;
+                        Ok(((text(&row, 0), text(&row, 1), text(&row, 2)), text(&row, 3)))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let jobs = sql
+                    .exec("SELECT id, body FROM jobs", None)?
+                    .raw()
+                    .map(|row| {
+                        let row = row?;
+                        Ok((text(&row, 0), text(&row, 1)))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let refused = |e: store::BadRow| worker::Error::RustError(format!("row {}: {}", e.row, e.reason));
+                let mut st = store::load(&body, keys, holds).map_err(refused)?;
+                store::load_extras(&mut st, lines, jobs).map_err(refused)?;
+                st
             }
             None => {
                 let legacy: Option<String> = self.state.storage().get(LEGACY_STATE_KEY).await?;
@@ -349,6 +371,20 @@ impl Account {
                 RowWrite::Lease(body) => {
                     sql.exec("INSERT OR REPLACE INTO meta (name, body) VALUES ('lease', ?)", vec![body.as_str().into()])
                 }
+                RowWrite::Spend { line: (key_id, model, provider), totals } => sql.exec(
+                    "INSERT OR REPLACE INTO spend (key_id, model, provider, body) VALUES (?, ?, ?, ?)",
+                    vec![
+                        key_id.as_str().into(),
+                        model.as_str().into(),
+                        provider.as_str().into(),
+                        totals.as_str().into(),
+                    ],
+                ),
+                RowWrite::Job { id, row } => sql.exec(
+                    "INSERT OR REPLACE INTO jobs (id, body) VALUES (?, ?)",
+                    vec![id.as_str().into(), row.as_str().into()],
+                ),
+                RowWrite::DropJob(id) => sql.exec("DELETE FROM jobs WHERE id = ?", vec![id.as_str().into()]),
             }
             .map(|_| ())
         });
@@ -494,6 +530,28 @@ pub async fn held_key(
     let op = if revoke { AccountOp::RevokeKey { key } } else { AccountOp::HeldKey { key_id: key.key_id } };
     match call(env, account, &op).await? {
         AccountReply::Key(k) => Ok(k),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// Records who submitted a queued job, before the caller learns its id.
+pub async fn own_job(env: &Env, account: &str, job_id: String, row: JobRow) -> std::result::Result<(), GatewayError> {
+    match call(env, account, &AccountOp::OwnJob { job_id, row }).await? {
+        AccountReply::Done => Ok(()),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// A job of `key_id`'s, and where upstream its polls go (`None`: unknown, another key's, or
+/// the key is revoked).
+pub async fn job(
+    env: &Env,
+    account: &str,
+    job_id: String,
+    key_id: String,
+) -> std::result::Result<Option<JobRow>, GatewayError> {
+    match call(env, account, &AccountOp::Job { job_id, key_id }).await? {
+        AccountReply::Job(row) => Ok(row),
         other => Err(unexpected(other)),
     }
 }

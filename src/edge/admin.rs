@@ -15,7 +15,8 @@
 
 use crate::core::account::KeyPolicy;
 use crate::core::admin_input::{
-    self, apply_key_patch, check_org_fields, check_origins, check_rate, KeyPatch, NewKey, NewOrg, OrgPatch,
+    self, apply_key_patch, check_endpoints, check_org_fields, check_origins, check_rate, KeyPatch, NewKey, NewOrg,
+    OrgPatch,
 };
 use crate::core::caller::{caller_for, org_account, org_policy, Caller};
 use crate::core::edits::{self, AccountEdit, IfMatch, KeyEdit, EDIT_RETRY};
@@ -28,7 +29,7 @@ use crate::core::settings::Settings;
 use crate::edge::account_do;
 use crate::edge::platform::{self, OsRng};
 use crate::edge::response::{self, Meta};
-use crate::edge::{kv, sealing, usage};
+use crate::edge::{kv, prices, sealing, usage};
 use crate::edge::{registry_do, stats};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -180,6 +181,7 @@ pub async fn create_key(mut req: Request, env: &Env, s: &Settings) -> Result<Ans
     }
     check_rate(&n.rate_limit)?;
     let allowed_origins = check_origins(&n.allowed_origins)?;
+    let allowed_endpoints = check_endpoints(&n.allowed_endpoints, s)?;
     if p.byok && n.provider_key.is_empty() {
         return Err(bad("byok keys need provider_key: {\"provider\": \"key\"}"));
     }
@@ -194,6 +196,7 @@ pub async fn create_key(mut req: Request, env: &Env, s: &Settings) -> Result<Ans
         plan,
         org: n.org,
         allowed_origins,
+        allowed_endpoints,
         rate_limit: n.rate_limit,
         monthly_credit_micro_usd: n.monthly_credit_micro_usd,
         spend_cap_micro_usd: n.spend_cap_micro_usd,
@@ -447,6 +450,17 @@ pub async fn respond(
         .map_err(|_| GatewayError::Internal("the response could not be built"))
 }
 
+/// The live price book as the admin API shows it, with the `PRICES` entries that override it.
+fn price_view(s: &Settings, book: Option<&crate::core::price_book::PriceBook>) -> Value {
+    let mut body = match book {
+        Some(b) => b.view(),
+        None => json!({"fetched_at": null, "models": {}}),
+    };
+    let overrides: Vec<&str> = s.prices.known_models().map(|(m, _)| m).collect();
+    body["overrides"] = json!(overrides);
+    body
+}
+
 /// Dispatches an admin route (already authorised).
 async fn answer(
     req: Request,
@@ -468,6 +482,11 @@ async fn answer(
         (Route::AdminOrg(id), Method::Get) => get_org(env, s, id).await,
         (Route::AdminOrg(id), Method::Patch) => patch_org(req, env, s, id).await,
         (Route::AdminStats, _) => Ok(Answer::list(json!({"isolate": stats::snapshot()}))),
+        (Route::AdminPrices, _) => Ok(Answer::list(price_view(s, prices::current(env).await.as_deref()))),
+        (Route::AdminPricesRefresh, _) => {
+            let book = prices::refresh(env, s).await?;
+            Ok(Answer::list(price_view(s, Some(&book))))
+        }
         _ => Err(GatewayError::MethodNotAllowed),
     }
 }

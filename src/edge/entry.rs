@@ -1,8 +1,22 @@
-//! The Worker's entry point: one fetch handler, straight to the route table.
+//! The Worker's entry points: one fetch handler, straight to the route table, and the cron
+//! trigger that keeps the price book fresh.
 
-use worker::{event, Context, Env, Request, Response, Result};
+use worker::{event, Context, Env, Request, Response, Result, ScheduleContext, ScheduledEvent};
 
 #[event(fetch)]
 async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
     crate::edge::routes::handle(req, env, ctx).await
+}
+
+/// The cron trigger (`[triggers]` in wrangler.toml): refreshes the live price book from the
+/// upstream's `/v1/models`, so calls find a fresh one in KV.
+#[event(scheduled)]
+async fn scheduled(_event: ScheduledEvent, env: Env, _ctx: ScheduleContext) {
+    let Ok(s) = crate::edge::config::settings(&env) else {
+        worker::console_error!("scheduled: settings are invalid; the price book was not refreshed");
+        return;
+    };
+    if let Err(e) = crate::edge::prices::refresh(&env, &s).await {
+        worker::console_error!("scheduled: the price book was not refreshed: {e}");
+    }
 }

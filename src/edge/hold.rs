@@ -8,7 +8,9 @@
 //! batch. Other requests only queue: none of them awaits I/O that belongs to another request.
 
 use crate::core::ledger::MicroUsd;
+use crate::core::pricing::TokenUsage;
 use crate::core::protocol::AccountOp as Op;
+use crate::core::spend::CallLine;
 use crate::edge::{account_do, platform};
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -24,6 +26,8 @@ pub struct Hold {
     reservation: Option<u64>,
     /// Provider-billed (`byok`): usage is recorded, credits are never charged.
     provider_billed: bool,
+    /// The model and provider the settle counts the call under.
+    label: Option<(String, String)>,
 }
 
 impl Hold {
@@ -42,22 +46,35 @@ impl Hold {
             key_id: key_id.to_string(),
             reservation,
             provider_billed,
+            label: None,
         }
     }
 
-    fn settle_op(&mut self, actual: MicroUsd) -> Option<Op> {
+    /// Names the model (without suffix) and provider the call is counted under.
+    pub fn label(&mut self, model: &str, provider: &str) {
+        self.label = Some((model.to_string(), provider.to_string()));
+    }
+
+    /// The provider the call is counted under, if named yet.
+    pub fn provider(&self) -> Option<&str> {
+        self.label.as_ref().map(|(_, p)| p.as_str())
+    }
+
+    fn settle_op(&mut self, actual: MicroUsd, tokens: TokenUsage) -> Option<Op> {
+        let line = self.label.take().map(|(model, provider)| CallLine { model, provider, tokens });
         match (self.reservation.take(), self.provider_billed) {
-            (Some(reservation), _) => Some(Op::Settle { reservation, actual }),
-            (None, true) if actual > MicroUsd::ZERO => {
-                Some(Op::RecordProviderBilled { key_id: self.key_id.clone(), actual })
+            (Some(reservation), _) => Some(Op::Settle { reservation, actual, line }),
+            (None, true) if actual > MicroUsd::ZERO || line.is_some() => {
+                Some(Op::RecordProviderBilled { key_id: self.key_id.clone(), actual, line })
             }
             _ => None,
         }
     }
 
-    /// Settles after the response is on its way.
-    pub fn settle(mut self, actual: MicroUsd) {
-        if let Some(op) = self.settle_op(actual) {
+    /// Settles after the response is on its way: the call's cost, and the tokens it was
+    /// counted at (for the spend per model and provider).
+    pub fn settle(mut self, actual: MicroUsd, tokens: TokenUsage) {
+        if let Some(op) = self.settle_op(actual, tokens) {
             enqueue(&self.env, &self.ctx, &self.account, op);
         }
     }

@@ -204,3 +204,18 @@ async fn get_json<T: serde::de::DeserializeOwned>(kv: &KvStore, key: &str) -> Re
         None => Ok(None),
     }
 }
+
+/// A small value of the gateway's own (the price book, the upstream's health), as text.
+pub async fn get_text(env: &Env, key: &str) -> Result<Option<String>, GatewayError> {
+    store(env)?.get(key).text().await.map_err(unavailable)
+}
+
+/// Writes a value of the gateway's own; with `ttl_secs`, KV forgets it after that long.
+pub async fn put_text(env: &Env, key: &str, value: &str, ttl_secs: Option<u64>) -> Result<(), GatewayError> {
+    let opts = options(&[("expirationTtl", ttl_secs.map_or(JsValue::UNDEFINED, |t| JsValue::from_f64(t as f64)))]);
+    call(&binding(env)?, "put", &Array::of3(&key.into(), &value.into(), &opts)).await.map(drop)
+}
+
+pub async fn delete(env: &Env, key: &str) -> Result<(), GatewayError> {
+    call(&binding(env)?, "delete", &Array::of1(&key.into())).await.map(drop)
+}

@@ -54,7 +54,8 @@ pub async fn whole_body(
         let Ok(bytes) = whole(whole_response.array_buffer()).await else {
             return Err(GatewayError::UpstreamError("upstream body could not be read".into()));
         };
-        hold.settle(pricing.with_usage(body::usage_of_body(&bytes), bytes.len() as u64, 0));
+        let (cost, tokens) = pricing.charge(body::usage_of_body(&bytes), bytes.len() as u64, 0);
+        hold.settle(cost, tokens);
         return crate::edge::response::bytes(status, bytes, headers).map_err(unreadable);
     }
     let source = response_body(&mut resp).await;
@@ -65,11 +66,13 @@ pub async fn whole_body(
         Err(_) => return Err(GatewayError::UpstreamError("upstream body could not be read".into())),
     };
     let Some(rest) = rest else {
-        hold.settle(pricing.with_usage(body::usage_of_body(&bytes), bytes.len() as u64, 0));
+        let (cost, tokens) = pricing.charge(body::usage_of_body(&bytes), bytes.len() as u64, 0);
+        hold.settle(cost, tokens);
         return crate::edge::response::bytes(status, bytes, headers).map_err(unreadable);
     };
     // too large to hold for its usage: passed through as it comes, charged its bound
-    hold.settle(pricing.without_usage(u64::MAX, 0));
+    let (cost, tokens) = pricing.charge(None, u64::MAX, 0);
+    hold.settle(cost, tokens);
     let stream = futures_util::stream::iter([Ok(bytes)]).chain(rest);
     Response::from_stream(stream).map(|r| r.with_status(status).with_headers(headers)).map_err(unreadable)
 }
@@ -150,13 +153,13 @@ pub async fn stream(
                 break;
             }
         }
-        let actual = {
+        let (cost, tokens) = {
             let p = watched.borrow();
             let ended_at = p.ended_at.unwrap_or(p.last_activity);
-            pricing.with_usage(p.usage, p.delivered_events, ended_at.millis_since(started))
+            pricing.charge(p.usage, p.delivered_events, ended_at.millis_since(started))
         };
         watched.borrow_mut().settler = None;
-        hold.settle(actual);
+        hold.settle(cost, tokens);
     };
     ctx.wait_until(settle);
     let metered = Metered { inner, meter: sse, progress, silence, timer: None, finished: false };

@@ -69,7 +69,15 @@ async fn dispatch(
     }
     let built = match route {
         Route::Health => {
-            response::json(200, &json!({"status": "ok", "upstream": s.upstream_label(), "version": VERSION}), meta)
+            // the upstream's host, or what stops it serving: its account is out of credits
+            let upstream = if crate::edge::health::payment_is_required(env).await {
+                "payment_required"
+            } else {
+                s.upstream_label()
+            };
+            let body =
+                json!({"status": "ok", "upstream": upstream, "upstream_host": s.upstream_label(), "version": VERSION});
+            response::json(200, &body, meta)
         }
         Route::Playground => pages::playground(meta),
         Route::AdminPage => pages::admin(meta),

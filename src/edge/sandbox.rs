@@ -89,3 +89,8 @@ pub async fn respond(s: &Settings, route: &ProxyRoute, body_bytes: &[u8]) -> Res
         ),
     }
 }
+
+/// The sandbox's `/v1/models` body (the price book's source when the upstream is the sandbox).
+pub fn models_body(s: &Settings) -> Vec<u8> {
+    sandbox::models(&s.prices).to_string().into_bytes()
+}

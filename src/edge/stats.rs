@@ -13,9 +13,11 @@ pub enum Counter {
     RegistryReads,
     AdminAuthFailures,
     AdminThrottled,
+    /// Upstream answered 402: the gateway's upstream account is out of credits.
+    UpstreamPaymentRequired,
 }
 
-const NAMES: [&str; 7] = [
+const NAMES: [&str; 8] = [
     "kv_key_reads",
     "key_cache_hits",
     "negative_cache_hits",
@@ -23,10 +25,11 @@ const NAMES: [&str; 7] = [
     "registry_reads",
     "admin_auth_failures",
     "admin_throttled",
+    "upstream_payment_required",
 ];
 
 thread_local! {
-    static COUNTS: [Cell<u64>; 7] = Default::default();
+    static COUNTS: [Cell<u64>; 8] = Default::default();
 }
 
 pub fn bump(c: Counter) {

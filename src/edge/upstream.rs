@@ -11,7 +11,7 @@ use crate::core::settings::{Settings, Upstream};
 use crate::core::time::UnixMillis;
 use crate::edge::platform::{self, OsRng};
 use crate::edge::response::Meta;
-use crate::edge::{cooldown_do, sandbox, sealing};
+use crate::edge::{cooldown_do, health, sandbox, sealing};
 use futures_util::future::{self, Either};
 use js_sys::Uint8Array;
 use std::cell::RefCell;
@@ -31,22 +31,47 @@ pub enum Target {
 }
 
 impl Target {
-    /// Resolves the target of a caller's route: its own provider key for `byok` keys, else
-    /// the router (or the sandbox) with the gateway's token.
-    pub async fn of(s: &Settings, caller: &Caller, route: &ProxyRoute) -> Result<Target, GatewayError> {
+    /// Resolves the target of a caller's route: a dedicated endpoint for `/endpoints/...`;
+    /// for `byok` keys, their own provider key, for the provider the path names or the model
+    /// is pinned to (`pinned`); else the router (or the sandbox) with the gateway's token.
+    pub async fn of(
+        env: &Env,
+        s: &Settings,
+        caller: &Caller,
+        route: &ProxyRoute,
+        pinned: Option<&str>,
+    ) -> Result<Target, GatewayError> {
+        if let Some(name) = &route.endpoint {
+            // the caller may use it (checked by the proxy); the endpoint's own token, or ours
+            let ep = s.endpoints.get(name).ok_or(GatewayError::NotFound)?;
+            let token = match &ep.token_secret {
+                Some(var) => {
+                    crate::edge::config::raw_var(env, var).filter(|t| !t.trim().is_empty()).ok_or_else(|| {
+                        GatewayError::Misconfigured { setting: "ENDPOINTS", reason: format!("secret {var} is not set") }
+                    })?
+                }
+                None => s.hf_token.as_ref().ok_or(GatewayError::UpstreamNotConfigured)?.expose().to_string(),
+            };
+            return Ok(Target::Url { base: ep.url.clone(), token, strip_prefix: Some(format!("/endpoints/{name}")) });
+        }
         if caller.plan.byok {
-            let provider = route.provider.clone().ok_or_else(|| {
-                GatewayError::InvalidRequest("byok keys call providers by path: /{provider}/...".into())
+            let on_path = route.provider.is_some();
+            let provider = route.provider.as_deref().or(pinned).ok_or_else(|| {
+                GatewayError::InvalidRequest(
+                    "byok keys call a provider: by path (/{provider}/...) or with a model pinned to it (model:provider)"
+                        .into(),
+                )
             })?;
-            let sealed = caller.record.provider_keys.get(&provider).ok_or_else(|| {
+            let sealed = caller.record.provider_keys.get(provider).ok_or_else(|| {
                 GatewayError::InvalidRequest(format!("this key holds no provider key for {provider}"))
             })?;
-            let base = s.provider_urls.get(&provider).cloned().ok_or_else(|| GatewayError::Misconfigured {
+            let base = s.provider_urls.get(provider).cloned().ok_or_else(|| GatewayError::Misconfigured {
                 setting: "PROVIDER_URLS",
                 reason: format!("no URL for provider {provider}"),
             })?;
             let token = sealing::unseal(s, sealed).await?;
-            return Ok(Target::Url { base, token, strip_prefix: Some(format!("/{provider}")) });
+            let strip_prefix = on_path.then(|| format!("/{provider}"));
+            return Ok(Target::Url { base, token, strip_prefix });
         }
         match &s.upstream {
             Upstream::Sandbox => Ok(Target::Sandbox),
@@ -56,12 +81,20 @@ impl Target {
             }
         }
     }
+
+    /// Whether the call goes to a provider directly (a `byok` key's), not through the router.
+    pub fn is_direct(&self, caller: &Caller, route: &ProxyRoute) -> bool {
+        caller.plan.byok && route.endpoint.is_none() && matches!(self, Target::Url { .. })
+    }
 }
 
 /// The credential an upstream 429 is about: one `byok` key's provider key, or the gateway's
 /// token (as billed to one org, or to none).
-pub fn credential(caller: &Caller, route: &ProxyRoute) -> String {
-    match (&route.provider, caller.plan.byok) {
+pub fn credential(caller: &Caller, route: &ProxyRoute, pinned: Option<&str>) -> String {
+    if let Some(name) = &route.endpoint {
+        return format!("endpoint:{name}");
+    }
+    match (route.provider.as_deref().or(pinned), caller.plan.byok) {
         (Some(p), true) => format!("byok:{}:{p}", caller.record.id),
         _ => format!("hf:{}", caller.bill_to().unwrap_or("")),
     }
@@ -115,7 +148,10 @@ pub fn note_attempt(started: UnixMillis) {
 }
 
 /// Sends the call, sleeping through upstream 429s whose wait fits the retry policy. A 429
-/// given up on opens a cooldown for the route and credential.
+/// given up on opens a cooldown for the route and credential, and so does a success whose
+/// `RateLimit` says the quota behind it is spent. A 402 (the gateway's upstream account is
+/// out of credits) is never retried. The response comes with the time its attempt started:
+/// time-billed calls pay for upstream's time, not for the waits between attempts.
 pub async fn send_with_retries(
     env: &Env,
     ctx: &Rc<Context>,
@@ -123,10 +159,11 @@ pub async fn send_with_retries(
     out: &Outbound<'_>,
     started: UnixMillis,
     cooldown_key: &str,
-) -> Result<Response, GatewayError> {
+) -> Result<(Response, UnixMillis), GatewayError> {
     let mut attempt = 0u32;
     loop {
-        let elapsed = platform::now().millis_since(started);
+        let attempt_started = platform::now();
+        let elapsed = attempt_started.millis_since(started);
         let left = s.retry.deadline_ms.saturating_sub(elapsed);
         if left == 0 {
             return Err(GatewayError::UpstreamTimeout);
@@ -134,6 +171,19 @@ pub async fn send_with_retries(
         let resp = send_once(s, out, left).await?;
         let status = resp.status_code();
         let now = platform::now();
+        if status == 402 {
+            health::payment_required(env, ctx, now.0);
+            return Err(GatewayError::UpstreamPaymentRequired);
+        }
+        if (200..300).contains(&status) {
+            health::succeeded(env, ctx, now.0);
+            let spent = resp.headers().get("ratelimit").ok().flatten().and_then(|v| retry::exhausted_for_ms(&v));
+            if let Some(wait_ms) = spent.filter(|w| *w > 0) {
+                // the quota behind this success is spent: the next calls wait here, not upstream
+                open_cooldown(env, ctx, cooldown_key, wait_ms);
+            }
+            return Ok((resp, attempt_started));
+        }
         // only a 429 or a 503 is ever retried: no other status has its wait headers read
         let waited = if matches!(status, 429 | 503) {
             retry::upstream_wait(|n| resp.headers().get(n).ok().flatten(), now)
@@ -142,7 +192,7 @@ pub async fn send_with_retries(
         };
         let throttled = status == 429 || (status == 503 && waited.is_some());
         if !throttled {
-            return Ok(resp);
+            return Ok((resp, attempt_started));
         }
         let elapsed = now.millis_since(started);
         let wait = waited.map(|(ms, _)| ms);
@@ -155,14 +205,20 @@ pub async fn send_with_retries(
             }
             RetryDecision::GiveUp { wait_ms } => {
                 if status == 429 && wait_ms > 0 {
-                    let (env, key) = (env.clone(), cooldown_key.to_string());
-                    cooldown_do::note_locally(&key, wait_ms);
-                    ctx.wait_until(async move { cooldown_do::start(&env, &key, wait_ms).await });
+                    open_cooldown(env, ctx, cooldown_key, wait_ms);
                 }
                 return Err(GatewayError::UpstreamRateLimited { retry_after_ms: wait_ms });
             }
         }
     }
+}
+
+/// Opens (or extends) the cooldown of a route and credential, here at once and for every
+/// isolate after the response.
+fn open_cooldown(env: &Env, ctx: &Context, cooldown_key: &str, wait_ms: u64) {
+    let (env, key) = (env.clone(), cooldown_key.to_string());
+    cooldown_do::note_locally(&key, wait_ms);
+    ctx.wait_until(async move { cooldown_do::start(&env, &key, wait_ms).await });
 }
 
 async fn send_once(s: &Settings, out: &Outbound<'_>, left_ms: u64) -> Result<Response, GatewayError> {

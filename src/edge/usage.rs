@@ -43,5 +43,6 @@ pub fn document(caller: &Caller, r: Option<UsageReport>) -> Value {
         "requests": r.requests,
         "rate_limit": rate,
         "daily": r.daily.iter().map(|(d, v)| json!({"date": d, "used_micro_usd": v})).collect::<Vec<_>>(),
+        "by_model": r.by_model,
     })
 }
