@@ -52,6 +52,8 @@ impl Tables {
                 RowWrite::DropJob(id) => {
                     self.jobs.remove(&id);
                 }
+                // the request log is append-only and never loaded into memory
+                RowWrite::Log { .. } => {}
                 // a pool's book and a shard's lease: never written by an account's own operations
                 RowWrite::Pool(_) | RowWrite::Lease(_) => panic!("an account operation wrote {w:?}"),
             }
@@ -195,6 +197,7 @@ proptest! {
                         model: format!("m{m}"),
                         provider: if m % 2 == 0 { "groq".into() } else { "together".into() },
                         tokens: TokenUsage { prompt: u64::from(m) * 10, completion: 3 },
+                        log: None,
                     });
                     Some(AccountOp::Settle { reservation: id, actual: MicroUsd(held * percent / 100), line })
                 }
@@ -203,7 +206,7 @@ proptest! {
                     row: JobRow { key_id: key(k, 1, false).key_id, poll_base: format!("/fal-ai/x/requests/job{id}"), at: now },
                 }),
                 Step::Release { nth } if !reservations.is_empty() => {
-                    Some(AccountOp::Release { reservation: reservations[nth % reservations.len()].0 })
+                    Some(AccountOp::Release { reservation: reservations[nth % reservations.len()].0, line: None })
                 }
                 Step::Batch(items) if !reservations.is_empty() => Some(AccountOp::Batch(
                     items
@@ -212,7 +215,7 @@ proptest! {
                             let (id, held) = reservations[nth % reservations.len()];
                             // above 160 %: a release instead of a settle
                             if percent > 160 {
-                                AccountOp::Release { reservation: id }
+                                AccountOp::Release { reservation: id, line: None }
                             } else {
                                 AccountOp::Settle { reservation: id, actual: MicroUsd(held * percent / 100), line: None }
                             }
@@ -220,7 +223,7 @@ proptest! {
                         .collect(),
                 )),
                 Step::ProviderBilled { key: k, cost } => {
-                    let line = CallLine { model: "byok-model".into(), provider: "together".into(), tokens: TokenUsage::default() };
+                    let line = CallLine { model: "byok-model".into(), provider: "together".into(), tokens: TokenUsage::default(), log: None };
                     Some(AccountOp::RecordProviderBilled { key_id: key(k, 1, false).key_id, actual: MicroUsd(cost), line: Some(line) })
                 }
                 Step::Offer { key: k, version, revoked } => {

@@ -25,6 +25,7 @@ pub mod pricing;
 pub mod protocol;
 pub mod rand;
 pub mod record_cache;
+pub mod request_log;
 pub mod retry;
 pub mod route_prices;
 pub mod sandbox;

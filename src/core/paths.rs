@@ -108,6 +108,11 @@ pub enum Route {
     AdminOrgKeys(String),
     /// Per-isolate counters.
     AdminStats,
+    /// The caller's own request log.
+    UsageRequests,
+    /// A key's, and an org's, request log.
+    AdminKeyRequests(String),
+    AdminOrgRequests(String),
     /// The live price book (`GET`), refreshed on demand (`POST .../refresh`).
     AdminPrices,
     AdminPricesRefresh,
@@ -121,6 +126,9 @@ impl Route {
                 method == "GET" || method == "HEAD"
             }
             Route::AdminOrgKeys(_) | Route::AdminPrices => method == "GET",
+            Route::UsageRequests | Route::AdminKeyRequests(_) | Route::AdminOrgRequests(_) => {
+                method == "GET" || method == "HEAD"
+            }
             Route::AdminPricesRefresh => method == "POST",
             Route::AdminKeys | Route::AdminOrgs => method == "GET" || method == "POST",
             Route::AdminKey(_) => matches!(method, "GET" | "PATCH" | "DELETE"),
@@ -191,6 +199,7 @@ pub fn route(path: &str) -> Result<Route, GatewayError> {
         "/admin" => return Ok(Route::AdminPage),
         "/healthz" => return Ok(Route::Health),
         "/v1/usage" => return Ok(Route::Usage),
+        "/v1/usage/requests" => return Ok(Route::UsageRequests),
         "/admin/keys" => return Ok(Route::AdminKeys),
         "/admin/orgs" => return Ok(Route::AdminOrgs),
         "/admin/stats" => return Ok(Route::AdminStats),
@@ -203,9 +212,15 @@ pub fn route(path: &str) -> Result<Route, GatewayError> {
         _ => {}
     }
     if let Some(id) = trimmed.strip_prefix("/admin/keys/") {
+        if let Some(key) = id.strip_suffix("/requests") {
+            return single_segment(key).map(|k| Route::AdminKeyRequests(k.to_string()));
+        }
         return single_segment(id).map(|id| Route::AdminKey(id.to_string()));
     }
     if let Some(id) = trimmed.strip_prefix("/admin/orgs/") {
+        if let Some(org) = id.strip_suffix("/requests") {
+            return single_segment(org).map(|o| Route::AdminOrgRequests(o.to_string()));
+        }
         if let Some(org) = id.strip_suffix("/keys") {
             return single_segment(org).map(|org| Route::AdminOrgKeys(org.to_string()));
         }
@@ -341,6 +356,9 @@ mod tests {
         assert_eq!((p.endpoint.as_deref(), p.metering), (Some("mine"), Metering::Time));
         assert_eq!(route("/endpoints/"), Err(GatewayError::NotFound));
         assert_eq!(route("/admin/prices/refresh"), Ok(Route::AdminPricesRefresh));
+        assert_eq!(route("/admin/keys/key_a/requests"), Ok(Route::AdminKeyRequests("key_a".into())));
+        assert_eq!(route("/admin/orgs/acme/requests"), Ok(Route::AdminOrgRequests("acme".into())));
+        assert_eq!(route("/v1/usage/requests"), Ok(Route::UsageRequests));
     }
 
     #[test]

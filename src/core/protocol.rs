@@ -7,6 +7,7 @@ use crate::core::account::{AccountPolicy, Admission, AdmitRequest, KeyPolicy, Ra
 use crate::core::edits::{AccountEdit, KeyEdit};
 use crate::core::lease::{Grant, Report};
 use crate::core::ledger::{Budget, MicroUsd, Settled, Usage};
+use crate::core::request_log::{LogQuery, Page};
 use crate::core::spend::{self, CallLine, JobRow, ModelSpend};
 use crate::core::time::{BillingPeriod, UnixMillis};
 use serde::de::DeserializeOwned;
@@ -41,8 +42,11 @@ pub enum AccountOp {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         line: Option<CallLine>,
     },
+    /// Gives a call's hold back (it failed); `line` records it in the request log.
     Release {
         reservation: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        line: Option<CallLine>,
     },
     RecordProviderBilled {
         key_id: String,
@@ -51,48 +55,27 @@ pub enum AccountOp {
         line: Option<CallLine>,
     },
     /// Records who submitted a queued job (a job id already known keeps its owner).
-    OwnJob {
-        job_id: String,
-        row: JobRow,
-    },
+    OwnJob { job_id: String, row: JobRow },
+    /// A page of the request log. With `throttle`, the read first takes one request from that
+    /// key's throttle (as a usage read does). `shard` places the cursor among an org's shards.
+    Requests { query: LogQuery, shard: u32, throttle: Option<(KeyPolicy, AccountPolicy)> },
     /// A job of `key_id`'s, and where its polls go: `None` when the job is unknown, another
     /// key's, or its key is revoked (the poll is then a 404, never a free pass-through).
-    Job {
-        job_id: String,
-        key_id: String,
-    },
+    Job { job_id: String, key_id: String },
     /// Offers the edge's copy of the policies; the newer version of each is kept.
-    Policy {
-        key: Option<KeyPolicy>,
-        account: Option<AccountPolicy>,
-    },
+    Policy { key: Option<KeyPolicy>, account: Option<AccountPolicy> },
     /// Reads usage after offering the policies. With `throttle`, the read first takes one
     /// request from the throttle (nothing from the credit), in the same round trip: a caller
     /// reading its usage is throttled like any call.
-    Usage {
-        key: Option<KeyPolicy>,
-        account: Option<AccountPolicy>,
-        throttle: bool,
-    },
+    Usage { key: Option<KeyPolicy>, account: Option<AccountPolicy>, throttle: bool },
     /// An admin edit of a key, compare-and-set on `base` (`edits::edit_key`).
-    EditKey {
-        base: u64,
-        key: KeyPolicy,
-        account: Option<AccountPolicy>,
-    },
+    EditKey { base: u64, key: KeyPolicy, account: Option<AccountPolicy> },
     /// Revokes a key, finally (`edits::revoke_key`).
-    RevokeKey {
-        key: KeyPolicy,
-    },
+    RevokeKey { key: KeyPolicy },
     /// An admin edit of an org's pool, compare-and-set on `base` (`edits::edit_account`).
-    EditAccount {
-        base: u64,
-        account: AccountPolicy,
-    },
+    EditAccount { base: u64, account: AccountPolicy },
     /// The key policy the ledger holds, if any.
-    HeldKey {
-        key_id: String,
-    },
+    HeldKey { key_id: String },
     /// Several operations in one round trip, applied in order (settles and releases that
     /// landed together in one isolate).
     Batch(Vec<AccountOp>),
@@ -100,13 +83,7 @@ pub enum AccountOp {
     /// credit it wants (none: it gives back what it lowered its lease by). `account` is the
     /// org's policy as the call that needs the credit offered it (newest version wins, as
     /// everywhere); a give-back offers none.
-    Lease {
-        shard: u32,
-        shards: u32,
-        report: Report,
-        want: MicroUsd,
-        account: Option<AccountPolicy>,
-    },
+    Lease { shard: u32, shards: u32, report: Report, want: MicroUsd, account: Option<AccountPolicy> },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -126,6 +103,7 @@ pub enum AccountReply {
     /// The shard's whole lease for the period (`None`: the pool cannot serve this shard).
     Grant(Option<Grant>),
     Job(Option<JobRow>),
+    Requests(Page),
 }
 
 impl AccountReply {
@@ -144,6 +122,7 @@ impl AccountReply {
             AccountReply::Batch(_) => "batch",
             AccountReply::Grant(_) => "grant",
             AccountReply::Job(_) => "job",
+            AccountReply::Requests(_) => "requests",
         }
     }
 }

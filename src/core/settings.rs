@@ -101,6 +101,10 @@ pub struct Settings {
     pub route_prices: RoutePrices,
     /// `ENDPOINTS`: dedicated Inference Endpoints by name.
     pub endpoints: Endpoints,
+    /// How long request log records are kept (`REQUEST_LOG_DAYS`).
+    pub request_log_retention_ms: u64,
+    /// The most request log records one account keeps (`REQUEST_LOG_MAX_ROWS`).
+    pub request_log_max_rows: u64,
 }
 
 fn default_plans() -> BTreeMap<String, Plan> {
@@ -190,6 +194,18 @@ impl Settings {
                 Some(v) => RoutePrices::parse(&v).map_err(|e| invalid("ROUTE_PRICES", e))?,
                 None => RoutePrices::empty(),
             },
+            request_log_retention_ms: num(
+                "REQUEST_LOG_DAYS",
+                crate::core::request_log::DEFAULT_RETENTION_DAYS,
+                1,
+                3_660,
+            )? * 86_400_000,
+            request_log_max_rows: num(
+                "REQUEST_LOG_MAX_ROWS",
+                crate::core::request_log::DEFAULT_MAX_ROWS,
+                100,
+                10_000_000,
+            )?,
             endpoints: match get("ENDPOINTS") {
                 Some(v) => Endpoints::parse(&v).map_err(|e| invalid("ENDPOINTS", e))?,
                 None => Endpoints::empty(),

@@ -10,6 +10,7 @@
 
 use crate::core::ledger::MicroUsd;
 use crate::core::pricing::TokenUsage;
+use crate::core::request_log::CallLog;
 use crate::core::time::{BillingPeriod, UnixMillis};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -33,6 +34,9 @@ pub struct CallLine {
     pub provider: String,
     #[serde(default)]
     pub tokens: TokenUsage,
+    /// The rest of the call's record, for the request log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<CallLog>,
 }
 
 /// Identifies a spend line: key id, model, provider.
@@ -244,7 +248,12 @@ mod tests {
     const NOW: UnixMillis = UnixMillis(1_795_352_400_000);
 
     fn call(model: &str, provider: &str, prompt: u64, completion: u64) -> CallLine {
-        CallLine { model: model.into(), provider: provider.into(), tokens: TokenUsage { prompt, completion } }
+        CallLine {
+            model: model.into(),
+            provider: provider.into(),
+            tokens: TokenUsage { prompt, completion },
+            log: None,
+        }
     }
 
     #[test]

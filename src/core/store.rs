@@ -16,6 +16,7 @@ use crate::core::gcra::Tat;
 use crate::core::lease::{Lease, Pool, Report};
 use crate::core::ledger::{Hold, LedgerHead, MicroUsd};
 use crate::core::protocol::{AccountOp, AccountReply, KeyFigures, UsageReport};
+use crate::core::request_log::Record;
 use crate::core::spend::{CallLine, JobRow, Jobs, LineKey, Spend, SpendLine};
 use crate::core::time::{format_day, UnixMillis};
 use serde::{Deserialize, Serialize};
@@ -63,6 +64,14 @@ pub enum RowWrite {
         row: String,
     },
     DropJob(String),
+    /// A request log record, appended (`request_log::Record` as JSON).
+    Log {
+        at: u64,
+        key_id: String,
+        model: String,
+        status: u16,
+        body: String,
+    },
 }
 
 impl RowWrite {
@@ -112,7 +121,7 @@ impl Touch {
                     jobs: Vec::new(),
                 }
             }
-            AccountOp::Release { reservation } => Touch { holds: vec![*reservation], ..Touch::default() },
+            AccountOp::Release { reservation, .. } => Touch { holds: vec![*reservation], ..Touch::default() },
             AccountOp::RecordProviderBilled { key_id, line, .. } => Touch {
                 keys: vec![key_id.clone()],
                 lines: line_of(st, Some(key_id), line.as_ref()),
@@ -134,6 +143,7 @@ impl Touch {
             AccountOp::EditAccount { .. }
             | AccountOp::HeldKey { .. }
             | AccountOp::Job { .. }
+            | AccountOp::Requests { .. }
             | AccountOp::Batch(_)
             | AccountOp::Lease { .. } => Touch::default(),
         }
@@ -245,9 +255,41 @@ pub fn run(st: &mut AccountState, op: AccountOp, now: UnixMillis) -> (AccountRep
     }
     let touch = Touch::of(st, &op);
     let before = Rows::read(st, &touch);
+    let logged = log_of(&op);
     let reply = apply(st, op, now);
     let after = Rows::read(st, &touch);
-    (reply, before.changes_to(after))
+    let mut writes = before.changes_to(after);
+    // the call's record, written with the settle or release that moved the ledger (a settle
+    // or release the ledger had already seen moves nothing and records nothing)
+    let moved = match &reply {
+        AccountReply::Settled(s) => !s.unknown,
+        AccountReply::Released(released) => *released,
+        AccountReply::Done => true,
+        _ => false,
+    };
+    if let (Some(record), true) = (logged, moved) {
+        writes.push(record);
+    }
+    (reply, writes)
+}
+
+/// The request log row an operation writes if it moves the ledger.
+fn log_of(op: &AccountOp) -> Option<RowWrite> {
+    let (line, cost) = match op {
+        AccountOp::Settle { line: Some(line), actual, .. }
+        | AccountOp::RecordProviderBilled { line: Some(line), actual, .. } => (line, actual.0),
+        AccountOp::Release { line: Some(line), .. } => (line, 0),
+        _ => return None,
+    };
+    let log = line.log.as_ref()?;
+    let record = Record::of(line, log, cost);
+    Some(RowWrite::Log {
+        at: log.at.0,
+        key_id: log.key_id.clone(),
+        model: record.model.clone(),
+        status: log.status,
+        body: to_json(&record),
+    })
 }
 
 /// A pool object's answer to one of its shards (`AccountOp::Lease`): the shard's whole lease,
@@ -383,7 +425,7 @@ fn apply(st: &mut AccountState, op: AccountOp, now: UnixMillis) -> AccountReply 
             }
             AccountReply::Settled(settled)
         }
-        AccountOp::Release { reservation } => AccountReply::Released(st.release(reservation)),
+        AccountOp::Release { reservation, .. } => AccountReply::Released(st.release(reservation)),
         AccountOp::RecordProviderBilled { key_id, actual, line } => {
             st.record_provider_billed(&key_id, actual, now);
             if let Some(line) = line {
@@ -423,6 +465,8 @@ fn apply(st: &mut AccountState, op: AccountOp, now: UnixMillis) -> AccountReply 
         AccountOp::Batch(ops) => AccountReply::Batch(ops.into_iter().map(|op| apply(st, op, now)).collect()),
         // only a pool object grants leases (`grant`); any other account has none to give
         AccountOp::Lease { .. } => AccountReply::Grant(None),
+        // the request log is read with SQL, by the object itself (`edge::account_do`)
+        AccountOp::Requests { .. } => AccountReply::Requests(Default::default()),
     }
 }
 
@@ -546,6 +590,44 @@ mod tests {
             grant(&mut org, &mut pool, 1, 8, report, MicroUsd(10), Some(req.account), NOW).0,
             AccountReply::Grant(None)
         );
+    }
+
+    #[test]
+    fn a_record_is_written_exactly_when_the_ledger_moves() {
+        use crate::core::request_log::CallLog;
+        use crate::core::spend::CallLine;
+        let line = |status| {
+            Some(CallLine {
+                model: "m".into(),
+                provider: "p".into(),
+                tokens: Default::default(),
+                log: Some(CallLog {
+                    request_id: "r".into(),
+                    key_id: "a".into(),
+                    status,
+                    at: NOW,
+                    ..CallLog::default()
+                }),
+            })
+        };
+        let logs = |w: &[RowWrite]| w.iter().filter(|w| matches!(w, RowWrite::Log { .. })).count();
+        let mut st = AccountState::new(NOW);
+        let id = |reply| match reply {
+            AccountReply::Admission(Admission::Admitted { reservation: Some(id), .. }) => id,
+            other => panic!("{other:?}"),
+        };
+        let a = id(run(&mut st, admit("a", 10), NOW).0);
+        let (_, w) = run(&mut st, AccountOp::Settle { reservation: a, actual: MicroUsd(4), line: line(200) }, NOW);
+        assert_eq!(logs(&w), 1);
+        assert!(w.iter().any(|w| matches!(w, RowWrite::Log { body, .. } if body.contains("\"cost_micro_usd\":4"))));
+        // the same settle again (a retry whose first answer was lost) records nothing more
+        let (_, w) = run(&mut st, AccountOp::Settle { reservation: a, actual: MicroUsd(4), line: line(200) }, NOW);
+        assert_eq!(logs(&w), 0);
+        let b = id(run(&mut st, admit("a", 10), NOW).0);
+        let (_, w) = run(&mut st, AccountOp::Release { reservation: b, line: line(502) }, NOW);
+        assert_eq!(logs(&w), 1);
+        let (_, w) = run(&mut st, AccountOp::Release { reservation: b, line: line(502) }, NOW);
+        assert_eq!(logs(&w), 0);
     }
 
     #[test]

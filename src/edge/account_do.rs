@@ -32,7 +32,13 @@ CREATE TABLE IF NOT EXISTS keys (key_id TEXT PRIMARY KEY, state TEXT NOT NULL) W
 CREATE TABLE IF NOT EXISTS holds (id INTEGER PRIMARY KEY, key_id TEXT, amount INTEGER NOT NULL, expires_at INTEGER, expired INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, body TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS spend (key_id TEXT NOT NULL, model TEXT NOT NULL, provider TEXT NOT NULL, body TEXT NOT NULL, PRIMARY KEY (key_id, model, provider)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, body TEXT NOT NULL) WITHOUT ROWID;";
+CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, body TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS log (seq INTEGER PRIMARY KEY, at INTEGER NOT NULL, key_id TEXT NOT NULL, model TEXT NOT NULL, status INTEGER NOT NULL, body TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS log_at ON log (at, seq);";
+
+/// The request log is pruned (records past their retention, or beyond the most an account
+/// keeps) by an alarm at most this long after a record is written.
+const PRUNE_AFTER_MS: u64 = 3_600_000;
 
 /// A shard gives back the lease it is not using this long after it last got one.
 const GIVE_BACK_AFTER_MS: u64 = 30_000;
@@ -51,6 +57,8 @@ pub struct Account {
     /// A shard object's lease from its pool.
     lease: RefCell<Option<Lease>>,
     alarm_at: Cell<Option<u64>>,
+    /// A request log record was written since the last prune.
+    log_written: Cell<bool>,
 }
 
 impl DurableObject for Account {
@@ -66,6 +74,7 @@ impl DurableObject for Account {
             pool: RefCell::new(None),
             lease: RefCell::new(None),
             alarm_at: Cell::new(None),
+            log_written: Cell::new(false),
         }
     }
 
@@ -78,6 +87,9 @@ impl DurableObject for Account {
         self.alarm_at.set(None);
         let writes = self.mem.borrow_mut().as_mut().map(|st| store::expire(st, platform::now())).unwrap_or_default();
         self.write(&writes)?;
+        if self.log_written.replace(false) {
+            self.prune_log()?;
+        }
         if let Some((pool, shard, shards)) = &self.shard {
             self.give_back(pool, *shard, *shards).await?;
         }
@@ -100,21 +112,84 @@ impl Account {
     async fn answer(&self, op: AccountOp) -> Result<AccountReply> {
         if let Err(e) = self.load().await {
             // never a fresh start: that would hand every key a full balance again
-            worker::console_error!("account {}: stored state refused: {e}", self.name);
+            platform::fault(&format!("account {}: stored state refused", self.name), &e.to_string());
             return Err(worker::Error::RustError(
                 "ledger_unavailable: the account's stored state does not decode".into(),
             ));
         }
-        let reply = match &self.shard {
-            Some((pool, shard, shards)) => self.on_shard(op, pool, *shard, *shards).await?,
-            None => self.apply(op)?,
+        let reply = match (op, &self.shard) {
+            (AccountOp::Requests { query, shard, throttle }, _) => self.requests(query, shard, throttle)?,
+            (op, Some((pool, shard, shards))) => self.on_shard(op, pool, *shard, *shards).await?,
+            (op, None) => self.apply(op)?,
         };
         for (overrun, late) in store::overruns(&reply) {
             // not an error, but operators want to see overshoots and late settles
             worker::console_log!("settle overran its reservation by {} micro-USD (late: {late})", overrun.0);
         }
-        self.schedule(None).await?;
+        let prune = self.log_written.get().then(|| platform::now().0.saturating_add(PRUNE_AFTER_MS));
+        self.schedule(prune).await?;
         Ok(reply)
+    }
+
+    /// A page of the request log, newest first; with `throttle`, after taking one request
+    /// from that key's throttle (a refusal is the reply).
+    fn requests(
+        &self,
+        q: crate::core::request_log::LogQuery,
+        shard: u32,
+        throttle: Option<(KeyPolicy, AccountPolicy)>,
+    ) -> Result<AccountReply> {
+        if let Some((key, account)) = throttle {
+            let reply = self.apply(AccountOp::Usage { key: Some(key), account: Some(account), throttle: true })?;
+            if let AccountReply::Admission(denied) = reply {
+                return Ok(AccountReply::Admission(denied));
+            }
+        }
+        let (before_at, before_seq) = q.cursor.map_or((u64::MAX, u64::MAX), |c| c.bound_for(shard));
+        let (low, high) = q.status.map_or((0, 1000), |f| f.range());
+        let mut sql_text = String::from(
+            "SELECT at, seq, body FROM log WHERE at >= ? AND at <= ? AND (at < ? OR (at = ? AND seq < ?)) AND status >= ? AND status < ?",
+        );
+        let mut args = vec![
+            int(q.since.unwrap_or(0)),
+            int(q.until.unwrap_or(u64::MAX)),
+            int(before_at),
+            int(before_at),
+            int(before_seq),
+            int(u64::from(low)),
+            int(u64::from(high)),
+        ];
+        if let Some(k) = &q.key_id {
+            sql_text.push_str(" AND key_id = ?");
+            args.push(k.as_str().into());
+        }
+        if let Some(m) = &q.model {
+            sql_text.push_str(" AND model = ?");
+            args.push(m.as_str().into());
+        }
+        sql_text.push_str(" ORDER BY at DESC, seq DESC LIMIT ?");
+        args.push(int(u64::from(q.limit)));
+        let rows = self
+            .sql()
+            .exec(&sql_text, args)?
+            .raw()
+            .map(|row| {
+                let row = row?;
+                let num = |i: usize| row.get(i).and_then(as_u64).unwrap_or(0);
+                Ok((num(0), num(1), row.get(2).and_then(as_text).unwrap_or_default()))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(AccountReply::Requests(crate::core::request_log::Page { rows }))
+    }
+
+    /// Drops the records past their retention and the oldest beyond the most kept.
+    fn prune_log(&self) -> Result<()> {
+        let s = crate::edge::config::settings(&self.env).map_err(|e| worker::Error::RustError(e.to_string()))?;
+        let sql = self.sql();
+        let oldest = platform::now().0.saturating_sub(s.request_log_retention_ms);
+        sql.exec("DELETE FROM log WHERE at < ?", vec![int(oldest)])?;
+        sql.exec("DELETE FROM log WHERE seq <= (SELECT MAX(seq) FROM log) - ?", vec![int(s.request_log_max_rows)])?;
+        Ok(())
     }
 
     /// Runs one operation on the state in memory and writes the rows it changed.
@@ -385,12 +460,25 @@ impl Account {
                     vec![id.as_str().into(), row.as_str().into()],
                 ),
                 RowWrite::DropJob(id) => sql.exec("DELETE FROM jobs WHERE id = ?", vec![id.as_str().into()]),
+                RowWrite::Log { at, key_id, model, status, body } => {
+                    self.log_written.set(true);
+                    sql.exec(
+                        "INSERT INTO log (at, key_id, model, status, body) VALUES (?, ?, ?, ?, ?)",
+                        vec![
+                            int(*at),
+                            key_id.as_str().into(),
+                            model.as_str().into(),
+                            int(u64::from(*status)),
+                            body.as_str().into(),
+                        ],
+                    )
+                }
             }
             .map(|_| ())
         });
         if result.is_err() {
             self.mem.borrow_mut().take();
-            worker::console_error!("account {}: a row write failed; reloading from storage", self.name);
+            platform::fault(&format!("account {}: a row write failed; reloading from storage", self.name), "");
         }
         result
     }
@@ -423,7 +511,7 @@ pub async fn call(env: &Env, account: &str, op: &AccountOp) -> std::result::Resu
 
 /// A reply of another kind than the operation asks for: the worker and the object disagree.
 pub fn unexpected(reply: AccountReply) -> GatewayError {
-    worker::console_error!("account object: a reply of the wrong kind: {}", reply.kind());
+    platform::fault("account object: a reply of the wrong kind", reply.kind());
     GatewayError::LedgerUnavailable
 }
 
@@ -552,6 +640,23 @@ pub async fn job(
 ) -> std::result::Result<Option<JobRow>, GatewayError> {
     match call(env, account, &AccountOp::Job { job_id, key_id }).await? {
         AccountReply::Job(row) => Ok(row),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// A page of one account object's request log.
+pub async fn requests(
+    env: &Env,
+    account: &str,
+    query: crate::core::request_log::LogQuery,
+    shard: u32,
+    throttle: Option<(KeyPolicy, AccountPolicy)>,
+) -> std::result::Result<crate::core::request_log::Page, GatewayError> {
+    match call(env, account, &AccountOp::Requests { query, shard, throttle }).await? {
+        AccountReply::Requests(page) => Ok(page),
+        AccountReply::Admission(Admission::Denied { denial, retry_after_ms, affordable, .. }) => {
+            Err(denial.error(retry_after_ms, affordable))
+        }
         other => Err(unexpected(other)),
     }
 }

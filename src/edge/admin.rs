@@ -249,6 +249,13 @@ pub async fn list_org_keys(req: &Request, env: &Env, org: &str) -> Result<Answer
     list(req, env, &kv::org_keys(org)).await
 }
 
+/// A key as the ledger knows it (its account, its org's policy), for reading its log.
+pub async fn key_caller(env: &Env, s: &Settings, id: &str) -> Result<Caller, GatewayError> {
+    let record = kv::key_by_id(env, id).await?.ok_or(GatewayError::NotFound)?;
+    let org = org_of(env, &record).await?;
+    caller_for(record, org, s)
+}
+
 /// A key with its usage. `revoked` and `version` are the ledger's word (KV's copy may lag a
 /// revocation; if it does, it is repaired here).
 pub async fn get_key(env: &Env, s: &Settings, id: &str) -> Result<Answer, GatewayError> {

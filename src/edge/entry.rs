@@ -13,10 +13,10 @@ async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
 #[event(scheduled)]
 async fn scheduled(_event: ScheduledEvent, env: Env, _ctx: ScheduleContext) {
     let Ok(s) = crate::edge::config::settings(&env) else {
-        worker::console_error!("scheduled: settings are invalid; the price book was not refreshed");
+        crate::edge::platform::fault("scheduled: the price book was not refreshed", "settings are invalid");
         return;
     };
     if let Err(e) = crate::edge::prices::refresh(&env, &s).await {
-        worker::console_error!("scheduled: the price book was not refreshed: {e}");
+        crate::edge::platform::fault("scheduled: the price book was not refreshed", &e.to_string());
     }
 }

@@ -10,6 +10,7 @@
 use crate::core::ledger::MicroUsd;
 use crate::core::pricing::TokenUsage;
 use crate::core::protocol::AccountOp as Op;
+use crate::core::request_log::{CallLog, Record};
 use crate::core::spend::CallLine;
 use crate::edge::{account_do, platform};
 use std::cell::RefCell;
@@ -28,6 +29,8 @@ pub struct Hold {
     provider_billed: bool,
     /// The model and provider the settle counts the call under.
     label: Option<(String, String)>,
+    /// The call's request log record, as far as the edge knows it.
+    log: Option<CallLog>,
 }
 
 impl Hold {
@@ -47,6 +50,7 @@ impl Hold {
             reservation,
             provider_billed,
             label: None,
+            log: None,
         }
     }
 
@@ -55,19 +59,51 @@ impl Hold {
         self.label = Some((model.to_string(), provider.to_string()));
     }
 
-    /// The provider the call is counted under, if named yet.
-    pub fn provider(&self) -> Option<&str> {
-        self.label.as_ref().map(|(_, p)| p.as_str())
+    /// The call's record for the request log (its status and timings are filled in as the
+    /// call goes; its latency when it is settled or released).
+    pub fn record(&mut self, log: CallLog) {
+        self.log = Some(log);
+    }
+
+    /// The record's view of the upstream exchange.
+    pub fn timing(&mut self, ttfb_ms: u64, retries: u32, waited_ms: u64) {
+        if let Some(l) = self.log.as_mut() {
+            l.ttfb_ms = Some(ttfb_ms);
+            l.retries = retries;
+            l.cooldown_wait_ms = waited_ms;
+        }
+    }
+
+    /// The status the caller gets, and the gateway's error code if the call failed.
+    pub fn outcome(&mut self, status: u16, error: Option<&'static str>) {
+        if let Some(l) = self.log.as_mut() {
+            l.status = status;
+            l.error = error.map(str::to_string);
+        }
+    }
+
+    /// The call's line: its label, tokens and record, with the latency up to now.
+    fn line(&mut self, tokens: TokenUsage) -> Option<CallLine> {
+        let log = self.log.take().map(|mut l| {
+            l.latency_ms = platform::now().millis_since(l.at);
+            l
+        });
+        let (model, provider) = self.label.take()?;
+        Some(CallLine { model, provider, tokens, log })
     }
 
     fn settle_op(&mut self, actual: MicroUsd, tokens: TokenUsage) -> Option<Op> {
-        let line = self.label.take().map(|(model, provider)| CallLine { model, provider, tokens });
-        match (self.reservation.take(), self.provider_billed) {
-            (Some(reservation), _) => Some(Op::Settle { reservation, actual, line }),
-            (None, true) if actual > MicroUsd::ZERO || line.is_some() => {
+        let line = self.line(tokens);
+        announce(line.as_ref(), actual);
+        match self.reservation.take() {
+            Some(reservation) => Some(Op::Settle { reservation, actual, line }),
+            // nothing was reserved (a provider-billed or free call): recorded all the same
+            None if line.as_ref().is_some_and(|l| l.log.is_some())
+                || (self.provider_billed && actual > MicroUsd::ZERO) =>
+            {
                 Some(Op::RecordProviderBilled { key_id: self.key_id.clone(), actual, line })
             }
-            _ => None,
+            None => None,
         }
     }
 
@@ -76,6 +112,16 @@ impl Hold {
     pub fn settle(mut self, actual: MicroUsd, tokens: TokenUsage) {
         if let Some(op) = self.settle_op(actual, tokens) {
             enqueue(&self.env, &self.ctx, &self.account, op);
+        }
+    }
+}
+
+/// One structured line per call for the operator's log (`wrangler tail`): the request log's
+/// record, nothing more (no prompt, no completion, no secret).
+fn announce(line: Option<&CallLine>, cost: MicroUsd) {
+    if let Some(record) = line.and_then(|l| l.log.as_ref().map(|log| Record::of(l, log, cost.0))) {
+        if let Ok(text) = serde_json::to_string(&record) {
+            worker::console_log!("{{\"call\":{text}}}");
         }
     }
 }
@@ -153,8 +199,26 @@ const RETRY_AFTER_MS: u64 = 250;
 
 impl Drop for Hold {
     fn drop(&mut self) {
-        if let Some(reservation) = self.reservation.take() {
-            enqueue(&self.env, &self.ctx, &self.account, Op::Release { reservation });
+        let settled = self.label.is_none() && self.log.is_none() && self.reservation.is_none();
+        if settled {
+            return;
+        }
+        // released unsettled: a call that failed; its record says how, if the proxy said
+        if let Some(l) = self.log.as_mut().filter(|l| l.status == 0) {
+            l.status = 502;
+            l.error = Some("upstream_error".into());
+        }
+        let line = self.line(TokenUsage::default());
+        announce(line.as_ref(), MicroUsd::ZERO);
+        match self.reservation.take() {
+            Some(reservation) => enqueue(&self.env, &self.ctx, &self.account, Op::Release { reservation, line }),
+            None if line.as_ref().is_some_and(|l| l.log.is_some()) => enqueue(
+                &self.env,
+                &self.ctx,
+                &self.account,
+                Op::RecordProviderBilled { key_id: self.key_id.clone(), actual: MicroUsd::ZERO, line },
+            ),
+            None => {}
         }
     }
 }

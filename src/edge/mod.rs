@@ -18,6 +18,7 @@ pub mod platform;
 pub mod prices;
 pub mod proxy;
 pub mod registry_do;
+pub mod request_log;
 pub mod response;
 pub mod routes;
 pub mod sandbox;

@@ -44,7 +44,7 @@ impl std::fmt::Display for CallError {
 pub async fn call<P: Protocol>(env: &Env, name: &str, req: &P::Request) -> Result<P::Reply, CallError> {
     let result = send::<P>(env, name, req).await;
     if let Err(e) = &result {
-        worker::console_error!("{} {name}: {e}", P::BINDING);
+        crate::edge::platform::fault(&format!("{} {name}", P::BINDING), &e.to_string());
     }
     result
 }
@@ -85,7 +85,7 @@ where
     Fut: std::future::Future<Output = worker::Result<P::Reply>>,
 {
     let req: P::Request = serde_json::from_str(text).map_err(|e| {
-        worker::console_error!("{}: a request that does not decode: {e}", P::BINDING);
+        crate::edge::platform::fault(&format!("{}: a request that does not decode", P::BINDING), &e.to_string());
         JsValue::from(js_sys::Error::new("undecodable request"))
     })?;
     let reply = answer(req).await.map_err(|e| JsValue::from(js_sys::Error::new(&e.to_string())))?;

@@ -147,3 +147,10 @@ pub async fn join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output>
     .await;
     done.into_iter().flatten().collect()
 }
+
+/// One structured line per fault for the operator's log (`wrangler tail`): what failed, and
+/// the runtime's own words for it. Never a secret: callers pass what they would have printed.
+pub fn fault(what: &str, words: &str) {
+    let line = serde_json::json!({"fault": {"what": what, "words": words, "at": crate::core::request_log::format_millis(now())}});
+    worker::console_error!("{line}");
+}

@@ -15,8 +15,9 @@ use crate::core::cors;
 use crate::core::error::GatewayError;
 use crate::core::headers;
 use crate::core::jobs::{self, JobCall};
-use crate::core::paths::{cooldown_route, Metering, ProxyRoute};
+use crate::core::paths::{cooldown_route, Api, Metering, ProxyRoute};
 use crate::core::price_book::{quote, split_model, Pin};
+use crate::core::request_log::CallLog;
 use crate::core::settings::Settings;
 use crate::core::spend::JobRow;
 use crate::core::sse::SseMeter;
@@ -156,13 +157,20 @@ pub async fn handle(
             return Err(denial.error(retry_after_ms, affordable));
         }
     };
-    if let Some(wait_ms) = cooling.filter(|w| *w > 0) {
-        // dropping the hold gives the reservation back
-        return Err(GatewayError::UpstreamRateLimited { retry_after_ms: wait_ms });
-    }
     let endpoint_label = route.endpoint.as_ref().map(|n| format!("endpoints/{n}"));
     let label_model = if base_model.is_empty() { route.path.as_str() } else { base_model };
     hold.label(label_model, endpoint_label.as_deref().or(pinned).or(route.provider.as_deref()).unwrap_or(AUTO));
+    hold.record(CallLog {
+        request_id: meta.request_id.clone(),
+        key_id: caller.record.id.clone(),
+        org: caller.record.org.clone(),
+        route: route.path.clone(),
+        api: api_name(route.metering, submit).to_string(),
+        reserved: cost.full().0,
+        at: admit_started,
+        stream: shape.as_ref().is_some_and(|sh| sh.stream),
+        ..CallLog::default()
+    });
 
     // The body upstream carries exactly the bound that was reserved.
     let output = granted.or(asked).unwrap_or(0);
@@ -177,6 +185,12 @@ pub async fn handle(
     let permit = body.permit;
     drop(body.bytes);
     let mut pricing = call::CallPricing::of(rate, shape.as_ref(), output);
+    if let Some(wait_ms) = cooling.filter(|w| *w > 0) {
+        // dropping the hold gives the reservation back; the record says why
+        let e = GatewayError::UpstreamRateLimited { retry_after_ms: wait_ms };
+        hold.outcome(e.status(), Some(e.code()));
+        return Err(e);
+    }
 
     let out_headers = upstream::upstream_headers(req.headers(), caller.bill_to());
     let started = platform::now();
@@ -192,15 +206,26 @@ pub async fn handle(
     let sent = upstream::send_with_retries(env, ctx, s, &outbound, started, &cooldown_key).await;
     drop(permit);
     meta.timing.push(("upstream", platform::now().millis_since(started)));
-    let (resp, attempt_started) = sent?;
+    let sent = match sent {
+        Ok(sent) => sent,
+        Err(e) => {
+            hold.outcome(e.status(), Some(e.code()));
+            return Err(e);
+        }
+    };
+    let (resp, attempt_started) = (sent.resp, sent.attempt_started);
+    hold.timing(platform::now().millis_since(started), sent.retries, sent.waited_ms);
 
     let status = resp.status_code();
     if let Some(id) = resp.headers().get("x-request-id").ok().flatten().filter(|v| headers::safe_value(v, 128)) {
         meta.request_id = id;
     }
     if status >= 500 {
-        return Err(GatewayError::UpstreamError(format!("upstream answered {status}")));
+        let e = GatewayError::UpstreamError(format!("upstream answered {status}"));
+        hold.outcome(e.status(), Some(e.code()));
+        return Err(e);
     }
+    hold.outcome(status, None);
     let out = upstream::downstream_headers(resp.headers(), meta);
     if !(200..300).contains(&status) {
         // upstream refused the call (bad model, bad input): nothing was served, nothing is
@@ -227,6 +252,17 @@ pub async fn handle(
     meter::stream(resp, status, out, ctx, hold, pricing, sse, attempt_started, silence).await
 }
 
+/// The API a call's record names.
+fn api_name(metering: Metering, job: bool) -> &'static str {
+    match metering {
+        Metering::Tokens(Api::Chat) => "chat",
+        Metering::Tokens(Api::Completions) => "completions",
+        Metering::Tokens(Api::Responses) => "responses",
+        _ if job => "job",
+        _ => "other",
+    }
+}
+
 /// The provider label of a call the router placed and did not say where.
 const AUTO: &str = "auto";
 
@@ -243,7 +279,7 @@ async fn submitted(
     mut resp: Response,
     status: u16,
     out: worker::Headers,
-    hold: Hold,
+    mut hold: Hold,
     pricing: call::CallPricing,
     env: &Env,
     caller: &Caller,
@@ -262,7 +298,11 @@ async fn submitted(
                 .map_err(|_| GatewayError::UpstreamError("unreadable response".into()));
         }
         // dropping the hold releases it: the caller never learned of a job
-        Err(_) => return Err(GatewayError::UpstreamError("upstream body could not be read".into())),
+        Err(_) => {
+            let e = GatewayError::UpstreamError("upstream body could not be read".into());
+            hold.outcome(e.status(), Some(e.code()));
+            return Err(e);
+        }
     };
     // the job exists upstream and is owed whatever happens next
     let (cost, tokens) = pricing.charge(None, 0, 0);
@@ -271,8 +311,9 @@ async fn submitted(
         Some(job) => {
             let row = JobRow { key_id: caller.record.id.clone(), poll_base: job.poll_base, at: platform::now() };
             if account_do::own_job(env, &caller.account, job.id, row).await.is_err() {
-                worker::console_error!(
-                    "a job was submitted but its owner could not be recorded; its polls will be refused"
+                platform::fault(
+                    "a job was submitted but its owner could not be recorded; its polls will be refused",
+                    "",
                 );
             }
         }
@@ -311,7 +352,7 @@ async fn poll(
         Outbound { target: &target, route: &upstream_route, query, method: &method, headers: &out_headers, body: None };
     let cooldown_key = cooldown_route(&upstream::credential(caller, route, None), None, "", &job.poll_base);
     let started = platform::now();
-    let (resp, _) = upstream::send_with_retries(env, ctx, s, &outbound, started, &cooldown_key).await?;
+    let resp = upstream::send_with_retries(env, ctx, s, &outbound, started, &cooldown_key).await?.resp;
     let status = resp.status_code();
     if status >= 500 {
         return Err(GatewayError::UpstreamError(format!("upstream answered {status}")));

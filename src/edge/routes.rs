@@ -5,9 +5,10 @@ use crate::core::cors;
 use crate::core::error::GatewayError;
 use crate::core::keys::random_id;
 use crate::core::paths::{self, Route};
+use crate::core::request_log::LogQuery;
 use crate::edge::platform::OsRng;
 use crate::edge::response::{self, Meta};
-use crate::edge::{admin, auth, config, kv, pages, proxy, usage};
+use crate::edge::{admin, auth, config, kv, pages, proxy, request_log, usage};
 use serde_json::json;
 use std::rc::Rc;
 use worker::{Context, Env, Headers, Method, Request, Response, Result};
@@ -24,7 +25,7 @@ pub async fn handle(req: Request, env: Env, ctx: Context) -> Result<Response> {
         Ok(resp) => Ok(resp),
         Err(e) => {
             if e.is_fault() {
-                worker::console_error!("{} ({})", e, meta.request_id);
+                crate::edge::platform::fault(&format!("{} ({})", e.code(), meta.request_id), &e.to_string());
             }
             response::error(&e, &meta)
         }
@@ -89,6 +90,29 @@ async fn dispatch(
             let (doc, rate) = usage::of(env, &caller, true).await?;
             meta.rate = rate;
             response::json(200, &doc, meta)
+        }
+        Route::UsageRequests => {
+            let caller = auth::authenticate(&req, env, &s, origin).await?;
+            meta.cors_origin = cors::allow_origin(&s.cors, &caller.record.allowed_origins, origin);
+            let mut q = LogQuery::parse(request_log::query_of(&req).as_deref())?;
+            q.key_id = Some(caller.record.id.clone());
+            let source = request_log::Source::of_key(&caller, true);
+            return request_log::respond(env, source, q, request_log::wants_csv(&req), meta).await;
+        }
+        Route::AdminKeyRequests(id) => {
+            admin::authorise(&req, &s)?;
+            let caller = admin::key_caller(env, &s, &id).await?;
+            let mut q = LogQuery::parse(request_log::query_of(&req).as_deref())?;
+            q.key_id = Some(id);
+            let source = request_log::Source::of_key(&caller, false);
+            return request_log::respond(env, source, q, request_log::wants_csv(&req), meta).await;
+        }
+        Route::AdminOrgRequests(id) => {
+            admin::authorise(&req, &s)?;
+            let org = kv::org(env, &id).await?.ok_or(GatewayError::NotFound)?;
+            let q = LogQuery::parse(request_log::query_of(&req).as_deref())?;
+            let source = request_log::Source::of_org(&org, &s)?;
+            return request_log::respond(env, source, q, request_log::wants_csv(&req), meta).await;
         }
         Route::Proxy(p) => return proxy::handle(req, env, ctx, &s, meta, p, origin).await,
         ref admin_route => {

@@ -147,6 +147,15 @@ pub fn note_attempt(started: UnixMillis) {
     RETRY_BUDGET.with(|b| b.borrow_mut().deposit(started));
 }
 
+/// An upstream answer, with how it was reached: when its attempt started, how many retries
+/// came before it and how long the gateway slept between them.
+pub struct Sent {
+    pub resp: Response,
+    pub attempt_started: UnixMillis,
+    pub retries: u32,
+    pub waited_ms: u64,
+}
+
 /// Sends the call, sleeping through upstream 429s whose wait fits the retry policy. A 429
 /// given up on opens a cooldown for the route and credential, and so does a success whose
 /// `RateLimit` says the quota behind it is spent. A 402 (the gateway's upstream account is
@@ -159,8 +168,9 @@ pub async fn send_with_retries(
     out: &Outbound<'_>,
     started: UnixMillis,
     cooldown_key: &str,
-) -> Result<(Response, UnixMillis), GatewayError> {
+) -> Result<Sent, GatewayError> {
     let mut attempt = 0u32;
+    let mut waited_ms = 0u64;
     loop {
         let attempt_started = platform::now();
         let elapsed = attempt_started.millis_since(started);
@@ -182,7 +192,7 @@ pub async fn send_with_retries(
                 // the quota behind this success is spent: the next calls wait here, not upstream
                 open_cooldown(env, ctx, cooldown_key, wait_ms);
             }
-            return Ok((resp, attempt_started));
+            return Ok(Sent { resp, attempt_started, retries: attempt, waited_ms });
         }
         // only a 429 or a 503 is ever retried: no other status has its wait headers read
         let waited = if matches!(status, 429 | 503) {
@@ -192,7 +202,7 @@ pub async fn send_with_retries(
         };
         let throttled = status == 429 || (status == 503 && waited.is_some());
         if !throttled {
-            return Ok((resp, attempt_started));
+            return Ok(Sent { resp, attempt_started, retries: attempt, waited_ms });
         }
         let elapsed = now.millis_since(started);
         let wait = waited.map(|(ms, _)| ms);
@@ -201,6 +211,7 @@ pub async fn send_with_retries(
         match decision {
             RetryDecision::RetryAfter { wait_ms } => {
                 platform::sleep_ms(wait_ms).await;
+                waited_ms = waited_ms.saturating_add(wait_ms);
                 attempt += 1;
             }
             RetryDecision::GiveUp { wait_ms } => {
