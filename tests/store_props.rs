@@ -54,6 +54,8 @@ impl Tables {
                 }
                 // the request log is append-only and never loaded into memory
                 RowWrite::Log { .. } => {}
+                // written by the object itself, never by `store::run`
+                RowWrite::Alerts(_) => panic!("an account operation wrote {w:?}"),
                 // a pool's book and a shard's lease: never written by an account's own operations
                 RowWrite::Pool(_) | RowWrite::Lease(_) => panic!("an account operation wrote {w:?}"),
             }

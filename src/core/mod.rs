@@ -5,6 +5,7 @@
 
 pub mod account;
 pub mod admin_input;
+pub mod alerts;
 pub mod body;
 pub mod call;
 pub mod caller;

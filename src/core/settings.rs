@@ -101,6 +101,11 @@ pub struct Settings {
     pub route_prices: RoutePrices,
     /// `ENDPOINTS`: dedicated Inference Endpoints by name.
     pub endpoints: Endpoints,
+    /// Where credit alerts are posted (`ALERT_WEBHOOK_URL`), and the key that signs them.
+    pub alert_webhook: Option<String>,
+    pub alert_secret: Option<Secret>,
+    /// Percentages of credits and caps that fire an alert (`ALERT_THRESHOLDS`, "50,80,100").
+    pub alert_thresholds: Vec<u8>,
     /// How long request log records are kept (`REQUEST_LOG_DAYS`).
     pub request_log_retention_ms: u64,
     /// The most request log records one account keeps (`REQUEST_LOG_MAX_ROWS`).
@@ -194,6 +199,17 @@ impl Settings {
                 Some(v) => RoutePrices::parse(&v).map_err(|e| invalid("ROUTE_PRICES", e))?,
                 None => RoutePrices::empty(),
             },
+            alert_webhook: match get("ALERT_WEBHOOK_URL") {
+                Some(v) => {
+                    Some(crate::core::endpoints::parse_base_url(&v).map_err(|e| invalid("ALERT_WEBHOOK_URL", e))?)
+                }
+                None => None,
+            },
+            alert_secret: secret("ALERT_WEBHOOK_SECRET"),
+            alert_thresholds: match get("ALERT_THRESHOLDS") {
+                Some(v) => parse_thresholds(&v)?,
+                None => crate::core::alerts::DEFAULT_THRESHOLDS.to_vec(),
+            },
             request_log_retention_ms: num(
                 "REQUEST_LOG_DAYS",
                 crate::core::request_log::DEFAULT_RETENTION_DAYS,
@@ -241,6 +257,25 @@ fn parse_upstream(v: &str) -> Result<Upstream, GatewayError> {
         return Err(invalid("UPSTREAM_URL", "must be 'sandbox' or an http(s) URL with a host and no query"));
     }
     Ok(Upstream::Url { base: base.to_string(), host: host.to_string() })
+}
+
+fn parse_thresholds(v: &str) -> Result<Vec<u8>, GatewayError> {
+    let mut out = Vec::new();
+    for part in v.split(',') {
+        let n: u8 = part
+            .trim()
+            .parse()
+            .ok()
+            .filter(|n| (1..=200).contains(n))
+            .ok_or_else(|| invalid("ALERT_THRESHOLDS", "comma-separated percentages from 1 to 200"))?;
+        if !out.contains(&n) {
+            out.push(n);
+        }
+    }
+    if out.len() > 10 {
+        return Err(invalid("ALERT_THRESHOLDS", "at most 10 thresholds"));
+    }
+    Ok(out)
 }
 
 fn parse_plans(v: Option<&str>) -> Result<BTreeMap<String, Plan>, GatewayError> {
@@ -338,6 +373,8 @@ mod tests {
             ("ROUTE_PRICES", r#"{"fal-ai/*":{"per_request":-1}}"#),
             ("ENDPOINTS", r#"{"mine":{"url":"ftp://x"}}"#),
             ("PRICE_BOOK_TTL_SECONDS", "0"),
+            ("ALERT_THRESHOLDS", "50,eighty"),
+            ("ALERT_WEBHOOK_URL", "not a url"),
         ] {
             match Settings::from_vars(vars(&[(name, value)])) {
                 Err(GatewayError::Misconfigured { setting, .. }) => assert_eq!(setting, name),

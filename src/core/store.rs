@@ -64,6 +64,8 @@ pub enum RowWrite {
         row: String,
     },
     DropJob(String),
+    /// An account's alert book (`alerts::AlertBook`), in the meta table.
+    Alerts(String),
     /// A request log record, appended (`request_log::Record` as JSON).
     Log {
         at: u64,
@@ -271,6 +273,20 @@ pub fn run(st: &mut AccountState, op: AccountOp, now: UnixMillis) -> (AccountRep
         writes.push(record);
     }
     (reply, writes)
+}
+
+/// Whether an operation may move money, and the keys whose spend it moves: what credit
+/// alerts look at after it.
+pub fn moves_money(st: &AccountState, op: &AccountOp) -> Option<Vec<String>> {
+    match op {
+        AccountOp::Settle { reservation, .. } => Some(st.owner(*reservation).map(str::to_string).into_iter().collect()),
+        AccountOp::RecordProviderBilled { key_id, .. } => Some(vec![key_id.clone()]),
+        AccountOp::Batch(ops) => {
+            let keys: Vec<String> = ops.iter().filter_map(|o| moves_money(st, o)).flatten().collect();
+            ops.iter().any(|o| moves_money(st, o).is_some()).then_some(keys)
+        }
+        _ => None,
+    }
 }
 
 /// The request log row an operation writes if it moves the ledger.

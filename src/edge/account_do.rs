@@ -6,6 +6,7 @@
 //! runtime commits their writes; each reply still waits for its own commit).
 
 use crate::core::account::{AccountPolicy, AccountState, Admission, AdmitRequest, Denial, KeyPolicy};
+use crate::core::alerts::{AlertBook, Measure, Of};
 use crate::core::caller::{org_account, shard_account, shard_of_account, Caller};
 use crate::core::edits::{self, AccountEdit, KeyEdit};
 use crate::core::error::GatewayError;
@@ -59,6 +60,8 @@ pub struct Account {
     alarm_at: Cell<Option<u64>>,
     /// A request log record was written since the last prune.
     log_written: Cell<bool>,
+    /// The credit alerts fired this period and those still to be delivered.
+    alerts: RefCell<AlertBook>,
 }
 
 impl DurableObject for Account {
@@ -75,6 +78,7 @@ impl DurableObject for Account {
             lease: RefCell::new(None),
             alarm_at: Cell::new(None),
             log_written: Cell::new(false),
+            alerts: RefCell::new(AlertBook::default()),
         }
     }
 
@@ -90,6 +94,7 @@ impl DurableObject for Account {
         if self.log_written.replace(false) {
             self.prune_log()?;
         }
+        self.deliver_alerts().await?;
         if let Some((pool, shard, shards)) = &self.shard {
             self.give_back(pool, *shard, *shards).await?;
         }
@@ -127,8 +132,82 @@ impl Account {
             worker::console_log!("settle overran its reservation by {} micro-USD (late: {late})", overrun.0);
         }
         let prune = self.log_written.get().then(|| platform::now().0.saturating_add(PRUNE_AFTER_MS));
-        self.schedule(prune).await?;
+        let alert = self.alerts.borrow().next_wake().map(|t| t.0);
+        let also = match (prune, alert) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.schedule(also).await?;
         Ok(reply)
+    }
+
+    /// After an operation that moved money: the thresholds it crossed fire, each once a
+    /// period (`core::alerts`), recorded in the same write as the operation's own rows.
+    fn check_alerts(&self, st: &AccountState, keys: &[String], now: UnixMillis) -> Option<RowWrite> {
+        let s = crate::edge::config::settings(&self.env).ok()?;
+        s.alert_webhook.as_ref()?;
+        // a shard sees its lease, not the org's spend: an org's alerts are its pool's
+        if self.shard.is_some() {
+            return None;
+        }
+        let (scope, id) = self.name.split_once(':')?;
+        let org = (scope == "org").then_some(id);
+        let u = st.usage(now)?;
+        let mut book = self.alerts.borrow_mut();
+        let mut fired = false;
+        let thresholds = &s.alert_thresholds;
+        let measure = |of, used, limit| Measure { scope, id, org: None, of, used, limit };
+        fired |= book.check(&measure(Of::Credits, u.used, u.limit), thresholds, now);
+        if let Some(cap) = u.cap {
+            fired |= book.check(&measure(Of::SpendCap, u.used, cap), thresholds, now);
+        }
+        // a key's own cap inside an org
+        for key_id in keys.iter().filter(|_| org.is_some()) {
+            let Some(ceiling) = st.keys.get(key_id).and_then(|k| k.policy.as_ref()).and_then(|p| p.ceiling) else {
+                continue;
+            };
+            let m = Measure {
+                scope: "key",
+                id: key_id,
+                org,
+                of: Of::SpendCap,
+                used: st.key_used(key_id, now),
+                limit: ceiling,
+            };
+            fired |= book.check(&m, thresholds, now);
+        }
+        fired.then(|| RowWrite::Alerts(serde_json::to_string(&*book).unwrap_or_default()))
+    }
+
+    /// Sends the alerts that are due, in order, each signed; a refusal waits its backoff and
+    /// holds the rest behind it.
+    async fn deliver_alerts(&self) -> Result<()> {
+        let Ok(s) = crate::edge::config::settings(&self.env) else { return Ok(()) };
+        let Some(url) = s.alert_webhook.clone() else { return Ok(()) };
+        let secret = s.alert_secret.as_ref().map(|k| k.expose().as_bytes().to_vec()).unwrap_or_default();
+        let mut changed = false;
+        loop {
+            let now = platform::now();
+            let Some(d) = self.alerts.borrow().due(now).cloned() else { break };
+            changed = true;
+            let signature = crate::core::alerts::sign(&secret, d.body.as_bytes());
+            if post_alert(&url, &d.body, &d.id, &signature).await {
+                self.alerts.borrow_mut().delivered(&d.id);
+                continue;
+            }
+            let mut r = [0u8; 2];
+            let jitter = platform::secure_random(&mut r).map_or(500, |_| u64::from(u16::from_le_bytes(r)) % 1001);
+            if self.alerts.borrow_mut().failed(&d.id, now, jitter) {
+                platform::fault("an alert was given up after its last attempt", &d.id);
+            }
+            break;
+        }
+        if changed {
+            let row = RowWrite::Alerts(serde_json::to_string(&*self.alerts.borrow()).unwrap_or_default());
+            self.write(&[row])?;
+        }
+        let next = self.alerts.borrow().next_wake().map(|t| t.0);
+        self.schedule(next).await
     }
 
     /// A page of the request log, newest first; with `throttle`, after taking one request
@@ -200,12 +279,17 @@ impl Account {
             let Some(st) = mem.as_mut() else {
                 return Err(worker::Error::RustError("not loaded".into()));
             };
-            match op {
+            let moved = store::moves_money(st, &op);
+            let (reply, mut writes) = match op {
                 AccountOp::Lease { shard, shards, report, want, account } => {
                     store::grant(st, &mut self.pool.borrow_mut(), shard, shards, report, want, account, now)
                 }
                 op => store::run(st, op, now),
+            };
+            if let Some(keys) = moved {
+                writes.extend(self.check_alerts(st, &keys, now));
             }
+            (reply, writes)
         };
         self.write(&writes)?;
         Ok(reply)
@@ -291,6 +375,29 @@ impl Account {
         let row = self.lease.borrow().as_ref().map(store::lease_row);
         self.write(&row.into_iter().collect::<Vec<_>>())
     }
+}
+
+/// Posts one alert to the webhook: its body, signed; true when it answered 2xx within 10 s.
+async fn post_alert(url: &str, body: &str, id: &str, signature: &str) -> bool {
+    use wasm_bindgen::JsCast;
+    let Ok(headers) = web_sys::Headers::new() else { return false };
+    let _ = headers.set("content-type", "application/json");
+    let _ = headers.set("x-hfgate-delivery", id);
+    let _ = headers.set("x-hfgate-signature", &format!("sha256={signature}"));
+    let init = web_sys::RequestInit::new();
+    init.set_method("POST");
+    init.set_headers(headers.as_ref());
+    init.set_body(&JsValue::from_str(body));
+    let global: web_sys::WorkerGlobalScope = js_sys::global().unchecked_into();
+    let sent = async {
+        let resp = wasm_bindgen_futures::JsFuture::from(global.fetch_with_str_and_init(url, &init)).await.ok()?;
+        let resp: web_sys::Response = resp.dyn_into().ok()?;
+        Some(resp.ok())
+    };
+    let timer = platform::sleep_ms(10_000);
+    futures_util::pin_mut!(sent);
+    futures_util::pin_mut!(timer);
+    matches!(future::select(sent, timer).await, future::Either::Left((Some(true), _)))
 }
 
 fn int(v: u64) -> SqlStorageValue {
@@ -395,6 +502,7 @@ impl Account {
         // a pool's book and a shard's lease, if this object is one
         let mut pool = None;
         let mut lease = None;
+        let mut alerts = None;
         for row in sql.exec("SELECT name, body FROM meta", None)?.raw() {
             let row = row?;
             let body = row.get(1).and_then(as_text).unwrap_or_default();
@@ -402,6 +510,7 @@ impl Account {
             match row.first().and_then(as_text).as_deref() {
                 Some("pool") => pool = Some(serde_json::from_str::<Pool>(&body).map_err(refused)?),
                 Some("lease") => lease = Some(serde_json::from_str::<Lease>(&body).map_err(refused)?),
+                Some("alerts") => alerts = Some(serde_json::from_str::<AlertBook>(&body).map_err(refused)?),
                 _ => {}
             }
         }
@@ -410,6 +519,7 @@ impl Account {
             *mem = Some(loaded);
             *self.pool.borrow_mut() = pool;
             *self.lease.borrow_mut() = lease;
+            *self.alerts.borrow_mut() = alerts.unwrap_or_default();
         }
         Ok(())
     }
@@ -460,6 +570,8 @@ impl Account {
                     vec![id.as_str().into(), row.as_str().into()],
                 ),
                 RowWrite::DropJob(id) => sql.exec("DELETE FROM jobs WHERE id = ?", vec![id.as_str().into()]),
+                RowWrite::Alerts(body) => sql
+                    .exec("INSERT OR REPLACE INTO meta (name, body) VALUES ('alerts', ?)", vec![body.as_str().into()]),
                 RowWrite::Log { at, key_id, model, status, body } => {
                     self.log_written.set(true);
                     sql.exec(
