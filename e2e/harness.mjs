@@ -268,3 +268,91 @@ export function rawRequest(gw, method, path, headers = {}, body = "") {
     });
   });
 }
+
+/** The request log's field names, in the order of the CSV header. */
+export const REQUEST_LOG_FIELDS = [
+  "request_id", "at", "key_id", "org", "route", "api", "model", "provider", "status", "error",
+  "prompt_tokens", "completion_tokens", "cost_micro_usd", "reserved_micro_usd", "latency_ms",
+  "ttfb_ms", "retries", "cooldown_wait_ms", "stream",
+];
+
+/**
+ * Every record of a request log (`/admin/keys/{id}/requests`, `/admin/orgs/{id}/requests`
+ * with the admin token, `/v1/usage/requests` with a gateway key as `bearer`), newest first,
+ * following `next_cursor`. Answers `{status, error, records}`: the first non-200 stops it.
+ */
+export async function requestLog(gw, path, { bearer = ADMIN, query = {} } = {}) {
+  const records = [];
+  let cursor = null;
+  for (let pages = 0; pages < 50; pages++) {
+    const q = new URLSearchParams({ limit: "1000", ...query });
+    if (cursor) q.set("cursor", cursor);
+    const res = await fetch(`${gw.url}${path}?${q}`, { headers: { authorization: `Bearer ${bearer}` } });
+    const json = await res.json().catch(() => null);
+    if (res.status !== 200) return { status: res.status, error: json?.error ?? null, records };
+    records.push(...json.data);
+    cursor = json.next_cursor;
+    if (!cursor) break;
+  }
+  return { status: 200, error: null, records };
+}
+
+/** A CSV document as rows of fields (RFC 4180: quoted fields may hold commas, quotes, newlines). */
+export function parseCsv(text) {
+  const rows = [];
+  let row = [], field = "", quoted = false;
+  for (let i = 0; i < text.length; i++) {
+    const c = text[i];
+    if (quoted) {
+      if (c === '"' && text[i + 1] === '"') (field += '"'), i++;
+      else if (c === '"') quoted = false;
+      else field += c;
+    } else if (c === '"') quoted = true;
+    else if (c === ",") row.push(field), (field = "");
+    else if (c === "\n" || c === "\r") {
+      if (c === "\r" && text[i + 1] === "\n") i++;
+      row.push(field), rows.push(row), (row = []), (field = "");
+    } else field += c;
+  }
+  if (field !== "" || row.length) row.push(field), rows.push(row);
+  return rows;
+}
+
+/**
+ * Headless Chromium (the system's, through playwright-core) in a fresh profile, with what it
+ * receives from `gw` recorded for the secret-hygiene transcript. `pending` collects the
+ * recordings: await them before the run ends.
+ */
+export async function launchChromium(gw, pending = []) {
+  const { chromium } = await import("playwright-core");
+  const { mkdtempSync } = await import("node:fs");
+  const { tmpdir } = await import("node:os");
+  const { join } = await import("node:path");
+  const browser = await chromium.launchPersistentContext(mkdtempSync(join(tmpdir(), "hfg-chromium-")), {
+    executablePath: "/usr/bin/chromium",
+    headless: true,
+    acceptDownloads: true,
+    viewport: { width: 1200, height: 760 },
+    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+  });
+  browser.on("response", (r) => {
+    if (!r.url().startsWith(gw.url)) return;
+    const creates = r.request().method() === "POST" && r.url().endsWith("/admin/keys");
+    pending.push(
+      Promise.all([r.allHeaders(), r.text()])
+        .then(([headers, body]) => record("response", `${r.status()} ${JSON.stringify(headers)}\n${creates ? "<key creation body>" : body}`, { url: r.url() }))
+        .catch(() => record("response", `${r.status()}`, { url: r.url() })),
+    );
+  });
+  return browser;
+}
+
+/** What a page reports as going wrong: console errors and uncaught exceptions. */
+export function pageErrors(page) {
+  const errors = [];
+  page.on("console", (m) => {
+    if (m.type() === "error") errors.push(`console: ${m.text()} (${m.location()?.url ?? ""})`);
+  });
+  page.on("pageerror", (e) => errors.push(`exception: ${e.message}`));
+  return errors;
+}
