@@ -40,6 +40,10 @@ pub struct CallLog {
     pub retries: u32,
     pub cooldown_wait_ms: u64,
     pub stream: bool,
+    /// Upstream's own `x-request-id`, which the caller's response carries when upstream sent
+    /// one (`request_id` is the gateway's, unique).
+    #[serde(default)]
+    pub upstream_request_id: Option<String>,
 }
 
 /// A record as the API shows it (and as it is stored, one JSON text per row).
@@ -64,10 +68,12 @@ pub struct Record {
     pub retries: u32,
     pub cooldown_wait_ms: u64,
     pub stream: bool,
+    #[serde(default)]
+    pub upstream_request_id: Option<String>,
 }
 
 /// The CSV header: the record's fields, in order.
-pub const CSV_HEADER: &str = "request_id,at,key_id,org,route,api,model,provider,status,error,prompt_tokens,completion_tokens,cost_micro_usd,reserved_micro_usd,latency_ms,ttfb_ms,retries,cooldown_wait_ms,stream";
+pub const CSV_HEADER: &str = "request_id,at,key_id,org,route,api,model,provider,status,error,prompt_tokens,completion_tokens,cost_micro_usd,reserved_micro_usd,latency_ms,ttfb_ms,retries,cooldown_wait_ms,stream,upstream_request_id";
 
 impl Record {
     pub fn of(line: &CallLine, log: &CallLog, cost: u64) -> Record {
@@ -91,6 +97,7 @@ impl Record {
             retries: log.retries,
             cooldown_wait_ms: log.cooldown_wait_ms,
             stream: log.stream,
+            upstream_request_id: log.upstream_request_id.clone(),
         }
     }
 
@@ -117,6 +124,7 @@ impl Record {
             self.retries.to_string(),
             self.cooldown_wait_ms.to_string(),
             self.stream.to_string(),
+            opt(&self.upstream_request_id),
         ];
         for (i, f) in fields.iter().enumerate() {
             if i > 0 {

@@ -74,6 +74,13 @@ impl Hold {
         }
     }
 
+    /// Upstream's own request id, which the caller's response carries.
+    pub fn upstream_id(&mut self, id: &str) {
+        if let Some(l) = self.log.as_mut() {
+            l.upstream_request_id = Some(id.to_string());
+        }
+    }
+
     /// The status the caller gets, and the gateway's error code if the call failed.
     pub fn outcome(&mut self, status: u16, error: Option<&'static str>) {
         if let Some(l) = self.log.as_mut() {

@@ -160,17 +160,20 @@ pub async fn handle(
     let endpoint_label = route.endpoint.as_ref().map(|n| format!("endpoints/{n}"));
     let label_model = if base_model.is_empty() { route.path.as_str() } else { base_model };
     hold.label(label_model, endpoint_label.as_deref().or(pinned).or(route.provider.as_deref()).unwrap_or(AUTO));
-    hold.record(CallLog {
-        request_id: meta.request_id.clone(),
-        key_id: caller.record.id.clone(),
-        org: caller.record.org.clone(),
-        route: route.path.clone(),
-        api: api_name(route.metering, submit).to_string(),
-        reserved: cost.full().0,
-        at: admit_started,
-        stream: shape.as_ref().is_some_and(|sh| sh.stream),
-        ..CallLog::default()
-    });
+    // a listing is not a metered call: it is throttled, not logged
+    if route.metering != Metering::Unmetered {
+        hold.record(CallLog {
+            request_id: meta.request_id.clone(),
+            key_id: caller.record.id.clone(),
+            org: caller.record.org.clone(),
+            route: route.path.clone(),
+            api: api_name(route.metering, submit).to_string(),
+            reserved: cost.full().0,
+            at: admit_started,
+            stream: shape.as_ref().is_some_and(|sh| sh.stream),
+            ..CallLog::default()
+        });
+    }
 
     // The body upstream carries exactly the bound that was reserved.
     let output = granted.or(asked).unwrap_or(0);
@@ -218,6 +221,7 @@ pub async fn handle(
 
     let status = resp.status_code();
     if let Some(id) = resp.headers().get("x-request-id").ok().flatten().filter(|v| headers::safe_value(v, 128)) {
+        hold.upstream_id(&id);
         meta.request_id = id;
     }
     if status >= 500 {
