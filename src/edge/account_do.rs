@@ -146,20 +146,30 @@ impl Account {
     fn check_alerts(&self, st: &AccountState, keys: &[String], now: UnixMillis) -> Option<RowWrite> {
         let s = crate::edge::config::settings(&self.env).ok()?;
         s.alert_webhook.as_ref()?;
-        // a shard sees its lease, not the org's spend: an org's alerts are its pool's
+        // a shard sees its lease, not the org's spend: a sharded org's alerts are its pool's
         if self.shard.is_some() {
             return None;
         }
         let (scope, id) = self.name.split_once(':')?;
         let org = (scope == "org").then_some(id);
-        let u = st.usage(now)?;
+        // a sharded org's pool sees its shards' spend as they report it, on each lease
+        let (used, credit, cap) = match self.pool.borrow().as_ref() {
+            Some(pool) => {
+                let budget = st.policy?.budget;
+                (pool.usage(now).used, budget.credit, budget.cap)
+            }
+            None => {
+                let u = st.usage(now)?;
+                (u.used, u.limit, u.cap)
+            }
+        };
         let mut book = self.alerts.borrow_mut();
         let mut fired = false;
         let thresholds = &s.alert_thresholds;
         let measure = |of, used, limit| Measure { scope, id, org: None, of, used, limit };
-        fired |= book.check(&measure(Of::Credits, u.used, u.limit), thresholds, now);
-        if let Some(cap) = u.cap {
-            fired |= book.check(&measure(Of::SpendCap, u.used, cap), thresholds, now);
+        fired |= book.check(&measure(Of::Credits, used, credit), thresholds, now);
+        if let Some(cap) = cap {
+            fired |= book.check(&measure(Of::SpendCap, used, cap), thresholds, now);
         }
         // a key's own cap inside an org
         for key_id in keys.iter().filter(|_| org.is_some()) {
@@ -279,7 +289,8 @@ impl Account {
             let Some(st) = mem.as_mut() else {
                 return Err(worker::Error::RustError("not loaded".into()));
             };
-            let moved = store::moves_money(st, &op);
+            // a pool hears of its shards' spend when they ask for credit or give it back
+            let moved = store::moves_money(st, &op).or_else(|| matches!(op, AccountOp::Lease { .. }).then(Vec::new));
             let (reply, mut writes) = match op {
                 AccountOp::Lease { shard, shards, report, want, account } => {
                     store::grant(st, &mut self.pool.borrow_mut(), shard, shards, report, want, account, now)
