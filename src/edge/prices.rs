@@ -55,9 +55,12 @@ pub async fn book(env: &Env, ctx: &Context, s: &Settings) -> Option<Rc<PriceBook
     let now = platform::now();
     if let Some(book) = cached() {
         if book.is_stale(now, s.price_book_ttl_ms) && may_try(now) {
+            // one refresh at a time: marked before it is spawned, cleared however it ends
+            REFRESHING.with(|c| c.set(true));
             let (env, s) = (env.clone(), s.clone());
             ctx.wait_until(async move {
                 let _ = refresh_if_stale(&env, &s).await;
+                REFRESHING.with(|c| c.set(false));
             });
         }
         return Some(book);
@@ -70,9 +73,11 @@ pub async fn book(env: &Env, ctx: &Context, s: &Settings) -> Option<Rc<PriceBook
         let stale = stored.is_stale(now, s.price_book_ttl_ms);
         let book = keep(stored);
         if stale {
+            REFRESHING.with(|c| c.set(true));
             let (env, s) = (env.clone(), s.clone());
             ctx.wait_until(async move {
                 let _ = refresh(&env, &s).await;
+                REFRESHING.with(|c| c.set(false));
             });
         }
         return Some(book);
@@ -97,13 +102,11 @@ async fn refresh_if_stale(env: &Env, s: &Settings) -> Result<Rc<PriceBook>, Gate
 
 /// Reads `/v1/models` upstream now, and keeps the book in KV and in this isolate.
 pub async fn refresh(env: &Env, s: &Settings) -> Result<Rc<PriceBook>, GatewayError> {
-    REFRESHING.with(|c| c.set(true));
     let fetched = match fetch_models(s).await {
         Ok(body) => PriceBook::from_router_models(&body, platform::now())
             .map_err(|e| GatewayError::UpstreamError(format!("/v1/models did not parse: {e}"))),
         Err(e) => Err(e),
     };
-    REFRESHING.with(|c| c.set(false));
     let book = match fetched {
         Ok(book) => book,
         Err(e) => {
