@@ -177,24 +177,21 @@ impl PriceBook {
     /// "output": 0.6}, "groq": {"live": false, "input": null, "output": null}}}}`.
     pub fn view(&self) -> Value {
         let usd = |micro: u64| micro as f64 / 1e6;
-        let models: Map<String, Value> = self
-            .models
-            .iter()
-            .map(|(id, entries)| {
-                let providers: Map<String, Value> = entries
-                    .iter()
-                    .map(|e| {
-                        let view = json!({
-                            "live": e.live,
-                            "input": e.price.map(|p| usd(p.input)),
-                            "output": e.price.map(|p| usd(p.output)),
-                        });
-                        (e.provider.clone(), view)
-                    })
-                    .collect();
-                (id.clone(), Value::Object(providers))
-            })
-            .collect();
+        // Built by insert, not collect: a Map collected from an iterator brings a stable sort
+        // into the bundle for each iterator type (about 3 KB each).
+        let mut models = Map::new();
+        for (id, entries) in &self.models {
+            let mut providers = Map::new();
+            for e in entries {
+                let view = json!({
+                    "live": e.live,
+                    "input": e.price.map(|p| usd(p.input)),
+                    "output": e.price.map(|p| usd(p.output)),
+                });
+                providers.insert(e.provider.clone(), view);
+            }
+            models.insert(id.clone(), Value::Object(providers));
+        }
         json!({ "fetched_at": self.fetched_at.to_string(), "models": models })
     }
 }
