@@ -92,7 +92,10 @@ impl RoutePrices {
                 }
             }
         }
-        prices.prefixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
+        // a handful of patterns: the small sort, not a second copy of the standard one
+        crate::core::sort::sort_small_by(&mut prices.prefixes, |a, b| {
+            b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0))
+        });
         Ok(prices)
     }
 
