@@ -141,34 +141,33 @@ pub fn merge(reports: &[&[ModelSpend]]) -> Vec<ModelSpend> {
     add_up(reports.iter().flat_map(|r| r.iter()).cloned())
 }
 
-/// Lines added up per model and provider, the costliest first. One map and one sort serve
-/// both a report and a merge: each generic instance costs bundle size.
+/// Lines added up per model and provider, the costliest first. Sorted by (model, provider),
+/// then runs of one pair folded into their first line, then sorted by cost: the heap sort
+/// serves all of it, where a map of pairs cost another BTreeMap instance in the bundle.
 fn add_up(lines: impl Iterator<Item = ModelSpend>) -> Vec<ModelSpend> {
-    let mut by: BTreeMap<(String, String), ModelSpend> = BTreeMap::new();
+    let mut lines: Vec<ModelSpend> = lines.collect();
+    heap_sort_by(&mut lines, |a, b| (&a.model, &a.provider).cmp(&(&b.model, &b.provider)));
+    let mut out: Vec<ModelSpend> = Vec::with_capacity(lines.len());
     for line in lines {
-        let sum = by.entry((line.model.clone(), line.provider.clone())).or_insert_with(|| ModelSpend {
-            model: line.model.clone(),
-            provider: line.provider.clone(),
-            requests: 0,
-            prompt_tokens: 0,
-            completion_tokens: 0,
-            cost_micro_usd: 0,
-        });
-        sum.requests = sum.requests.saturating_add(line.requests);
-        sum.prompt_tokens = sum.prompt_tokens.saturating_add(line.prompt_tokens);
-        sum.completion_tokens = sum.completion_tokens.saturating_add(line.completion_tokens);
-        sum.cost_micro_usd = sum.cost_micro_usd.saturating_add(line.cost_micro_usd);
+        match out.last_mut() {
+            Some(sum) if sum.model == line.model && sum.provider == line.provider => {
+                sum.requests = sum.requests.saturating_add(line.requests);
+                sum.prompt_tokens = sum.prompt_tokens.saturating_add(line.prompt_tokens);
+                sum.completion_tokens = sum.completion_tokens.saturating_add(line.completion_tokens);
+                sum.cost_micro_usd = sum.cost_micro_usd.saturating_add(line.cost_micro_usd);
+            }
+            _ => out.push(line),
+        }
     }
-    let mut v: Vec<ModelSpend> = by.into_values().collect();
-    // (model, provider) is unique here, so this order is total: the same as a stable sort by
-    // cost and requests of the map's (model, provider) order.
-    heap_sort_by(&mut v, |a, b| {
+    // (model, provider) is unique now, so this order is total: the same as a stable sort by
+    // cost and requests of the (model, provider) order.
+    heap_sort_by(&mut out, |a, b| {
         b.cost_micro_usd
             .cmp(&a.cost_micro_usd)
             .then(b.requests.cmp(&a.requests))
             .then_with(|| (&a.model, &a.provider).cmp(&(&b.model, &b.provider)))
     });
-    v
+    out
 }
 
 /// An in-place heap sort: O(n log n) on the thousands of lines or jobs an account may hold,
