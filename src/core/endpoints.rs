@@ -14,7 +14,6 @@ use crate::core::paths::check_path;
 use crate::core::pricing::{ComputePrice, Price};
 use crate::core::route_prices::{kind, Fields};
 use serde_json::Value;
-use std::collections::BTreeMap;
 
 /// Endpoint names are slugs of at most this many bytes.
 pub const MAX_ENDPOINT_NAME_LEN: usize = 64;
@@ -78,7 +77,9 @@ impl Endpoint {
 /// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Endpoints {
-    by_name: BTreeMap<String, Endpoint>,
+    /// Sorted by name, searched by halves: a handful of entries, where a map of its own
+    /// would be one more BTreeMap instance in the bundle.
+    by_name: Vec<Endpoint>,
 }
 
 /// A `price` as given: `{"per_hour": USD}` or `{"input": USD, "output": USD}`.
@@ -96,7 +97,8 @@ impl Endpoints {
             Value::Object(map) => map,
             other => return Err(format!("{shape}: invalid type: {}, expected a map", kind(&other))),
         };
-        let mut by_name = BTreeMap::new();
+        // a Map iterates in name order, so `by_name` comes out sorted
+        let mut by_name = Vec::with_capacity(raw.len());
         for (name, value) in raw {
             if !valid_slug(&name, MAX_ENDPOINT_NAME_LEN) {
                 return Err(format!("endpoint name {name:?} must be 1 to {MAX_ENDPOINT_NAME_LEN} of [A-Za-z0-9._-]"));
@@ -107,7 +109,7 @@ impl Endpoints {
             let url = parse_base_url(raw.url).map_err(|e| format!("endpoint {name}: url {e}"))?;
             let token_secret = raw.token_secret.map(|s| check_secret_name(&name, s.to_string())).transpose()?;
             let price = raw.price.map_or(Ok(EndpointPrice::Free), |p| parse_price(&name, p))?;
-            by_name.insert(name.clone(), Endpoint { name, url, token_secret, price });
+            by_name.push(Endpoint { name, url, token_secret, price });
         }
         Ok(Endpoints { by_name })
     }
@@ -118,12 +120,12 @@ impl Endpoints {
     }
 
     pub fn get(&self, name: &str) -> Option<&Endpoint> {
-        self.by_name.get(name)
+        self.by_name.binary_search_by(|e| e.name.as_str().cmp(name)).ok().and_then(|at| self.by_name.get(at))
     }
 
     /// The configured names, in order.
     pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.by_name.keys().map(String::as_str)
+        self.by_name.iter().map(|e| e.name.as_str())
     }
 }
 
