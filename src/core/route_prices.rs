@@ -11,7 +11,6 @@
 use crate::core::ledger::MicroUsd;
 use crate::core::pricing::ComputePrice;
 use serde_json::{Map, Value};
-use std::collections::HashMap;
 
 /// What one call on a route costs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,7 +61,9 @@ pub const MAX_PATTERN_LEN: usize = crate::core::paths::MAX_PATH_LEN;
 /// ```
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct RoutePrices {
-    exact: HashMap<String, RouteRate>,
+    /// Exact patterns, in name order (a handful; a map of their own would be one more
+    /// hash table instance in the bundle).
+    exact: Vec<(String, RouteRate)>,
     /// Prefix patterns without their `*`, longest first, so the first that matches wins.
     prefixes: Vec<(String, RouteRate)>,
 }
@@ -81,9 +82,7 @@ impl RoutePrices {
             let rate = parse_rate(&pattern, &value)?;
             match pattern.strip_suffix('*') {
                 Some(prefix) => prices.prefixes.push((prefix.to_string(), rate)),
-                None => {
-                    prices.exact.insert(pattern, rate);
-                }
+                None => prices.exact.push((pattern, rate)),
             }
         }
         // a handful of patterns: the small sort, not a second copy of the standard one
@@ -108,7 +107,7 @@ impl RoutePrices {
         let exact = candidates
             .iter()
             .flatten()
-            .filter_map(|c| self.exact.get(*c).map(|rate| (c.len(), *rate)))
+            .filter_map(|c| self.exact.iter().find(|(p, _)| p == c).map(|(_, rate)| (c.len(), *rate)))
             .reduce(|best, next| if next.0 > best.0 { next } else { best });
         if let Some((_, rate)) = exact {
             return Some(rate);
