@@ -12,9 +12,8 @@
 use crate::core::keys::valid_slug;
 use crate::core::paths::check_path;
 use crate::core::pricing::{ComputePrice, Price};
-use serde::Deserialize;
+use crate::core::route_prices::{kind, Fields};
 use serde_json::Value;
-use std::collections::BTreeMap;
 
 /// Endpoint names are slugs of at most this many bytes.
 pub const MAX_ENDPOINT_NAME_LEN: usize = 64;
@@ -78,21 +77,12 @@ impl Endpoint {
 /// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Endpoints {
-    by_name: BTreeMap<String, Endpoint>,
+    /// Sorted by name, searched by halves: a handful of entries, where a map of its own
+    /// would be one more BTreeMap instance in the bundle.
+    by_name: Vec<Endpoint>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawEndpoint {
-    url: String,
-    #[serde(default)]
-    token_secret: Option<String>,
-    #[serde(default)]
-    price: Option<RawPrice>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+/// A `price` as given: `{"per_hour": USD}` or `{"input": USD, "output": USD}`.
 struct RawPrice {
     per_hour: Option<f64>,
     input: Option<f64>,
@@ -102,20 +92,24 @@ struct RawPrice {
 impl Endpoints {
     /// Parses the `ENDPOINTS` JSON object. Every error names the endpoint it is about.
     pub fn parse(json: &str) -> Result<Endpoints, String> {
-        let raw: BTreeMap<String, Value> = serde_json::from_str(json)
-            .map_err(|e| format!("expected {{\"name\": {{\"url\": \"https://...\", ...}}}}: {e}"))?;
-        let mut by_name = BTreeMap::new();
+        let shape = "expected {\"name\": {\"url\": \"https://...\", ...}}";
+        let raw = match serde_json::from_str(json).map_err(|e| format!("{shape}: {e}"))? {
+            Value::Object(map) => map,
+            other => return Err(format!("{shape}: invalid type: {}, expected a map", kind(&other))),
+        };
+        // a Map iterates in name order, so `by_name` comes out sorted
+        let mut by_name = Vec::with_capacity(raw.len());
         for (name, value) in raw {
             if !valid_slug(&name, MAX_ENDPOINT_NAME_LEN) {
                 return Err(format!("endpoint name {name:?} must be 1 to {MAX_ENDPOINT_NAME_LEN} of [A-Za-z0-9._-]"));
             }
-            let raw = RawEndpoint::deserialize(value).map_err(|e| {
+            let raw = raw_endpoint(&value).map_err(|e| {
                 format!("endpoint {name}: expected {{\"url\": \"https://...\", \"token_secret\"?, \"price\"?}}: {e}")
             })?;
-            let url = parse_base_url(&raw.url).map_err(|e| format!("endpoint {name}: url {e}"))?;
-            let token_secret = raw.token_secret.map(|s| check_secret_name(&name, s)).transpose()?;
+            let url = parse_base_url(raw.url).map_err(|e| format!("endpoint {name}: url {e}"))?;
+            let token_secret = raw.token_secret.map(|s| check_secret_name(&name, s.to_string())).transpose()?;
             let price = raw.price.map_or(Ok(EndpointPrice::Free), |p| parse_price(&name, p))?;
-            by_name.insert(name.clone(), Endpoint { name, url, token_secret, price });
+            by_name.push(Endpoint { name, url, token_secret, price });
         }
         Ok(Endpoints { by_name })
     }
@@ -126,13 +120,34 @@ impl Endpoints {
     }
 
     pub fn get(&self, name: &str) -> Option<&Endpoint> {
-        self.by_name.get(name)
+        self.by_name.binary_search_by(|e| e.name.as_str().cmp(name)).ok().and_then(|at| self.by_name.get(at))
     }
 
     /// The configured names, in order.
     pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.by_name.keys().map(String::as_str)
+        self.by_name.iter().map(|e| e.name.as_str())
     }
+}
+
+/// One endpoint's object as given, refused whole if it has a field it should not.
+struct RawEndpoint<'v> {
+    url: &'v str,
+    token_secret: Option<&'v str>,
+    price: Option<RawPrice>,
+}
+
+fn raw_endpoint(v: &Value) -> Result<RawEndpoint<'_>, String> {
+    let fields = Fields::of(v, &["url", "token_secret", "price"])?;
+    let url = fields.text("url")?.ok_or("missing field `url`")?;
+    let price = match fields.get("price") {
+        None => None,
+        Some(p) => {
+            let p = Fields::of(p, &["per_hour", "input", "output"]).map_err(|e| format!("price: {e}"))?;
+            let number = |name| p.number(name).map_err(|e| format!("price: {e}"));
+            Some(RawPrice { per_hour: number("per_hour")?, input: number("input")?, output: number("output")? })
+        }
+    };
+    Ok(RawEndpoint { url, token_secret: fields.text("token_secret")?, price })
 }
 
 /// Checks a base URL a call may be sent to: `http` or `https`, a host (`name` or `[v6]`,

@@ -20,8 +20,10 @@
 //!   /replicate/v1/predictions/<id>/cancel`.
 
 use crate::core::paths::check_path;
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::Value;
+use std::fmt;
 
 /// The longest job id accepted.
 pub const MAX_JOB_ID_LEN: usize = 128;
@@ -170,15 +172,56 @@ pub struct SubmittedJob {
     pub poll_base: String,
 }
 
-#[derive(Deserialize)]
-struct FalSubmitted {
+/// The fields the gateway reads from a job's JSON: fal's submit answer (`request_id`,
+/// `response_url`), Replicate's (`id`), a Replicate prediction request (`version`). One map
+/// visitor reads them all, where a derived struct per shape put a deserializer of about 3 KB
+/// each into the bundle; everything else in a body (a prediction's `input` may be megabytes)
+/// is skipped without being kept. As a derived struct would, it refuses a field given twice.
+#[derive(Default)]
+struct JobFields {
     request_id: Option<Value>,
     response_url: Option<Value>,
+    id: Option<Value>,
+    version: Option<Value>,
 }
 
-#[derive(Deserialize)]
-struct ReplicateSubmitted {
-    id: Option<Value>,
+impl<'de> Deserialize<'de> for JobFields {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Fields;
+        impl<'de> Visitor<'de> for Fields {
+            type Value = JobFields;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<JobFields, A::Error> {
+                let mut out = JobFields::default();
+                while let Some(key) = map.next_key::<String>()? {
+                    let (name, slot) = match key.as_str() {
+                        "request_id" => ("request_id", &mut out.request_id),
+                        "response_url" => ("response_url", &mut out.response_url),
+                        "id" => ("id", &mut out.id),
+                        "version" => ("version", &mut out.version),
+                        _ => {
+                            map.next_value::<IgnoredAny>()?;
+                            continue;
+                        }
+                    };
+                    if slot.is_some() {
+                        return Err(de::Error::duplicate_field(name));
+                    }
+                    *slot = Some(map.next_value::<Value>()?);
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_map(Fields)
+    }
+}
+
+fn job_fields(body: &[u8]) -> Option<JobFields> {
+    serde_json::from_slice(body).ok()
 }
 
 /// Reads the job a submit created from its 2xx JSON answer. `None` when the answer names no
@@ -202,7 +245,7 @@ struct ReplicateSubmitted {
 /// ```
 pub fn submitted_job(path: &str, body: &[u8]) -> Option<SubmittedJob> {
     if let Some(rest) = path.strip_prefix("/fal-ai/") {
-        let answer: FalSubmitted = serde_json::from_slice(body).ok()?;
+        let answer = job_fields(body)?;
         let id = answer.request_id.as_ref().and_then(Value::as_str).filter(|id| valid_job_id(id))?;
         let poll_base = answer
             .response_url
@@ -213,7 +256,7 @@ pub fn submitted_job(path: &str, body: &[u8]) -> Option<SubmittedJob> {
         return Some(SubmittedJob { id: id.to_string(), poll_base });
     }
     if path.starts_with("/replicate/") {
-        let answer: ReplicateSubmitted = serde_json::from_slice(body).ok()?;
+        let answer = job_fields(body)?;
         let id = answer.id.as_ref().and_then(Value::as_str).filter(|id| valid_job_id(id))?;
         return Some(SubmittedJob { id: id.to_string(), poll_base: format!("/replicate/v1/predictions/{id}") });
     }
@@ -265,11 +308,6 @@ pub fn poll_path(poll_base: &str, tail: &str) -> String {
     format!("{poll_base}{appended}")
 }
 
-#[derive(Deserialize)]
-struct VersionedPrediction {
-    version: Option<Value>,
-}
-
 /// The model a job names, for `ROUTE_PRICES` and the usage views: the fal model path of a
 /// fal-ai submit, `<owner>/<name>` of a Replicate model or deployment, the body's `version`
 /// for `POST /replicate/v1/predictions` (when it is a string). `None` otherwise.
@@ -290,10 +328,7 @@ pub fn job_model(path: &str, body: &[u8]) -> Option<String> {
         let segs: Vec<&str> = rest.trim_end_matches('/').split('/').collect();
         match segs.as_slice() {
             ["models" | "deployments", owner, name, "predictions"] => format!("{owner}/{name}"),
-            ["predictions"] => {
-                let body: VersionedPrediction = serde_json::from_slice(body).ok()?;
-                body.version.as_ref().and_then(Value::as_str)?.to_string()
-            }
+            ["predictions"] => job_fields(body)?.version.as_ref().and_then(Value::as_str)?.to_string(),
             _ => return None,
         }
     } else {
@@ -454,6 +489,17 @@ mod tests {
         assert_eq!(submitted_job("/fal-ai/", br#"{"request_id":"abc"}"#), None);
         assert_eq!(submitted_job("/replicate/v1/predictions", br#"{"id":"a/b"}"#), None);
         assert_eq!(submitted_job("/together/v1/x", br#"{"id":"abc"}"#), None);
+    }
+
+    #[test]
+    fn fields_are_read_whatever_surrounds_them_and_a_repeated_one_is_refused() {
+        let body = br#"{"input":{"image":"data:;base64,AAAA","n":[1,{"id":"inner"}]},"id":"p1","id2":null}"#;
+        assert_eq!(submitted_job("/replicate/v1/predictions", body).map(|j| j.id).as_deref(), Some("p1"));
+        let twice = br#"{"id":"p1","id":"p2"}"#;
+        assert_eq!(submitted_job("/replicate/v1/predictions", twice), None);
+        let null_then_id = br#"{"version":null,"version":"v"}"#;
+        assert_eq!(job_model("/replicate/v1/predictions", null_then_id), None);
+        assert_eq!(job_model("/replicate/v1/predictions", br#"{"version":7}"#), None);
     }
 
     #[test]

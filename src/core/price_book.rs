@@ -122,37 +122,50 @@ impl PriceBook {
         serde_json::to_string(&stored).unwrap_or_default()
     }
 
-    /// Reads what `to_json` wrote, refusing anything `to_json` could not have written.
+    /// Reads what `to_json` wrote, refusing anything `to_json` could not have written. Read
+    /// through a `Value` (a deserializer the bundle has anyway) rather than a derived struct
+    /// of maps, tuples and arrays, which put about 5 KB of deserializers into it.
     pub fn from_json(s: &str) -> Result<PriceBook, String> {
-        let stored: Stored = serde_json::from_str(s).map_err(|e| format!("stored price book: {e}"))?;
-        if stored.v != STORED_VERSION {
-            return Err(format!("stored price book: version {} is not {STORED_VERSION}", stored.v));
+        let fail = |why: String| format!("stored price book: {why}");
+        let stored: Value = serde_json::from_str(s).map_err(|e| fail(e.to_string()))?;
+        let fields = stored
+            .as_object()
+            .filter(|o| o.keys().all(|k| ["v", "fetched_at", "models"].contains(&k.as_str())))
+            .ok_or_else(|| fail("expected {\"v\", \"fetched_at\", \"models\"} and no other field".into()))?;
+        let field = |name: &str| fields.get(name).ok_or_else(|| fail(format!("missing field `{name}`")));
+        let v = field("v")?.as_u64().ok_or_else(|| fail("v is not a version".into()))?;
+        if v != u64::from(STORED_VERSION) {
+            return Err(fail(format!("version {v} is not {STORED_VERSION}")));
         }
-        if stored.models.len() > MAX_MODELS {
-            return Err(format!("stored price book: more than {MAX_MODELS} models"));
+        let fetched_at = field("fetched_at")?.as_u64().ok_or_else(|| fail("fetched_at is not a time".into()))?;
+        let stored_models = field("models")?.as_object().ok_or_else(|| fail("models is not a map".into()))?;
+        if stored_models.len() > MAX_MODELS {
+            return Err(fail(format!("more than {MAX_MODELS} models")));
         }
         let mut models = BTreeMap::new();
-        for (id, rows) in stored.models {
-            if !valid_model_id(&id) {
-                return Err(format!("stored price book: model id {id:?} is not valid"));
+        for (id, rows) in stored_models {
+            if !valid_model_id(id) {
+                return Err(fail(format!("model id {id:?} is not valid")));
             }
+            let rows = rows.as_array().ok_or_else(|| fail(format!("{id} has no list of providers")))?;
             if rows.len() > MAX_PROVIDERS_PER_MODEL {
-                return Err(format!("stored price book: {id} has more than {MAX_PROVIDERS_PER_MODEL} providers"));
+                return Err(fail(format!("{id} has more than {MAX_PROVIDERS_PER_MODEL} providers")));
             }
             let mut entries: Vec<ProviderEntry> = Vec::with_capacity(rows.len());
-            for (provider, live, price) in rows {
-                if !valid_provider(&provider) || entries.iter().any(|e| e.provider == provider) {
-                    return Err(format!("stored price book: {id} has a bad or repeated provider {provider:?}"));
+            for row in rows {
+                let (provider, live, price) = stored_entry(row)
+                    .ok_or_else(|| fail(format!("{id} has a provider that is not [name, live, price]")))?;
+                if !valid_provider(provider) || entries.iter().any(|e| e.provider == provider) {
+                    return Err(fail(format!("{id} has a bad or repeated provider {provider:?}")));
                 }
-                let price = price.map(|[input, output]| Price { input, output });
                 if price.is_some_and(|p| p.input.max(p.output) > max_micro_per_million()) {
-                    return Err(format!("stored price book: {id} at {provider} is priced out of range"));
+                    return Err(fail(format!("{id} at {provider} is priced out of range")));
                 }
-                entries.push(ProviderEntry { provider, live, price });
+                entries.push(ProviderEntry { provider: provider.to_string(), live, price });
             }
-            models.insert(id, entries);
+            models.insert(id.clone(), entries);
         }
-        Ok(PriceBook { fetched_at: UnixMillis(stored.fetched_at), models })
+        Ok(PriceBook { fetched_at: UnixMillis(fetched_at), models })
     }
 
     /// Whether the book is at least `ttl_ms` old. A book from the future (a clock that
@@ -177,24 +190,21 @@ impl PriceBook {
     /// "output": 0.6}, "groq": {"live": false, "input": null, "output": null}}}}`.
     pub fn view(&self) -> Value {
         let usd = |micro: u64| micro as f64 / 1e6;
-        let models: Map<String, Value> = self
-            .models
-            .iter()
-            .map(|(id, entries)| {
-                let providers: Map<String, Value> = entries
-                    .iter()
-                    .map(|e| {
-                        let view = json!({
-                            "live": e.live,
-                            "input": e.price.map(|p| usd(p.input)),
-                            "output": e.price.map(|p| usd(p.output)),
-                        });
-                        (e.provider.clone(), view)
-                    })
-                    .collect();
-                (id.clone(), Value::Object(providers))
-            })
-            .collect();
+        // Built by insert, not collect: a Map collected from an iterator brings a stable sort
+        // into the bundle for each iterator type (about 3 KB each).
+        let mut models = Map::new();
+        for (id, entries) in &self.models {
+            let mut providers = Map::new();
+            for e in entries {
+                let view = json!({
+                    "live": e.live,
+                    "input": e.price.map(|p| usd(p.input)),
+                    "output": e.price.map(|p| usd(p.output)),
+                });
+                providers.insert(e.provider.clone(), view);
+            }
+            models.insert(id.clone(), Value::Object(providers));
+        }
         json!({ "fetched_at": self.fetched_at.to_string(), "models": models })
     }
 }
@@ -403,15 +413,17 @@ impl<'de> Deserialize<'de> for BoundedModels {
     }
 }
 
-/// A provider as stored: `[name, live, [input, output] | null]`.
-type StoredEntry = (String, bool, Option<[u64; 2]>);
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Stored {
-    v: u32,
-    fetched_at: u64,
-    models: BTreeMap<String, Vec<StoredEntry>>,
+/// A provider as stored: `[name, live, [input, output] | null]`, nothing more or less.
+fn stored_entry(row: &Value) -> Option<(&str, bool, Option<Price>)> {
+    let [provider, live, price] = row.as_array()?.as_slice() else { return None };
+    let price = match price {
+        Value::Null => None,
+        p => {
+            let [input, output] = p.as_array()?.as_slice() else { return None };
+            Some(Price { input: input.as_u64()?, output: output.as_u64()? })
+        }
+    };
+    Some((provider.as_str()?, live.as_bool()?, price))
 }
 
 #[derive(Serialize)]

@@ -10,9 +10,7 @@
 
 use crate::core::ledger::MicroUsd;
 use crate::core::pricing::ComputePrice;
-use serde::Deserialize;
-use serde_json::Value;
-use std::collections::{BTreeMap, HashMap};
+use serde_json::{Map, Value};
 
 /// What one call on a route costs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,36 +61,34 @@ pub const MAX_PATTERN_LEN: usize = crate::core::paths::MAX_PATH_LEN;
 /// ```
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct RoutePrices {
-    exact: HashMap<String, RouteRate>,
+    /// Exact patterns, in name order (a handful; a map of their own would be one more
+    /// hash table instance in the bundle).
+    exact: Vec<(String, RouteRate)>,
     /// Prefix patterns without their `*`, longest first, so the first that matches wins.
     prefixes: Vec<(String, RouteRate)>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRate {
-    per_request: Option<f64>,
-    per_second: Option<f64>,
 }
 
 impl RoutePrices {
     /// Parses the `ROUTE_PRICES` JSON object. Every error names the pattern it is about.
     pub fn parse(json: &str) -> Result<RoutePrices, String> {
-        let raw: BTreeMap<String, Value> = serde_json::from_str(json).map_err(|e| {
-            format!("expected {{\"pattern\": {{\"per_request\": USD}} or {{\"per_second\": USD}}}}: {e}")
-        })?;
+        let shape = "expected {\"pattern\": {\"per_request\": USD} or {\"per_second\": USD}}";
+        let raw = match serde_json::from_str(json).map_err(|e| format!("{shape}: {e}"))? {
+            Value::Object(map) => map,
+            other => return Err(format!("{shape}: invalid type: {}, expected a map", kind(&other))),
+        };
         let mut prices = RoutePrices::empty();
         for (pattern, value) in raw {
             check_pattern(&pattern)?;
-            let rate = parse_rate(&pattern, value)?;
+            let rate = parse_rate(&pattern, &value)?;
             match pattern.strip_suffix('*') {
                 Some(prefix) => prices.prefixes.push((prefix.to_string(), rate)),
-                None => {
-                    prices.exact.insert(pattern, rate);
-                }
+                None => prices.exact.push((pattern, rate)),
             }
         }
-        prices.prefixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
+        // a handful of patterns: the small sort, not a second copy of the standard one
+        crate::core::sort::sort_small_by(&mut prices.prefixes, |a, b| {
+            b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0))
+        });
         Ok(prices)
     }
 
@@ -111,7 +107,7 @@ impl RoutePrices {
         let exact = candidates
             .iter()
             .flatten()
-            .filter_map(|c| self.exact.get(*c).map(|rate| (c.len(), *rate)))
+            .filter_map(|c| self.exact.iter().find(|(p, _)| p == c).map(|(_, rate)| (c.len(), *rate)))
             .reduce(|best, next| if next.0 > best.0 { next } else { best });
         if let Some((_, rate)) = exact {
             return Some(rate);
@@ -152,9 +148,11 @@ fn check_pattern(pattern: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn parse_rate(pattern: &str, value: Value) -> Result<RouteRate, String> {
+fn parse_rate(pattern: &str, value: &Value) -> Result<RouteRate, String> {
     let shape = "{\"per_request\": USD} or {\"per_second\": USD}";
-    let raw = RawRate::deserialize(value).map_err(|e| format!("pattern {pattern:?}: expected {shape}: {e}"))?;
+    let bad = |e: String| format!("pattern {pattern:?}: expected {shape}: {e}");
+    let raw = Fields::of(value, &["per_request", "per_second"]).map_err(bad)?;
+    let (per_request, per_second) = (raw.number("per_request").map_err(bad)?, raw.number("per_second").map_err(bad)?);
     let usd = |v: f64| -> Result<f64, String> {
         if v.is_finite() && (0.0..=MAX_ROUTE_USD).contains(&v) {
             Ok(v)
@@ -162,10 +160,61 @@ fn parse_rate(pattern: &str, value: Value) -> Result<RouteRate, String> {
             Err(format!("pattern {pattern:?}: a price must be between 0 and {MAX_ROUTE_USD} USD"))
         }
     };
-    match (raw.per_request, raw.per_second) {
+    match (per_request, per_second) {
         (Some(v), None) => Ok(RouteRate::PerRequest(MicroUsd((usd(v)? * 1e6).round() as u64))),
         (None, Some(v)) => Ok(RouteRate::PerSecond(ComputePrice((usd(v)? * 1e9).round() as u64))),
         _ => Err(format!("pattern {pattern:?}: expected exactly one of {shape}")),
+    }
+}
+
+/// A small JSON object of a setting, read strictly: what `#[serde(deny_unknown_fields)]` on a
+/// struct of optional fields would refuse, this refuses, in much the same words. Deserializing
+/// such structs from a `Value` put serde_json's whole `Value` deserializer into the bundle
+/// (about 6 KB) for two settings read once per isolate; `ENDPOINTS` uses it too.
+pub(crate) struct Fields<'v>(&'v Map<String, Value>);
+
+impl<'v> Fields<'v> {
+    /// The object `v`, if it is one with no field outside `allowed`.
+    pub(crate) fn of(v: &'v Value, allowed: &[&str]) -> Result<Fields<'v>, String> {
+        let Value::Object(map) = v else { return Err(format!("invalid type: {}, expected a map", kind(v))) };
+        match map.keys().find(|k| !allowed.contains(&k.as_str())) {
+            Some(k) => {
+                let expected: Vec<String> = allowed.iter().map(|a| format!("`{a}`")).collect();
+                Err(format!("unknown field `{k}`, expected one of {}", expected.join(", ")))
+            }
+            None => Ok(Fields(map)),
+        }
+    }
+
+    /// A field that is absent or `null` is `None`.
+    pub(crate) fn get(&self, name: &str) -> Option<&'v Value> {
+        self.0.get(name).filter(|v| !v.is_null())
+    }
+
+    /// An optional number.
+    pub(crate) fn number(&self, name: &str) -> Result<Option<f64>, String> {
+        self.get(name)
+            .map(|v| v.as_f64().ok_or_else(|| format!("{name}: invalid type: {}, expected a number", kind(v))))
+            .transpose()
+    }
+
+    /// An optional string.
+    pub(crate) fn text(&self, name: &str) -> Result<Option<&'v str>, String> {
+        self.get(name)
+            .map(|v| v.as_str().ok_or_else(|| format!("{name}: invalid type: {}, expected a string", kind(v))))
+            .transpose()
+    }
+}
+
+/// How serde names a JSON value's type in its errors.
+pub(crate) fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "sequence",
+        Value::Object(_) => "map",
     }
 }
 
