@@ -47,7 +47,7 @@ try {
     const before = workerdPids();
     const opts = gatewayOptions({
       bindings: { UPSTREAM_URL: upstream, HF_TOKEN: "hf_bench", ADMIN_TOKEN: ADMIN },
-      log: new Log(LogLevel.WARN), handleRuntimeStdio: () => {}, persist,
+      log: new Log(LogLevel.WARN), handleRuntimeStdio: (out, err) => { out.resume(); err.resume(); }, persist,
     });
     opts.workers[0].scriptPath = join(dir, "index.js");
     const mf = new Miniflare(opts);

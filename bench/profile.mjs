@@ -81,7 +81,7 @@ if (process.env.PERSIST) rmSync(process.env.PERSIST, { recursive: true, force: t
 const opts = gatewayOptions({
   bindings: { UPSTREAM_URL: upstream, HF_TOKEN: "hf_bench", ADMIN_TOKEN: ADMIN },
   log: new Log(LogLevel.WARN),
-  handleRuntimeStdio: () => {},
+  handleRuntimeStdio: (out, err) => { out.resume(); err.resume(); },
   persist: process.env.PERSIST || undefined,
   ...(process.env.NOPROFILE ? {} : { inspectorPort }),
 });
