@@ -178,7 +178,8 @@ impl Settings {
             None => HashMap::new(),
         };
         let secret = |name: &str| get(name).map(Secret);
-        Ok(Settings {
+
+        let settings = Settings {
             upstream,
             hf_token: secret("HF_TOKEN"),
             admin_token: secret("ADMIN_TOKEN"),
@@ -226,7 +227,12 @@ impl Settings {
                 Some(v) => Endpoints::parse(&v).map_err(|e| invalid("ENDPOINTS", e))?,
                 None => Endpoints::empty(),
             },
-        })
+        };
+        if settings.alert_webhook.is_some() && settings.alert_secret.is_none() {
+            // an alert anyone could forge is worse than none: the receiver must be able to check
+            return Err(invalid("ALERT_WEBHOOK_SECRET", "required (as a secret) when ALERT_WEBHOOK_URL is set"));
+        }
+        Ok(settings)
     }
 
     pub fn plan(&self, name: &str) -> Option<&Plan> {
@@ -381,6 +387,18 @@ mod tests {
                 other => panic!("{name}={value} gave {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn alerts_need_their_signing_secret() {
+        let url = ("ALERT_WEBHOOK_URL", "https://hooks.example/credits");
+        match Settings::from_vars(vars(&[url])) {
+            Err(GatewayError::Misconfigured { setting, .. }) => assert_eq!(setting, "ALERT_WEBHOOK_SECRET"),
+            other => panic!("{other:?}"),
+        }
+        let s = Settings::from_vars(vars(&[url, ("ALERT_WEBHOOK_SECRET", "whsec")])).unwrap();
+        assert_eq!(s.alert_webhook.as_deref(), Some("https://hooks.example/credits"));
+        assert_eq!(s.alert_thresholds, vec![50, 80, 100]);
     }
 
     #[test]
