@@ -3,7 +3,7 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import OpenAI from "openai";
 import { InferenceClient } from "@huggingface/inference";
-import { ADMIN, HF_TOKEN, startGateway, startUpstream, admin, newKey, chat, usage, rawRequest } from "./harness.mjs";
+import { ADMIN, HF_TOKEN, startGateway, startUpstream, admin, newKey, chat, usage, rawRequest, eventually } from "./harness.mjs";
 
 let up, gw, key;
 const MODEL = "meta-llama/Llama-3.1-8B-Instruct";
@@ -232,6 +232,17 @@ test("the sandbox upstream answers chat (streamed and not) and models with no to
     assert.ok(models.data.some((m) => m.id === MODEL));
     const raw = await fetch(`${sbx.url}/v1/models`, { headers: { authorization: `Bearer ${k.key}` } });
     assert.equal(raw.headers.get("x-upstream"), "sandbox");
+    // the live price book works with no network: read from the sandbox's /v1/models, and
+    // the calls above are counted under the sandbox's model and provider
+    const book = await admin(sbx, "GET", "/admin/prices");
+    assert.equal(book.json.models[MODEL]?.sandbox?.live, true, JSON.stringify(book.json).slice(0, 300));
+    const u = await eventually(async () => {
+      const x = await usage(sbx, k.key);
+      return x.by_model?.[0]?.requests === 2 ? x : null;
+    });
+    assert.ok(u, "both calls counted by model");
+    assert.deepEqual([u.by_model[0].model, u.by_model[0].provider], [MODEL, "sandbox"]);
+    assert.equal(u.by_model[0].cost_micro_usd, u.credits.used_micro_usd);
   } finally {
     await sbx.stop();
   }

@@ -15,6 +15,8 @@ fn respond_json(status: u16, v: &serde_json::Value) -> Result<Response, GatewayE
     let h = Headers::new();
     let _ = h.set("content-type", "application/json");
     let _ = h.set("x-request-id", &random_id(&mut OsRng));
+    // the sandbox is the one provider its /v1/models lists, and says so as the router would
+    let _ = h.set("x-inference-provider", "sandbox");
     crate::edge::response::bytes(status, v.to_string().into_bytes(), h)
         .map_err(|_| GatewayError::UpstreamError("sandbox".into()))
 }
@@ -24,6 +26,7 @@ fn respond_sse(events: Vec<String>, delay_ms: u64) -> Result<Response, GatewayEr
     let _ = h.set("content-type", "text/event-stream");
     let _ = h.set("cache-control", "no-cache");
     let _ = h.set("x-request-id", &random_id(&mut OsRng));
+    let _ = h.set("x-inference-provider", "sandbox");
     let chunks = stream::unfold((events.into_iter(), true), move |(mut it, first)| async move {
         let next = it.next()?;
         if !first && delay_ms > 0 {
