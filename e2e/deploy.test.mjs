@@ -91,6 +91,18 @@ test("HF_TOKEN or ADMIN_TOKEN missing: refused with their names and the command 
   assert.ok(!one.calls.includes("deploy"), "did not deploy");
 });
 
+test("ALERT_WEBHOOK_URL set without ALERT_WEBHOOK_SECRET: refused, since the gateway would refuse every request", () => {
+  const toml = DEPLOYABLE.replace(/^UPSTREAM_URL = .*$/m, (l) => `${l}\nALERT_WEBHOOK_URL = "https://hooks.example/credits"`);
+  assert.notEqual(toml, DEPLOYABLE);
+  const r = deploy({ toml });
+  assert.notEqual(r.code, 0);
+  assert.match(r.err, /secret not set: ALERT_WEBHOOK_SECRET\./);
+  assert.ok(!r.calls.includes("deploy"), "did not deploy");
+  const ok = deploy({ toml, secrets: ["HF_TOKEN", "ADMIN_TOKEN", "PROVIDER_KEY_SECRET", "ALERT_WEBHOOK_SECRET"] });
+  assert.equal(ok.code, 0, ok.err);
+  assert.equal(ok.calls.at(-1), "deploy");
+});
+
 test("PROVIDER_KEY_SECRET missing: a warning, and the deploy goes ahead", () => {
   const r = deploy({ secrets: ["HF_TOKEN", "ADMIN_TOKEN"] });
   assert.equal(r.code, 0, r.err);

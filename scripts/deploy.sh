@@ -136,11 +136,16 @@ try {
   console.error("deploy: could not read the output of `wrangler secret list --format json` as a list of secrets");
   process.exit(1);
 }
-const missing = ["HF_TOKEN", "ADMIN_TOKEN"].filter((n) => !names.includes(n));
+// alerts posted to a webhook are signed, and the gateway refuses a webhook without its key
+const { unstable_readConfig } = await import("wrangler");
+const vars = unstable_readConfig({ config: "wrangler.toml" }).vars ?? {};
+const alerts = String(vars.ALERT_WEBHOOK_URL ?? "").trim() !== "";
+const missing = ["HF_TOKEN", "ADMIN_TOKEN", ...(alerts ? ["ALERT_WEBHOOK_SECRET"] : [])].filter((n) => !names.includes(n));
 if (missing.length) {
   const what = {
     HF_TOKEN: "a Hugging Face token allowed to call Inference Providers",
     ADMIN_TOKEN: "the admin API's token: a long random string, e.g. `openssl rand -hex 32`",
+    ALERT_WEBHOOK_SECRET: "the key credit alerts are signed with, shared with their receiver: `openssl rand -hex 32`",
   };
   console.error(`deploy: secret${missing.length > 1 ? "s" : ""} not set: ${missing.join(", ")}. Set ${missing.length > 1 ? "them" : "it"} first:`);
   for (const n of missing) console.error(`  npx wrangler secret put ${n}    (${what[n]})`);
