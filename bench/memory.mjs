@@ -39,7 +39,11 @@ const upstream = http.createServer((req, res) => {
 await new Promise((r) => upstream.listen(0, "127.0.0.1", r));
 const upUrl = `http://127.0.0.1:${upstream.address().port}`;
 
-const options = gatewayOptions({ bindings: { ADMIN_TOKEN: ADMIN, HF_TOKEN: "hf_bench", UPSTREAM_URL: upUrl } });
+const options = gatewayOptions({
+  bindings: { ADMIN_TOKEN: ADMIN, HF_TOKEN: "hf_bench", UPSTREAM_URL: upUrl },
+  // a JSON line per call: read and dropped (an unread pipe would stall workerd)
+  handleRuntimeStdio: (out, err) => { out.resume(); err.resume(); },
+});
 options.workers[0].scriptPath = `${buildDir}/index.js`;
 const mf = new Miniflare(options);
 const gw = (await mf.ready).href.replace(/\/$/, "");
