@@ -48,21 +48,6 @@ pub struct Endpoint {
     pub price: EndpointPrice,
 }
 
-impl Endpoint {
-    /// The URL a call goes to, for the path after `/endpoints/{name}` (see
-    /// `split_endpoint_path`).
-    ///
-    /// ```
-    /// use hf_gate::core::endpoints::Endpoints;
-    /// let e = Endpoints::parse(r#"{"mine": {"url": "https://xyz.endpoints.huggingface.cloud/"}}"#).unwrap();
-    /// let mine = e.get("mine").unwrap();
-    /// assert_eq!(mine.url_for("/v1/chat/completions"), "https://xyz.endpoints.huggingface.cloud/v1/chat/completions");
-    /// ```
-    pub fn url_for(&self, tail: &str) -> String {
-        format!("{}{tail}", self.url)
-    }
-}
-
 /// The parsed `ENDPOINTS` setting.
 ///
 /// ```
@@ -121,11 +106,6 @@ impl Endpoints {
 
     pub fn get(&self, name: &str) -> Option<&Endpoint> {
         self.by_name.binary_search_by(|e| e.name.as_str().cmp(name)).ok().and_then(|at| self.by_name.get(at))
-    }
-
-    /// The configured names, in order.
-    pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.by_name.iter().map(|e| e.name.as_str())
     }
 }
 
@@ -280,7 +260,6 @@ mod tests {
                 "a-free": {"url": "https://a.endpoints.huggingface.cloud", "price": null}}"#,
         )
         .unwrap();
-        assert_eq!(e.names().collect::<Vec<_>>(), ["a-free", "b-tokens"]);
         let a = e.get("a-free").unwrap();
         assert_eq!(a.url, "https://a.endpoints.huggingface.cloud");
         assert_eq!(a.token_secret, None);
@@ -289,7 +268,7 @@ mod tests {
         assert_eq!(b.url, "http://10.0.0.1:8080");
         assert_eq!(b.price, EndpointPrice::Tokens(Price { input: 200_000, output: 600_000 }));
         assert_eq!(Endpoints::parse("{}").unwrap(), Endpoints::empty());
-        assert_eq!(Endpoints::empty().names().count(), 0);
+        assert_eq!(Endpoints::empty().get("a-free"), None);
     }
 
     #[test]

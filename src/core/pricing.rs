@@ -64,12 +64,6 @@ impl PriceTable {
         Ok(PriceTable { models, fallback })
     }
 
-    /// The price of a model; a `:provider` suffix is ignored, unknown models get `"*"`.
-    pub fn price(&self, model: &str) -> Price {
-        let base = model.rsplit_once(':').map_or(model, |(m, _)| m);
-        self.models.get(base).copied().unwrap_or(self.fallback)
-    }
-
     /// The entry for exactly `key` (`"model"` or `"model:provider"`), with no suffix stripped
     /// and no fallback: the live price book needs to tell an operator's override from a gap.
     /// `"*"` is not an entry; it is `fallback()`.
@@ -188,8 +182,9 @@ mod tests {
     #[test]
     fn the_default_table_parses_and_prices_unknown_models() {
         let t = PriceTable::parse(DEFAULT_PRICES).unwrap();
-        assert_eq!(t.price("meta-llama/Llama-3.1-8B-Instruct:together"), Price { input: 100_000, output: 100_000 });
-        assert_eq!(t.price("someone/new-model"), Price { input: 1_000_000, output: 3_000_000 });
+        assert_eq!(t.exact("meta-llama/Llama-3.1-8B-Instruct"), Some(Price { input: 100_000, output: 100_000 }));
+        assert_eq!(t.exact("someone/new-model"), None);
+        assert_eq!(t.fallback(), Price { input: 1_000_000, output: 3_000_000 });
     }
 
     #[test]
@@ -201,8 +196,7 @@ mod tests {
         assert_eq!(t.exact("m:groq"), Some(Price { input: 3_000_000, output: 3_000_000 }));
         assert_eq!(t.exact("m:together"), None);
         assert_eq!(t.exact("other"), None);
-        // `price` still strips the suffix, as before
-        assert_eq!(t.price("m:groq"), Price { input: 2_000_000, output: 2_000_000 });
+        assert_eq!(t.exact("m"), Some(Price { input: 2_000_000, output: 2_000_000 }));
     }
 
     #[test]

@@ -21,24 +21,6 @@ pub enum RouteRate {
     PerSecond(ComputePrice),
 }
 
-impl RouteRate {
-    /// The cost of one call that took `elapsed_ms` upstream, rounded up to the micro-USD.
-    ///
-    /// ```
-    /// use hf_gate::core::ledger::MicroUsd;
-    /// use hf_gate::core::pricing::ComputePrice;
-    /// use hf_gate::core::route_prices::RouteRate;
-    /// assert_eq!(RouteRate::PerRequest(MicroUsd(5_000)).cost(60_000), MicroUsd(5_000));
-    /// assert_eq!(RouteRate::PerSecond(ComputePrice(1_000_000)).cost(2_500), MicroUsd(2_500));
-    /// ```
-    pub fn cost(&self, elapsed_ms: u64) -> MicroUsd {
-        match self {
-            RouteRate::PerRequest(price) => *price,
-            RouteRate::PerSecond(price) => price.cost_ms(elapsed_ms),
-        }
-    }
-}
-
 /// $0.10 per job when nothing matches: conservative, so an unpriced route costs too much
 /// rather than nothing.
 pub const DEFAULT_JOB_PRICE: MicroUsd = MicroUsd(100_000);
