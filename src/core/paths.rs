@@ -4,6 +4,7 @@
 //! and paths with `..`, `.`, empty segments, backslashes or encoded slashes and dots are refused
 //! rather than normalised into something else.
 
+use crate::core::endpoints::split_endpoint_path;
 use crate::core::error::GatewayError;
 
 /// Inference Providers reachable as `/{provider}/...`.
@@ -229,11 +230,9 @@ pub fn route(path: &str) -> Result<Route, GatewayError> {
     if let Some(model) = trimmed.strip_prefix("/v1/models/") {
         return proxy(Metering::Unmetered, None, Some(model));
     }
-    if let Some(rest) = trimmed.strip_prefix("/endpoints/") {
-        let (name, tail) = rest.split_once('/').unwrap_or((rest, ""));
-        if name.is_empty() {
-            return Err(GatewayError::NotFound);
-        }
+    if trimmed.starts_with("/endpoints/") {
+        // a name no ENDPOINTS entry could have is no endpoint
+        let (name, tail) = split_endpoint_path(trimmed).ok_or(GatewayError::NotFound)?;
         let metering = match token_api(tail) {
             Some(api) => Metering::Tokens(api),
             None => Metering::Time,
