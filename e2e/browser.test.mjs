@@ -3,11 +3,8 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import http from "node:http";
-import { mkdirSync, mkdtempSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
-import { chromium } from "playwright-core";
-import { ADMIN, startGateway, newKey, record } from "./harness.mjs";
+import { mkdirSync } from "node:fs";
+import { ADMIN, startGateway, newKey, launchChromium } from "./harness.mjs";
 
 const ARTIFACTS = "e2e/artifacts";
 let gw, browser, allowed, other;
@@ -28,22 +25,8 @@ before(async () => {
   gw = await startGateway({ UPSTREAM_URL: "sandbox", SANDBOX_CHUNK_DELAY_MS: "15" });
   allowed = await pageServer();
   other = await pageServer();
-  browser = await chromium.launchPersistentContext(mkdtempSync(join(tmpdir(), "hfg-chromium-")), {
-    executablePath: "/usr/bin/chromium",
-    headless: true,
-    viewport: { width: 1200, height: 760 },
-    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-  });
-  // what the browser received from the gateway goes into the secret-hygiene transcript
-  browser.on("response", (r) => {
-    if (!r.url().startsWith(gw.url)) return;
-    const creates = r.request().method() === "POST" && r.url().endsWith("/admin/keys");
-    pending.push(
-      Promise.all([r.allHeaders(), r.text()])
-        .then(([headers, body]) => record("response", `${r.status()} ${JSON.stringify(headers)}\n${creates ? "<key creation body>" : body}`, { url: r.url() }))
-        .catch(() => record("response", `${r.status()}`, { url: r.url() })),
-    );
-  });
+  // what the browser receives from the gateway goes into the secret-hygiene transcript
+  browser = await launchChromium(gw, pending);
 });
 after(async () => {
   await Promise.all(pending);

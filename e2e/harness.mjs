@@ -89,7 +89,8 @@ export async function startGateway(vars = {}, { brokenLedger = false, persist = 
   return { url, mf, stop: () => mf.dispose() };
 }
 
-function collect(req) {
+/** A request's whole body. */
+export function collect(req) {
   return new Promise((resolve, reject) => {
     const parts = [];
     req.on("data", (c) => parts.push(c));

@@ -4,7 +4,7 @@
 // and a dedicated Inference Endpoint. It records every call; `state` scripts it.
 import http from "node:http";
 import { randomUUID } from "node:crypto";
-import { completion, streamCompletion } from "./harness.mjs";
+import { collect, completion, streamCompletion } from "./harness.mjs";
 
 /** The router's `/v1/models`, with the prices the tests compute costs from (USD per 1M tokens). */
 export const MODELS = {
@@ -69,15 +69,6 @@ function defaults() {
     jobs: new Map(), // fal-ai request id -> {app, polls, submitted (the JSON answered)}
     predictions: new Map(), // replicate id -> the prediction
   };
-}
-
-function collect(req) {
-  return new Promise((resolve, reject) => {
-    const parts = [];
-    req.on("data", (c) => parts.push(c));
-    req.on("end", () => resolve(Buffer.concat(parts)));
-    req.on("error", reject);
-  });
 }
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
