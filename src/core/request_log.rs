@@ -354,8 +354,9 @@ pub fn merge_pages(pages: Vec<(u32, Page)>, limit: u32) -> (Vec<String>, Option<
         more |= page.rows.len() as u64 >= u64::from(limit);
         all.extend(page.rows.into_iter().map(|(at, seq, body)| (at, shard, seq, body)));
     }
-    // newest first: (at, shard, seq) descending
-    crate::core::sort::sort_small_by(&mut all, |a, b| (b.0, b.1, b.2).cmp(&(a.0, a.1, a.2)));
+    // newest first: (at, shard, seq) descending, a total order (a shard's seqs are unique);
+    // up to a page from each of 64 shards, too many for an insertion sort
+    crate::core::sort::heap_sort_by(&mut all, |a, b| (b.0, b.1, b.2).cmp(&(a.0, a.1, a.2)));
     let take = usize::try_from(limit).unwrap_or(usize::MAX);
     more |= all.len() > take;
     all.truncate(take);

@@ -1,7 +1,8 @@
-//! A stable insertion sort for the few short lists the gateway sorts (a body's edits, the
-//! sandbox's model list). The standard library's stable sort is fast on long inputs but
-//! brings about 2 KB of code into the bundle for every element type it sorts; these lists
-//! hold a handful of items, where insertion sort is as fast and a few dozen bytes.
+//! The gateway's own sorts: a stable insertion sort for the few short lists it sorts (a
+//! body's edits, the sandbox's model list), and a heap sort for the long ones (an account's
+//! spend lines and jobs, a page of request log records from every shard of an org). The
+//! standard library's stable sort brings about 2 KB of code into the bundle for every element
+//! type it sorts; on a handful of items insertion sort is as fast in a few dozen bytes.
 
 use std::cmp::Ordering;
 
@@ -26,6 +27,38 @@ pub fn sort_small_by<T>(items: &mut [T], cmp: impl Fn(&T, &T) -> Ordering) {
     }
 }
 
+/// An in-place heap sort: O(n log n) on the thousands of lines or jobs an account may hold,
+/// where `sort_small_by` would be quadratic, in a few hundred bytes of code where
+/// the standard stable sort brings about 3 KB per element type. Not stable: give it a total
+/// order.
+pub fn heap_sort_by<T>(v: &mut [T], cmp: impl Fn(&T, &T) -> Ordering) {
+    let less = |v: &[T], a: usize, b: usize| match (v.get(a), v.get(b)) {
+        (Some(x), Some(y)) => cmp(x, y) == Ordering::Less,
+        _ => false,
+    };
+    let sift_down = |v: &mut [T], mut node: usize, end: usize| loop {
+        let mut child = 2 * node + 1;
+        if child >= end {
+            break;
+        }
+        if child + 1 < end && less(v, child, child + 1) {
+            child += 1;
+        }
+        if !less(v, node, child) {
+            break;
+        }
+        v.swap(node, child);
+        node = child;
+    };
+    for node in (0..v.len() / 2).rev() {
+        sift_down(v, node, v.len());
+    }
+    for end in (1..v.len()).rev() {
+        v.swap(0, end);
+        sift_down(v, 0, end);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -45,6 +78,25 @@ mod tests {
             sort_small_by(&mut ours, |a, b| a.0.cmp(&b.0));
             let mut std_sorted = v;
             std_sorted.sort_by_key(|x| x.0);
+            assert_eq!(ours, std_sorted);
+        }
+    }
+
+    #[test]
+    fn the_heap_sort_orders_like_the_standard_sort() {
+        // lists of every length up to 70 with many repeated keys, from a fixed LCG
+        let mut seed = 0x2545_f491_u32;
+        for len in 0..70 {
+            let v: Vec<(u32, usize)> = (0..len)
+                .map(|i| {
+                    seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                    (seed >> 28, i)
+                })
+                .collect();
+            let mut ours = v.clone();
+            heap_sort_by(&mut ours, Ord::cmp);
+            let mut std_sorted = v;
+            std_sorted.sort();
             assert_eq!(ours, std_sorted);
         }
     }

@@ -11,9 +11,9 @@
 use crate::core::ledger::MicroUsd;
 use crate::core::pricing::TokenUsage;
 use crate::core::request_log::CallLog;
+use crate::core::sort::heap_sort_by;
 use crate::core::time::{BillingPeriod, UnixMillis};
 use serde::{Deserialize, Serialize};
-use std::cmp::Ordering;
 use std::collections::BTreeMap;
 
 /// Distinct (key, model, provider) lines one account keeps before folding into `(other)`.
@@ -174,38 +174,6 @@ fn add_up(lines: impl Iterator<Item = ModelSpend>) -> Vec<ModelSpend> {
     out
 }
 
-/// An in-place heap sort: O(n log n) on the thousands of lines or jobs an account may hold,
-/// where `core::sort::sort_small_by` would be quadratic, in a few hundred bytes of code where
-/// the standard stable sort brings about 3 KB per element type. Not stable: give it a total
-/// order.
-fn heap_sort_by<T>(v: &mut [T], cmp: impl Fn(&T, &T) -> Ordering) {
-    let less = |v: &[T], a: usize, b: usize| match (v.get(a), v.get(b)) {
-        (Some(x), Some(y)) => cmp(x, y) == Ordering::Less,
-        _ => false,
-    };
-    let sift_down = |v: &mut [T], mut node: usize, end: usize| loop {
-        let mut child = 2 * node + 1;
-        if child >= end {
-            break;
-        }
-        if child + 1 < end && less(v, child, child + 1) {
-            child += 1;
-        }
-        if !less(v, node, child) {
-            break;
-        }
-        v.swap(node, child);
-        node = child;
-    };
-    for node in (0..v.len() / 2).rev() {
-        sift_down(v, node, v.len());
-    }
-    for end in (1..v.len()).rev() {
-        v.swap(0, end);
-        sift_down(v, 0, end);
-    }
-}
-
 /// Who submitted a job, and where upstream its polls go.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobRow {
@@ -332,25 +300,6 @@ mod tests {
         let m = merge(&[&ra, &rb]);
         assert_eq!(m.len(), 1);
         assert_eq!((m[0].requests, m[0].prompt_tokens, m[0].completion_tokens, m[0].cost_micro_usd), (2, 5, 7, 9));
-    }
-
-    #[test]
-    fn the_heap_sort_orders_like_the_standard_sort() {
-        // lists of every length up to 70 with many repeated keys, from a fixed LCG
-        let mut seed = 0x2545_f491_u32;
-        for len in 0..70 {
-            let v: Vec<(u32, usize)> = (0..len)
-                .map(|i| {
-                    seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-                    (seed >> 28, i)
-                })
-                .collect();
-            let mut ours = v.clone();
-            heap_sort_by(&mut ours, Ord::cmp);
-            let mut std_sorted = v;
-            std_sorted.sort();
-            assert_eq!(ours, std_sorted);
-        }
     }
 
     #[test]
