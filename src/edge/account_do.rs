@@ -390,7 +390,6 @@ impl Account {
 
 /// Posts one alert to the webhook: its body, signed; true when it answered 2xx within 10 s.
 async fn post_alert(url: &str, body: &str, id: &str, signature: &str) -> bool {
-    use wasm_bindgen::JsCast;
     let Ok(headers) = web_sys::Headers::new() else { return false };
     let _ = headers.set("content-type", "application/json");
     let _ = headers.set("x-hfgate-delivery", id);
@@ -399,16 +398,8 @@ async fn post_alert(url: &str, body: &str, id: &str, signature: &str) -> bool {
     init.set_method("POST");
     init.set_headers(headers.as_ref());
     init.set_body(&JsValue::from_str(body));
-    let global: web_sys::WorkerGlobalScope = js_sys::global().unchecked_into();
-    let sent = async {
-        let resp = wasm_bindgen_futures::JsFuture::from(global.fetch_with_str_and_init(url, &init)).await.ok()?;
-        let resp: web_sys::Response = resp.dyn_into().ok()?;
-        Some(resp.ok())
-    };
-    let timer = platform::sleep_ms(10_000);
-    futures_util::pin_mut!(sent);
-    futures_util::pin_mut!(timer);
-    matches!(future::select(sent, timer).await, future::Either::Left((Some(true), _)))
+    let sent = platform::within(10_000, async { platform::fetch(url, &init).await.map(|r| r.ok()) });
+    sent.await == Some(true)
 }
 
 fn int(v: u64) -> SqlStorageValue {

@@ -154,3 +154,22 @@ pub fn fault(what: &str, words: &str) {
     let line = serde_json::json!({"fault": {"what": what, "words": words, "at": crate::core::request_log::format_millis(now())}});
     worker::console_error!("{line}");
 }
+
+/// `fut`'s answer if it comes within `ms`, else `None` (`fut` is dropped unfinished).
+pub async fn within<T>(ms: u64, fut: impl Future<Output = Option<T>>) -> Option<T> {
+    let timer = sleep_ms(ms);
+    futures_util::pin_mut!(fut);
+    futures_util::pin_mut!(timer);
+    match futures_util::future::select(fut, timer).await {
+        futures_util::future::Either::Left((answer, _)) => answer,
+        futures_util::future::Either::Right(_) => None,
+    }
+}
+
+/// The runtime's own fetch, for the gateway's own requests (its price book, its alerts): the
+/// response, or `None` when it could not be made.
+pub async fn fetch(url: &str, init: &web_sys::RequestInit) -> Option<web_sys::Response> {
+    let global: web_sys::WorkerGlobalScope = js_sys::global().unchecked_into();
+    let resp = wasm_bindgen_futures::JsFuture::from(global.fetch_with_str_and_init(url, init)).await.ok()?;
+    resp.dyn_into().ok()
+}

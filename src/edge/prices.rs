@@ -15,8 +15,6 @@ use crate::core::time::UnixMillis;
 use crate::edge::{kv, platform, sandbox};
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
-use wasm_bindgen::JsCast;
-use wasm_bindgen_futures::JsFuture;
 use worker::{Context, Env};
 
 /// Where the book is kept in KV.
@@ -55,13 +53,8 @@ pub async fn book(env: &Env, ctx: &Context, s: &Settings) -> Option<Rc<PriceBook
     let now = platform::now();
     if let Some(book) = cached() {
         if book.is_stale(now, s.price_book_ttl_ms) && may_try(now) {
-            // one refresh at a time: marked before it is spawned, cleared however it ends
-            REFRESHING.with(|c| c.set(true));
-            let (env, s) = (env.clone(), s.clone());
-            ctx.wait_until(async move {
-                let _ = refresh_if_stale(&env, &s).await;
-                REFRESHING.with(|c| c.set(false));
-            });
+            // KV may already hold a fresher book (another isolate, or the cron, refreshed it)
+            refresh_beside(env, ctx, s, true);
         }
         return Some(book);
     }
@@ -73,31 +66,36 @@ pub async fn book(env: &Env, ctx: &Context, s: &Settings) -> Option<Rc<PriceBook
         let stale = stored.is_stale(now, s.price_book_ttl_ms);
         let book = keep(stored);
         if stale {
-            REFRESHING.with(|c| c.set(true));
-            let (env, s) = (env.clone(), s.clone());
-            ctx.wait_until(async move {
-                let _ = refresh(&env, &s).await;
-                REFRESHING.with(|c| c.set(false));
-            });
+            refresh_beside(env, ctx, s, false);
         }
         return Some(book);
     }
     refresh(env, s).await.ok()
 }
 
+/// Refreshes the book beside the call, in its `wait_until`: one refresh at a time, marked
+/// before it is spawned and cleared however it ends. With `kv_first`, a fresh book in KV
+/// is taken instead of reading upstream.
+fn refresh_beside(env: &Env, ctx: &Context, s: &Settings, kv_first: bool) {
+    REFRESHING.with(|c| c.set(true));
+    let (env, s) = (env.clone(), s.clone());
+    ctx.wait_until(async move {
+        let fresh = if kv_first {
+            stored(&env).await.filter(|b| !b.is_stale(platform::now(), s.price_book_ttl_ms))
+        } else {
+            None
+        };
+        match fresh {
+            Some(book) => drop(keep(book)),
+            None => drop(refresh(&env, &s).await),
+        }
+        REFRESHING.with(|c| c.set(false));
+    });
+}
+
 async fn stored(env: &Env) -> Option<PriceBook> {
     let text = kv::get_text(env, KEY).await.ok().flatten()?;
     PriceBook::from_json(&text).ok()
-}
-
-/// Refreshes unless KV already holds a fresher book than this isolate's (another isolate, or
-/// the cron, refreshed it).
-async fn refresh_if_stale(env: &Env, s: &Settings) -> Result<Rc<PriceBook>, GatewayError> {
-    let now = platform::now();
-    if let Some(stored) = stored(env).await.filter(|b| !b.is_stale(now, s.price_book_ttl_ms)) {
-        return Ok(keep(stored));
-    }
-    refresh(env, s).await
 }
 
 /// Reads `/v1/models` upstream now, and keeps the book in KV and in this isolate.
@@ -142,21 +140,13 @@ async fn fetch_models(s: &Settings) -> Result<Vec<u8>, GatewayError> {
     let init = web_sys::RequestInit::new();
     init.set_method("GET");
     init.set_headers(headers.as_ref());
-    let global: web_sys::WorkerGlobalScope = js_sys::global().unchecked_into();
     let url = format!("{base}/v1/models");
-    let fetched = async {
-        let resp = JsFuture::from(global.fetch_with_str_and_init(&url, &init)).await.ok()?;
-        let resp: web_sys::Response = resp.dyn_into().ok()?;
-        if !resp.ok() {
-            return None;
-        }
+    let fetched = platform::within(FETCH_DEADLINE_MS, async {
+        let resp = platform::fetch(&url, &init).await.filter(web_sys::Response::ok)?;
         crate::edge::body_io::whole(resp.array_buffer()).await.ok()
-    };
-    let timer = platform::sleep_ms(FETCH_DEADLINE_MS);
-    futures_util::pin_mut!(fetched);
-    futures_util::pin_mut!(timer);
-    match futures_util::future::select(fetched, timer).await {
-        futures_util::future::Either::Left((Some(body), _)) => Ok(body),
+    });
+    match fetched.await {
+        Some(body) => Ok(body),
         _ => Err(GatewayError::UpstreamError("the upstream's /v1/models could not be read".into())),
     }
 }
