@@ -92,17 +92,19 @@ proptest! {
 
     #[test]
     fn sse_meter_never_panics_and_forwards_every_byte(data in any::<Vec<u8>>(), cuts in prop::collection::vec(0usize..512, 0..8)) {
-        let mut m = SseMeter::new(false);
-        let mut out = Vec::new();
-        let mut at = 0;
-        for c in cuts {
-            let end = (at + c).min(data.len());
-            out.extend(m.feed(&data[at..end]));
-            at = end;
+        for api in [Api::Chat, Api::Completions, Api::Responses] {
+            let mut m = SseMeter::new(api, false);
+            let mut out = Vec::new();
+            let mut at = 0;
+            for c in &cuts {
+                let end = (at + c).min(data.len());
+                out.extend(m.feed(&data[at..end]));
+                at = end;
+            }
+            out.extend(m.feed(&data[at..]));
+            out.extend(m.finish());
+            prop_assert_eq!(&out, &data, "a meter that hides nothing passes every byte, in order");
         }
-        out.extend(m.feed(&data[at..]));
-        out.extend(m.finish());
-        prop_assert_eq!(out, data, "a meter that hides nothing passes every byte, in order");
     }
 
     #[test]
@@ -111,11 +113,11 @@ proptest! {
             "data: {{\"choices\":[{{\"delta\":{{\"content\":\"{noise}\"}}}}]}}\n\n: keep-alive\n\ndata: {{\"choices\":[],\"usage\":{{\"prompt_tokens\":{prompt},\"completion_tokens\":{completion}}}}}\n\ndata: [DONE]\n\n"
         );
         let cut = cut.min(stream.len());
-        let mut m = SseMeter::new(true);
+        let mut m = SseMeter::new(Api::Chat, true);
         m.feed(&stream.as_bytes()[..cut]);
         m.feed(&stream.as_bytes()[cut..]);
         m.finish();
-        let u = m.usage.expect("usage found");
+        let u = m.final_usage.expect("usage found");
         prop_assert_eq!((u.prompt, u.completion), (prompt, completion));
     }
 

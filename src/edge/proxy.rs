@@ -250,7 +250,9 @@ pub async fn handle(
     if pricing.is_tokens() && !is_sse {
         return meter::whole_body(resp, status, out, hold, pricing).await;
     }
-    let sse = is_sse.then(|| SseMeter::new(shape.as_ref().is_some_and(CallShape::hides_usage)));
+    let sse = is_sse.then(|| {
+        SseMeter::new(shape.as_ref().map_or(Api::Chat, |sh| sh.api), shape.as_ref().is_some_and(CallShape::hides_usage))
+    });
     let silence = Silence { idle_ms: s.stream_idle_ms, first_byte_by: started.saturating_add_ms(s.retry.deadline_ms) };
     // a time-billed call pays for its last attempt's time, not for the waits before it
     meter::stream(resp, status, out, ctx, hold, pricing, sse, attempt_started, silence).await
