@@ -59,14 +59,16 @@ pub async fn handle(
     let query = raw_url.split_once('?').map(|(_, q)| q.split('#').next().unwrap_or(q).to_string());
     let job = match &route.endpoint {
         Some(_) => JobCall::NotAJob,
-        None => jobs::classify(method.as_ref(), &route.path, query.as_deref()),
+        None => jobs::classify(method.as_ref(), &route.path, query.as_deref())?,
     };
     match job {
         JobCall::Poll { job_id, tail } => {
             return poll(&req, env, ctx, s, meta, &caller, &route, query.as_deref(), &job_id, tail).await
         }
         // the queue's other paths make sense only for a job the gateway recorded
-        JobCall::NotAJob if route.provider.as_deref() == Some("fal-ai") && jobs::queue_requested(query.as_deref()) => {
+        JobCall::NotAJob
+            if route.provider.as_deref() == Some("fal-ai") && jobs::queue_requested(query.as_deref()) == Ok(true) =>
+        {
             return Err(GatewayError::NotFound)
         }
         _ => {}
