@@ -367,8 +367,9 @@ pub fn poll_path(poll_base: &str, tail: &str) -> String {
 }
 
 /// The model a job names, for `ROUTE_PRICES` and the usage views: the fal model path of a
-/// fal-ai submit, `<owner>/<name>` of a Replicate model or deployment, the body's `version`
-/// for `POST /replicate/v1/predictions` (when it is a string). `None` otherwise.
+/// fal-ai submit, `<owner>/<name>` from the path of a Replicate model or deployment, and for
+/// `POST /replicate/v1/predictions` what the body's `version` runs (`replicate_version`).
+/// `None` otherwise. `path` is decoded (`ProxyRoute::path`).
 ///
 /// ```
 /// use hf_gate::core::jobs::job_model;
@@ -378,6 +379,8 @@ pub fn poll_path(poll_base: &str, tail: &str) -> String {
 ///     Some("black-forest-labs/flux-schnell")
 /// );
 /// assert_eq!(job_model("/replicate/v1/predictions", br#"{"version":"5c7d5dc6"}"#).as_deref(), Some("5c7d5dc6"));
+/// let versioned = br#"{"version":"cheap/model:5c7d5dc6"}"#;
+/// assert_eq!(job_model("/replicate/v1/predictions", versioned).as_deref(), Some("5c7d5dc6"));
 /// ```
 pub fn job_model(path: &str, body: &[u8]) -> Option<String> {
     let model = if let Some(rest) = path.strip_prefix("/fal-ai/") {
@@ -386,7 +389,7 @@ pub fn job_model(path: &str, body: &[u8]) -> Option<String> {
         let segs: Vec<&str> = rest.trim_end_matches('/').split('/').collect();
         match segs.as_slice() {
             ["models" | "deployments", owner, name, "predictions"] => format!("{owner}/{name}"),
-            ["predictions"] => job_fields(body)?.version.as_ref().and_then(Value::as_str)?.to_string(),
+            ["predictions"] => replicate_version(job_fields(body)?.version.as_ref().and_then(Value::as_str)?)?,
             _ => return None,
         }
     } else {
@@ -394,6 +397,22 @@ pub fn job_model(path: &str, body: &[u8]) -> Option<String> {
     };
     let printable = model.bytes().all(|b| b.is_ascii_graphic());
     (!model.is_empty() && model.len() <= MAX_JOB_MODEL_LEN && printable).then_some(model)
+}
+
+/// What a Replicate prediction's `version` runs, as the model it is priced by. Replicate
+/// takes `owner/name` (the model's latest version), `owner/name:<version id>` and a bare
+/// `<version id>`; given a version id it runs that version whatever text precedes it, so the
+/// id alone names the model then: a caller cannot write a cheaper model's name in front of
+/// it. Names and ids are 1 to 128 characters of `[A-Za-z0-9_.-]`, never a dot segment.
+fn replicate_version(version: &str) -> Option<String> {
+    let runs = match version.split_once(':') {
+        Some((_, id)) => valid_job_id(id).then_some(id),
+        None => match version.split_once('/') {
+            Some((owner, name)) => (valid_job_id(owner) && valid_job_id(name)).then_some(version),
+            None => valid_job_id(version).then_some(version),
+        },
+    };
+    runs.map(str::to_string)
 }
 
 #[cfg(test)]
@@ -627,6 +646,48 @@ mod tests {
     }
 
     #[test]
+    fn a_replicate_prediction_is_priced_by_what_it_runs() {
+        let model = |version: &str| {
+            let body = serde_json::json!({ "version": version, "input": {} }).to_string();
+            job_model("/replicate/v1/predictions", body.as_bytes())
+        };
+        assert_eq!(model("black-forest-labs/flux-schnell").as_deref(), Some("black-forest-labs/flux-schnell"));
+        assert_eq!(model("5c7d5dc6dd8bf75c").as_deref(), Some("5c7d5dc6dd8bf75c"));
+        // a version id runs that version whatever name is written before it
+        assert_eq!(model("cheap-owner/cheap-model:5c7d5dc6dd8bf75c").as_deref(), Some("5c7d5dc6dd8bf75c"));
+        assert_eq!(model("black-forest-labs/flux-schnell:v_1.2-x").as_deref(), Some("v_1.2-x"));
+        assert_eq!(model(&"a".repeat(128)).as_deref(), Some("a".repeat(128).as_str()));
+        for bad in [
+            "",
+            "a/b/c",
+            "a/",
+            "/b",
+            "a/..",
+            "a/b:",
+            ":",
+            "a/b:c:d",
+            "a/b:c d",
+            "has space",
+            "..",
+            "é",
+            &"a".repeat(129),
+        ] {
+            assert_eq!(model(bad), None, "{bad}");
+        }
+        assert_eq!(model(&format!("a/b:{}", "x".repeat(129))), None);
+    }
+
+    #[test]
+    fn a_replicate_model_or_deployment_is_priced_by_its_path_not_its_body() {
+        let body = br#"{"version":"cheap/model:abc","input":{}}"#;
+        assert_eq!(job_model("/replicate/v1/models/acme/pricey/predictions", body).as_deref(), Some("acme/pricey"));
+        assert_eq!(
+            job_model("/replicate/v1/deployments/acme/pricey/predictions", body).as_deref(),
+            Some("acme/pricey")
+        );
+    }
+
+    #[test]
     fn the_model_a_job_names() {
         assert_eq!(job_model("/fal-ai/fal-ai/flux/dev/", b"").as_deref(), Some("fal-ai/flux/dev"));
         assert_eq!(
@@ -634,10 +695,7 @@ mod tests {
             Some("acme/my-flux")
         );
         let versioned = br#"{"version":"black-forest-labs/flux-schnell:5c7d5dc6","input":{"prompt":"x"}}"#;
-        assert_eq!(
-            job_model("/replicate/v1/predictions", versioned).as_deref(),
-            Some("black-forest-labs/flux-schnell:5c7d5dc6")
-        );
+        assert_eq!(job_model("/replicate/v1/predictions", versioned).as_deref(), Some("5c7d5dc6"));
         assert_eq!(job_model("/replicate/v1/predictions", br#"{"version":7}"#), None);
         assert_eq!(job_model("/replicate/v1/predictions", br#"{"version":"has space"}"#), None);
         assert_eq!(job_model("/replicate/v1/predictions", b"{}"), None);
