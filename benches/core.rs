@@ -118,7 +118,7 @@ fn main() {
         "data: {}\n\n",
         r#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"content":" word"},"finish_reason":null}]}"#
     );
-    let mut meter = SseMeter::new(true);
+    let mut meter = SseMeter::new(Api::Chat, true);
     bench("sse::SseMeter::feed (one content chunk)", |_| {
         black_box(meter.feed(chunk.as_bytes()));
     });

@@ -113,7 +113,7 @@ impl CallPricing {
     }
 
     /// The cost of a call whose upstream gave no usage: the prompt bound and what was
-    /// delivered (a token is at least a byte, or about an event), never past the bound.
+    /// delivered (in bytes: a delivered token is at least one), never past the bound.
     pub fn without_usage(&self, delivered: u64, elapsed_ms: u64) -> MicroUsd {
         match *self {
             CallPricing::Tokens { price, prompt, completion } => {

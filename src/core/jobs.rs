@@ -18,8 +18,13 @@
 //!   (the body names a `version`), answered `{"id": "p123", "status": ..., "urls": {...}}`.
 //! - Replicate polls: `GET /replicate/v1/predictions/<id>`, `POST
 //!   /replicate/v1/predictions/<id>/cancel`.
+//!
+//! Paths come decoded (`paths::canonical_path`), and the query is decoded here before it is
+//! read: a poll that upstream reads as a queue call but the gateway did not would skip the
+//! owner check, and one key could read another's job.
 
-use crate::core::paths::check_path;
+use crate::core::error::GatewayError;
+use crate::core::paths::{check_path, hex_value};
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::Value;
@@ -43,7 +48,9 @@ pub enum JobCall {
     NotAJob,
 }
 
-/// Classifies a call by its method, its checked path (no query) and its raw query string.
+/// Classifies a call by its method, its decoded path (`ProxyRoute::path`, no query) and its
+/// raw query string. A query whose `_subdomain` cannot be read one way is refused (see
+/// `queue_requested`).
 ///
 /// fal-ai calls are jobs only with a `_subdomain=queue` query parameter; without it a
 /// `POST /fal-ai/...` is a synchronous call and `NotAJob`. With it, a path whose last
@@ -56,44 +63,95 @@ pub enum JobCall {
 /// ```
 /// use hf_gate::core::jobs::{classify, JobCall};
 /// let q = Some("_subdomain=queue");
-/// assert_eq!(classify("POST", "/fal-ai/fal-ai/wan/t2v", q), JobCall::Submit);
-/// assert_eq!(classify("POST", "/fal-ai/fal-ai/wan/t2v", None), JobCall::NotAJob);
+/// assert_eq!(classify("POST", "/fal-ai/fal-ai/wan/t2v", q), Ok(JobCall::Submit));
+/// assert_eq!(classify("POST", "/fal-ai/fal-ai/wan/t2v", None), Ok(JobCall::NotAJob));
 /// assert_eq!(
-///     classify("GET", "/fal-ai/fal-ai/wan/requests/abc/status", q),
-///     JobCall::Poll { job_id: "abc".into(), tail: "/status" }
+///     classify("GET", "/fal-ai/fal-ai/wan/requests/abc/status", Some("%5Fsubdomain=%71ueue")),
+///     Ok(JobCall::Poll { job_id: "abc".into(), tail: "/status" })
 /// );
 /// assert_eq!(
 ///     classify("POST", "/replicate/v1/predictions/p123/cancel", None),
-///     JobCall::Poll { job_id: "p123".into(), tail: "/cancel" }
+///     Ok(JobCall::Poll { job_id: "p123".into(), tail: "/cancel" })
 /// );
 /// ```
-pub fn classify(method: &str, path: &str, query: Option<&str>) -> JobCall {
+pub fn classify(method: &str, path: &str, query: Option<&str>) -> Result<JobCall, GatewayError> {
     if let Some(rest) = path.strip_prefix("/fal-ai/") {
-        return classify_fal(method, rest, query);
+        return Ok(classify_fal(method, rest, queue_requested(query)?));
     }
     if let Some(rest) = path.strip_prefix("/replicate/") {
-        return classify_replicate(method, rest);
+        return Ok(classify_replicate(method, rest));
     }
-    JobCall::NotAJob
+    Ok(JobCall::NotAJob)
 }
 
-/// Whether a raw query string asks for fal-ai's queue: a `_subdomain=queue` parameter among
-/// its `&`-separated pairs (a leading `?` is tolerated).
+/// Whether a raw query string asks for fal-ai's queue: a `_subdomain` parameter naming
+/// `queue`, read as upstream reads it. Each `&`-separated pair is decoded as
+/// `application/x-www-form-urlencoded` (`+` is a space, `%XX` a byte; a leading `?` is
+/// tolerated) before it is compared, so `%5Fsubdomain=%71ueue` asks for the queue. The value
+/// names a host (`queue.fal.run`), and hosts ignore case, so `QUEUE` asks for it too.
+///
+/// Refused with 400 `invalid_request`: a malformed escape anywhere in the query; a
+/// `_subdomain` that is not a plain host label (letters, digits, `-`; empty is no
+/// subdomain), whose host no reading can be sure of; and two `_subdomain` parameters that
+/// name different hosts, of which upstream's choice is not knowable.
 ///
 /// ```
 /// use hf_gate::core::jobs::queue_requested;
-/// assert!(queue_requested(Some("a=1&_subdomain=queue")));
-/// assert!(!queue_requested(Some("_subdomain=queues")));
-/// assert!(!queue_requested(None));
+/// assert_eq!(queue_requested(Some("a=1&_subdomain=queue")), Ok(true));
+/// assert_eq!(queue_requested(Some("_subdomain=%71ueue")), Ok(true));
+/// assert_eq!(queue_requested(Some("_subdomain=queues")), Ok(false));
+/// assert!(queue_requested(Some("_subdomain=queue&_subdomain=api")).is_err());
+/// assert_eq!(queue_requested(None), Ok(false));
 /// ```
-pub fn queue_requested(query: Option<&str>) -> bool {
-    let Some(query) = query else { return false };
+pub fn queue_requested(query: Option<&str>) -> Result<bool, GatewayError> {
+    let Some(query) = query else { return Ok(false) };
     let query = query.strip_prefix('?').unwrap_or(query);
-    query.split('&').any(|pair| pair.split_once('=') == Some(("_subdomain", "queue")))
+    let bad = |why: &str| GatewayError::InvalidRequest(format!("query {why}"));
+    let mut subdomain: Option<Vec<u8>> = None;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let (Some(name), Some(value)) = (form_decode(name), form_decode(value)) else {
+            return Err(bad("has a malformed percent-escape"));
+        };
+        if name != b"_subdomain" {
+            continue;
+        }
+        let label = value.len() <= 63 && value.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'-');
+        if !label {
+            return Err(bad("has a _subdomain that is not a host label"));
+        }
+        let value = value.to_ascii_lowercase();
+        match &subdomain {
+            Some(seen) if *seen != value => return Err(bad("names two different _subdomain values")),
+            _ => subdomain = Some(value),
+        }
+    }
+    Ok(subdomain.as_deref() == Some(b"queue"))
 }
 
-fn classify_fal(method: &str, rest: &str, query: Option<&str>) -> JobCall {
-    if !queue_requested(query) {
+/// One component of an `application/x-www-form-urlencoded` query, decoded to its bytes;
+/// `None` for a malformed escape.
+fn form_decode(component: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(component.len());
+    let mut rest = component.as_bytes();
+    while let Some((&b, tail)) = rest.split_first() {
+        rest = tail;
+        match b {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hi = rest.first().and_then(hex_value)?;
+                let lo = rest.get(1).and_then(hex_value)?;
+                out.push((hi << 4) | lo);
+                rest = rest.get(2..).unwrap_or_default();
+            }
+            _ => out.push(b),
+        }
+    }
+    Some(out)
+}
+
+fn classify_fal(method: &str, rest: &str, queue: bool) -> JobCall {
+    if !queue {
         return JobCall::NotAJob;
     }
     let rest = rest.trim_end_matches('/');
@@ -309,8 +367,9 @@ pub fn poll_path(poll_base: &str, tail: &str) -> String {
 }
 
 /// The model a job names, for `ROUTE_PRICES` and the usage views: the fal model path of a
-/// fal-ai submit, `<owner>/<name>` of a Replicate model or deployment, the body's `version`
-/// for `POST /replicate/v1/predictions` (when it is a string). `None` otherwise.
+/// fal-ai submit, `<owner>/<name>` from the path of a Replicate model or deployment, and for
+/// `POST /replicate/v1/predictions` what the body's `version` runs (`replicate_version`).
+/// `None` otherwise. `path` is decoded (`ProxyRoute::path`).
 ///
 /// ```
 /// use hf_gate::core::jobs::job_model;
@@ -320,6 +379,8 @@ pub fn poll_path(poll_base: &str, tail: &str) -> String {
 ///     Some("black-forest-labs/flux-schnell")
 /// );
 /// assert_eq!(job_model("/replicate/v1/predictions", br#"{"version":"5c7d5dc6"}"#).as_deref(), Some("5c7d5dc6"));
+/// let versioned = br#"{"version":"cheap/model:5c7d5dc6"}"#;
+/// assert_eq!(job_model("/replicate/v1/predictions", versioned).as_deref(), Some("5c7d5dc6"));
 /// ```
 pub fn job_model(path: &str, body: &[u8]) -> Option<String> {
     let model = if let Some(rest) = path.strip_prefix("/fal-ai/") {
@@ -328,7 +389,7 @@ pub fn job_model(path: &str, body: &[u8]) -> Option<String> {
         let segs: Vec<&str> = rest.trim_end_matches('/').split('/').collect();
         match segs.as_slice() {
             ["models" | "deployments", owner, name, "predictions"] => format!("{owner}/{name}"),
-            ["predictions"] => job_fields(body)?.version.as_ref().and_then(Value::as_str)?.to_string(),
+            ["predictions"] => replicate_version(job_fields(body)?.version.as_ref().and_then(Value::as_str)?)?,
             _ => return None,
         }
     } else {
@@ -338,20 +399,37 @@ pub fn job_model(path: &str, body: &[u8]) -> Option<String> {
     (!model.is_empty() && model.len() <= MAX_JOB_MODEL_LEN && printable).then_some(model)
 }
 
+/// What a Replicate prediction's `version` runs, as the model it is priced by. Replicate
+/// takes `owner/name` (the model's latest version), `owner/name:<version id>` and a bare
+/// `<version id>`; given a version id it runs that version whatever text precedes it, so the
+/// id alone names the model then: a caller cannot write a cheaper model's name in front of
+/// it. Names and ids are 1 to 128 characters of `[A-Za-z0-9_.-]`, never a dot segment.
+fn replicate_version(version: &str) -> Option<String> {
+    let runs = match version.split_once(':') {
+        Some((_, id)) => valid_job_id(id).then_some(id),
+        None => match version.split_once('/') {
+            Some((owner, name)) => (valid_job_id(owner) && valid_job_id(name)).then_some(version),
+            None => valid_job_id(version).then_some(version),
+        },
+    };
+    runs.map(str::to_string)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::paths::{route, Route};
 
     const Q: Option<&str> = Some("_subdomain=queue");
 
-    fn poll(id: &str, tail: &'static str) -> JobCall {
-        JobCall::Poll { job_id: id.to_string(), tail }
+    fn poll(id: &str, tail: &'static str) -> Result<JobCall, GatewayError> {
+        Ok(JobCall::Poll { job_id: id.to_string(), tail })
     }
 
     #[test]
     fn fal_queue_calls_are_told_apart_by_path_and_method() {
-        assert_eq!(classify("POST", "/fal-ai/fal-ai/wan/v2.2-a14b/text-to-video", Q), JobCall::Submit);
-        assert_eq!(classify("POST", "/fal-ai/fal-ai/flux/dev", Some("x=1&_subdomain=queue&y")), JobCall::Submit);
+        assert_eq!(classify("POST", "/fal-ai/fal-ai/wan/v2.2-a14b/text-to-video", Q), Ok(JobCall::Submit));
+        assert_eq!(classify("POST", "/fal-ai/fal-ai/flux/dev", Some("x=1&_subdomain=queue&y")), Ok(JobCall::Submit));
         // polls as the router's clients send them, and as they send them pointed elsewhere
         for prefix in ["/fal-ai/fal-ai/wan", "/fal-ai/wan", "/fal-ai/bytedance/seedance/v1"] {
             assert_eq!(classify("GET", &format!("{prefix}/requests/abc-1/status"), Q), poll("abc-1", "/status"));
@@ -364,34 +442,79 @@ mod tests {
 
     #[test]
     fn a_poll_shape_with_the_wrong_method_is_no_job() {
-        assert_eq!(classify("PUT", "/fal-ai/wan/requests/abc/status", Q), JobCall::NotAJob);
-        assert_eq!(classify("GET", "/fal-ai/wan/requests/abc/cancel", Q), JobCall::NotAJob);
-        assert_eq!(classify("POST", "/fal-ai/wan/requests/abc", Q), JobCall::NotAJob);
-        assert_eq!(classify("DELETE", "/fal-ai/wan/requests/abc", Q), JobCall::NotAJob);
+        assert_eq!(classify("PUT", "/fal-ai/wan/requests/abc/status", Q), Ok(JobCall::NotAJob));
+        assert_eq!(classify("GET", "/fal-ai/wan/requests/abc/cancel", Q), Ok(JobCall::NotAJob));
+        assert_eq!(classify("POST", "/fal-ai/wan/requests/abc", Q), Ok(JobCall::NotAJob));
+        assert_eq!(classify("DELETE", "/fal-ai/wan/requests/abc", Q), Ok(JobCall::NotAJob));
     }
 
     #[test]
     fn fal_calls_without_the_queue_parameter_are_synchronous() {
-        assert_eq!(classify("POST", "/fal-ai/fal-ai/flux/dev", None), JobCall::NotAJob);
-        assert_eq!(classify("GET", "/fal-ai/wan/requests/abc/status", None), JobCall::NotAJob);
-        for q in ["_subdomain=queued", "subdomain=queue", "_subdomain=QUEUE", "_subdomain", "", "a=_subdomain=queue"] {
-            assert_eq!(classify("POST", "/fal-ai/fal-ai/flux/dev", Some(q)), JobCall::NotAJob, "{q}");
+        assert_eq!(classify("POST", "/fal-ai/fal-ai/flux/dev", None), Ok(JobCall::NotAJob));
+        assert_eq!(classify("GET", "/fal-ai/wan/requests/abc/status", None), Ok(JobCall::NotAJob));
+        for q in ["_subdomain=queued", "subdomain=queue", "_subdomain", "", "a=_subdomain=queue", "_subdomain+=queue"] {
+            assert_eq!(classify("POST", "/fal-ai/fal-ai/flux/dev", Some(q)), Ok(JobCall::NotAJob), "{q}");
         }
-        assert!(queue_requested(Some("?_subdomain=queue")));
+        assert_eq!(queue_requested(Some("?_subdomain=queue")), Ok(true));
+    }
+
+    #[test]
+    fn a_poll_with_the_queue_spelled_in_escapes_is_still_a_poll() {
+        // each of these reaches fal's queue upstream: without the owner check, another
+        // key's job could be read with them
+        for q in [
+            "%5Fsubdomain=queue",
+            "%5fsubdomain=queue",
+            "_subdomain=%71ueue",
+            "_sub%64omain=%71%75%65%75%65",
+            "?%5Fsubdomain=queue",
+            "_subdomain=QUEUE",
+            "_subdomain=Queue",
+            "_subdomain=%51ueue",
+            "x=a+b&_subdomain=queue&&y",
+            "_subdomain=queue&_subdomain=QUEUE",
+        ] {
+            assert_eq!(classify("GET", "/fal-ai/fal-ai/wan/requests/abc", Some(q)), poll("abc", ""), "{q}");
+            assert_eq!(classify("PUT", "/fal-ai/wan/requests/abc/cancel", Some(q)), poll("abc", "/cancel"), "{q}");
+        }
+        // and with the path spelled in escapes too, as the router decodes it
+        let Ok(Route::Proxy(p)) = route("/fal-ai/fal-ai/wan/%72equests/abc/%73tatus") else { panic!() };
+        assert_eq!(classify("GET", &p.path, Some("%5Fsubdomain=%71ueue")), poll("abc", "/status"));
+    }
+
+    #[test]
+    fn a_query_with_no_single_reading_is_refused() {
+        for q in [
+            "_subdomain=queue&_subdomain=api",
+            "%5Fsubdomain=queue&_subdomain=",
+            "_subdomain=%7",
+            "_subdomain=queue&x=%zz",
+            "_subdomain=+queue",
+            "_subdomain=queue+",
+            "_subdomain=queue.fal",
+            "_subdomain=que%00ue",
+            "_subdomain=queue%2F",
+            "_subdomain=%C3%A9",
+        ] {
+            let refused = classify("GET", "/fal-ai/fal-ai/wan/requests/abc", Some(q));
+            assert!(matches!(refused, Err(GatewayError::InvalidRequest(_))), "{q}: {refused:?}");
+        }
+        // only fal-ai's queue is read from the query
+        assert_eq!(classify("POST", "/together/v1/images/generations", Some("x=%zz")), Ok(JobCall::NotAJob));
     }
 
     #[test]
     fn what_is_not_a_poll_under_the_queue() {
         // no segment before `requests`, a bad id, more after the tail
-        assert_eq!(classify("GET", "/fal-ai/requests/abc", Q), JobCall::NotAJob);
-        assert_eq!(classify("GET", "/fal-ai/wan/requests/a..b/x/status", Q), JobCall::NotAJob);
-        assert_eq!(classify("GET", "/fal-ai/wan/requests/abc/status/more", Q), JobCall::NotAJob);
-        assert_eq!(classify("GET", "/fal-ai/wan/requests/abc/logs", Q), JobCall::NotAJob);
-        assert_eq!(classify("GET", "/fal-ai/wan/requests/..", Q), JobCall::NotAJob);
-        assert_eq!(classify("GET", "/fal-ai/fal-ai/flux/dev", Q), JobCall::NotAJob);
+        assert_eq!(classify("GET", "/fal-ai/requests/abc", Q), Ok(JobCall::NotAJob));
+        assert_eq!(classify("GET", "/fal-ai/wan/requests/a..b/x/status", Q), Ok(JobCall::NotAJob));
+        assert_eq!(classify("GET", "/fal-ai/wan/requests/abc/status/more", Q), Ok(JobCall::NotAJob));
+        assert_eq!(classify("GET", "/fal-ai/wan/requests/abc/logs", Q), Ok(JobCall::NotAJob));
+        assert_eq!(classify("GET", "/fal-ai/wan/requests/..", Q), Ok(JobCall::NotAJob));
+        assert_eq!(classify("GET", "/fal-ai/fal-ai/flux/dev", Q), Ok(JobCall::NotAJob));
         // a POST whose last segments are not a poll is a submit
-        assert_eq!(classify("POST", "/fal-ai/wan/requests", Q), JobCall::Submit);
-        assert_eq!(classify("POST", "/fal-ai/", Q), JobCall::NotAJob);
+        assert_eq!(classify("POST", "/fal-ai/wan/requests", Q), Ok(JobCall::Submit));
+        assert_eq!(classify("POST", "/fal-ai/", Q), Ok(JobCall::NotAJob));
     }
 
     #[test]
@@ -401,23 +524,23 @@ mod tests {
             "/replicate/v1/deployments/acme/my-flux/predictions",
             "/replicate/v1/predictions",
         ] {
-            assert_eq!(classify("POST", p, None), JobCall::Submit, "{p}");
-            assert_eq!(classify("GET", p, None), JobCall::NotAJob, "{p}");
+            assert_eq!(classify("POST", p, None), Ok(JobCall::Submit), "{p}");
+            assert_eq!(classify("GET", p, None), Ok(JobCall::NotAJob), "{p}");
         }
         assert_eq!(classify("GET", "/replicate/v1/predictions/p123", None), poll("p123", ""));
         assert_eq!(classify("POST", "/replicate/v1/predictions/p123/cancel", None), poll("p123", "/cancel"));
-        assert_eq!(classify("POST", "/replicate/v1/predictions/p123", None), JobCall::NotAJob);
-        assert_eq!(classify("GET", "/replicate/v1/predictions/p123/cancel", None), JobCall::NotAJob);
-        assert_eq!(classify("GET", "/replicate/v1/predictions/p123/status", None), JobCall::NotAJob);
-        assert_eq!(classify("POST", "/replicate/v1/models/x/predictions", None), JobCall::NotAJob);
-        assert_eq!(classify("POST", "/replicate/v1/models/a/b/versions", None), JobCall::NotAJob);
+        assert_eq!(classify("POST", "/replicate/v1/predictions/p123", None), Ok(JobCall::NotAJob));
+        assert_eq!(classify("GET", "/replicate/v1/predictions/p123/cancel", None), Ok(JobCall::NotAJob));
+        assert_eq!(classify("GET", "/replicate/v1/predictions/p123/status", None), Ok(JobCall::NotAJob));
+        assert_eq!(classify("POST", "/replicate/v1/models/x/predictions", None), Ok(JobCall::NotAJob));
+        assert_eq!(classify("POST", "/replicate/v1/models/a/b/versions", None), Ok(JobCall::NotAJob));
     }
 
     #[test]
     fn other_routes_are_no_jobs() {
-        assert_eq!(classify("POST", "/v1/chat/completions", Q), JobCall::NotAJob);
-        assert_eq!(classify("POST", "/together/v1/images/generations", Q), JobCall::NotAJob);
-        assert_eq!(classify("POST", "/fal-ai-x/y", Q), JobCall::NotAJob);
+        assert_eq!(classify("POST", "/v1/chat/completions", Q), Ok(JobCall::NotAJob));
+        assert_eq!(classify("POST", "/together/v1/images/generations", Q), Ok(JobCall::NotAJob));
+        assert_eq!(classify("POST", "/fal-ai-x/y", Q), Ok(JobCall::NotAJob));
     }
 
     #[test]
@@ -439,7 +562,9 @@ mod tests {
         let job = submitted_job("/fal-ai/fal-ai/wan/v2.2-a14b/text-to-video", body).unwrap();
         assert_eq!(job, SubmittedJob { id: "abc".into(), poll_base: "/fal-ai/fal-ai/wan/requests/abc".into() });
         // and a poll the client sends either way reaches it
-        let JobCall::Poll { job_id, tail } = classify("GET", "/fal-ai/wan/requests/abc/status", Q) else { panic!() };
+        let Ok(JobCall::Poll { job_id, tail }) = classify("GET", "/fal-ai/wan/requests/abc/status", Q) else {
+            panic!()
+        };
         assert_eq!(job_id, job.id);
         assert_eq!(poll_path(&job.poll_base, tail), "/fal-ai/fal-ai/wan/requests/abc/status");
     }
@@ -521,6 +646,48 @@ mod tests {
     }
 
     #[test]
+    fn a_replicate_prediction_is_priced_by_what_it_runs() {
+        let model = |version: &str| {
+            let body = serde_json::json!({ "version": version, "input": {} }).to_string();
+            job_model("/replicate/v1/predictions", body.as_bytes())
+        };
+        assert_eq!(model("black-forest-labs/flux-schnell").as_deref(), Some("black-forest-labs/flux-schnell"));
+        assert_eq!(model("5c7d5dc6dd8bf75c").as_deref(), Some("5c7d5dc6dd8bf75c"));
+        // a version id runs that version whatever name is written before it
+        assert_eq!(model("cheap-owner/cheap-model:5c7d5dc6dd8bf75c").as_deref(), Some("5c7d5dc6dd8bf75c"));
+        assert_eq!(model("black-forest-labs/flux-schnell:v_1.2-x").as_deref(), Some("v_1.2-x"));
+        assert_eq!(model(&"a".repeat(128)).as_deref(), Some("a".repeat(128).as_str()));
+        for bad in [
+            "",
+            "a/b/c",
+            "a/",
+            "/b",
+            "a/..",
+            "a/b:",
+            ":",
+            "a/b:c:d",
+            "a/b:c d",
+            "has space",
+            "..",
+            "é",
+            &"a".repeat(129),
+        ] {
+            assert_eq!(model(bad), None, "{bad}");
+        }
+        assert_eq!(model(&format!("a/b:{}", "x".repeat(129))), None);
+    }
+
+    #[test]
+    fn a_replicate_model_or_deployment_is_priced_by_its_path_not_its_body() {
+        let body = br#"{"version":"cheap/model:abc","input":{}}"#;
+        assert_eq!(job_model("/replicate/v1/models/acme/pricey/predictions", body).as_deref(), Some("acme/pricey"));
+        assert_eq!(
+            job_model("/replicate/v1/deployments/acme/pricey/predictions", body).as_deref(),
+            Some("acme/pricey")
+        );
+    }
+
+    #[test]
     fn the_model_a_job_names() {
         assert_eq!(job_model("/fal-ai/fal-ai/flux/dev/", b"").as_deref(), Some("fal-ai/flux/dev"));
         assert_eq!(
@@ -528,10 +695,7 @@ mod tests {
             Some("acme/my-flux")
         );
         let versioned = br#"{"version":"black-forest-labs/flux-schnell:5c7d5dc6","input":{"prompt":"x"}}"#;
-        assert_eq!(
-            job_model("/replicate/v1/predictions", versioned).as_deref(),
-            Some("black-forest-labs/flux-schnell:5c7d5dc6")
-        );
+        assert_eq!(job_model("/replicate/v1/predictions", versioned).as_deref(), Some("5c7d5dc6"));
         assert_eq!(job_model("/replicate/v1/predictions", br#"{"version":7}"#), None);
         assert_eq!(job_model("/replicate/v1/predictions", br#"{"version":"has space"}"#), None);
         assert_eq!(job_model("/replicate/v1/predictions", b"{}"), None);

@@ -3,6 +3,10 @@
 //! The gateway is no open proxy: the upstream host is fixed, only known providers are reachable,
 //! and paths with `..`, `.`, empty segments, backslashes or encoded slashes and dots are refused
 //! rather than normalised into something else.
+//!
+//! A path is classified after percent-decoding, and the decoded path is the one sent upstream:
+//! upstream decodes `/v1/chat/%63ompletions` into a chat call, so the gateway must read it as
+//! one too, or it would price a token-metered call as something else.
 
 use crate::core::endpoints::split_endpoint_path;
 use crate::core::error::GatewayError;
@@ -83,7 +87,8 @@ pub enum Metering {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProxyRoute {
-    /// The path to request upstream, identical to the caller's.
+    /// The caller's path percent-decoded, without a trailing slash: what the gateway
+    /// classified and what it requests upstream, so both read the same path.
     pub path: String,
     /// The provider named by the path, if any (`/together/...`).
     pub provider: Option<String>,
@@ -173,7 +178,54 @@ pub fn check_path(path: &str) -> Result<(), GatewayError> {
     Ok(())
 }
 
-/// Maps a checked path to its route.
+/// Decodes a raw request path (no query) into the path upstream will read: every `%XX` is
+/// decoded, after `check_path` has refused the raw path's tricks (encoded `/`, `\`, `.` and
+/// NUL among them). An escape that is malformed, decodes to something that is not UTF-8, or
+/// yields a character that is not ASCII graphic or is one of `? # % \` is refused: such a path
+/// has no single reading (a decoded `%` would be decoded again by some reader, a decoded `?`
+/// would start a query).
+///
+/// ```
+/// use hf_gate::core::paths::canonical_path;
+/// assert_eq!(canonical_path("/v1/chat/%63ompletions").as_deref(), Ok("/v1/chat/completions"));
+/// assert!(canonical_path("/v1/chat/%2563ompletions").is_err());
+/// assert!(canonical_path("/v1/chat%2Fcompletions").is_err());
+/// ```
+pub fn canonical_path(raw: &str) -> Result<String, GatewayError> {
+    check_path(raw)?;
+    let bad = |why: &str| GatewayError::InvalidRequest(format!("path {why}"));
+    let mut bytes = Vec::with_capacity(raw.len());
+    let mut rest = raw.as_bytes();
+    while let Some((&b, tail)) = rest.split_first() {
+        rest = tail;
+        if b != b'%' {
+            bytes.push(b);
+            continue;
+        }
+        let (Some(hi), Some(lo)) = (rest.first().and_then(hex_value), rest.get(1).and_then(hex_value)) else {
+            return Err(bad("has a malformed percent-escape"));
+        };
+        bytes.push((hi << 4) | lo);
+        rest = rest.get(2..).unwrap_or_default();
+    }
+    let decoded = String::from_utf8(bytes).map_err(|_| bad("does not decode to UTF-8"))?;
+    if !decoded.bytes().all(|b| b.is_ascii_graphic() && !matches!(b, b'?' | b'#' | b'%' | b'\\')) {
+        return Err(bad("has encoded characters that are not allowed"));
+    }
+    Ok(decoded)
+}
+
+/// The value of one hexadecimal digit.
+pub(crate) fn hex_value(digit: &u8) -> Option<u8> {
+    match digit {
+        b'0'..=b'9' => Some(digit - b'0'),
+        b'a'..=b'f' => Some(digit - b'a' + 10),
+        b'A'..=b'F' => Some(digit - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Maps a raw request path to its route, classified on its decoded form (`canonical_path`).
 ///
 /// ```
 /// use hf_gate::core::paths::{route, Metering, Route};
@@ -182,9 +234,12 @@ pub fn check_path(path: &str) -> Result<(), GatewayError> {
 /// assert!(matches!(p.metering, Metering::Tokens(_)));
 /// assert!(route("/../admin/keys").is_err());
 /// assert!(route("/evil.example/v1/chat/completions").is_err());
+/// let Ok(Route::Proxy(p)) = route("/together/v1/chat/%63ompletions") else { panic!() };
+/// assert_eq!(p.path, "/together/v1/chat/completions");
 /// ```
-pub fn route(path: &str) -> Result<Route, GatewayError> {
-    check_path(path)?;
+pub fn route(raw: &str) -> Result<Route, GatewayError> {
+    let path = canonical_path(raw)?;
+    let path = path.as_str();
     let trimmed = if path.len() > 1 { path.trim_end_matches('/') } else { path };
     let proxy = |metering, provider: Option<&str>, path_model: Option<&str>| {
         Ok(Route::Proxy(ProxyRoute {
@@ -321,6 +376,53 @@ mod tests {
             "/with space",
         ] {
             assert!(route(p).is_err(), "{p} must be refused");
+        }
+    }
+
+    #[test]
+    fn encoded_spellings_classify_like_their_plain_forms() {
+        for (encoded, plain) in [
+            ("/v1/chat/%63ompletions", "/v1/chat/completions"),
+            ("/v1/chat/%63%6f%6D%70letions", "/v1/chat/completions"),
+            ("/%76%31/%72esponses", "/v1/responses"),
+            ("/v1/%63ompletions/", "/v1/completions"),
+            ("/together/v1/chat/%63ompletions", "/together/v1/chat/completions"),
+            ("/%74ogether/v1/chat/completions", "/together/v1/chat/completions"),
+            ("/fal-ai/fal-ai/wan/%72equests/abc/status", "/fal-ai/fal-ai/wan/requests/abc/status"),
+            ("/fal%2Dai/fal-ai/wan/requests/abc", "/fal-ai/fal-ai/wan/requests/abc"),
+            ("/hf-inference/models/BAAI/bge%2Dsmall", "/hf-inference/models/BAAI/bge-small"),
+            ("/v1/models/meta-llama/Llama%2D3", "/v1/models/meta-llama/Llama-3"),
+            ("/endpoints/%6Dine/v1/chat/completions", "/endpoints/mine/v1/chat/completions"),
+            ("/admin/keys/key%5Fa", "/admin/keys/key_a"),
+            ("/admin/orgs/acme/%6Beys", "/admin/orgs/acme/keys"),
+            ("/%61dmin/prices", "/admin/prices"),
+        ] {
+            assert_eq!(route(encoded), route(plain), "{encoded}");
+            assert!(route(plain).is_ok(), "{plain}");
+        }
+        // and the decoded path is what goes upstream
+        let Ok(Route::Proxy(p)) = route("/together/v1/chat/%63ompletions") else { panic!() };
+        assert_eq!((p.path.as_str(), p.metering), ("/together/v1/chat/completions", Metering::Tokens(Api::Chat)));
+    }
+
+    #[test]
+    fn escapes_with_no_single_reading_are_invalid_requests() {
+        for p in [
+            "/v1/chat/%6",
+            "/v1/chat/completions%",
+            "/v1/chat/%zzompletions",
+            "/v1/%C3%A9",
+            "/v1/%FF",
+            "/v1/chat/%2563ompletions",
+            "/v1/chat/completions%3Fx=1",
+            "/v1/chat/completions%23x",
+            "/v1/chat/completions%20",
+            "/v1/chat/completions%0A",
+            "/v1/chat/completions%7F",
+            "/v1%5Cchat",
+            "/v1%2e%2e/admin",
+        ] {
+            assert!(matches!(route(p), Err(GatewayError::InvalidRequest(_))), "{p}: {:?}", route(p));
         }
     }
 

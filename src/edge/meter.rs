@@ -182,8 +182,8 @@ impl Metered {
         let now = platform::now();
         let mut p = self.progress.borrow_mut();
         if let Some(m) = &self.meter {
-            p.usage = m.usage;
-            p.delivered_events = m.delivered_events;
+            p.usage = m.final_usage;
+            p.delivered_events = m.delivered_bytes;
         }
         p.last_activity = now;
     }

@@ -59,14 +59,16 @@ pub async fn handle(
     let query = raw_url.split_once('?').map(|(_, q)| q.split('#').next().unwrap_or(q).to_string());
     let job = match &route.endpoint {
         Some(_) => JobCall::NotAJob,
-        None => jobs::classify(method.as_ref(), &route.path, query.as_deref()),
+        None => jobs::classify(method.as_ref(), &route.path, query.as_deref())?,
     };
     match job {
         JobCall::Poll { job_id, tail } => {
             return poll(&req, env, ctx, s, meta, &caller, &route, query.as_deref(), &job_id, tail).await
         }
         // the queue's other paths make sense only for a job the gateway recorded
-        JobCall::NotAJob if route.provider.as_deref() == Some("fal-ai") && jobs::queue_requested(query.as_deref()) => {
+        JobCall::NotAJob
+            if route.provider.as_deref() == Some("fal-ai") && jobs::queue_requested(query.as_deref()) == Ok(true) =>
+        {
             return Err(GatewayError::NotFound)
         }
         _ => {}
@@ -250,7 +252,9 @@ pub async fn handle(
     if pricing.is_tokens() && !is_sse {
         return meter::whole_body(resp, status, out, hold, pricing).await;
     }
-    let sse = is_sse.then(|| SseMeter::new(shape.as_ref().is_some_and(CallShape::hides_usage)));
+    let sse = is_sse.then(|| {
+        SseMeter::new(shape.as_ref().map_or(Api::Chat, |sh| sh.api), shape.as_ref().is_some_and(CallShape::hides_usage))
+    });
     let silence = Silence { idle_ms: s.stream_idle_ms, first_byte_by: started.saturating_add_ms(s.retry.deadline_ms) };
     // a time-billed call pays for its last attempt's time, not for the waits before it
     meter::stream(resp, status, out, ctx, hold, pricing, sse, attempt_started, silence).await
