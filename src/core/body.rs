@@ -6,8 +6,9 @@
 //! - the *output bound* is the smallest limit the caller gave in any output-limit field
 //!   (`max_tokens`, `max_completion_tokens`, `max_output_tokens`, `max_new_tokens`; `null` is
 //!   absent), or the plan's default; the bound finally granted is written into *every* such
-//!   field the body carries (or the API's own field when it carries none), so whichever one an
-//!   upstream honours, it is within the reservation;
+//!   field the body carries *and* into the API's own field (`Api::limit_field`, inserted when
+//!   absent), so whichever one an upstream honours by its own rules, it is within the
+//!   reservation;
 //! - *choices* is `n` (and `best_of`, and the number of prompts of a batched completion):
 //!   every choice can run to the output bound;
 //! - the *prompt bound* counts the text the request carries, not the JSON around it: decoded
@@ -105,6 +106,9 @@ pub struct CallShape {
     after_open: usize,
     /// Every output-limit field present (with a `null` value too).
     limit_spans: Vec<Span>,
+    /// Whether one of them is the API's own (`Api::limit_field`), the one field an upstream
+    /// that honours no other still reads.
+    own_limit_present: bool,
     stream_options: StreamOptions,
     /// Where the `model` value is.
     model_span: Option<Span>,
@@ -143,14 +147,21 @@ impl CallShape {
         crate::core::sort::sort_small_by(edits, |a, b| (a.start, a.end).cmp(&(b.start, b.end)));
     }
 
-    /// The splices that make the body carry `output` in every output-limit field and, for a
-    /// stream, ask for usage. Sorted, non-overlapping.
+    /// The splices that make the body carry `output` in every output-limit field it has and
+    /// in the API's own field, and, for a stream, ask for usage. Sorted, non-overlapping.
+    ///
+    /// The own field is inserted even beside other limits: an upstream honours its own rules,
+    /// not the caller's choice of field (OpenAI's chat reads `max_completion_tokens` else
+    /// `max_tokens`, its responses only `max_output_tokens`), so a body bounded only by
+    /// `max_new_tokens` would run to the context's end there.
     pub fn edits(&self, output: u64) -> Vec<Edit> {
         let n = output.to_string().into_bytes();
         let mut edits: Vec<Edit> =
             self.limit_spans.iter().map(|s| Edit { start: s.start, end: s.end, insert: n.clone() }).collect();
         let mut front = Vec::new();
-        if self.limit_spans.is_empty() {
+        if !self.own_limit_present {
+            // the key is absent however it could be spelled (keys are compared decoded), so
+            // this is never a second copy of it
             front.extend_from_slice(format!("\"{}\":{output},", self.api.limit_field()).as_bytes());
         }
         if self.stream && self.api.usage_on_request() {
@@ -311,6 +322,7 @@ impl<'de, 'b> Visitor<'de> for Top<'b> {
         let mut model = None;
         let mut model_span = None;
         let mut limits: Vec<(Span, Option<u64>)> = Vec::new();
+        let mut own_limit_present = false;
         let mut choices = 1u64;
         let mut stream = false;
         let mut stream_options = StreamOptions::Absent;
@@ -349,6 +361,7 @@ impl<'de, 'b> Visitor<'de> for Top<'b> {
                         })?),
                     };
                     limits.push((span, value));
+                    own_limit_present |= f == self.api.limit_field();
                 }
                 f @ ("n" | "best_of") => {
                     let raw: &RawValue = map.next_value()?;
@@ -415,6 +428,7 @@ impl<'de, 'b> Visitor<'de> for Top<'b> {
             caller_wants_usage,
             after_open,
             limit_spans: limits.into_iter().map(|(s, _)| s).collect(),
+            own_limit_present,
             stream_options,
             model_span,
         })
@@ -804,6 +818,27 @@ mod tests {
         let v = sent(r#"{"model":"m","input":"hi"}"#, Api::Responses, 77);
         assert_eq!(v["max_output_tokens"], 77);
         assert!(v.get("max_tokens").is_none());
+    }
+
+    #[test]
+    fn the_apis_own_limit_field_is_written_even_beside_foreign_ones() {
+        // OpenAI's chat ignores max_new_tokens and max_output_tokens
+        for field in ["max_new_tokens", "max_output_tokens"] {
+            let v = sent(&format!(r#"{{"model":"m","{field}":40,"messages":[]}}"#), Api::Chat, 30);
+            assert_eq!((v[field].as_u64(), v["max_tokens"].as_u64()), (Some(30), Some(30)), "{field}");
+        }
+        // its responses API reads max_output_tokens only
+        let v = sent(r#"{"model":"m","max_tokens":40,"input":"hi"}"#, Api::Responses, 30);
+        assert_eq!((v["max_tokens"].as_u64(), v["max_output_tokens"].as_u64()), (Some(30), Some(30)));
+        let v = sent(r#"{"model":"m","max_completion_tokens":null,"prompt":"hi"}"#, Api::Completions, 30);
+        assert_eq!((v["max_completion_tokens"].as_u64(), v["max_tokens"].as_u64()), (Some(30), Some(30)));
+        // chat's max_completion_tokens is honoured before max_tokens: both carry the bound
+        let v = sent(r#"{"model":"m","max_completion_tokens":40,"messages":[]}"#, Api::Chat, 30);
+        assert_eq!((v["max_completion_tokens"].as_u64(), v["max_tokens"].as_u64()), (Some(30), Some(30)));
+        // an own field spelled with an escape is that field, replaced where it is
+        let body = r#"{"model":"m","max\u005ftokens":null,"max_new_tokens":40,"messages":[]}"#;
+        let out = apply(body.as_bytes(), &chat(body).unwrap().edits(30));
+        assert_eq!(String::from_utf8(out).unwrap(), body.replace("null", "30").replace("40", "30"));
     }
 
     #[test]
