@@ -74,6 +74,40 @@ const MEDIA_TYPES: &[&str] = &[
 const MEDIA_PAYLOAD_KEYS: &[&str] =
     &["image_url", "input_audio", "image", "audio", "file", "file_data", "video_url", "video", "url", "data"];
 
+/// Tool types the caller runs: the upstream only writes the call out, in tokens the output
+/// bound covers. Any other type is run by the upstream itself.
+const CLIENT_TOOL_TYPES: &[&str] = &["function", "custom"];
+
+/// A part of the body whose cost the body does not bound: a tool the upstream runs itself
+/// (OpenAI's `web_search`, the router's `mcp` loop), billed in calls and tokens of its own.
+///
+/// `inspect` reports it rather than refusing, since whether it may run is the plan's call:
+/// refused (`refusal`), or allowed at the plan's `server_tool_ceiling_micro_usd`.
+///
+/// ```
+/// use hf_gate::core::body::inspect;
+/// use hf_gate::core::paths::Api;
+/// let body = br#"{"model":"m","input":"hi","tools":[{"type":"mcp","server_url":"https://x"}]}"#;
+/// let shape = inspect(body, Api::Responses, 1_000).unwrap();
+/// let tools = shape.server_tools.as_ref().unwrap();
+/// assert_eq!(tools.field, "tools[0]");
+/// assert_eq!(tools.refusal().code(), "unbounded_request");
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unbounded {
+    /// Where it is: `tools[2]`, `web_search_options`.
+    pub field: String,
+    /// Why the body does not bound it.
+    pub reason: String,
+}
+
+impl Unbounded {
+    /// The 400 for a key whose plan sets no ceiling for such calls.
+    pub fn refusal(&self) -> GatewayError {
+        GatewayError::UnboundedRequest { field: self.field.clone(), reason: self.reason.clone() }
+    }
+}
+
 /// A byte range of the body: `start..end`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Span {
@@ -102,6 +136,8 @@ pub struct CallShape {
     pub stream: bool,
     /// The caller asked for `stream_options.include_usage` itself.
     pub caller_wants_usage: bool,
+    /// The first tool the upstream would run itself: the bound does not cover the call then.
+    pub server_tools: Option<Unbounded>,
     /// Offset just past the body's opening brace.
     after_open: usize,
     /// Every output-limit field present (with a `null` value too).
@@ -332,6 +368,7 @@ impl<'de, 'b> Visitor<'de> for Top<'b> {
         let mut prompts = 1u64;
         let mut rendered = 0u64;
         let mut tools = false;
+        let mut server_tools = None;
         while let Some(key) = map.next_key::<KeyText>()? {
             let key = key.0;
             if seen.len() >= MAX_TOP_LEVEL_FIELDS {
@@ -405,6 +442,9 @@ impl<'de, 'b> Visitor<'de> for Top<'b> {
                         rendered = rendered.saturating_add(text.len() as u64).saturating_add(2 * lines_of(text));
                         tools |= matches!(other, "tools" | "functions");
                     }
+                    if server_tools.is_none() {
+                        server_tools = run_upstream(other, text).map_err(de::Error::custom)?;
+                    }
                 }
             }
         }
@@ -426,6 +466,7 @@ impl<'de, 'b> Visitor<'de> for Top<'b> {
             prompt_tokens,
             stream,
             caller_wants_usage,
+            server_tools,
             after_open,
             limit_spans: limits.into_iter().map(|(s, _)| s).collect(),
             own_limit_present,
@@ -437,6 +478,91 @@ impl<'de, 'b> Visitor<'de> for Top<'b> {
 
 fn truncate(s: &str) -> String {
     s.chars().take(40).collect()
+}
+
+/// Whether a top-level field asks the upstream to run tools itself, and where.
+fn run_upstream(field: &str, raw: &str) -> Result<Option<Unbounded>, serde_json::Error> {
+    match field {
+        "tools" if raw.starts_with('[') => {
+            let mut de = serde_json::Deserializer::from_str(raw);
+            de.deserialize_seq(ToolsVisitor)
+        }
+        "tools" if raw != "null" => Ok(Some(Unbounded {
+            field: "tools".into(),
+            reason: "it is not an array of tools, so which of them the upstream runs cannot be told".into(),
+        })),
+        "web_search_options" if raw != "null" => Ok(Some(Unbounded {
+            field: "web_search_options".into(),
+            reason:
+                "it asks the upstream to search the web itself, billed per search and in tokens the body does not carry"
+                    .into(),
+        })),
+        _ => Ok(None),
+    }
+}
+
+/// The first entry of a `tools` array that is not a tool the caller runs.
+struct ToolsVisitor;
+
+impl<'de> Visitor<'de> for ToolsVisitor {
+    type Value = Option<Unbounded>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("'tools' to be an array")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Option<Unbounded>, A::Error> {
+        let mut found = None;
+        let mut at = 0usize;
+        // read to the end even after a find, so the deserializer sees the whole array
+        while let Some(entry) = seq.next_element::<&RawValue>()? {
+            if found.is_none() {
+                let why = match entry.get() {
+                    text if text.starts_with('{') => {
+                        let mut de = serde_json::Deserializer::from_str(text);
+                        de.deserialize_map(ToolType).map_err(de::Error::custom)?
+                    }
+                    _ => Some("it is not a tool object, so what runs it cannot be told".to_string()),
+                };
+                found = why.map(|reason| Unbounded { field: format!("tools[{at}]"), reason });
+            }
+            at = at.saturating_add(1);
+        }
+        Ok(found)
+    }
+}
+
+/// Why one tool entry is run by the upstream, or `None` for a tool the caller runs. Every
+/// `type` member is read: with two, an upstream may honour either.
+struct ToolType;
+
+impl<'de> Visitor<'de> for ToolType {
+    type Value = Option<String>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a tool object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Option<String>, A::Error> {
+        let mut why = None;
+        while let Some(key) = map.next_key::<KeyText>()? {
+            let raw: &RawValue = map.next_value()?;
+            if key.0 != "type" || why.is_some() {
+                continue;
+            }
+            // an absent or null type is a function to every API that defaults it
+            why = match serde_json::from_str::<Option<String>>(raw.get()) {
+                Ok(None) => None,
+                Ok(Some(t)) if CLIENT_TOOL_TYPES.contains(&t.as_str()) => None,
+                Ok(Some(t)) => Some(format!(
+                    "a tool of type {:?} is run by the upstream itself, in a loop of calls and tokens the body does not bound",
+                    truncate(&t)
+                )),
+                Err(_) => Some("its 'type' is not a string, so what runs it cannot be told".to_string()),
+            };
+        }
+        Ok(why)
+    }
 }
 
 fn read_stream_options<E: de::Error>(body: &[u8], raw: &RawValue, span: Span) -> Result<(StreamOptions, bool), E> {
@@ -887,6 +1013,59 @@ mod tests {
                 + MESSAGE_OVERHEAD_TOKENS
                 + REQUEST_OVERHEAD_TOKENS
         );
+    }
+
+    #[test]
+    fn tools_the_upstream_runs_itself_are_reported_with_where_they_are() {
+        let found = |api: Api, body: &str| inspect(body.as_bytes(), api, 1).unwrap().server_tools;
+        let function = r#"{"type":"function","function":{"name":"f"}}"#;
+        for t in [
+            "mcp",
+            "web_search",
+            "web_search_preview",
+            "file_search",
+            "code_interpreter",
+            "image_generation",
+            "computer_use_preview",
+            "local_shell",
+            "something_new",
+        ] {
+            let body = format!(r#"{{"model":"m","input":"x","tools":[{function},{{"type":"{t}"}}]}}"#);
+            let u = found(Api::Responses, &body).unwrap_or_else(|| panic!("{t}"));
+            assert_eq!(u.field, "tools[1]");
+            assert!(u.reason.contains(&format!("\"{t}\"")), "{}", u.reason);
+            // every API: a chat body naming one is no more bounded
+            let body = format!(r#"{{"model":"m","messages":[],"tools":[{{"type":"{t}"}}]}}"#);
+            assert_eq!(found(Api::Chat, &body).map(|u| u.field), Some("tools[0]".to_string()));
+        }
+        // tools the caller runs, or with no type (a function by default), bound nothing away
+        for tools in [
+            format!("[{function}]"),
+            r#"[{"type":"custom","name":"c"}]"#.to_string(),
+            r#"[{"name":"f","input_schema":{}}]"#.to_string(),
+            r#"[{"type":null,"name":"f"}]"#.to_string(),
+            "[]".to_string(),
+            "null".to_string(),
+        ] {
+            let body = format!(r#"{{"model":"m","messages":[],"tools":{tools}}}"#);
+            assert_eq!(found(Api::Chat, &body), None, "{tools}");
+        }
+        // a second type member is what some upstream reads: either one counts
+        let two = r#"{"model":"m","input":"x","tools":[{"type":"function","type":"mcp"}]}"#;
+        assert!(found(Api::Responses, two).is_some());
+        for odd in [r#"{"type":7}"#, r#""mcp""#] {
+            let body = format!(r#"{{"model":"m","messages":[],"tools":[{odd}]}}"#);
+            assert_eq!(found(Api::Chat, &body).map(|u| u.field), Some("tools[0]".to_string()), "{odd}");
+        }
+        let not_array = found(Api::Chat, r#"{"model":"m","messages":[],"tools":{"type":"mcp"}}"#);
+        assert_eq!(not_array.map(|u| u.field), Some("tools".to_string()));
+        let search = found(Api::Chat, r#"{"model":"m","messages":[],"web_search_options":{}}"#).unwrap();
+        assert_eq!(search.field, "web_search_options");
+        assert_eq!(found(Api::Chat, r#"{"model":"m","messages":[],"web_search_options":null}"#), None);
+        match search.refusal() {
+            GatewayError::UnboundedRequest { field, .. } => assert_eq!(field, "web_search_options"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
