@@ -12,11 +12,13 @@
 //! - *choices* is `n` (and `best_of`, and the number of prompts of a batched completion):
 //!   every choice can run to the output bound;
 //! - the *prompt bound* counts the text the request carries, not the JSON around it: decoded
-//!   UTF-8 bytes of every string in the messages (a byte-level BPE token is at least one byte,
-//!   so no tokenizer in use produces more tokens than bytes), a per-message and a per-request
-//!   overhead for chat templates, each image, audio or file part at a configurable ceiling
-//!   (`MEDIA_PART_TOKENS`), and everything else in the body (tools, schemas, unknown fields)
-//!   counted whole, punctuation included, plus room for the indentation a template renders.
+//!   UTF-8 bytes of every string and every object key in the messages (a byte-level BPE token
+//!   is at least one byte, so no tokenizer in use produces more tokens than bytes), a
+//!   per-message and a per-request overhead for chat templates, each image part at a
+//!   configurable ceiling (`MEDIA_PART_TOKENS`), each audio, video or file part at the larger
+//!   of that ceiling and the bytes of its inline payload, and everything else in the body
+//!   (tools, schemas, unknown fields) counted whole, punctuation included, plus room for the
+//!   indentation a template renders.
 //!
 //! The body is never turned into a tree: serde visitors walk it once and keep counts, a few
 //! scalars and the byte spans of the fields to edit. Edits are splices into the original
@@ -57,19 +59,12 @@ pub const LIMIT_FIELDS: &[&str] = &["max_tokens", "max_completion_tokens", "max_
 const MAX_TOP_LEVEL_FIELDS: usize = 1_024;
 const MAX_STREAM_OPTIONS_BYTES: usize = 4_096;
 const MAX_MODEL_LEN: usize = 256;
-/// Part types that carry media rather than text.
-const MEDIA_TYPES: &[&str] = &[
-    "image_url",
-    "input_image",
-    "image",
-    "image_file",
-    "input_audio",
-    "audio",
-    "file",
-    "input_file",
-    "video_url",
-    "video",
-];
+/// Part types that carry an image: an encoder gives one a bounded number of tokens, whatever
+/// its size in bytes.
+const IMAGE_TYPES: &[&str] = &["image_url", "input_image", "image", "image_file"];
+/// Part types whose tokens grow with their length (seconds of audio or video, pages of a
+/// file): bounded by their size when it is known.
+const SIZED_TYPES: &[&str] = &["input_audio", "audio", "file", "input_file", "video_url", "video"];
 /// Members of a media part that hold its payload (a URL or base64 data, not prompt text).
 const MEDIA_PAYLOAD_KEYS: &[&str] =
     &["image_url", "input_audio", "image", "audio", "file", "file_data", "video_url", "video", "url", "data"];
@@ -294,14 +289,39 @@ pub fn inspect(body: &[u8], api: Api, media_part_tokens: u64) -> Result<CallShap
 /// What a part of the prompt added up to.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct Tally {
+    /// Bytes of text: strings and keys, decoded, and scalars at their printed size.
     text: u64,
+    /// Image parts, each at the ceiling.
     media_parts: u64,
+    /// Tokens of audio, video and file parts: each the larger of the ceiling and the bytes
+    /// of its inline payload.
+    sized: u64,
 }
 
 impl Tally {
     fn add(&mut self, o: Tally) {
         self.text = self.text.saturating_add(o.text);
         self.media_parts = self.media_parts.saturating_add(o.media_parts);
+        self.sized = self.sized.saturating_add(o.sized);
+    }
+}
+
+/// The kind of media a part's `type` names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Media {
+    Image,
+    Sized,
+}
+
+impl Media {
+    fn of(part_type: &str) -> Option<Media> {
+        if IMAGE_TYPES.contains(&part_type) {
+            Some(Media::Image)
+        } else if SIZED_TYPES.contains(&part_type) {
+            Some(Media::Sized)
+        } else {
+            None
+        }
     }
 }
 
@@ -423,7 +443,7 @@ impl<'de, 'b> Visitor<'de> for Top<'b> {
                     (stream_options, caller_wants_usage) = read_stream_options(self.body, raw, span)?;
                 }
                 f if f == self.api.prompt_field() => {
-                    let found = map.next_value_seed(PromptSeed)?;
+                    let found = map.next_value_seed(PromptSeed { ceiling: self.media_part_tokens })?;
                     tally.add(found.tally);
                     messages = messages.saturating_add(found.elements.max(1));
                     if self.api == Api::Completions {
@@ -454,6 +474,7 @@ impl<'de, 'b> Visitor<'de> for Top<'b> {
             .saturating_add(rendered)
             .saturating_add(messages.saturating_mul(MESSAGE_OVERHEAD_TOKENS))
             .saturating_add(tally.media_parts.saturating_mul(self.media_part_tokens))
+            .saturating_add(tally.sized)
             .saturating_add(if tools { TOOLS_OVERHEAD_TOKENS } else { 0 });
         if caller_wants_usage && !stream {
             caller_wants_usage = false;
@@ -636,7 +657,10 @@ impl<'de> Deserialize<'de> for KeyText {
 }
 
 /// The prompt field: its text, and how many messages or batched prompts it holds.
-struct PromptSeed;
+struct PromptSeed {
+    /// `MEDIA_PART_TOKENS`.
+    ceiling: u64,
+}
 
 #[derive(Default)]
 struct PromptFound {
@@ -666,7 +690,7 @@ impl<'de> Visitor<'de> for PromptSeed {
         let mut found = PromptFound::default();
         loop {
             let mut tally = Tally::default();
-            let Some(kind) = seq.next_element_seed(Count { tally: &mut tally })? else { break };
+            let Some(kind) = seq.next_element_seed(Count { tally: &mut tally, ceiling: self.ceiling })? else { break };
             found.tally.add(tally);
             found.elements += 1;
             if matches!(kind, Kind::Text { .. } | Kind::Array) {
@@ -677,17 +701,17 @@ impl<'de> Visitor<'de> for PromptSeed {
     }
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<PromptFound, E> {
-        Ok(PromptFound { tally: Tally { text: v.len() as u64, media_parts: 0 }, elements: 1, batch: 1 })
+        Ok(PromptFound { tally: Tally { text: v.len() as u64, ..Tally::default() }, elements: 1, batch: 1 })
     }
 
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<PromptFound, A::Error> {
         let mut tally = Tally::default();
-        Count { tally: &mut tally }.visit_map(map)?;
+        Count { tally: &mut tally, ceiling: self.ceiling }.visit_map(map)?;
         Ok(PromptFound { tally, elements: 1, batch: 1 })
     }
 
     fn visit_u64<E: de::Error>(self, _: u64) -> Result<PromptFound, E> {
-        Ok(PromptFound { tally: Tally { text: 20, media_parts: 0 }, elements: 1, batch: 1 })
+        Ok(PromptFound { tally: Tally { text: 20, ..Tally::default() }, elements: 1, batch: 1 })
     }
 
     fn visit_i64<E: de::Error>(self, _: i64) -> Result<PromptFound, E> {
@@ -709,15 +733,17 @@ impl<'de> Visitor<'de> for PromptSeed {
 
 /// What one counted value was.
 enum Kind {
-    Text { media_type: bool },
+    Text { media: Option<Media> },
     Other,
     Array,
 }
 
-/// Counts the prompt text of one value: string bytes (decoded), scalars at their printed
-/// size, media parts at the ceiling. Object keys of messages are structure, not text.
+/// Counts the prompt text of one value: string and key bytes (decoded), scalars at their
+/// printed size, media parts at the ceiling or their size.
 struct Count<'t> {
     tally: &'t mut Tally,
+    /// `MEDIA_PART_TOKENS`.
+    ceiling: u64,
 }
 
 impl<'de, 't> DeserializeSeed<'de> for Count<'t> {
@@ -744,7 +770,7 @@ impl<'de, 't> Visitor<'de> for Count<'t> {
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<Kind, E> {
         self.tally.text = self.tally.text.saturating_add(v.len() as u64);
-        Ok(Kind::Text { media_type: MEDIA_TYPES.contains(&v) })
+        Ok(Kind::Text { media: Media::of(v) })
     }
 
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<Kind, E> {
@@ -769,29 +795,47 @@ impl<'de, 't> Visitor<'de> for Count<'t> {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Kind, A::Error> {
-        while seq.next_element_seed(Count { tally: &mut *self.tally })?.is_some() {}
+        while seq.next_element_seed(Count { tally: &mut *self.tally, ceiling: self.ceiling })?.is_some() {}
         Ok(Kind::Array)
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Kind, A::Error> {
         // a media part's payload (base64 or a URL) is not prompt text: it is counted aside
-        // and, once the part's `type` says it is media, replaced by the ceiling
+        // and, once the part's `type` says what it is, replaced by what that kind costs
         let mut payload = Tally::default();
-        let mut media = false;
+        let mut media = None;
+        let ceiling = self.ceiling;
         while let Some(key) = map.next_key::<KeyText>()? {
+            // keys are text too: a template renders an object (tool-call arguments given as
+            // one) with its keys
+            self.tally.text = self.tally.text.saturating_add(key.0.len() as u64);
             if key.0 == "type" {
-                media |=
-                    matches!(map.next_value_seed(Count { tally: &mut *self.tally })?, Kind::Text { media_type: true });
+                // with two `type` members an upstream may read either: the dearer counts
+                if let Kind::Text { media: Some(m) } =
+                    map.next_value_seed(Count { tally: &mut *self.tally, ceiling })?
+                {
+                    media = media.max(Some(m));
+                }
             } else if MEDIA_PAYLOAD_KEYS.contains(&key.0.as_str()) {
-                map.next_value_seed(Count { tally: &mut payload })?;
+                map.next_value_seed(Count { tally: &mut payload, ceiling })?;
             } else {
-                map.next_value_seed(Count { tally: &mut *self.tally })?;
+                map.next_value_seed(Count { tally: &mut *self.tally, ceiling })?;
             }
         }
-        if media {
-            self.tally.media_parts = self.tally.media_parts.saturating_add(1);
-        } else {
-            self.tally.add(payload);
+        match media {
+            None => self.tally.add(payload),
+            Some(kind) => {
+                // media nested inside a payload is kept; its text is what the kind replaces
+                let nested = Tally { text: 0, ..payload };
+                self.tally.add(nested);
+                match kind {
+                    Media::Image => self.tally.media_parts = self.tally.media_parts.saturating_add(1),
+                    // inline audio, video or a file: its tokens grow with its length, taken
+                    // at most a token per byte of the payload given (base64 is 4/3 of what it
+                    // encodes); a URL or a file id tells nothing of the size: the ceiling
+                    Media::Sized => self.tally.sized = self.tally.sized.saturating_add(ceiling.max(payload.text)),
+                }
+            }
         }
         Ok(Kind::Other)
     }
@@ -982,11 +1026,30 @@ mod tests {
         let long = "x".repeat(1_000);
         let body = format!(r#"{{"model":"m","messages":[{{"role":"user","content":"{long}"}}]}}"#);
         let shape = chat(&body).unwrap();
-        // 1000 bytes of text + "user" + one message and the request overhead
-        assert_eq!(shape.prompt_tokens, 1_000 + 4 + MESSAGE_OVERHEAD_TOKENS + REQUEST_OVERHEAD_TOKENS);
-        // escapes count as the bytes they decode to: "é" is two bytes, "\n" one
-        let shape = chat(r#"{"model":"m","messages":[{"role":"u","content":"\u00e9\n"}]}"#).unwrap();
-        assert_eq!(shape.prompt_tokens, 3 + 1 + MESSAGE_OVERHEAD_TOKENS + REQUEST_OVERHEAD_TOKENS);
+        // 1000 bytes of text + "user" + the keys "role" and "content" + one message and the
+        // request overhead
+        let keys = ("role".len() + "content".len()) as u64;
+        assert_eq!(shape.prompt_tokens, 1_000 + 4 + keys + MESSAGE_OVERHEAD_TOKENS + REQUEST_OVERHEAD_TOKENS);
+        // escapes count as the bytes they decode to: "é" is two bytes, "\n" one; a key too
+        let shape = chat(r#"{"model":"m","messages":[{"r\u00f4le":"u","content":"\u00e9\n"}]}"#).unwrap();
+        let keys = ("rôle".len() + "content".len()) as u64;
+        assert_eq!(shape.prompt_tokens, 3 + 1 + keys + MESSAGE_OVERHEAD_TOKENS + REQUEST_OVERHEAD_TOKENS);
+    }
+
+    #[test]
+    fn object_keys_in_the_prompt_are_text() {
+        // tool-call arguments given as an object render with their keys
+        let key = "k".repeat(500);
+        let body = format!(
+            r#"{{"model":"m","messages":[{{"role":"assistant","tool_calls":[{{"function":{{"name":"f","arguments":{{"{key}":1}}}}}}]}}]}}"#
+        );
+        let shape = chat(&body).unwrap();
+        let keys = ["role", "tool_calls", "function", "name", "arguments"].iter().map(|k| k.len()).sum::<usize>();
+        let text = "assistant".len() + "f".len() + 500 + "1".len();
+        assert_eq!(shape.prompt_tokens, (keys + text) as u64 + MESSAGE_OVERHEAD_TOKENS + REQUEST_OVERHEAD_TOKENS);
+        // the same in a responses input and a completions prompt given as an object
+        let body = format!(r#"{{"model":"m","input":[{{"type":"function_call","arguments":{{"{key}":null}}}}]}}"#);
+        assert!(inspect(body.as_bytes(), Api::Responses, 1).unwrap().prompt_tokens > 500);
     }
 
     #[test]
@@ -997,7 +1060,42 @@ mod tests {
         );
         let shape = inspect(body.as_bytes(), Api::Chat, 5_000).unwrap();
         let text = "user".len() + "image_url".len() + "text".len() + "what is it".len();
-        assert_eq!(shape.prompt_tokens, 5_000 + text as u64 + MESSAGE_OVERHEAD_TOKENS + REQUEST_OVERHEAD_TOKENS);
+        let keys = ["role", "content", "image_url", "type", "type", "text"].iter().map(|k| k.len()).sum::<usize>();
+        assert_eq!(
+            shape.prompt_tokens,
+            5_000 + (text + keys) as u64 + MESSAGE_OVERHEAD_TOKENS + REQUEST_OVERHEAD_TOKENS
+        );
+    }
+
+    #[test]
+    fn audio_video_and_files_cost_their_inline_size_or_at_least_the_ceiling() {
+        let prompt = |part: &str| {
+            let body = format!(r#"{{"model":"m","messages":[{{"role":"user","content":[{part}]}}]}}"#);
+            let bare = r#"{"model":"m","messages":[{"role":"user","content":[]}]}"#;
+            inspect(body.as_bytes(), Api::Chat, 1_000).unwrap().prompt_tokens - chat(bare).unwrap().prompt_tokens
+        };
+        let data = "A".repeat(50_000);
+        for part in [
+            format!(r#"{{"type":"input_audio","input_audio":{{"data":"{data}","format":"wav"}}}}"#),
+            format!(r#"{{"type":"video_url","video_url":{{"url":"data:video/mp4;base64,{data}"}}}}"#),
+            format!(r#"{{"type":"file","file":{{"file_data":"data:application/pdf;base64,{data}"}}}}"#),
+            format!(r#"{{"type":"input_file","file_data":"{data}","filename":"a.pdf"}}"#),
+        ] {
+            // the payload's size, and beside it the part's keys and type as text
+            let counted = prompt(&part);
+            assert!((50_000..50_080).contains(&counted), "{part:.60}: {counted}");
+        }
+        // a URL says nothing of the size: the ceiling stands, as for a small inline payload
+        let url = r#"{"type":"input_audio","input_audio":{"url":"https://x.test/a.wav"}}"#;
+        let small = r#"{"type":"input_audio","input_audio":{"data":"AAAA","format":"wav"}}"#;
+        let around = ["type", "input_audio", "input_audio"].iter().map(|k| k.len() as u64).sum::<u64>();
+        assert_eq!((prompt(url), prompt(small)), (1_000 + around, 1_000 + around));
+        // an image stays at the ceiling however large
+        let image = format!(r#"{{"type":"input_image","image_url":"data:image/png;base64,{data}"}}"#);
+        assert_eq!(
+            prompt(&image),
+            1_000 + ["type", "input_image", "image_url"].iter().map(|k| k.len() as u64).sum::<u64>()
+        );
     }
 
     #[test]
