@@ -841,6 +841,143 @@ impl<'de, 't> Visitor<'de> for Count<'t> {
     }
 }
 
+/// Fields that multiply what a call priced per request produces (images, videos, samples).
+pub const OUTPUT_COUNT_FIELDS: &[&str] = &["n", "num_images", "num_outputs", "batch_size", "num_videos", "num_samples"];
+/// Objects one level down where providers put them too: Replicate's `input`, hf-inference's
+/// `parameters`.
+const OUTPUT_COUNT_PARENTS: &[&str] = &["input", "parameters"];
+
+/// How many outputs a call priced per request asks for (a queued job, an image generation):
+/// the product of every count field present at the top and under `input` and `parameters`,
+/// at least 1. A per-request price is reserved and charged that many times.
+///
+/// Read without building a tree. A body that is not a JSON object (binary audio, an empty
+/// body) asks for one. Refused with a 400 naming the field: a count that is not a plain
+/// integer from 1 to 128 (`null` is absent), a duplicate key at the top or a duplicate count
+/// below it, an object that does not parse to its end.
+///
+/// ```
+/// use hf_gate::core::body::outputs_of;
+/// assert_eq!(outputs_of(br#"{"prompt":"a cat","num_images":4}"#).unwrap(), 4);
+/// assert_eq!(outputs_of(br#"{"input":{"num_outputs":2},"n":null}"#).unwrap(), 2);
+/// assert_eq!(outputs_of(b"RIFF....WAVEfmt ").unwrap(), 1);
+/// assert!(outputs_of(br#"{"num_images":0}"#).is_err());
+/// ```
+pub fn outputs_of(body: &[u8]) -> Result<u64, GatewayError> {
+    let Some(text) = as_utf8(body) else { return Ok(1) };
+    if text.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Ok(1);
+    }
+    let bad = |e: serde_json::Error| GatewayError::InvalidRequest(e.to_string());
+    let mut de = serde_json::Deserializer::from_slice(&text);
+    let outputs = de.deserialize_map(Outputs { parent: None }).map_err(bad)?;
+    de.end().map_err(bad)?;
+    Ok(outputs.max(1))
+}
+
+/// The body as the UTF-8 a JSON reader upstream would decode it to, `None` if it decodes to
+/// no text. Python's `json.loads` (behind most providers' servers) takes bytes in UTF-16 and
+/// UTF-32 too, told by a byte order mark or by where the zero bytes are (RFC 4627): a count
+/// hidden in another encoding still counts.
+fn as_utf8(body: &[u8]) -> Option<std::borrow::Cow<'_, [u8]>> {
+    use std::borrow::Cow;
+    #[derive(Clone, Copy)]
+    enum Wide {
+        U16 { big: bool },
+        U32 { big: bool },
+    }
+    let (wide, skip) = match body {
+        [0x00, 0x00, 0xFE, 0xFF, ..] => (Wide::U32 { big: true }, 4),
+        [0xFF, 0xFE, 0x00, 0x00, ..] => (Wide::U32 { big: false }, 4),
+        [0xFE, 0xFF, ..] => (Wide::U16 { big: true }, 2),
+        [0xFF, 0xFE, ..] => (Wide::U16 { big: false }, 2),
+        [0xEF, 0xBB, 0xBF, rest @ ..] => return Some(Cow::Borrowed(rest)),
+        [0x00, b, _, _, ..] => (if *b == 0 { Wide::U32 { big: true } } else { Wide::U16 { big: true } }, 0),
+        [a, 0x00, c, d, ..] if *a != 0 => {
+            (if *c == 0 && *d == 0 { Wide::U32 { big: false } } else { Wide::U16 { big: false } }, 0)
+        }
+        [0x00, _] => (Wide::U16 { big: true }, 0),
+        [_, 0x00] => (Wide::U16 { big: false }, 0),
+        _ => return Some(Cow::Borrowed(body)),
+    };
+    let rest = body.get(skip..)?;
+    let text: String = match wide {
+        Wide::U16 { big } => {
+            let units = rest.chunks(2).map(|c| match (c, big) {
+                ([a, b], true) => Some(u16::from_be_bytes([*a, *b])),
+                ([a, b], false) => Some(u16::from_le_bytes([*a, *b])),
+                _ => None,
+            });
+            let units: Option<Vec<u16>> = units.collect();
+            char::decode_utf16(units?).collect::<Result<String, _>>().ok()?
+        }
+        Wide::U32 { big } => rest
+            .chunks(4)
+            .map(|c| {
+                let word: [u8; 4] = c.try_into().ok()?;
+                char::from_u32(if big { u32::from_be_bytes(word) } else { u32::from_le_bytes(word) })
+            })
+            .collect::<Option<String>>()?,
+    };
+    Some(Cow::Owned(text.into_bytes()))
+}
+
+/// Multiplies the count fields of one object: the body (`parent` is `None`) or one of the
+/// objects under it that providers read counts from.
+struct Outputs<'p> {
+    parent: Option<&'p str>,
+}
+
+impl<'de, 'p> Visitor<'de> for Outputs<'p> {
+    type Value = u64;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<u64, A::Error> {
+        let mut seen = HashSet::new();
+        let mut outputs = 1u64;
+        while let Some(key) = map.next_key::<KeyText>()? {
+            let key = key.0;
+            let named = match self.parent {
+                Some(parent) => format!("{parent}.{}", truncate(&key)),
+                None => truncate(&key),
+            };
+            let counted = OUTPUT_COUNT_FIELDS.contains(&key.as_str());
+            // every key at the top, as `inspect` does; below it only the counts matter, and
+            // a count given twice may be read either way
+            if self.parent.is_none() || counted {
+                if seen.len() >= MAX_TOP_LEVEL_FIELDS {
+                    return Err(de::Error::custom(format_args!("at most {MAX_TOP_LEVEL_FIELDS} top-level fields")));
+                }
+                if !seen.insert(hash_key(&key)) {
+                    return Err(de::Error::custom(format_args!("duplicate key '{named}'")));
+                }
+            }
+            if counted {
+                let raw: &RawValue = map.next_value()?;
+                if raw.get() != "null" {
+                    let n = plain_integer(raw.get(), MAX_CHOICES).ok_or_else(|| {
+                        de::Error::custom(format_args!("'{named}' must be an integer from 1 to {MAX_CHOICES}"))
+                    })?;
+                    outputs = outputs.saturating_mul(n);
+                }
+            } else if self.parent.is_none() && OUTPUT_COUNT_PARENTS.contains(&key.as_str()) {
+                let raw: &RawValue = map.next_value()?;
+                if raw.get().starts_with('{') {
+                    let mut de = serde_json::Deserializer::from_str(raw.get());
+                    let below = de.deserialize_map(Outputs { parent: Some(&key) }).map_err(de::Error::custom)?;
+                    outputs = outputs.saturating_mul(below);
+                }
+            } else {
+                map.next_value::<de::IgnoredAny>()?;
+            }
+        }
+        Ok(outputs)
+    }
+}
+
 /// Token usage from an OpenAI-shaped JSON value: `usage` at the top (chat completions) or
 /// under `response` (responses API events), with either naming of the two counts.
 pub fn usage_of(v: &serde_json::Value) -> Option<TokenUsage> {
@@ -1195,6 +1332,94 @@ mod tests {
         assert_eq!(out, body.as_bytes());
         let out = apply(body.as_bytes(), &shape.edits(3));
         assert_eq!(String::from_utf8(out).unwrap(), "  {\"model\":\"m\", \"max_tokens\": 3 , \"messages\": []}\n");
+    }
+
+    #[test]
+    fn outputs_multiply_every_count_at_the_top_and_one_level_down() {
+        for (body, outputs) in [
+            (r#"{}"#, 1),
+            (r#"{"prompt":"a cat"}"#, 1),
+            (r#"{"num_images":4}"#, 4),
+            (r#"{"n":2,"num_images":3}"#, 6),
+            (r#"{"input":{"num_outputs":4,"prompt":"x"},"batch_size":2}"#, 8),
+            (r#"{"parameters":{"num_images":null,"batch_size":3},"inputs":"x"}"#, 3),
+            (r#"{"num_videos":2,"num_samples":5,"n":null}"#, 10),
+            (r#"{"input":"a string","parameters":null}"#, 1),
+            // deeper, or under another name, is not where providers read a count
+            (r#"{"options":{"num_images":9},"input":{"extra":{"n":9}}}"#, 1),
+            // escaped keys are the keys they decode to
+            (r#"{"num\u005fimages":3}"#, 3),
+        ] {
+            assert_eq!(outputs_of(body.as_bytes()), Ok(outputs), "{body}");
+        }
+        let every = OUTPUT_COUNT_FIELDS.iter().map(|f| format!(r#""{f}":128"#)).collect::<Vec<_>>().join(",");
+        let all = format!(r#"{{{every},"input":{{{every}}},"parameters":{{{every}}}}}"#);
+        assert_eq!(outputs_of(all.as_bytes()), Ok(u64::MAX), "saturates, never wraps");
+    }
+
+    #[test]
+    fn a_bad_output_count_is_a_400_naming_the_field() {
+        for (body, field) in [
+            (r#"{"num_images":0}"#, "'num_images'"),
+            (r#"{"n":-1}"#, "'n'"),
+            (r#"{"num_outputs":1.5}"#, "'num_outputs'"),
+            (r#"{"num_outputs":2.0}"#, "'num_outputs'"),
+            (r#"{"batch_size":"2"}"#, "'batch_size'"),
+            (r#"{"num_samples":129}"#, "'num_samples'"),
+            (r#"{"num_videos":true}"#, "'num_videos'"),
+            (r#"{"input":{"num_outputs":[4]}}"#, "'input.num_outputs'"),
+            (r#"{"parameters":{"num_images":1e2}}"#, "'parameters.num_images'"),
+        ] {
+            match outputs_of(body.as_bytes()) {
+                Err(e @ GatewayError::InvalidRequest(_)) => assert!(e.to_string().contains(field), "{body}: {e}"),
+                other => panic!("{body}: {other:?}"),
+            }
+        }
+        for body in [
+            r#"{"num_images":1,"num_images":4}"#,
+            r#"{"prompt":"a","prompt":"b"}"#,
+            r#"{"input":{"num_outputs":1,"num\u005foutputs":4}}"#,
+        ] {
+            let err = outputs_of(body.as_bytes()).unwrap_err();
+            assert!(err.to_string().contains("duplicate key"), "{body}: {err}");
+        }
+        // an object that does not parse to its end is not counted as one output
+        for body in [r#"{"num_images":4"#, r#"{"num_images":4} {"n":2}"#] {
+            assert!(outputs_of(body.as_bytes()).is_err(), "{body}");
+        }
+    }
+
+    #[test]
+    fn a_body_that_is_no_json_object_asks_for_one_output() {
+        for body in [
+            &b""[..],
+            b"   ",
+            b"RIFF\x24\x08\x00\x00WAVEfmt ",
+            b"\x00\x00\x00\x20ftypisom",
+            b"[1,2]",
+            b"null",
+            b"\xff\xd8\xff",
+        ] {
+            assert_eq!(outputs_of(body), Ok(1), "{body:?}");
+        }
+    }
+
+    #[test]
+    fn a_count_in_another_unicode_encoding_still_counts() {
+        let json = r#" {"num_images":4}"#;
+        let utf16 = |big: bool| -> Vec<u8> {
+            json.encode_utf16().flat_map(|u| if big { u.to_be_bytes() } else { u.to_le_bytes() }).collect()
+        };
+        let utf32 = |big: bool| -> Vec<u8> {
+            json.chars().flat_map(|c| if big { (c as u32).to_be_bytes() } else { (c as u32).to_le_bytes() }).collect()
+        };
+        let mut bom8 = b"\xEF\xBB\xBF".to_vec();
+        bom8.extend_from_slice(json.as_bytes());
+        let mut bom16 = b"\xFF\xFE".to_vec();
+        bom16.extend(utf16(false));
+        for body in [bom8, bom16, utf16(true), utf16(false), utf32(true), utf32(false)] {
+            assert_eq!(outputs_of(&body), Ok(4), "{body:?}");
+        }
     }
 
     #[test]
