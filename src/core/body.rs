@@ -20,6 +20,14 @@
 //!   (tools, schemas, unknown fields) counted whole, punctuation included, plus room for the
 //!   indentation a template renders.
 //!
+//! Tools the upstream runs itself (a `tools` entry that is not a `function` or `custom` tool,
+//! chat's `web_search_options`) cost what their loop costs, which no field of the body bounds:
+//! `inspect` reports the first in `CallShape::server_tools`, and the caller refuses the call
+//! or reserves the plan's ceiling for it.
+//!
+//! Calls priced per request (queued jobs, image generation) have no tokens to bound, only a
+//! count of outputs: `outputs_of` multiplies the count fields a provider reads.
+//!
 //! The body is never turned into a tree: serde visitors walk it once and keep counts, a few
 //! scalars and the byte spans of the fields to edit. Edits are splices into the original
 //! bytes, so what upstream gets is the caller's body with the bounds replaced in place: never a
