@@ -1,6 +1,6 @@
 // Credits as a hard bound, end to end: a fake upstream that generates until the limit it is
-// sent (in whichever limit field is largest), bills every byte of text as a token, and counts
-// what it receives. No body a caller can send gets billed past its reservation; overshoots are
+// sent (in whichever limit field is largest), bills every byte of text and of object keys as a
+// token, and counts what it receives. No body a caller can send gets billed past its reservation; overshoots are
 // charged in full and recorded; holds settle or release exactly once; one credential's 429
 // does not block the others.
 import { test, before, after } from "node:test";
@@ -22,11 +22,13 @@ function bill(body) {
     if (typeof v === "string") return Buffer.byteLength(v);
     if (Array.isArray(v)) return v.reduce((n, x) => n + text(x), 0);
     if (v && typeof v === "object") {
+      // keys are text too: a template renders an object (tool-call arguments) with its keys
+      const keys = Object.keys(v).reduce((n, k) => n + Buffer.byteLength(k), 0);
       if (v.type === "image_url") {
         media += 1;
-        return Buffer.byteLength("image_url");
+        return keys + Buffer.byteLength("image_url");
       }
-      return Object.values(v).reduce((n, x) => n + text(x), 0);
+      return keys + Object.values(v).reduce((n, x) => n + text(x), 0);
     }
     return 0;
   };

@@ -6,16 +6,27 @@
 //! - the *output bound* is the smallest limit the caller gave in any output-limit field
 //!   (`max_tokens`, `max_completion_tokens`, `max_output_tokens`, `max_new_tokens`; `null` is
 //!   absent), or the plan's default; the bound finally granted is written into *every* such
-//!   field the body carries (or the API's own field when it carries none), so whichever one an
-//!   upstream honours, it is within the reservation;
+//!   field the body carries *and* into the API's own field (`Api::limit_field`, inserted when
+//!   absent), so whichever one an upstream honours by its own rules, it is within the
+//!   reservation;
 //! - *choices* is `n` (and `best_of`, and the number of prompts of a batched completion):
 //!   every choice can run to the output bound;
 //! - the *prompt bound* counts the text the request carries, not the JSON around it: decoded
-//!   UTF-8 bytes of every string in the messages (a byte-level BPE token is at least one byte,
-//!   so no tokenizer in use produces more tokens than bytes), a per-message and a per-request
-//!   overhead for chat templates, each image, audio or file part at a configurable ceiling
-//!   (`MEDIA_PART_TOKENS`), and everything else in the body (tools, schemas, unknown fields)
-//!   counted whole, punctuation included, plus room for the indentation a template renders.
+//!   UTF-8 bytes of every string and every object key in the messages (a byte-level BPE token
+//!   is at least one byte, so no tokenizer in use produces more tokens than bytes), a
+//!   per-message and a per-request overhead for chat templates, each image part at a
+//!   configurable ceiling (`MEDIA_PART_TOKENS`), each audio, video or file part at the larger
+//!   of that ceiling and the bytes of its inline payload, and everything else in the body
+//!   (tools, schemas, unknown fields) counted whole, punctuation included, plus room for the
+//!   indentation a template renders.
+//!
+//! Tools the upstream runs itself (a `tools` entry that is not a `function` or `custom` tool,
+//! chat's `web_search_options`) cost what their loop costs, which no field of the body bounds:
+//! `inspect` reports the first in `CallShape::server_tools`, and the caller refuses the call
+//! or reserves the plan's ceiling for it.
+//!
+//! Calls priced per request (queued jobs, image generation) have no tokens to bound, only a
+//! count of outputs: `outputs_of` multiplies the count fields a provider reads.
 //!
 //! The body is never turned into a tree: serde visitors walk it once and keep counts, a few
 //! scalars and the byte spans of the fields to edit. Edits are splices into the original
@@ -56,22 +67,49 @@ pub const LIMIT_FIELDS: &[&str] = &["max_tokens", "max_completion_tokens", "max_
 const MAX_TOP_LEVEL_FIELDS: usize = 1_024;
 const MAX_STREAM_OPTIONS_BYTES: usize = 4_096;
 const MAX_MODEL_LEN: usize = 256;
-/// Part types that carry media rather than text.
-const MEDIA_TYPES: &[&str] = &[
-    "image_url",
-    "input_image",
-    "image",
-    "image_file",
-    "input_audio",
-    "audio",
-    "file",
-    "input_file",
-    "video_url",
-    "video",
-];
+/// Part types that carry an image: an encoder gives one a bounded number of tokens, whatever
+/// its size in bytes.
+const IMAGE_TYPES: &[&str] = &["image_url", "input_image", "image", "image_file"];
+/// Part types whose tokens grow with their length (seconds of audio or video, pages of a
+/// file): bounded by their size when it is known.
+const SIZED_TYPES: &[&str] = &["input_audio", "audio", "file", "input_file", "video_url", "video"];
 /// Members of a media part that hold its payload (a URL or base64 data, not prompt text).
 const MEDIA_PAYLOAD_KEYS: &[&str] =
     &["image_url", "input_audio", "image", "audio", "file", "file_data", "video_url", "video", "url", "data"];
+
+/// Tool types the caller runs: the upstream only writes the call out, in tokens the output
+/// bound covers. Any other type is run by the upstream itself.
+const CLIENT_TOOL_TYPES: &[&str] = &["function", "custom"];
+
+/// A part of the body whose cost the body does not bound: a tool the upstream runs itself
+/// (OpenAI's `web_search`, the router's `mcp` loop), billed in calls and tokens of its own.
+///
+/// `inspect` reports it rather than refusing, since whether it may run is the plan's call:
+/// refused (`refusal`), or allowed at the plan's `server_tool_ceiling_micro_usd`.
+///
+/// ```
+/// use hf_gate::core::body::inspect;
+/// use hf_gate::core::paths::Api;
+/// let body = br#"{"model":"m","input":"hi","tools":[{"type":"mcp","server_url":"https://x"}]}"#;
+/// let shape = inspect(body, Api::Responses, 1_000).unwrap();
+/// let tools = shape.server_tools.as_ref().unwrap();
+/// assert_eq!(tools.field, "tools[0]");
+/// assert_eq!(tools.refusal().code(), "unbounded_request");
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unbounded {
+    /// Where it is: `tools[2]`, `web_search_options`.
+    pub field: String,
+    /// Why the body does not bound it.
+    pub reason: String,
+}
+
+impl Unbounded {
+    /// The 400 for a key whose plan sets no ceiling for such calls.
+    pub fn refusal(&self) -> GatewayError {
+        GatewayError::UnboundedRequest { field: self.field.clone(), reason: self.reason.clone() }
+    }
+}
 
 /// A byte range of the body: `start..end`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -101,10 +139,15 @@ pub struct CallShape {
     pub stream: bool,
     /// The caller asked for `stream_options.include_usage` itself.
     pub caller_wants_usage: bool,
+    /// The first tool the upstream would run itself: the bound does not cover the call then.
+    pub server_tools: Option<Unbounded>,
     /// Offset just past the body's opening brace.
     after_open: usize,
     /// Every output-limit field present (with a `null` value too).
     limit_spans: Vec<Span>,
+    /// Whether one of them is the API's own (`Api::limit_field`), the one field an upstream
+    /// that honours no other still reads.
+    own_limit_present: bool,
     stream_options: StreamOptions,
     /// Where the `model` value is.
     model_span: Option<Span>,
@@ -143,14 +186,21 @@ impl CallShape {
         crate::core::sort::sort_small_by(edits, |a, b| (a.start, a.end).cmp(&(b.start, b.end)));
     }
 
-    /// The splices that make the body carry `output` in every output-limit field and, for a
-    /// stream, ask for usage. Sorted, non-overlapping.
+    /// The splices that make the body carry `output` in every output-limit field it has and
+    /// in the API's own field, and, for a stream, ask for usage. Sorted, non-overlapping.
+    ///
+    /// The own field is inserted even beside other limits: an upstream honours its own rules,
+    /// not the caller's choice of field (OpenAI's chat reads `max_completion_tokens` else
+    /// `max_tokens`, its responses only `max_output_tokens`), so a body bounded only by
+    /// `max_new_tokens` would run to the context's end there.
     pub fn edits(&self, output: u64) -> Vec<Edit> {
         let n = output.to_string().into_bytes();
         let mut edits: Vec<Edit> =
             self.limit_spans.iter().map(|s| Edit { start: s.start, end: s.end, insert: n.clone() }).collect();
         let mut front = Vec::new();
-        if self.limit_spans.is_empty() {
+        if !self.own_limit_present {
+            // the key is absent however it could be spelled (keys are compared decoded), so
+            // this is never a second copy of it
             front.extend_from_slice(format!("\"{}\":{output},", self.api.limit_field()).as_bytes());
         }
         if self.stream && self.api.usage_on_request() {
@@ -247,14 +297,39 @@ pub fn inspect(body: &[u8], api: Api, media_part_tokens: u64) -> Result<CallShap
 /// What a part of the prompt added up to.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct Tally {
+    /// Bytes of text: strings and keys, decoded, and scalars at their printed size.
     text: u64,
+    /// Image parts, each at the ceiling.
     media_parts: u64,
+    /// Tokens of audio, video and file parts: each the larger of the ceiling and the bytes
+    /// of its inline payload.
+    sized: u64,
 }
 
 impl Tally {
     fn add(&mut self, o: Tally) {
         self.text = self.text.saturating_add(o.text);
         self.media_parts = self.media_parts.saturating_add(o.media_parts);
+        self.sized = self.sized.saturating_add(o.sized);
+    }
+}
+
+/// The kind of media a part's `type` names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Media {
+    Image,
+    Sized,
+}
+
+impl Media {
+    fn of(part_type: &str) -> Option<Media> {
+        if IMAGE_TYPES.contains(&part_type) {
+            Some(Media::Image)
+        } else if SIZED_TYPES.contains(&part_type) {
+            Some(Media::Sized)
+        } else {
+            None
+        }
     }
 }
 
@@ -311,6 +386,7 @@ impl<'de, 'b> Visitor<'de> for Top<'b> {
         let mut model = None;
         let mut model_span = None;
         let mut limits: Vec<(Span, Option<u64>)> = Vec::new();
+        let mut own_limit_present = false;
         let mut choices = 1u64;
         let mut stream = false;
         let mut stream_options = StreamOptions::Absent;
@@ -320,6 +396,7 @@ impl<'de, 'b> Visitor<'de> for Top<'b> {
         let mut prompts = 1u64;
         let mut rendered = 0u64;
         let mut tools = false;
+        let mut server_tools = None;
         while let Some(key) = map.next_key::<KeyText>()? {
             let key = key.0;
             if seen.len() >= MAX_TOP_LEVEL_FIELDS {
@@ -349,6 +426,7 @@ impl<'de, 'b> Visitor<'de> for Top<'b> {
                         })?),
                     };
                     limits.push((span, value));
+                    own_limit_present |= f == self.api.limit_field();
                 }
                 f @ ("n" | "best_of") => {
                     let raw: &RawValue = map.next_value()?;
@@ -373,7 +451,7 @@ impl<'de, 'b> Visitor<'de> for Top<'b> {
                     (stream_options, caller_wants_usage) = read_stream_options(self.body, raw, span)?;
                 }
                 f if f == self.api.prompt_field() => {
-                    let found = map.next_value_seed(PromptSeed)?;
+                    let found = map.next_value_seed(PromptSeed { ceiling: self.media_part_tokens })?;
                     tally.add(found.tally);
                     messages = messages.saturating_add(found.elements.max(1));
                     if self.api == Api::Completions {
@@ -392,6 +470,9 @@ impl<'de, 'b> Visitor<'de> for Top<'b> {
                         rendered = rendered.saturating_add(text.len() as u64).saturating_add(2 * lines_of(text));
                         tools |= matches!(other, "tools" | "functions");
                     }
+                    if server_tools.is_none() {
+                        server_tools = run_upstream(other, text).map_err(de::Error::custom)?;
+                    }
                 }
             }
         }
@@ -401,6 +482,7 @@ impl<'de, 'b> Visitor<'de> for Top<'b> {
             .saturating_add(rendered)
             .saturating_add(messages.saturating_mul(MESSAGE_OVERHEAD_TOKENS))
             .saturating_add(tally.media_parts.saturating_mul(self.media_part_tokens))
+            .saturating_add(tally.sized)
             .saturating_add(if tools { TOOLS_OVERHEAD_TOKENS } else { 0 });
         if caller_wants_usage && !stream {
             caller_wants_usage = false;
@@ -413,8 +495,10 @@ impl<'de, 'b> Visitor<'de> for Top<'b> {
             prompt_tokens,
             stream,
             caller_wants_usage,
+            server_tools,
             after_open,
             limit_spans: limits.into_iter().map(|(s, _)| s).collect(),
+            own_limit_present,
             stream_options,
             model_span,
         })
@@ -423,6 +507,91 @@ impl<'de, 'b> Visitor<'de> for Top<'b> {
 
 fn truncate(s: &str) -> String {
     s.chars().take(40).collect()
+}
+
+/// Whether a top-level field asks the upstream to run tools itself, and where.
+fn run_upstream(field: &str, raw: &str) -> Result<Option<Unbounded>, serde_json::Error> {
+    match field {
+        "tools" if raw.starts_with('[') => {
+            let mut de = serde_json::Deserializer::from_str(raw);
+            de.deserialize_seq(ToolsVisitor)
+        }
+        "tools" if raw != "null" => Ok(Some(Unbounded {
+            field: "tools".into(),
+            reason: "it is not an array of tools, so which of them the upstream runs cannot be told".into(),
+        })),
+        "web_search_options" if raw != "null" => Ok(Some(Unbounded {
+            field: "web_search_options".into(),
+            reason:
+                "it asks the upstream to search the web itself, billed per search and in tokens the body does not carry"
+                    .into(),
+        })),
+        _ => Ok(None),
+    }
+}
+
+/// The first entry of a `tools` array that is not a tool the caller runs.
+struct ToolsVisitor;
+
+impl<'de> Visitor<'de> for ToolsVisitor {
+    type Value = Option<Unbounded>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("'tools' to be an array")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Option<Unbounded>, A::Error> {
+        let mut found = None;
+        let mut at = 0usize;
+        // read to the end even after a find, so the deserializer sees the whole array
+        while let Some(entry) = seq.next_element::<&RawValue>()? {
+            if found.is_none() {
+                let why = match entry.get() {
+                    text if text.starts_with('{') => {
+                        let mut de = serde_json::Deserializer::from_str(text);
+                        de.deserialize_map(ToolType).map_err(de::Error::custom)?
+                    }
+                    _ => Some("it is not a tool object, so what runs it cannot be told".to_string()),
+                };
+                found = why.map(|reason| Unbounded { field: format!("tools[{at}]"), reason });
+            }
+            at = at.saturating_add(1);
+        }
+        Ok(found)
+    }
+}
+
+/// Why one tool entry is run by the upstream, or `None` for a tool the caller runs. Every
+/// `type` member is read: with two, an upstream may honour either.
+struct ToolType;
+
+impl<'de> Visitor<'de> for ToolType {
+    type Value = Option<String>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a tool object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Option<String>, A::Error> {
+        let mut why = None;
+        while let Some(key) = map.next_key::<KeyText>()? {
+            let raw: &RawValue = map.next_value()?;
+            if key.0 != "type" || why.is_some() {
+                continue;
+            }
+            // an absent or null type is a function to every API that defaults it
+            why = match serde_json::from_str::<Option<String>>(raw.get()) {
+                Ok(None) => None,
+                Ok(Some(t)) if CLIENT_TOOL_TYPES.contains(&t.as_str()) => None,
+                Ok(Some(t)) => Some(format!(
+                    "a tool of type {:?} is run by the upstream itself, in a loop of calls and tokens the body does not bound",
+                    truncate(&t)
+                )),
+                Err(_) => Some("its 'type' is not a string, so what runs it cannot be told".to_string()),
+            };
+        }
+        Ok(why)
+    }
 }
 
 fn read_stream_options<E: de::Error>(body: &[u8], raw: &RawValue, span: Span) -> Result<(StreamOptions, bool), E> {
@@ -496,7 +665,10 @@ impl<'de> Deserialize<'de> for KeyText {
 }
 
 /// The prompt field: its text, and how many messages or batched prompts it holds.
-struct PromptSeed;
+struct PromptSeed {
+    /// `MEDIA_PART_TOKENS`.
+    ceiling: u64,
+}
 
 #[derive(Default)]
 struct PromptFound {
@@ -526,7 +698,7 @@ impl<'de> Visitor<'de> for PromptSeed {
         let mut found = PromptFound::default();
         loop {
             let mut tally = Tally::default();
-            let Some(kind) = seq.next_element_seed(Count { tally: &mut tally })? else { break };
+            let Some(kind) = seq.next_element_seed(Count { tally: &mut tally, ceiling: self.ceiling })? else { break };
             found.tally.add(tally);
             found.elements += 1;
             if matches!(kind, Kind::Text { .. } | Kind::Array) {
@@ -537,17 +709,17 @@ impl<'de> Visitor<'de> for PromptSeed {
     }
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<PromptFound, E> {
-        Ok(PromptFound { tally: Tally { text: v.len() as u64, media_parts: 0 }, elements: 1, batch: 1 })
+        Ok(PromptFound { tally: Tally { text: v.len() as u64, ..Tally::default() }, elements: 1, batch: 1 })
     }
 
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<PromptFound, A::Error> {
         let mut tally = Tally::default();
-        Count { tally: &mut tally }.visit_map(map)?;
+        Count { tally: &mut tally, ceiling: self.ceiling }.visit_map(map)?;
         Ok(PromptFound { tally, elements: 1, batch: 1 })
     }
 
     fn visit_u64<E: de::Error>(self, _: u64) -> Result<PromptFound, E> {
-        Ok(PromptFound { tally: Tally { text: 20, media_parts: 0 }, elements: 1, batch: 1 })
+        Ok(PromptFound { tally: Tally { text: 20, ..Tally::default() }, elements: 1, batch: 1 })
     }
 
     fn visit_i64<E: de::Error>(self, _: i64) -> Result<PromptFound, E> {
@@ -569,15 +741,17 @@ impl<'de> Visitor<'de> for PromptSeed {
 
 /// What one counted value was.
 enum Kind {
-    Text { media_type: bool },
+    Text { media: Option<Media> },
     Other,
     Array,
 }
 
-/// Counts the prompt text of one value: string bytes (decoded), scalars at their printed
-/// size, media parts at the ceiling. Object keys of messages are structure, not text.
+/// Counts the prompt text of one value: string and key bytes (decoded), scalars at their
+/// printed size, media parts at the ceiling or their size.
 struct Count<'t> {
     tally: &'t mut Tally,
+    /// `MEDIA_PART_TOKENS`.
+    ceiling: u64,
 }
 
 impl<'de, 't> DeserializeSeed<'de> for Count<'t> {
@@ -604,7 +778,7 @@ impl<'de, 't> Visitor<'de> for Count<'t> {
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<Kind, E> {
         self.tally.text = self.tally.text.saturating_add(v.len() as u64);
-        Ok(Kind::Text { media_type: MEDIA_TYPES.contains(&v) })
+        Ok(Kind::Text { media: Media::of(v) })
     }
 
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<Kind, E> {
@@ -629,31 +803,186 @@ impl<'de, 't> Visitor<'de> for Count<'t> {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Kind, A::Error> {
-        while seq.next_element_seed(Count { tally: &mut *self.tally })?.is_some() {}
+        while seq.next_element_seed(Count { tally: &mut *self.tally, ceiling: self.ceiling })?.is_some() {}
         Ok(Kind::Array)
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Kind, A::Error> {
         // a media part's payload (base64 or a URL) is not prompt text: it is counted aside
-        // and, once the part's `type` says it is media, replaced by the ceiling
+        // and, once the part's `type` says what it is, replaced by what that kind costs
         let mut payload = Tally::default();
-        let mut media = false;
+        let mut media = None;
+        let ceiling = self.ceiling;
         while let Some(key) = map.next_key::<KeyText>()? {
+            // keys are text too: a template renders an object (tool-call arguments given as
+            // one) with its keys
+            self.tally.text = self.tally.text.saturating_add(key.0.len() as u64);
             if key.0 == "type" {
-                media |=
-                    matches!(map.next_value_seed(Count { tally: &mut *self.tally })?, Kind::Text { media_type: true });
+                // with two `type` members an upstream may read either: the dearer counts
+                if let Kind::Text { media: Some(m) } =
+                    map.next_value_seed(Count { tally: &mut *self.tally, ceiling })?
+                {
+                    media = media.max(Some(m));
+                }
             } else if MEDIA_PAYLOAD_KEYS.contains(&key.0.as_str()) {
-                map.next_value_seed(Count { tally: &mut payload })?;
+                map.next_value_seed(Count { tally: &mut payload, ceiling })?;
             } else {
-                map.next_value_seed(Count { tally: &mut *self.tally })?;
+                map.next_value_seed(Count { tally: &mut *self.tally, ceiling })?;
             }
         }
-        if media {
-            self.tally.media_parts = self.tally.media_parts.saturating_add(1);
-        } else {
-            self.tally.add(payload);
+        match media {
+            None => self.tally.add(payload),
+            Some(kind) => {
+                // media nested inside a payload is kept; its text is what the kind replaces
+                let nested = Tally { text: 0, ..payload };
+                self.tally.add(nested);
+                match kind {
+                    Media::Image => self.tally.media_parts = self.tally.media_parts.saturating_add(1),
+                    // inline audio, video or a file: its tokens grow with its length, taken
+                    // at most a token per byte of the payload given (base64 is 4/3 of what it
+                    // encodes); a URL or a file id tells nothing of the size: the ceiling
+                    Media::Sized => self.tally.sized = self.tally.sized.saturating_add(ceiling.max(payload.text)),
+                }
+            }
         }
         Ok(Kind::Other)
+    }
+}
+
+/// Fields that multiply what a call priced per request produces (images, videos, samples).
+pub const OUTPUT_COUNT_FIELDS: &[&str] = &["n", "num_images", "num_outputs", "batch_size", "num_videos", "num_samples"];
+/// Objects one level down where providers put them too: Replicate's `input`, hf-inference's
+/// `parameters`.
+const OUTPUT_COUNT_PARENTS: &[&str] = &["input", "parameters"];
+
+/// How many outputs a call priced per request asks for (a queued job, an image generation):
+/// the product of every count field present at the top and under `input` and `parameters`,
+/// at least 1. A per-request price is reserved and charged that many times.
+///
+/// Read without building a tree. A body that is not a JSON object (binary audio, an empty
+/// body) asks for one. Refused with a 400 naming the field: a count that is not a plain
+/// integer from 1 to 128 (`null` is absent), a duplicate key at the top or a duplicate count
+/// below it, an object that does not parse to its end.
+///
+/// ```
+/// use hf_gate::core::body::outputs_of;
+/// assert_eq!(outputs_of(br#"{"prompt":"a cat","num_images":4}"#).unwrap(), 4);
+/// assert_eq!(outputs_of(br#"{"input":{"num_outputs":2},"n":null}"#).unwrap(), 2);
+/// assert_eq!(outputs_of(b"RIFF....WAVEfmt ").unwrap(), 1);
+/// assert!(outputs_of(br#"{"num_images":0}"#).is_err());
+/// ```
+pub fn outputs_of(body: &[u8]) -> Result<u64, GatewayError> {
+    let Some(text) = as_utf8(body) else { return Ok(1) };
+    if text.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Ok(1);
+    }
+    let bad = |e: serde_json::Error| GatewayError::InvalidRequest(e.to_string());
+    let mut de = serde_json::Deserializer::from_slice(&text);
+    let outputs = de.deserialize_map(Outputs { parent: None }).map_err(bad)?;
+    de.end().map_err(bad)?;
+    Ok(outputs.max(1))
+}
+
+/// The body as the UTF-8 a JSON reader upstream would decode it to, `None` if it decodes to
+/// no text. Python's `json.loads` (behind most providers' servers) takes bytes in UTF-16 and
+/// UTF-32 too, told by a byte order mark or by where the zero bytes are (RFC 4627): a count
+/// hidden in another encoding still counts.
+fn as_utf8(body: &[u8]) -> Option<std::borrow::Cow<'_, [u8]>> {
+    use std::borrow::Cow;
+    #[derive(Clone, Copy)]
+    enum Wide {
+        U16 { big: bool },
+        U32 { big: bool },
+    }
+    let (wide, skip) = match body {
+        [0x00, 0x00, 0xFE, 0xFF, ..] => (Wide::U32 { big: true }, 4),
+        [0xFF, 0xFE, 0x00, 0x00, ..] => (Wide::U32 { big: false }, 4),
+        [0xFE, 0xFF, ..] => (Wide::U16 { big: true }, 2),
+        [0xFF, 0xFE, ..] => (Wide::U16 { big: false }, 2),
+        [0xEF, 0xBB, 0xBF, rest @ ..] => return Some(Cow::Borrowed(rest)),
+        [0x00, b, _, _, ..] => (if *b == 0 { Wide::U32 { big: true } } else { Wide::U16 { big: true } }, 0),
+        [a, 0x00, c, d, ..] if *a != 0 => {
+            (if *c == 0 && *d == 0 { Wide::U32 { big: false } } else { Wide::U16 { big: false } }, 0)
+        }
+        [0x00, _] => (Wide::U16 { big: true }, 0),
+        [_, 0x00] => (Wide::U16 { big: false }, 0),
+        _ => return Some(Cow::Borrowed(body)),
+    };
+    let rest = body.get(skip..)?;
+    let text: String = match wide {
+        Wide::U16 { big } => {
+            let units = rest.chunks(2).map(|c| match (c, big) {
+                ([a, b], true) => Some(u16::from_be_bytes([*a, *b])),
+                ([a, b], false) => Some(u16::from_le_bytes([*a, *b])),
+                _ => None,
+            });
+            let units: Option<Vec<u16>> = units.collect();
+            char::decode_utf16(units?).collect::<Result<String, _>>().ok()?
+        }
+        Wide::U32 { big } => rest
+            .chunks(4)
+            .map(|c| {
+                let word: [u8; 4] = c.try_into().ok()?;
+                char::from_u32(if big { u32::from_be_bytes(word) } else { u32::from_le_bytes(word) })
+            })
+            .collect::<Option<String>>()?,
+    };
+    Some(Cow::Owned(text.into_bytes()))
+}
+
+/// Multiplies the count fields of one object: the body (`parent` is `None`) or one of the
+/// objects under it that providers read counts from.
+struct Outputs<'p> {
+    parent: Option<&'p str>,
+}
+
+impl<'de, 'p> Visitor<'de> for Outputs<'p> {
+    type Value = u64;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<u64, A::Error> {
+        let mut seen = HashSet::new();
+        let mut outputs = 1u64;
+        while let Some(key) = map.next_key::<KeyText>()? {
+            let key = key.0;
+            let named = match self.parent {
+                Some(parent) => format!("{parent}.{}", truncate(&key)),
+                None => truncate(&key),
+            };
+            let counted = OUTPUT_COUNT_FIELDS.contains(&key.as_str());
+            // every key at the top, as `inspect` does; below it only the counts matter, and
+            // a count given twice may be read either way
+            if self.parent.is_none() || counted {
+                if seen.len() >= MAX_TOP_LEVEL_FIELDS {
+                    return Err(de::Error::custom(format_args!("at most {MAX_TOP_LEVEL_FIELDS} top-level fields")));
+                }
+                if !seen.insert(hash_key(&key)) {
+                    return Err(de::Error::custom(format_args!("duplicate key '{named}'")));
+                }
+            }
+            if counted {
+                let raw: &RawValue = map.next_value()?;
+                if raw.get() != "null" {
+                    let n = plain_integer(raw.get(), MAX_CHOICES).ok_or_else(|| {
+                        de::Error::custom(format_args!("'{named}' must be an integer from 1 to {MAX_CHOICES}"))
+                    })?;
+                    outputs = outputs.saturating_mul(n);
+                }
+            } else if self.parent.is_none() && OUTPUT_COUNT_PARENTS.contains(&key.as_str()) {
+                let raw: &RawValue = map.next_value()?;
+                if raw.get().starts_with('{') {
+                    let mut de = serde_json::Deserializer::from_str(raw.get());
+                    let below = de.deserialize_map(Outputs { parent: Some(&key) }).map_err(de::Error::custom)?;
+                    outputs = outputs.saturating_mul(below);
+                }
+            } else {
+                map.next_value::<de::IgnoredAny>()?;
+            }
+        }
+        Ok(outputs)
     }
 }
 
@@ -807,6 +1136,27 @@ mod tests {
     }
 
     #[test]
+    fn the_apis_own_limit_field_is_written_even_beside_foreign_ones() {
+        // OpenAI's chat ignores max_new_tokens and max_output_tokens
+        for field in ["max_new_tokens", "max_output_tokens"] {
+            let v = sent(&format!(r#"{{"model":"m","{field}":40,"messages":[]}}"#), Api::Chat, 30);
+            assert_eq!((v[field].as_u64(), v["max_tokens"].as_u64()), (Some(30), Some(30)), "{field}");
+        }
+        // its responses API reads max_output_tokens only
+        let v = sent(r#"{"model":"m","max_tokens":40,"input":"hi"}"#, Api::Responses, 30);
+        assert_eq!((v["max_tokens"].as_u64(), v["max_output_tokens"].as_u64()), (Some(30), Some(30)));
+        let v = sent(r#"{"model":"m","max_completion_tokens":null,"prompt":"hi"}"#, Api::Completions, 30);
+        assert_eq!((v["max_completion_tokens"].as_u64(), v["max_tokens"].as_u64()), (Some(30), Some(30)));
+        // chat's max_completion_tokens is honoured before max_tokens: both carry the bound
+        let v = sent(r#"{"model":"m","max_completion_tokens":40,"messages":[]}"#, Api::Chat, 30);
+        assert_eq!((v["max_completion_tokens"].as_u64(), v["max_tokens"].as_u64()), (Some(30), Some(30)));
+        // an own field spelled with an escape is that field, replaced where it is
+        let body = r#"{"model":"m","max\u005ftokens":null,"max_new_tokens":40,"messages":[]}"#;
+        let out = apply(body.as_bytes(), &chat(body).unwrap().edits(30));
+        assert_eq!(String::from_utf8(out).unwrap(), body.replace("null", "30").replace("40", "30"));
+    }
+
+    #[test]
     fn choices_multiply_the_output_bound() {
         assert_eq!(chat(r#"{"model":"m","n":4}"#).unwrap().worst_case(100).completion, 400);
         assert_eq!(chat(r#"{"model":"m","n":null}"#).unwrap().choices, 1);
@@ -821,11 +1171,30 @@ mod tests {
         let long = "x".repeat(1_000);
         let body = format!(r#"{{"model":"m","messages":[{{"role":"user","content":"{long}"}}]}}"#);
         let shape = chat(&body).unwrap();
-        // 1000 bytes of text + "user" + one message and the request overhead
-        assert_eq!(shape.prompt_tokens, 1_000 + 4 + MESSAGE_OVERHEAD_TOKENS + REQUEST_OVERHEAD_TOKENS);
-        // escapes count as the bytes they decode to: "é" is two bytes, "\n" one
-        let shape = chat(r#"{"model":"m","messages":[{"role":"u","content":"\u00e9\n"}]}"#).unwrap();
-        assert_eq!(shape.prompt_tokens, 3 + 1 + MESSAGE_OVERHEAD_TOKENS + REQUEST_OVERHEAD_TOKENS);
+        // 1000 bytes of text + "user" + the keys "role" and "content" + one message and the
+        // request overhead
+        let keys = ("role".len() + "content".len()) as u64;
+        assert_eq!(shape.prompt_tokens, 1_000 + 4 + keys + MESSAGE_OVERHEAD_TOKENS + REQUEST_OVERHEAD_TOKENS);
+        // escapes count as the bytes they decode to: "é" is two bytes, "\n" one; a key too
+        let shape = chat(r#"{"model":"m","messages":[{"r\u00f4le":"u","content":"\u00e9\n"}]}"#).unwrap();
+        let keys = ("rôle".len() + "content".len()) as u64;
+        assert_eq!(shape.prompt_tokens, 3 + 1 + keys + MESSAGE_OVERHEAD_TOKENS + REQUEST_OVERHEAD_TOKENS);
+    }
+
+    #[test]
+    fn object_keys_in_the_prompt_are_text() {
+        // tool-call arguments given as an object render with their keys
+        let key = "k".repeat(500);
+        let body = format!(
+            r#"{{"model":"m","messages":[{{"role":"assistant","tool_calls":[{{"function":{{"name":"f","arguments":{{"{key}":1}}}}}}]}}]}}"#
+        );
+        let shape = chat(&body).unwrap();
+        let keys = ["role", "tool_calls", "function", "name", "arguments"].iter().map(|k| k.len()).sum::<usize>();
+        let text = "assistant".len() + "f".len() + 500 + "1".len();
+        assert_eq!(shape.prompt_tokens, (keys + text) as u64 + MESSAGE_OVERHEAD_TOKENS + REQUEST_OVERHEAD_TOKENS);
+        // the same in a responses input and a completions prompt given as an object
+        let body = format!(r#"{{"model":"m","input":[{{"type":"function_call","arguments":{{"{key}":null}}}}]}}"#);
+        assert!(inspect(body.as_bytes(), Api::Responses, 1).unwrap().prompt_tokens > 500);
     }
 
     #[test]
@@ -836,7 +1205,42 @@ mod tests {
         );
         let shape = inspect(body.as_bytes(), Api::Chat, 5_000).unwrap();
         let text = "user".len() + "image_url".len() + "text".len() + "what is it".len();
-        assert_eq!(shape.prompt_tokens, 5_000 + text as u64 + MESSAGE_OVERHEAD_TOKENS + REQUEST_OVERHEAD_TOKENS);
+        let keys = ["role", "content", "image_url", "type", "type", "text"].iter().map(|k| k.len()).sum::<usize>();
+        assert_eq!(
+            shape.prompt_tokens,
+            5_000 + (text + keys) as u64 + MESSAGE_OVERHEAD_TOKENS + REQUEST_OVERHEAD_TOKENS
+        );
+    }
+
+    #[test]
+    fn audio_video_and_files_cost_their_inline_size_or_at_least_the_ceiling() {
+        let prompt = |part: &str| {
+            let body = format!(r#"{{"model":"m","messages":[{{"role":"user","content":[{part}]}}]}}"#);
+            let bare = r#"{"model":"m","messages":[{"role":"user","content":[]}]}"#;
+            inspect(body.as_bytes(), Api::Chat, 1_000).unwrap().prompt_tokens - chat(bare).unwrap().prompt_tokens
+        };
+        let data = "A".repeat(50_000);
+        for part in [
+            format!(r#"{{"type":"input_audio","input_audio":{{"data":"{data}","format":"wav"}}}}"#),
+            format!(r#"{{"type":"video_url","video_url":{{"url":"data:video/mp4;base64,{data}"}}}}"#),
+            format!(r#"{{"type":"file","file":{{"file_data":"data:application/pdf;base64,{data}"}}}}"#),
+            format!(r#"{{"type":"input_file","file_data":"{data}","filename":"a.pdf"}}"#),
+        ] {
+            // the payload's size, and beside it the part's keys and type as text
+            let counted = prompt(&part);
+            assert!((50_000..50_080).contains(&counted), "{part:.60}: {counted}");
+        }
+        // a URL says nothing of the size: the ceiling stands, as for a small inline payload
+        let url = r#"{"type":"input_audio","input_audio":{"url":"https://x.test/a.wav"}}"#;
+        let small = r#"{"type":"input_audio","input_audio":{"data":"AAAA","format":"wav"}}"#;
+        let around = ["type", "input_audio", "input_audio"].iter().map(|k| k.len() as u64).sum::<u64>();
+        assert_eq!((prompt(url), prompt(small)), (1_000 + around, 1_000 + around));
+        // an image stays at the ceiling however large
+        let image = format!(r#"{{"type":"input_image","image_url":"data:image/png;base64,{data}"}}"#);
+        assert_eq!(
+            prompt(&image),
+            1_000 + ["type", "input_image", "image_url"].iter().map(|k| k.len() as u64).sum::<u64>()
+        );
     }
 
     #[test]
@@ -852,6 +1256,59 @@ mod tests {
                 + MESSAGE_OVERHEAD_TOKENS
                 + REQUEST_OVERHEAD_TOKENS
         );
+    }
+
+    #[test]
+    fn tools_the_upstream_runs_itself_are_reported_with_where_they_are() {
+        let found = |api: Api, body: &str| inspect(body.as_bytes(), api, 1).unwrap().server_tools;
+        let function = r#"{"type":"function","function":{"name":"f"}}"#;
+        for t in [
+            "mcp",
+            "web_search",
+            "web_search_preview",
+            "file_search",
+            "code_interpreter",
+            "image_generation",
+            "computer_use_preview",
+            "local_shell",
+            "something_new",
+        ] {
+            let body = format!(r#"{{"model":"m","input":"x","tools":[{function},{{"type":"{t}"}}]}}"#);
+            let u = found(Api::Responses, &body).unwrap_or_else(|| panic!("{t}"));
+            assert_eq!(u.field, "tools[1]");
+            assert!(u.reason.contains(&format!("\"{t}\"")), "{}", u.reason);
+            // every API: a chat body naming one is no more bounded
+            let body = format!(r#"{{"model":"m","messages":[],"tools":[{{"type":"{t}"}}]}}"#);
+            assert_eq!(found(Api::Chat, &body).map(|u| u.field), Some("tools[0]".to_string()));
+        }
+        // tools the caller runs, or with no type (a function by default), bound nothing away
+        for tools in [
+            format!("[{function}]"),
+            r#"[{"type":"custom","name":"c"}]"#.to_string(),
+            r#"[{"name":"f","input_schema":{}}]"#.to_string(),
+            r#"[{"type":null,"name":"f"}]"#.to_string(),
+            "[]".to_string(),
+            "null".to_string(),
+        ] {
+            let body = format!(r#"{{"model":"m","messages":[],"tools":{tools}}}"#);
+            assert_eq!(found(Api::Chat, &body), None, "{tools}");
+        }
+        // a second type member is what some upstream reads: either one counts
+        let two = r#"{"model":"m","input":"x","tools":[{"type":"function","type":"mcp"}]}"#;
+        assert!(found(Api::Responses, two).is_some());
+        for odd in [r#"{"type":7}"#, r#""mcp""#] {
+            let body = format!(r#"{{"model":"m","messages":[],"tools":[{odd}]}}"#);
+            assert_eq!(found(Api::Chat, &body).map(|u| u.field), Some("tools[0]".to_string()), "{odd}");
+        }
+        let not_array = found(Api::Chat, r#"{"model":"m","messages":[],"tools":{"type":"mcp"}}"#);
+        assert_eq!(not_array.map(|u| u.field), Some("tools".to_string()));
+        let search = found(Api::Chat, r#"{"model":"m","messages":[],"web_search_options":{}}"#).unwrap();
+        assert_eq!(search.field, "web_search_options");
+        assert_eq!(found(Api::Chat, r#"{"model":"m","messages":[],"web_search_options":null}"#), None);
+        match search.refusal() {
+            GatewayError::UnboundedRequest { field, .. } => assert_eq!(field, "web_search_options"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
@@ -883,6 +1340,94 @@ mod tests {
         assert_eq!(out, body.as_bytes());
         let out = apply(body.as_bytes(), &shape.edits(3));
         assert_eq!(String::from_utf8(out).unwrap(), "  {\"model\":\"m\", \"max_tokens\": 3 , \"messages\": []}\n");
+    }
+
+    #[test]
+    fn outputs_multiply_every_count_at_the_top_and_one_level_down() {
+        for (body, outputs) in [
+            (r#"{}"#, 1),
+            (r#"{"prompt":"a cat"}"#, 1),
+            (r#"{"num_images":4}"#, 4),
+            (r#"{"n":2,"num_images":3}"#, 6),
+            (r#"{"input":{"num_outputs":4,"prompt":"x"},"batch_size":2}"#, 8),
+            (r#"{"parameters":{"num_images":null,"batch_size":3},"inputs":"x"}"#, 3),
+            (r#"{"num_videos":2,"num_samples":5,"n":null}"#, 10),
+            (r#"{"input":"a string","parameters":null}"#, 1),
+            // deeper, or under another name, is not where providers read a count
+            (r#"{"options":{"num_images":9},"input":{"extra":{"n":9}}}"#, 1),
+            // escaped keys are the keys they decode to
+            (r#"{"num\u005fimages":3}"#, 3),
+        ] {
+            assert_eq!(outputs_of(body.as_bytes()), Ok(outputs), "{body}");
+        }
+        let every = OUTPUT_COUNT_FIELDS.iter().map(|f| format!(r#""{f}":128"#)).collect::<Vec<_>>().join(",");
+        let all = format!(r#"{{{every},"input":{{{every}}},"parameters":{{{every}}}}}"#);
+        assert_eq!(outputs_of(all.as_bytes()), Ok(u64::MAX), "saturates, never wraps");
+    }
+
+    #[test]
+    fn a_bad_output_count_is_a_400_naming_the_field() {
+        for (body, field) in [
+            (r#"{"num_images":0}"#, "'num_images'"),
+            (r#"{"n":-1}"#, "'n'"),
+            (r#"{"num_outputs":1.5}"#, "'num_outputs'"),
+            (r#"{"num_outputs":2.0}"#, "'num_outputs'"),
+            (r#"{"batch_size":"2"}"#, "'batch_size'"),
+            (r#"{"num_samples":129}"#, "'num_samples'"),
+            (r#"{"num_videos":true}"#, "'num_videos'"),
+            (r#"{"input":{"num_outputs":[4]}}"#, "'input.num_outputs'"),
+            (r#"{"parameters":{"num_images":1e2}}"#, "'parameters.num_images'"),
+        ] {
+            match outputs_of(body.as_bytes()) {
+                Err(e @ GatewayError::InvalidRequest(_)) => assert!(e.to_string().contains(field), "{body}: {e}"),
+                other => panic!("{body}: {other:?}"),
+            }
+        }
+        for body in [
+            r#"{"num_images":1,"num_images":4}"#,
+            r#"{"prompt":"a","prompt":"b"}"#,
+            r#"{"input":{"num_outputs":1,"num\u005foutputs":4}}"#,
+        ] {
+            let err = outputs_of(body.as_bytes()).unwrap_err();
+            assert!(err.to_string().contains("duplicate key"), "{body}: {err}");
+        }
+        // an object that does not parse to its end is not counted as one output
+        for body in [r#"{"num_images":4"#, r#"{"num_images":4} {"n":2}"#] {
+            assert!(outputs_of(body.as_bytes()).is_err(), "{body}");
+        }
+    }
+
+    #[test]
+    fn a_body_that_is_no_json_object_asks_for_one_output() {
+        for body in [
+            &b""[..],
+            b"   ",
+            b"RIFF\x24\x08\x00\x00WAVEfmt ",
+            b"\x00\x00\x00\x20ftypisom",
+            b"[1,2]",
+            b"null",
+            b"\xff\xd8\xff",
+        ] {
+            assert_eq!(outputs_of(body), Ok(1), "{body:?}");
+        }
+    }
+
+    #[test]
+    fn a_count_in_another_unicode_encoding_still_counts() {
+        let json = r#" {"num_images":4}"#;
+        let utf16 = |big: bool| -> Vec<u8> {
+            json.encode_utf16().flat_map(|u| if big { u.to_be_bytes() } else { u.to_le_bytes() }).collect()
+        };
+        let utf32 = |big: bool| -> Vec<u8> {
+            json.chars().flat_map(|c| if big { (c as u32).to_be_bytes() } else { (c as u32).to_le_bytes() }).collect()
+        };
+        let mut bom8 = b"\xEF\xBB\xBF".to_vec();
+        bom8.extend_from_slice(json.as_bytes());
+        let mut bom16 = b"\xFF\xFE".to_vec();
+        bom16.extend(utf16(false));
+        for body in [bom8, bom16, utf16(true), utf16(false), utf32(true), utf32(false)] {
+            assert_eq!(outputs_of(&body), Ok(4), "{body:?}");
+        }
     }
 
     #[test]

@@ -20,6 +20,12 @@ pub enum GatewayError {
         limit_bytes: u64,
     },
     InvalidRequest(String),
+    /// The body asks for something whose cost the body does not bound (a tool the upstream
+    /// runs itself, in a loop of its own); `field` names where, `reason` says why.
+    UnboundedRequest {
+        field: String,
+        reason: String,
+    },
     /// The gateway's own throttle said no.
     RateLimited {
         retry_after_ms: u64,
@@ -73,7 +79,7 @@ impl GatewayError {
             MethodNotAllowed => 405,
             PreconditionFailed { .. } => 412,
             RequestTooLarge { .. } => 413,
-            InvalidRequest(_) => 400,
+            InvalidRequest(_) | UnboundedRequest { .. } => 400,
             RateLimited { .. } | InsufficientQuota { .. } | UpstreamRateLimited { .. } => 429,
             UpstreamError(_) => 502,
             UpstreamNotConfigured | AdminDisabled | LedgerUnavailable | KeyStoreUnavailable | Busy { .. } => 503,
@@ -93,6 +99,7 @@ impl GatewayError {
             PreconditionFailed { .. } => "precondition_failed",
             RequestTooLarge { .. } => "request_too_large",
             InvalidRequest(_) => "invalid_request",
+            UnboundedRequest { .. } => "unbounded_request",
             RateLimited { .. } => "rate_limit_exceeded",
             InsufficientQuota { .. } => "insufficient_quota",
             UpstreamRateLimited { .. } => "upstream_rate_limited",
@@ -116,9 +123,11 @@ impl GatewayError {
             InvalidApiKey => "authentication_error",
             OriginNotAllowed => "permission_error",
             NotFound => "not_found_error",
-            MethodNotAllowed | PreconditionFailed { .. } | RequestTooLarge { .. } | InvalidRequest(_) => {
-                "invalid_request_error"
-            }
+            MethodNotAllowed
+            | PreconditionFailed { .. }
+            | RequestTooLarge { .. }
+            | InvalidRequest(_)
+            | UnboundedRequest { .. } => "invalid_request_error",
             RateLimited { .. } | UpstreamRateLimited { .. } => "rate_limit_error",
             InsufficientQuota { .. } => "insufficient_quota",
             UpstreamError(_) | UpstreamTimeout | UpstreamPaymentRequired => "upstream_error",
@@ -187,6 +196,10 @@ impl fmt::Display for GatewayError {
                 write!(f, "Request body is larger than {limit_bytes} bytes.")
             }
             InvalidRequest(why) => write!(f, "Invalid request: {why}"),
+            UnboundedRequest { field, reason } => write!(
+                f,
+                "The cost of '{field}' cannot be bounded: {reason}. The key's plan may allow such calls by setting server_tool_ceiling_micro_usd, which is then reserved for each call."
+            ),
             RateLimited { retry_after_ms } => {
                 write!(f, "Rate limit exceeded for this key. Retry in {} s.", retry_after_ms.div_ceil(1000))
             }
@@ -252,6 +265,19 @@ mod tests {
         assert_eq!((e.status(), v["error"]["code"].as_str()), (412, Some("precondition_failed")));
         assert_eq!(v["error"]["type"], "invalid_request_error");
         assert!(v["error"]["message"].as_str().unwrap().contains("If-Match: \"7\""));
+    }
+
+    #[test]
+    fn an_unbounded_request_is_a_400_naming_the_field_and_the_plan_setting() {
+        let e =
+            GatewayError::UnboundedRequest { field: "tools[1]".into(), reason: "type \"mcp\" runs upstream".into() };
+        let v: serde_json::Value = serde_json::from_str(&e.to_json()).unwrap();
+        assert_eq!((e.status(), v["error"]["code"].as_str()), (400, Some("unbounded_request")));
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(message.contains("'tools[1]'") && message.contains("\"mcp\""), "{message}");
+        assert!(message.contains("server_tool_ceiling_micro_usd"), "{message}");
+        assert!(!e.is_fault() && !e.should_retry());
     }
 
     #[test]

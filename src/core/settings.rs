@@ -55,7 +55,15 @@ pub struct Plan {
     pub pooled: bool,
     /// Calls use the key's own provider keys; HF credits are not touched.
     pub byok: bool,
+    /// What one call may cost when it asks for tools the upstream runs itself (`mcp`,
+    /// `web_search`, ...): such a call's cost is not bounded by its body, so it is refused
+    /// unless its plan names a ceiling, which is then reserved for it. `None` on every default
+    /// plan.
+    pub server_tool_ceiling_micro_usd: Option<u64>,
 }
+
+/// The largest `server_tool_ceiling_micro_usd` a plan may set ($1,000 a call).
+pub const MAX_SERVER_TOOL_CEILING_MICRO_USD: u64 = 1_000_000_000;
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -67,6 +75,7 @@ struct PlanPatch {
     default_max_tokens: Option<u64>,
     pooled: Option<bool>,
     byok: Option<bool>,
+    server_tool_ceiling_micro_usd: Option<u64>,
 }
 
 #[derive(Clone, Debug)]
@@ -125,8 +134,15 @@ fn default_plans() -> BTreeMap<String, Plan> {
     let mut plans = BTreeMap::new();
     for (name, credit, on_exhausted, rpm, burst, pooled, byok) in table {
         if let Some(quota) = Quota::new(rpm, burst) {
-            let plan =
-                Plan { monthly_credit: MicroUsd(credit), on_exhausted, quota, default_max_tokens: 1024, pooled, byok };
+            let plan = Plan {
+                monthly_credit: MicroUsd(credit),
+                on_exhausted,
+                quota,
+                default_max_tokens: 1024,
+                pooled,
+                byok,
+                server_tool_ceiling_micro_usd: None,
+            };
             plans.insert(name.to_string(), plan);
         }
     }
@@ -303,6 +319,15 @@ fn parse_plans(v: Option<&str>) -> Result<BTreeMap<String, Plan>, GatewayError> 
         if !(1..=crate::core::body::MAX_OUTPUT_TOKENS).contains(&default_max_tokens) {
             return Err(invalid("PLANS", format!("plan {name}: default_max_tokens must be from 1 to 1000000")));
         }
+        let server_tool_ceiling_micro_usd = p.server_tool_ceiling_micro_usd.or(base.server_tool_ceiling_micro_usd);
+        if server_tool_ceiling_micro_usd.is_some_and(|c| !(1..=MAX_SERVER_TOOL_CEILING_MICRO_USD).contains(&c)) {
+            return Err(invalid(
+                "PLANS",
+                format!(
+                    "plan {name}: server_tool_ceiling_micro_usd must be from 1 to {MAX_SERVER_TOOL_CEILING_MICRO_USD}"
+                ),
+            ));
+        }
         plans.insert(
             name,
             Plan {
@@ -312,6 +337,7 @@ fn parse_plans(v: Option<&str>) -> Result<BTreeMap<String, Plan>, GatewayError> 
                 default_max_tokens,
                 pooled: p.pooled.unwrap_or(base.pooled),
                 byok: p.byok.unwrap_or(base.byok),
+                server_tool_ceiling_micro_usd,
             },
         );
     }
@@ -360,6 +386,22 @@ mod tests {
         assert_eq!(s.plan("free").unwrap().quota.rpm(), 5);
         assert_eq!(s.plan("free").unwrap().quota.burst(), 10);
         assert_eq!(s.plan("student").unwrap().monthly_credit, MicroUsd(500_000));
+    }
+
+    #[test]
+    fn server_tools_are_allowed_only_by_a_plan_that_names_their_ceiling() {
+        let s = Settings::from_vars(vars(&[])).unwrap();
+        assert!(s.plans.values().all(|p| p.server_tool_ceiling_micro_usd.is_none()));
+        let s = Settings::from_vars(vars(&[("PLANS", r#"{"pro":{"server_tool_ceiling_micro_usd":250000}}"#)])).unwrap();
+        assert_eq!(s.plan("pro").unwrap().server_tool_ceiling_micro_usd, Some(250_000));
+        assert_eq!(s.plan("free").unwrap().server_tool_ceiling_micro_usd, None);
+        for bad in ["0", "1000000001", "-5", "1.5", "\"100\""] {
+            let plans = format!(r#"{{"pro":{{"server_tool_ceiling_micro_usd":{bad}}}}}"#);
+            match Settings::from_vars(vars(&[("PLANS", &plans)])) {
+                Err(GatewayError::Misconfigured { setting, .. }) => assert_eq!(setting, "PLANS", "{bad}"),
+                other => panic!("{bad} gave {other:?}"),
+            }
+        }
     }
 
     #[test]
