@@ -1,7 +1,8 @@
 //! Black-box properties of the credit ledger and the account state machine: whatever the
-//! interleaving of reserve, settle (once, twice, late), release and expire, a hard-capped
-//! account never commits past its ceiling but by recorded overrun, nothing leaks, no settle
-//! counts twice, and `used` is exactly the sum of the actual costs settled.
+//! interleaving of reserve, settle (once, twice, late, unmetered), release, lapse and month
+//! boundaries, a hard-capped account never commits past its ceiling but by recorded overrun
+//! and carried debt, nothing leaks, no settle counts twice, `used` is exactly what a model of
+//! the calls says, and each period opens with the debt of the one before.
 #![cfg(not(target_arch = "wasm32"))]
 
 use hf_gate::core::account::{AccountPolicy, AccountState, Admission, AdmitRequest, Cost, KeyPolicy};
@@ -15,22 +16,29 @@ const NOV_22: u64 = 1_795_352_400_000;
 #[derive(Clone, Debug)]
 enum Step {
     Reserve(u64),
-    /// Settle a call at this percentage of what it reserved (over 100: upstream overshoot).
+    /// Settle a call (open or lapsed) at this percentage of what it reserved (over 100:
+    /// upstream overshoot).
     Settle(usize, u64),
+    /// Settle a call whose usage could not be learned: its reservation in full.
+    Unmetered(usize),
     /// Settle again something already settled: must charge nothing.
     SettleAgain(usize, u64),
     Release(usize),
     Advance(u64),
+    /// Jump to the first day of a later month (1 or 2 periods on), part way into it.
+    NextMonth(u8, u64),
     Expire,
 }
 
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
         4 => (1u64..40_000).prop_map(Step::Reserve),
-        3 => (0usize..16, 0u64..150).prop_map(|(i, c)| Step::Settle(i, c)),
+        3 => (0usize..16, 0u64..250).prop_map(|(i, c)| Step::Settle(i, c)),
+        1 => (0usize..16).prop_map(Step::Unmetered),
         1 => (0usize..16, 0u64..150).prop_map(|(i, c)| Step::SettleAgain(i, c)),
         1 => (0usize..16).prop_map(Step::Release),
         1 => (0u64..120_000).prop_map(Step::Advance),
+        1 => (1u8..3, 0u64..3_600_000).prop_map(|(m, ms)| Step::NextMonth(m, ms)),
         1 => Just(Step::Expire),
     ]
 }
@@ -46,18 +54,41 @@ fn budget() -> impl Strategy<Value = Budget> {
     ]
 }
 
+/// A hold as the model sees it: its id and amount, and when it expires or lapsed.
+#[derive(Clone, Copy, Debug)]
+enum Held {
+    Open {
+        id: u64,
+        amount: u64,
+        expires_at: UnixMillis,
+    },
+    /// Charged in full when it lapsed, in the period starting at `period`.
+    Lapsed {
+        id: u64,
+        amount: u64,
+        period: UnixMillis,
+    },
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 2_000, ..ProptestConfig::default() })]
 
+    /// The model: every call is charged exactly once in the end (its actual cost, or its
+    /// reservation when its usage is unknown or its hold lapsed and no settle came), a
+    /// lapse's charge is replaced by the late settle within its period, and each period
+    /// opens with what the one before spent past the ceiling.
     #[test]
-    fn a_capped_ledger_never_overspends_and_counts_every_charge(b in budget(), steps in prop::collection::vec(step(), 1..80)) {
+    fn a_capped_ledger_never_overspends_counts_every_charge_and_carries_its_debt(
+        b in budget(),
+        steps in prop::collection::vec(step(), 1..80),
+    ) {
         let ceiling = b.ceiling().unwrap();
         let mut now = UnixMillis(NOV_22);
         let mut l = Ledger::new(now);
-        // (id, amount, expires_at) of what the test holds; ids settled or released already
-        let mut live: Vec<(u64, u64, UnixMillis)> = Vec::new();
+        let mut holds: Vec<Held> = Vec::new();
         let mut done: Vec<u64> = Vec::new();
-        let (mut charged, mut overrun) = (0u64, 0u64);
+        // this period's figures, as the model has them
+        let (mut used, mut overrun, mut unmetered, mut carried) = (0u64, 0u64, 0u64, 0u64);
         let mut period = BillingPeriod::containing(now);
         for s in steps {
             match s {
@@ -65,52 +96,138 @@ proptest! {
                     let before = l.used.saturating_add(l.reserved());
                     if let Ok(id) = l.reserve(now, MicroUsd(a), &b, 30_000) {
                         prop_assert!(before.0 + a <= ceiling.0, "admitted past the ceiling");
-                        live.push((id, a, now.saturating_add_ms(30_000)));
+                        holds.push(Held::Open { id, amount: a, expires_at: now.saturating_add_ms(30_000) });
                     }
                 }
-                Step::Settle(i, pct) if !live.is_empty() => {
-                    let (id, amount, expires_at) = live.remove(i % live.len());
-                    let actual = amount * pct / 100;
-                    let s = l.settle(now, id, MicroUsd(actual));
-                    // expired or not, the whole cost is charged; beyond the hold it is overrun
-                    let held = if s.late { 0 } else { amount };
-                    prop_assert_eq!(s.charged.0, actual);
-                    prop_assert_eq!(s.overrun.0, actual.saturating_sub(held));
-                    // only an expired hold is late
-                    prop_assert!(!s.late || expires_at <= now);
-                    charged += actual;
-                    overrun += s.overrun.0;
+                Step::Settle(i, pct) if !holds.is_empty() => {
+                    let h = holds.remove(i % holds.len());
+                    let (id, amount, s) = match h {
+                        Held::Open { id, amount, .. } => {
+                            let actual = amount * pct / 100;
+                            let s = l.settle(now, id, MicroUsd(actual));
+                            prop_assert!(!s.late);
+                            used += actual;
+                            overrun += actual.saturating_sub(amount);
+                            (id, amount, s)
+                        }
+                        Held::Lapsed { id, amount, period: p } => {
+                            let actual = amount * pct / 100;
+                            let s = l.settle(now, id, MicroUsd(actual));
+                            prop_assert!(s.late);
+                            if p == period.start {
+                                // the lapse's charge is taken back, the actual cost charged
+                                prop_assert_eq!(s.refund.0, amount);
+                                used = used - amount + actual;
+                                unmetered -= amount;
+                            } else {
+                                // a closed period's lapse stands: only the excess is new
+                                prop_assert_eq!(s.refund.0, 0);
+                                used += actual.saturating_sub(amount);
+                            }
+                            overrun += actual.saturating_sub(amount);
+                            (id, amount, s)
+                        }
+                    };
+                    prop_assert_eq!(s.overrun.0, (amount * pct / 100).saturating_sub(amount));
                     done.push(id);
+                }
+                Step::Unmetered(i) if !holds.is_empty() => {
+                    let h = holds.remove(i % holds.len());
+                    match h {
+                        Held::Open { id, amount, .. } => {
+                            let s = l.settle_unmetered(now, id);
+                            prop_assert_eq!(s.charged.0, amount);
+                            used += amount;
+                            unmetered += amount;
+                            done.push(id);
+                        }
+                        Held::Lapsed { id, .. } => {
+                            // charged when it lapsed: nothing more
+                            prop_assert_eq!(l.settle_unmetered(now, id).charged.0, 0);
+                            done.push(id);
+                        }
+                    }
                 }
                 Step::SettleAgain(i, c) if !done.is_empty() => {
                     let s = l.settle(now, done[i % done.len()], MicroUsd(c));
                     prop_assert!(s.unknown);
                     prop_assert_eq!(s.charged, MicroUsd::ZERO);
                 }
-                Step::Release(i) if !live.is_empty() => {
-                    let (id, ..) = live.remove(i % live.len());
-                    l.release(id);
-                    done.push(id);
+                Step::Release(i) if !holds.is_empty() => {
+                    match holds.remove(i % holds.len()) {
+                        Held::Open { id, .. } => {
+                            prop_assert_eq!(l.release(now, id), Some(MicroUsd::ZERO));
+                            done.push(id);
+                        }
+                        Held::Lapsed { id, amount, period: p } => {
+                            let back = l.release(now, id);
+                            if p == period.start {
+                                prop_assert_eq!(back, Some(MicroUsd(amount)));
+                                used -= amount;
+                                unmetered -= amount;
+                            } else {
+                                prop_assert_eq!(back, Some(MicroUsd::ZERO));
+                            }
+                            done.push(id);
+                        }
+                    }
                 }
                 Step::Advance(ms) => now = now.saturating_add_ms(ms),
-                Step::Expire => { l.expire(now); }
+                Step::NextMonth(months, ms) => {
+                    for _ in 0..months {
+                        now = BillingPeriod::containing(now).end;
+                    }
+                    now = now.saturating_add_ms(ms);
+                }
+                Step::Expire => {
+                    let lapsed = l.expire(now);
+                    for h in holds.iter_mut() {
+                        if let Held::Open { id, amount, expires_at } = *h {
+                            if expires_at <= now {
+                                prop_assert!(lapsed.contains(&(id, MicroUsd(amount))));
+                                *h = Held::Lapsed { id, amount, period: period.start };
+                                used += amount;
+                                unmetered += amount;
+                            }
+                        }
+                    }
+                }
                 _ => {}
             }
             if BillingPeriod::containing(now) != period {
-                period = BillingPeriod::containing(now);
+                // the months between: each spends its credit on the debt, nothing else
+                let mut owed = used.saturating_sub(ceiling.0);
+                let mut next = period.end;
+                let target = BillingPeriod::containing(now);
+                while next < target.start && owed > 0 {
+                    owed = owed.saturating_sub(ceiling.0);
+                    next = BillingPeriod::containing(next).end;
+                }
+                period = target;
                 l.roll(now);
-                charged = 0;
+                used = owed;
+                carried = owed;
                 overrun = 0;
+                unmetered = 0;
             }
-            prop_assert!(l.used.saturating_add(l.reserved()).0 <= ceiling.0 + overrun, "committed past the ceiling");
-            prop_assert_eq!(l.used.0, charged, "a micro-dollar lost or counted twice");
-            prop_assert_eq!(l.usage(now, &b).overrun.0, overrun);
+            prop_assert_eq!(l.used.0, used, "a micro-dollar lost or counted twice");
+            prop_assert_eq!(l.unmetered.0, unmetered);
+            prop_assert_eq!(l.carried.0, carried);
             let u = l.usage(now, &b);
+            prop_assert_eq!(u.overrun.0, overrun);
+            prop_assert!(
+                l.used.saturating_add(l.reserved()).0 <= ceiling.0 + carried + overrun,
+                "committed past the ceiling"
+            );
             prop_assert!(u.remaining.0 <= b.credit.0);
         }
-        // everything held is given back by expiry: nothing leaks
+        // nothing leaks: whatever is still held lapses, charged once
+        let before = l.used.0 + l.reserved().0;
         l.expire(now.saturating_add_ms(30_001));
         prop_assert_eq!(l.reserved(), MicroUsd::ZERO);
+        if BillingPeriod::containing(now.saturating_add_ms(30_001)) == period {
+            prop_assert_eq!(l.used.0, before);
+        }
     }
 
     #[test]

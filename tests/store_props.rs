@@ -52,8 +52,8 @@ impl Tables {
                 RowWrite::DropJob(id) => {
                     self.jobs.remove(&id);
                 }
-                // the request log is append-only and never loaded into memory
-                RowWrite::Log { .. } => {}
+                // the request log is never loaded into memory
+                RowWrite::Log { .. } | RowWrite::DropLog { .. } => {}
                 // written by the object itself, never by `store::run`
                 RowWrite::Alerts(_) => panic!("an account operation wrote {w:?}"),
                 // a pool's book and a shard's lease: never written by an account's own operations
@@ -132,7 +132,7 @@ enum Step {
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
         6 => (0u8..6, 0u64..30_000, any::<bool>()).prop_map(|(key, cost, tokens)| Step::Admit { key, cost, tokens }),
-        4 => (0usize..32, 0u64..160, prop::option::of(0u8..4)).prop_map(|(nth, percent, model)| Step::Settle { nth, percent, model }),
+        4 => (0usize..32, 0u64..240, prop::option::of(0u8..4)).prop_map(|(nth, percent, model)| Step::Settle { nth, percent, model }),
         1 => (0u8..6, 0u8..8).prop_map(|(key, id)| Step::OwnJob { key, id }),
         1 => (0usize..32).prop_map(|nth| Step::Release { nth }),
         2 => prop::collection::vec((0usize..32, 0u64..200), 1..6).prop_map(Step::Batch),
@@ -201,7 +201,9 @@ proptest! {
                         tokens: TokenUsage { prompt: u64::from(m) * 10, completion: 3 },
                         log: None,
                     });
-                    Some(AccountOp::Settle { reservation: id, actual: MicroUsd(held * percent / 100), line })
+                    // above 200 %: the usage could not be learned, charged in full
+                    let unmetered = percent > 200;
+                    Some(AccountOp::Settle { reservation: id, actual: MicroUsd(held * percent / 100), line, unmetered })
                 }
                 Step::OwnJob { key: k, id } => Some(AccountOp::OwnJob {
                     job_id: format!("job{id}"),
@@ -219,7 +221,12 @@ proptest! {
                             if percent > 160 {
                                 AccountOp::Release { reservation: id, line: None }
                             } else {
-                                AccountOp::Settle { reservation: id, actual: MicroUsd(held * percent / 100), line: None }
+                                AccountOp::Settle {
+                                    reservation: id,
+                                    actual: MicroUsd(held * percent / 100),
+                                    line: None,
+                                    unmetered: percent > 150,
+                                }
                             }
                         })
                         .collect(),
@@ -251,10 +258,10 @@ proptest! {
             };
             if let Some(op) = op {
                 let most = match &op {
-                    AccountOp::Batch(ops) => 1 + 3 * ops.len(),
+                    AccountOp::Batch(ops) => 1 + 4 * ops.len(),
                     // a job submit also forgets the jobs past their time
                     AccountOp::OwnJob { .. } => 1 + st.jobs.len(),
-                    _ => 4,
+                    _ => 5,
                 };
                 let (reply, writes) = store::run(&mut st, op, now);
                 prop_assert!(writes.len() <= most, "{} writes for one operation: {writes:?}", writes.len());

@@ -8,8 +8,8 @@
 use crate::core::error::GatewayError;
 use crate::core::gcra::{self, Quota, Tat};
 use crate::core::keys::RateLimit;
-use crate::core::ledger::{Budget, Hold, Ledger, LedgerHead, MicroUsd, Settled, Usage};
-use crate::core::pricing::{Price, TokenUsage};
+use crate::core::ledger::{owed_at, Budget, Hold, Ledger, LedgerHead, MicroUsd, Settled, Usage};
+use crate::core::pricing::{ComputePrice, Price, TokenUsage};
 use crate::core::spend::{Jobs, Spend};
 use crate::core::time::{BillingPeriod, UnixMillis};
 use serde::{Deserialize, Serialize};
@@ -51,6 +51,10 @@ pub enum Cost {
     /// choices it multiplies, and the least output worth sending (below it the call is
     /// refused rather than cut to nothing).
     Tokens { price: Price, prompt: u64, output: u64, choices: u64, min_output: u64 },
+    /// A time-billed call: the longest it may run (its deadline) and the least time worth
+    /// granting; the ledger may grant less than `ms` when the credit cannot pay for it, and
+    /// the call is cut when the time granted is spent.
+    Time { price: ComputePrice, ms: u64, min_ms: u64 },
 }
 
 impl Cost {
@@ -63,6 +67,7 @@ impl Cost {
             Cost::Tokens { price, prompt, output, choices, .. } => {
                 price.cost(TokenUsage { prompt, completion: output.saturating_mul(choices) })
             }
+            Cost::Time { price, ms, .. } => price.cost_ms(ms),
         }
     }
 }
@@ -108,12 +113,16 @@ impl Denial {
 pub enum Admission {
     Admitted {
         reservation: Option<u64>,
-        /// For a token-priced call, the output bound per choice the reservation covers: what
-        /// was asked, or less when the remaining credit cannot pay for that much.
+        /// What the reservation covers, when the ledger may grant less than was asked: for a
+        /// token-priced call the output bound per choice, for a time-billed one the
+        /// milliseconds it may run.
         output: Option<u64>,
         rate: RateView,
         /// The edge's copy of a policy is older than the ledger's: drop it from caches.
         stale: bool,
+        /// What the reservation holds: what the call is charged if its usage is never learned.
+        #[serde(default)]
+        held: MicroUsd,
     },
     Denied {
         denial: Denial,
@@ -136,7 +145,21 @@ pub struct KeyState {
     /// What this key was charged beyond its reservations, same period.
     #[serde(default)]
     pub overrun: MicroUsd,
+    /// What this key was charged without a usage count, same period (part of `used`).
+    #[serde(default)]
+    pub unmetered: MicroUsd,
     pub period_start: UnixMillis,
+}
+
+impl KeyState {
+    /// The key's figures in the period starting at `start`: its own, or for a later period
+    /// the debt it carries into it (spend past `ceiling`), nothing else.
+    fn in_period(&self, start: UnixMillis, ceiling: Option<MicroUsd>) -> (MicroUsd, MicroUsd, MicroUsd) {
+        if start <= self.period_start {
+            return (self.used, self.overrun, self.unmetered);
+        }
+        (owed_at(self.used, ceiling, self.period_start, start), MicroUsd::ZERO, MicroUsd::ZERO)
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -244,8 +267,10 @@ impl AccountState {
 
         let rate = tighter(account_view, key_decision.map(|(_, v)| v));
         let mut reservation = None;
+        let mut held = MicroUsd::ZERO;
         let mut output = match req.cost {
             Cost::Tokens { output, .. } => Some(output),
+            Cost::Time { ms, .. } => Some(ms),
             Cost::Fixed { .. } => None,
         };
         let full = req.cost.full();
@@ -268,6 +293,15 @@ impl AccountState {
                         affordable => return exhausted(affordable),
                     }
                 }
+                (Some(room), Cost::Time { price, ms, min_ms }) if full > room => {
+                    // not enough for its whole deadline: a shorter run, if a useful one fits
+                    let affordable = u128::from(room.0).saturating_mul(1_000_000) / u128::from(price.0.max(1));
+                    let out = u64::try_from(affordable).unwrap_or(u64::MAX).min(ms);
+                    if out < min_ms.min(ms) || out == 0 {
+                        return exhausted(None);
+                    }
+                    (price.cost_ms(out), Some(out))
+                }
                 (Some(room), Cost::Fixed { .. }) if full > room => return exhausted(None),
                 _ => (full, output),
             };
@@ -275,6 +309,7 @@ impl AccountState {
                 Ok(id) => {
                     self.owners.insert(id, key.key_id.clone());
                     reservation = Some(id);
+                    held = amount;
                     output = granted;
                 }
                 Err(_) => return exhausted(None),
@@ -288,7 +323,7 @@ impl AccountState {
         if let Some((tat, _)) = key_decision {
             entry.tat = tat;
         }
-        Admission::Admitted { reservation, output, rate, stale }
+        Admission::Admitted { reservation, output, rate, stale, held }
     }
 
     /// What may still be committed for `key`: the account's headroom, and inside a shared
@@ -314,48 +349,92 @@ impl AccountState {
     /// to the key that made it, overrun included.
     pub fn settle(&mut self, reservation: u64, actual: MicroUsd, now: UnixMillis) -> Settled {
         let settled = self.ledger.settle(now, reservation, actual);
-        if let Some(key_id) = self.owners.remove(&reservation) {
-            if !settled.unknown {
-                self.charge_key(&key_id, settled.charged, settled.overrun, now);
-            }
-        }
+        self.charge_owner(reservation, &settled, now);
         settled
     }
 
-    /// Gives a reservation back in full.
-    pub fn release(&mut self, reservation: u64) -> bool {
-        self.owners.remove(&reservation);
-        self.ledger.release(reservation)
+    /// Charges a reservation in full because the call's usage cannot be learned (see
+    /// `Ledger::settle_unmetered`), to the key that made it.
+    pub fn settle_unmetered(&mut self, reservation: u64, now: UnixMillis) -> Settled {
+        let settled = self.ledger.settle_unmetered(now, reservation);
+        self.charge_owner(reservation, &settled, now);
+        settled
+    }
+
+    fn charge_owner(&mut self, reservation: u64, settled: &Settled, now: UnixMillis) {
+        if let Some(key_id) = self.owners.remove(&reservation) {
+            if !settled.unknown {
+                self.charge_key(&key_id, settled, now);
+            }
+        }
+    }
+
+    /// Gives a reservation back in full (a lapse's charge with it); says whether it was held.
+    pub fn release(&mut self, reservation: u64, now: UnixMillis) -> bool {
+        let owner = self.owners.remove(&reservation);
+        match self.ledger.release(now, reservation) {
+            Some(refund) => {
+                if let (Some(key_id), true) = (owner, refund > MicroUsd::ZERO) {
+                    self.charge_key(&key_id, &Settled { refund, ..Settled::default() }, now);
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Keeps the holds of calls still running for another `ttl_ms`; says how many were open.
+    pub fn renew(&mut self, reservations: &[u64], ttl_ms: u64, now: UnixMillis) -> usize {
+        reservations.iter().filter(|id| self.ledger.renew(now, **id, ttl_ms)).count()
     }
 
     /// Records what a provider-billed (`byok`) call cost, without touching credits.
     pub fn record_provider_billed(&mut self, key_id: &str, actual: MicroUsd, now: UnixMillis) {
         self.ledger.record_provider_billed(now, actual);
-        self.charge_key(key_id, actual, MicroUsd::ZERO, now);
+        self.charge_key(key_id, &Settled { charged: actual, ..Settled::default() }, now);
     }
 
-    fn charge_key(&mut self, key_id: &str, amount: MicroUsd, overrun: MicroUsd, now: UnixMillis) {
+    /// The most a key may spend in a period: its own ceiling inside a pool, else the
+    /// account's (a key that is its own account). A key's debt is measured against it.
+    fn key_ceiling(&self, key_id: &str) -> Option<MicroUsd> {
+        self.keys.get(key_id).and_then(|k| k.policy.as_ref()).and_then(|p| p.ceiling).or(self.ledger.ceiling)
+    }
+
+    fn charge_key(&mut self, key_id: &str, s: &Settled, now: UnixMillis) {
         let period = BillingPeriod::containing(now).start;
+        let ceiling = self.key_ceiling(key_id);
         let k = self.keys.entry(key_id.to_string()).or_default();
         if k.period_start != period {
-            k.period_start = period;
-            k.used = MicroUsd::ZERO;
-            k.overrun = MicroUsd::ZERO;
+            let (used, overrun, unmetered) = k.in_period(period, ceiling);
+            (k.used, k.overrun, k.unmetered, k.period_start) = (used, overrun, unmetered, period);
         }
-        k.used = k.used.saturating_add(amount);
-        k.overrun = k.overrun.saturating_add(overrun);
+        k.used = k.used.saturating_sub(s.refund).saturating_add(s.charged);
+        k.overrun = k.overrun.saturating_add(s.overrun);
+        k.unmetered = k.unmetered.saturating_sub(s.refund).saturating_add(s.unmetered);
     }
 
-    /// Gives back reservations past their expiry; returns the ids of the holds that changed.
-    pub fn expire(&mut self, now: UnixMillis) -> Vec<u64> {
+    /// Charges in full the holds whose isolate died (see `Ledger::expire`), each to the key
+    /// that made it; returns the holds that changed and, for those that lapsed now, the key
+    /// and the amount charged.
+    pub fn expire(&mut self, now: UnixMillis) -> Vec<Lapse> {
         let changed = self.ledger.expire(now);
-        // expired holds keep their owner: a late settle is still the key's to pay
-        for id in &changed {
-            if self.ledger.hold(*id).is_none() {
-                self.owners.remove(id);
+        let mut out = Vec::with_capacity(changed.len());
+        for (id, charged) in changed {
+            // lapsed holds keep their owner: a late settle is still the key's to pay
+            let key_id = self.owners.get(&id).cloned();
+            match (&key_id, charged > MicroUsd::ZERO) {
+                (Some(k), true) => {
+                    let s = Settled { charged, unmetered: charged, ..Settled::default() };
+                    self.charge_key(k, &s, now);
+                }
+                _ if self.ledger.hold(id).is_none() => {
+                    self.owners.remove(&id);
+                }
+                _ => {}
             }
+            out.push(Lapse { id, key_id, charged });
         }
-        changed
+        out
     }
 
     /// The key a reservation was made for.
@@ -415,20 +494,36 @@ impl AccountState {
         Some(tighter(account_view, key_view))
     }
 
-    /// A key's own spend this period.
+    /// A key's own spend this period (a debt carried in included).
     pub fn key_used(&self, key_id: &str, now: UnixMillis) -> MicroUsd {
-        self.key_period(key_id, now).map_or(MicroUsd::ZERO, |k| k.used)
+        self.key_figures(key_id, now).0
     }
 
     /// What a key was charged beyond its reservations this period.
     pub fn key_overrun(&self, key_id: &str, now: UnixMillis) -> MicroUsd {
-        self.key_period(key_id, now).map_or(MicroUsd::ZERO, |k| k.overrun)
+        self.key_figures(key_id, now).1
     }
 
-    fn key_period(&self, key_id: &str, now: UnixMillis) -> Option<&KeyState> {
-        let period = BillingPeriod::containing(now).start;
-        self.keys.get(key_id).filter(|k| k.period_start == period)
+    /// What a key was charged without a usage count this period.
+    pub fn key_unmetered(&self, key_id: &str, now: UnixMillis) -> MicroUsd {
+        self.key_figures(key_id, now).2
     }
+
+    fn key_figures(&self, key_id: &str, now: UnixMillis) -> (MicroUsd, MicroUsd, MicroUsd) {
+        let period = BillingPeriod::containing(now).start;
+        self.keys
+            .get(key_id)
+            .map_or((MicroUsd::ZERO, MicroUsd::ZERO, MicroUsd::ZERO), |k| k.in_period(period, self.key_ceiling(key_id)))
+    }
+}
+
+/// A hold the ledger charged in full because its call never came back (or forgot, with
+/// `charged` zero).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lapse {
+    pub id: u64,
+    pub key_id: Option<String>,
+    pub charged: MicroUsd,
 }
 
 fn throttled(wait_ms: u64, rate: Option<RateView>, stale: bool) -> Admission {

@@ -23,7 +23,7 @@
 
 use crate::core::account::AccountPolicy;
 use crate::core::keys::RateLimit;
-use crate::core::ledger::{Budget, MicroUsd, OnExhausted, Usage};
+use crate::core::ledger::{Budget, MicroUsd, OnExhausted, Spent, Usage};
 use crate::core::time::{BillingPeriod, UnixMillis};
 use serde::{Deserialize, Serialize};
 
@@ -428,11 +428,9 @@ impl Lease {
 /// ```
 pub fn org_usage(shards: &[Usage], budget: &Budget, now: UnixMillis) -> Usage {
     let period = BillingPeriod::containing(now);
-    let sum = |f: fn(&Usage) -> MicroUsd| {
-        shards.iter().filter(|u| u.period == period).map(f).fold(MicroUsd::ZERO, MicroUsd::saturating_add)
-    };
+    let spent = shards.iter().filter(|u| u.period == period).map(Usage::spent).fold(Spent::default(), Spent::plus);
     let reserved = shards.iter().map(|u| u.reserved).fold(MicroUsd::ZERO, MicroUsd::saturating_add);
-    Usage::against(budget, period, sum(|u| u.used), reserved, sum(|u| u.provider_billed), sum(|u| u.overrun))
+    Usage::against(budget, period, spent, reserved)
 }
 
 #[cfg(test)]

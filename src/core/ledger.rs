@@ -75,11 +75,20 @@ pub struct Exhausted {
 
 /// What a settle charged. The actual cost is always charged in full, to the key that made
 /// the call: what went beyond the hold (upstream overshoot, or a settle that came after its
-/// reservation expired) is the overrun, recorded, never dropped.
+/// hold lapsed) is the overrun, recorded, never dropped. A hold that lapsed was charged in
+/// full when it lapsed; its late settle takes that charge back (`refund`) and charges the
+/// actual cost instead, so the spend moves by `charged - refund`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Settled {
     pub charged: MicroUsd,
     pub overrun: MicroUsd,
+    /// What a lapse had charged for this call and the settle takes back.
+    #[serde(default)]
+    pub refund: MicroUsd,
+    /// Charged without a usage count (the reservation in full), as this settle leaves it:
+    /// negative moves (a late settle correcting a lapse) are in `refund`.
+    #[serde(default)]
+    pub unmetered: MicroUsd,
     /// The reservation had expired before the settle came.
     pub late: bool,
     /// No such reservation: already settled or released. Nothing was charged.
@@ -99,11 +108,28 @@ pub struct Ledger {
     /// Cost charged beyond what the calls had reserved, this period.
     #[serde(default)]
     pub overrun: MicroUsd,
+    /// Charged in full because the call's usage could not be learned (the stream broke, time
+    /// ran out, a timeout after upstream had the request, a hold whose isolate died), this
+    /// period; part of `used`.
+    #[serde(default)]
+    pub unmetered: MicroUsd,
+    /// The debt this period started with: what the period before spent past its ceiling.
+    /// Part of `used`: the calendar forgives nothing.
+    #[serde(default)]
+    pub carried: MicroUsd,
+    /// The ceiling the period runs under, as last reserved against: a period's debt is what
+    /// it spent past it.
+    #[serde(default)]
+    pub ceiling: Option<MicroUsd>,
     reservations: BTreeMap<u64, Reservation>,
     /// Reservations that expired unsettled (id -> amount), so that a settle arriving late is
     /// still charged, once. The oldest are forgotten past `MAX_EXPIRED`.
     #[serde(default)]
     expired: BTreeMap<u64, MicroUsd>,
+    /// When each expired hold was charged in full (its lapse). Holds that expired under
+    /// earlier builds were given back instead and have no entry here.
+    #[serde(default)]
+    lapsed_at: BTreeMap<u64, UnixMillis>,
     next_id: u64,
     /// Charged micro-USD per day index, for the current and the previous period.
     #[serde(default)]
@@ -114,8 +140,16 @@ pub struct Ledger {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Hold {
-    Open { amount: MicroUsd, expires_at: UnixMillis },
-    Expired { amount: MicroUsd },
+    Open {
+        amount: MicroUsd,
+        expires_at: UnixMillis,
+    },
+    /// Lapsed: charged in full at `charged_at` (`None`: expired under an earlier build,
+    /// which gave it back uncharged).
+    Expired {
+        amount: MicroUsd,
+        charged_at: Option<UnixMillis>,
+    },
 }
 
 /// Everything of a ledger but its holds: the part stored as the account's own row.
@@ -126,6 +160,12 @@ pub struct LedgerHead {
     pub provider_billed: MicroUsd,
     pub requests: u64,
     pub overrun: MicroUsd,
+    #[serde(default)]
+    pub unmetered: MicroUsd,
+    #[serde(default)]
+    pub carried: MicroUsd,
+    #[serde(default)]
+    pub ceiling: Option<MicroUsd>,
     pub next_id: u64,
     pub daily: BTreeMap<u32, u64>,
 }
@@ -142,31 +182,92 @@ pub struct Usage {
     pub cap: Option<MicroUsd>,
     pub provider_billed: MicroUsd,
     pub overrun: MicroUsd,
+    pub unmetered: MicroUsd,
+    /// The debt the period started with (part of `used`).
+    pub carried: MicroUsd,
+}
+
+/// A period's figures besides its holds, as `Usage::against` reads them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Spent {
+    pub used: MicroUsd,
+    pub provider_billed: MicroUsd,
+    pub overrun: MicroUsd,
+    pub unmetered: MicroUsd,
+    pub carried: MicroUsd,
+}
+
+impl Spent {
+    /// Two accounts' figures added up (an org's shards).
+    pub fn plus(self, o: Spent) -> Spent {
+        Spent {
+            used: self.used.saturating_add(o.used),
+            provider_billed: self.provider_billed.saturating_add(o.provider_billed),
+            overrun: self.overrun.saturating_add(o.overrun),
+            unmetered: self.unmetered.saturating_add(o.unmetered),
+            carried: self.carried.saturating_add(o.carried),
+        }
+    }
 }
 
 impl Usage {
     /// Spend and holds read against a budget: what is left of it, and what went past credit.
-    pub fn against(
-        budget: &Budget,
-        period: BillingPeriod,
-        used: MicroUsd,
-        reserved: MicroUsd,
-        provider_billed: MicroUsd,
-        overrun: MicroUsd,
-    ) -> Usage {
+    pub fn against(budget: &Budget, period: BillingPeriod, spent: Spent, reserved: MicroUsd) -> Usage {
         let spendable = budget.ceiling().map_or(budget.credit, |c| c.min(budget.credit));
         Usage {
             period,
             limit: budget.credit,
-            used,
+            used: spent.used,
             reserved,
-            remaining: spendable.saturating_sub(used).saturating_sub(reserved),
-            overage: used.saturating_sub(budget.credit),
+            remaining: spendable.saturating_sub(spent.used).saturating_sub(reserved),
+            overage: spent.used.saturating_sub(budget.credit),
             cap: budget.cap,
-            provider_billed,
-            overrun,
+            provider_billed: spent.provider_billed,
+            overrun: spent.overrun,
+            unmetered: spent.unmetered,
+            carried: spent.carried,
         }
     }
+
+    /// The figures `against` was given.
+    pub fn spent(&self) -> Spent {
+        Spent {
+            used: self.used,
+            provider_billed: self.provider_billed,
+            overrun: self.overrun,
+            unmetered: self.unmetered,
+            carried: self.carried,
+        }
+    }
+}
+
+/// The debt a period starting at `start` opens with, when the period starting at `from`
+/// spent `used` under `ceiling`: what it spent past its ceiling, less the credit of each
+/// whole period in between (a month without a call still spends its credit on the debt).
+pub fn owed_at(used: MicroUsd, ceiling: Option<MicroUsd>, from: UnixMillis, start: UnixMillis) -> MicroUsd {
+    if start <= from {
+        return used;
+    }
+    let mut owed = debt(used, ceiling);
+    let mut next = BillingPeriod::containing(from).end;
+    while next < start && owed > MicroUsd::ZERO {
+        owed = debt(owed, ceiling);
+        next = BillingPeriod::containing(next).end;
+    }
+    owed
+}
+
+/// What a period that ended with `used` spent under `ceiling` leaves as debt to the next.
+///
+/// ```
+/// use hf_gate::core::ledger::{debt, MicroUsd};
+/// assert_eq!(debt(MicroUsd(150), Some(MicroUsd(100))), MicroUsd(50));
+/// assert_eq!(debt(MicroUsd(80), Some(MicroUsd(100))), MicroUsd(0));
+/// // pay-as-you-go without a cap owes nothing: every call was billed as it came
+/// assert_eq!(debt(MicroUsd(150), None), MicroUsd(0));
+/// ```
+pub fn debt(used: MicroUsd, ceiling: Option<MicroUsd>) -> MicroUsd {
+    ceiling.map_or(MicroUsd::ZERO, |c| used.saturating_sub(c))
 }
 
 /// Expired reservations remembered for late settles.
@@ -178,18 +279,27 @@ impl Ledger {
     }
 
     /// Starts a new period if `now` is past the current one. No cron: the first call of a
-    /// month does it. Outstanding reservations carry over and settle into the new period.
+    /// month does it. Outstanding reservations carry over and settle into the new period, and
+    /// so does a debt: spend past the period's ceiling is where the next period's spend starts.
     pub fn roll(&mut self, now: UnixMillis) {
         let current = BillingPeriod::containing(now);
-        if current.start != self.period_start {
+        if current.start > self.period_start {
             let keep_from = current.previous().start.day_index();
+            let owed = self.owed_at(current.start);
             self.period_start = current.start;
-            self.used = MicroUsd::ZERO;
+            self.used = owed;
+            self.carried = owed;
             self.provider_billed = MicroUsd::ZERO;
             self.overrun = MicroUsd::ZERO;
+            self.unmetered = MicroUsd::ZERO;
             self.requests = 0;
             self.daily.retain(|day, _| *day >= keep_from);
         }
+    }
+
+    /// The debt a later period starting at `start` opens with.
+    fn owed_at(&self, start: UnixMillis) -> MicroUsd {
+        owed_at(self.used, self.ceiling, self.period_start, start)
     }
 
     /// The ledger stored as rows: its head, and one hold per id.
@@ -200,6 +310,9 @@ impl Ledger {
             provider_billed: self.provider_billed,
             requests: self.requests,
             overrun: self.overrun,
+            unmetered: self.unmetered,
+            carried: self.carried,
+            ceiling: self.ceiling,
             next_id: self.next_id,
             daily: self.daily.clone(),
         }
@@ -214,7 +327,9 @@ impl Ledger {
     pub fn hold(&self, id: u64) -> Option<Hold> {
         match (self.reservations.get(&id), self.expired.get(&id)) {
             (Some(r), _) => Some(Hold::Open { amount: r.amount, expires_at: r.expires_at }),
-            (None, Some(amount)) => Some(Hold::Expired { amount: *amount }),
+            (None, Some(amount)) => {
+                Some(Hold::Expired { amount: *amount, charged_at: self.lapsed_at.get(&id).copied() })
+            }
             (None, None) => None,
         }
     }
@@ -227,6 +342,9 @@ impl Ledger {
             provider_billed: head.provider_billed,
             requests: head.requests,
             overrun: head.overrun,
+            unmetered: head.unmetered,
+            carried: head.carried,
+            ceiling: head.ceiling,
             next_id: head.next_id,
             daily: head.daily,
             ..Ledger::default()
@@ -236,8 +354,11 @@ impl Ledger {
                 Hold::Open { amount, expires_at } => {
                     l.reservations.insert(id, Reservation { amount, expires_at });
                 }
-                Hold::Expired { amount } => {
+                Hold::Expired { amount, charged_at } => {
                     l.expired.insert(id, amount);
+                    if let Some(at) = charged_at {
+                        l.lapsed_at.insert(id, at);
+                    }
                 }
             }
         }
@@ -264,7 +385,8 @@ impl Ledger {
     }
 
     /// Holds `amount` for a call about to go upstream, or refuses if that could break the
-    /// budget's ceiling. The hold expires at `now + ttl_ms` unless settled or released.
+    /// budget's ceiling. The hold expires at `now + ttl_ms` unless settled, released or
+    /// renewed (`renew`: a call still running keeps its hold).
     pub fn reserve(
         &mut self,
         now: UnixMillis,
@@ -272,7 +394,9 @@ impl Ledger {
         budget: &Budget,
         ttl_ms: u64,
     ) -> Result<u64, Exhausted> {
+        // the period ending is measured against the ceiling it ran under, then this one's is kept
         self.roll(now);
+        self.ceiling = budget.ceiling();
         if let Some(ceiling) = budget.ceiling() {
             let committed = self.used.saturating_add(self.reserved());
             if committed.saturating_add(amount) > ceiling || committed >= ceiling {
@@ -286,30 +410,109 @@ impl Ledger {
         Ok(id)
     }
 
-    /// Replaces a reservation with the actual cost of the call, charged in full even when it
-    /// is more than was held (the balance may then go below zero, and `reserve` refuses until
-    /// it is covered). A reservation that already expired is charged all the same: the call
-    /// did happen. An id that is neither held nor remembered was settled or released already,
-    /// and charges nothing: a settle can never count twice.
-    pub fn settle(&mut self, now: UnixMillis, id: u64, actual: MicroUsd) -> Settled {
-        self.roll(now);
-        let (held, late) = match (self.reservations.remove(&id), self.expired.remove(&id)) {
-            (Some(r), _) => (r.amount, false),
-            (None, Some(_)) => (MicroUsd::ZERO, true),
-            (None, None) => return Settled { unknown: true, ..Settled::default() },
-        };
-        let overrun = actual.saturating_sub(held);
-        self.used = self.used.saturating_add(actual);
-        self.overrun = self.overrun.saturating_add(overrun);
-        let day = self.daily.entry(now.day_index()).or_insert(0);
-        *day = day.saturating_add(actual.0);
-        Settled { charged: actual, overrun, late, unknown: false }
+    /// Keeps an open hold for another `ttl_ms` from now: its call is still running. A hold
+    /// that lapsed stays lapsed (charged in full; the call's settle corrects it).
+    pub fn renew(&mut self, now: UnixMillis, id: u64, ttl_ms: u64) -> bool {
+        match self.reservations.get_mut(&id) {
+            Some(r) => {
+                r.expires_at = r.expires_at.max(now.saturating_add_ms(ttl_ms));
+                true
+            }
+            None => false,
+        }
     }
 
-    /// Gives a reservation back in full (the call failed upstream). Unknown ids are ignored,
-    /// so a release after expiry is harmless.
-    pub fn release(&mut self, id: u64) -> bool {
-        self.reservations.remove(&id).is_some() | self.expired.remove(&id).is_some()
+    fn charge(&mut self, now: UnixMillis, amount: MicroUsd) {
+        self.used = self.used.saturating_add(amount);
+        let day = self.daily.entry(now.day_index()).or_insert(0);
+        *day = day.saturating_add(amount.0);
+    }
+
+    /// Takes back a lapse's charge of `amount` made at `at`, if it was made in this period (a
+    /// closed period's figures stand): what was taken back.
+    fn take_back(&mut self, at: UnixMillis, amount: MicroUsd) -> MicroUsd {
+        if BillingPeriod::containing(at).start != self.period_start {
+            return MicroUsd::ZERO;
+        }
+        self.used = self.used.saturating_sub(amount);
+        self.unmetered = self.unmetered.saturating_sub(amount);
+        if let Some(day) = self.daily.get_mut(&at.day_index()) {
+            *day = day.saturating_sub(amount.0);
+        }
+        amount
+    }
+
+    /// Replaces a reservation with the actual cost of the call, charged in full even when it
+    /// is more than was held (the balance may then go below zero, and `reserve` refuses until
+    /// it is covered). A hold that lapsed was charged in full then; its settle takes that
+    /// charge back and charges the actual cost (beyond the hold: overrun). An id that is
+    /// neither held nor remembered was settled or released already, and charges nothing: a
+    /// settle can never count twice.
+    pub fn settle(&mut self, now: UnixMillis, id: u64, actual: MicroUsd) -> Settled {
+        self.roll(now);
+        if let Some(r) = self.reservations.remove(&id) {
+            self.charge(now, actual);
+            let overrun = actual.saturating_sub(r.amount);
+            self.overrun = self.overrun.saturating_add(overrun);
+            return Settled { charged: actual, overrun, ..Settled::default() };
+        }
+        let Some(amount) = self.expired.remove(&id) else {
+            return Settled { unknown: true, ..Settled::default() };
+        };
+        // (what this settle charges, what the call had held, what a lapse's charge gives back)
+        let (charged, held, refund) = match self.lapsed_at.remove(&id) {
+            Some(at) => match self.take_back(at, amount) {
+                // a lapse charged in a closed period stands: only what the call cost beyond
+                // it is new
+                MicroUsd::ZERO => (actual.saturating_sub(amount), amount, MicroUsd::ZERO),
+                refund => (actual, amount, refund),
+            },
+            // expired under an earlier build, which gave it back uncharged
+            None => (actual, MicroUsd::ZERO, MicroUsd::ZERO),
+        };
+        self.charge(now, charged);
+        let overrun = actual.saturating_sub(held);
+        self.overrun = self.overrun.saturating_add(overrun);
+        Settled { charged, overrun, refund, late: true, ..Settled::default() }
+    }
+
+    /// Charges a reservation in full because its call's usage cannot be learned (the stream
+    /// broke, time ran out, a timeout after upstream had the request). Recorded as
+    /// `unmetered`, so an operator can reconcile it with the upstream's invoice.
+    pub fn settle_unmetered(&mut self, now: UnixMillis, id: u64) -> Settled {
+        self.roll(now);
+        if let Some(r) = self.reservations.remove(&id) {
+            self.charge(now, r.amount);
+            self.unmetered = self.unmetered.saturating_add(r.amount);
+            return Settled { charged: r.amount, unmetered: r.amount, ..Settled::default() };
+        }
+        let Some(amount) = self.expired.remove(&id) else {
+            return Settled { unknown: true, ..Settled::default() };
+        };
+        if self.lapsed_at.remove(&id).is_some() {
+            // charged in full when it lapsed: that charge is the answer
+            return Settled { late: true, ..Settled::default() };
+        }
+        self.charge(now, amount);
+        self.unmetered = self.unmetered.saturating_add(amount);
+        self.overrun = self.overrun.saturating_add(amount);
+        Settled { charged: amount, overrun: amount, unmetered: amount, late: true, ..Settled::default() }
+    }
+
+    /// Gives a reservation back in full (upstream answered non-2xx, or never had the
+    /// request). A hold that lapsed meanwhile has its lapse charge taken back (within its
+    /// period). Unknown ids are ignored: a second release is harmless. Returns what happened:
+    /// `None` for an unknown id, else the charge taken back.
+    pub fn release(&mut self, now: UnixMillis, id: u64) -> Option<MicroUsd> {
+        self.roll(now);
+        if self.reservations.remove(&id).is_some() {
+            return Some(MicroUsd::ZERO);
+        }
+        let amount = self.expired.remove(&id)?;
+        Some(match self.lapsed_at.remove(&id) {
+            Some(at) => self.take_back(at, amount),
+            None => MicroUsd::ZERO,
+        })
     }
 
     /// Records spend that the provider bills directly, for `byok` keys.
@@ -318,23 +521,33 @@ impl Ledger {
         self.provider_billed = self.provider_billed.saturating_add(actual);
     }
 
-    /// Releases reservations whose holder never came back (an isolate died mid-call); they
-    /// are remembered a while, so a settle that still comes is charged. Returns the ids of the
-    /// holds that changed: those that expired now, and the oldest expired ones forgotten.
-    pub fn expire(&mut self, now: UnixMillis) -> Vec<u64> {
-        let mut due: Vec<u64> =
-            self.reservations.iter().filter(|(_, r)| r.expires_at <= now).map(|(id, _)| *id).collect();
-        for id in &due {
-            if let Some(r) = self.reservations.remove(id) {
-                self.expired.insert(*id, r.amount);
+    /// Charges in full the holds whose call never came back (its isolate died: a running
+    /// call renews its hold), as `unmetered`; they are remembered a while, so that a settle
+    /// that still comes corrects the charge to the actual cost. Returns the holds that
+    /// changed, with what each was charged: those that lapsed now, and the oldest lapsed ones
+    /// forgotten (charged nothing).
+    pub fn expire(&mut self, now: UnixMillis) -> Vec<(u64, MicroUsd)> {
+        let due: Vec<u64> = self.reservations.iter().filter(|(_, r)| r.expires_at <= now).map(|(id, _)| *id).collect();
+        if !due.is_empty() {
+            self.roll(now);
+        }
+        let mut changed = Vec::with_capacity(due.len());
+        for id in due {
+            if let Some(r) = self.reservations.remove(&id) {
+                self.charge(now, r.amount);
+                self.unmetered = self.unmetered.saturating_add(r.amount);
+                self.expired.insert(id, r.amount);
+                self.lapsed_at.insert(id, now);
+                changed.push((id, r.amount));
             }
         }
         while self.expired.len() > MAX_EXPIRED {
             if let Some((id, _)) = self.expired.pop_first() {
-                due.push(id);
+                self.lapsed_at.remove(&id);
+                changed.push((id, MicroUsd::ZERO));
             }
         }
-        due
+        changed
     }
 
     /// When the next reservation expires, for the Durable Object's alarm.
@@ -342,15 +555,25 @@ impl Ledger {
         self.reservations.values().map(|r| r.expires_at).min()
     }
 
-    pub fn usage(&self, now: UnixMillis, budget: &Budget) -> Usage {
+    /// The period's figures as of `now`: a period that has ended but not yet rolled reads as
+    /// the next one would start (its debt, nothing else).
+    pub fn spent(&self, now: UnixMillis) -> Spent {
         let period = BillingPeriod::containing(now);
-        let (used, provider_billed) = if period.start == self.period_start {
-            (self.used, self.provider_billed)
-        } else {
-            (MicroUsd::ZERO, MicroUsd::ZERO)
-        };
-        let overrun = if period.start == self.period_start { self.overrun } else { MicroUsd::ZERO };
-        Usage::against(budget, period, used, self.reserved(), provider_billed, overrun)
+        if period.start <= self.period_start {
+            return Spent {
+                used: self.used,
+                provider_billed: self.provider_billed,
+                overrun: self.overrun,
+                unmetered: self.unmetered,
+                carried: self.carried,
+            };
+        }
+        let owed = self.owed_at(period.start);
+        Spent { used: owed, carried: owed, ..Spent::default() }
+    }
+
+    pub fn usage(&self, now: UnixMillis, budget: &Budget) -> Usage {
+        Usage::against(budget, BillingPeriod::containing(now), self.spent(now), self.reserved())
     }
 
     /// Charged micro-USD per day, oldest first, for the current and previous period.
@@ -386,7 +609,7 @@ mod tests {
         let a = l.reserve(NOV_22, MicroUsd(60_000), &free(), 60_000).unwrap();
         let err = l.reserve(NOV_22, MicroUsd(50_000), &free(), 60_000).unwrap_err();
         assert_eq!(err.retry_at.to_string(), "2026-12-01T00:00:00Z");
-        l.release(a);
+        l.release(NOV_22, a);
         assert!(l.reserve(NOV_22, MicroUsd(50_000), &free(), 60_000).is_ok());
     }
 
@@ -402,19 +625,65 @@ mod tests {
     }
 
     #[test]
-    fn a_settle_counts_once_and_a_late_one_still_counts() {
+    fn a_settle_counts_once_and_a_late_one_corrects_the_lapse() {
         let mut l = Ledger::new(NOV_22);
         let id = l.reserve(NOV_22, MicroUsd(500), &free(), 1_000).unwrap();
         assert_eq!(l.settle(NOV_22, id, MicroUsd(400)).charged, MicroUsd(400));
         assert!(l.settle(NOV_22, id, MicroUsd(400)).unknown);
         assert_eq!(l.used, MicroUsd(400));
         let late = l.reserve(NOV_22, MicroUsd(500), &free(), 1_000).unwrap();
-        assert_eq!(l.expire(NOV_22.saturating_add_ms(1_000)).len(), 1);
-        assert_eq!(l.reserved(), MicroUsd::ZERO);
+        // its isolate died: the hold lapses, charged in full as unmetered
+        assert_eq!(l.expire(NOV_22.saturating_add_ms(1_000)), vec![(late, MicroUsd(500))]);
+        assert_eq!((l.reserved(), l.used, l.unmetered), (MicroUsd::ZERO, MicroUsd(900), MicroUsd(500)));
+        // the call's settle still comes: the lapse's charge is replaced by the actual cost
         let s = l.settle(NOV_22.saturating_add_ms(5_000), late, MicroUsd(300));
-        assert_eq!((s.charged, s.overrun, s.late), (MicroUsd(300), MicroUsd(300), true));
+        assert_eq!((s.charged, s.refund, s.overrun, s.late), (MicroUsd(300), MicroUsd(500), MicroUsd::ZERO, true));
+        assert_eq!((l.used, l.unmetered), (MicroUsd(700), MicroUsd::ZERO));
         assert!(l.settle(NOV_22.saturating_add_ms(6_000), late, MicroUsd(300)).unknown);
         assert_eq!(l.used, MicroUsd(700));
+        // a late settle above the lapsed hold is overrun
+        let over = l.reserve(NOV_22, MicroUsd(100), &free(), 1_000).unwrap();
+        l.expire(NOV_22.saturating_add_ms(1_000));
+        let s = l.settle(NOV_22.saturating_add_ms(2_000), over, MicroUsd(150));
+        assert_eq!((s.charged, s.refund, s.overrun), (MicroUsd(150), MicroUsd(100), MicroUsd(50)));
+        assert_eq!(l.used, MicroUsd(850));
+    }
+
+    #[test]
+    fn a_running_call_keeps_its_hold() {
+        let mut l = Ledger::new(NOV_22);
+        let id = l.reserve(NOV_22, MicroUsd(500), &free(), 1_000).unwrap();
+        assert!(l.renew(NOV_22.saturating_add_ms(900), id, 1_000));
+        assert!(l.expire(NOV_22.saturating_add_ms(1_500)).is_empty());
+        assert_eq!(l.held(id), Some(MicroUsd(500)));
+        assert_eq!(l.expire(NOV_22.saturating_add_ms(1_900)).len(), 1);
+        assert!(!l.renew(NOV_22.saturating_add_ms(2_000), id, 1_000), "a lapsed hold stays lapsed");
+    }
+
+    #[test]
+    fn unmetered_calls_are_charged_their_reservation_once() {
+        let mut l = Ledger::new(NOV_22);
+        let id = l.reserve(NOV_22, MicroUsd(500), &free(), 1_000).unwrap();
+        let s = l.settle_unmetered(NOV_22, id);
+        assert_eq!((s.charged, s.unmetered), (MicroUsd(500), MicroUsd(500)));
+        assert!(l.settle_unmetered(NOV_22, id).unknown);
+        assert_eq!((l.used, l.unmetered), (MicroUsd(500), MicroUsd(500)));
+        // a hold that lapsed was charged then: the edge's unmetered settle adds nothing
+        let lapsed = l.reserve(NOV_22, MicroUsd(200), &free(), 1_000).unwrap();
+        l.expire(NOV_22.saturating_add_ms(1_000));
+        assert_eq!(l.settle_unmetered(NOV_22.saturating_add_ms(1_000), lapsed).charged, MicroUsd::ZERO);
+        assert_eq!((l.used, l.unmetered), (MicroUsd(700), MicroUsd(700)));
+    }
+
+    #[test]
+    fn a_release_after_a_lapse_takes_its_charge_back() {
+        let mut l = Ledger::new(NOV_22);
+        let id = l.reserve(NOV_22, MicroUsd(500), &free(), 1_000).unwrap();
+        l.expire(NOV_22.saturating_add_ms(1_000));
+        assert_eq!(l.used, MicroUsd(500));
+        assert_eq!(l.release(NOV_22.saturating_add_ms(2_000), id), Some(MicroUsd(500)));
+        assert_eq!((l.used, l.unmetered), (MicroUsd::ZERO, MicroUsd::ZERO));
+        assert_eq!(l.release(NOV_22.saturating_add_ms(2_000), id), None);
     }
 
     #[test]
@@ -433,14 +702,48 @@ mod tests {
     }
 
     #[test]
-    fn expired_reservations_are_given_back() {
+    fn lapsed_reservations_stop_holding_and_are_charged() {
         let mut l = Ledger::new(NOV_22);
-        l.reserve(NOV_22, MicroUsd(100_000), &free(), 1_000).unwrap();
-        assert!(l.reserve(NOV_22, MicroUsd(1), &free(), 1_000).is_err());
+        l.reserve(NOV_22, MicroUsd(60_000), &free(), 1_000).unwrap();
+        assert!(l.reserve(NOV_22, MicroUsd(50_000), &free(), 1_000).is_err());
         assert_eq!(l.next_expiry(), Some(NOV_22.saturating_add_ms(1_000)));
         assert!(l.expire(NOV_22.saturating_add_ms(999)).is_empty());
         assert_eq!(l.expire(NOV_22.saturating_add_ms(1_000)).len(), 1);
-        assert!(l.reserve(NOV_22, MicroUsd(1), &free(), 1_000).is_ok());
+        // charged, not given back: what is left is what the lapse did not take
+        assert!(l.reserve(NOV_22, MicroUsd(50_000), &free(), 1_000).is_err());
+        assert!(l.reserve(NOV_22, MicroUsd(40_000), &free(), 1_000).is_ok());
+    }
+
+    #[test]
+    fn a_debt_opens_the_next_period() {
+        let mut l = Ledger::new(NOV_22);
+        let id = l.reserve(NOV_22, MicroUsd(90_000), &free(), 60_000).unwrap();
+        // upstream overshot: 150,000 against 100,000 of credit
+        l.settle(NOV_22, id, MicroUsd(150_000));
+        let dec_1 = BillingPeriod::containing(NOV_22).end;
+        let u = l.usage(dec_1, &free());
+        assert_eq!((u.used, u.carried, u.remaining), (MicroUsd(50_000), MicroUsd(50_000), MicroUsd(50_000)));
+        assert!(l.reserve(dec_1, MicroUsd(50_001), &free(), 60_000).is_err());
+        assert!(l.reserve(dec_1, MicroUsd(50_000), &free(), 60_000).is_ok());
+        assert_eq!((l.used, l.carried), (MicroUsd(50_000), MicroUsd(50_000)));
+    }
+
+    #[test]
+    fn a_month_without_calls_spends_its_credit_on_the_debt() {
+        let mut l = Ledger::new(NOV_22);
+        let id = l.reserve(NOV_22, MicroUsd(90_000), &free(), 60_000).unwrap();
+        l.settle(NOV_22, id, MicroUsd(350_000));
+        // 250,000 owed: December's credit pays 100,000 of it, January opens with 150,000
+        let jan = BillingPeriod::containing(BillingPeriod::containing(NOV_22).end).end;
+        assert_eq!(l.usage(jan, &free()).used, MicroUsd(150_000));
+        l.roll(jan);
+        assert_eq!(l.used, MicroUsd(150_000));
+        // pay-as-you-go without a cap owes nothing across the boundary
+        let payg = Budget { credit: MicroUsd(100), on_exhausted: OnExhausted::Payg, cap: None };
+        let mut l = Ledger::new(NOV_22);
+        let id = l.reserve(NOV_22, MicroUsd(1_000), &payg, 60_000).unwrap();
+        l.settle(NOV_22, id, MicroUsd(5_000));
+        assert_eq!(l.usage(jan, &payg).used, MicroUsd::ZERO);
     }
 
     #[test]

@@ -149,7 +149,8 @@ impl Price {
 }
 
 /// Compute price in nano-USD per second (`0.00012` USD/s is `120_000`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
 pub struct ComputePrice(pub u64);
 
 impl ComputePrice {

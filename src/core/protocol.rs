@@ -6,7 +6,7 @@
 use crate::core::account::{AccountPolicy, Admission, AdmitRequest, KeyPolicy, RateView};
 use crate::core::edits::{AccountEdit, KeyEdit};
 use crate::core::lease::{Grant, Report};
-use crate::core::ledger::{Budget, MicroUsd, Settled, Usage};
+use crate::core::ledger::{Budget, MicroUsd, Settled, Spent, Usage};
 use crate::core::request_log::{LogQuery, Page};
 use crate::core::spend::{self, CallLine, JobRow, ModelSpend};
 use crate::core::time::{BillingPeriod, UnixMillis};
@@ -36,12 +36,19 @@ pub enum AccountOp {
     Admit(AdmitRequest),
     /// Settles a call to its actual cost; `line` (model, provider, tokens) counts it in the
     /// account's spend per model and provider in the same operation.
+    /// With `unmetered`, the call's usage could not be learned: the reservation is charged
+    /// in full (whatever `actual` says) and recorded as unmetered.
     Settle {
         reservation: u64,
         actual: MicroUsd,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         line: Option<CallLine>,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        unmetered: bool,
     },
+    /// The calls holding these reservations are still running: keep their holds another
+    /// `ttl_ms`. Only a hold whose isolate died lapses.
+    Renew { reservations: Vec<u64>, ttl_ms: u64 },
     /// Gives a call's hold back (it failed); `line` records it in the request log.
     Release {
         reservation: u64,
@@ -141,8 +148,16 @@ pub struct UsageReport {
     pub provider_billed_micro_usd: u64,
     /// Charged beyond what the calls had reserved (upstream overshoot, late settles).
     pub overrun_micro_usd: u64,
+    /// Charged without a usage count: reservations in full (part of `used_micro_usd`).
+    #[serde(default)]
+    pub unmetered_micro_usd: u64,
+    /// The debt the period started with (part of `used_micro_usd`).
+    #[serde(default)]
+    pub carried_micro_usd: u64,
     pub key_used_micro_usd: u64,
     pub key_overrun_micro_usd: u64,
+    #[serde(default)]
+    pub key_unmetered_micro_usd: u64,
     pub requests: u64,
     pub rate: Option<RateView>,
     /// `[["2026-11-22", micro_usd], ...]`, current and previous period.
@@ -163,6 +178,7 @@ pub struct UsageReport {
 pub struct KeyFigures {
     pub used: MicroUsd,
     pub overrun: MicroUsd,
+    pub unmetered: MicroUsd,
     pub rate: Option<RateView>,
     pub policy: Option<KeyPolicy>,
 }
@@ -188,8 +204,11 @@ impl UsageReport {
             spend_cap_micro_usd: u.cap.map(|c| c.0),
             provider_billed_micro_usd: u.provider_billed.0,
             overrun_micro_usd: u.overrun.0,
+            unmetered_micro_usd: u.unmetered.0,
+            carried_micro_usd: u.carried.0,
             key_used_micro_usd: key.used.0,
             key_overrun_micro_usd: key.overrun.0,
+            key_unmetered_micro_usd: key.unmetered.0,
             requests,
             rate: key.rate,
             daily,
@@ -211,16 +230,16 @@ impl UsageReport {
         if key.is_none() && shards.is_empty() {
             return None;
         }
-        let sum = |f: fn(&UsageReport) -> u64| shards.iter().map(f).fold(0u64, u64::saturating_add);
+        let sum = |f: fn(&UsageReport) -> u64| MicroUsd(shards.iter().map(f).fold(0u64, u64::saturating_add));
         // the same reading of a budget as `Ledger::usage`
-        let u = Usage::against(
-            budget,
-            BillingPeriod::containing(now),
-            MicroUsd(sum(|r| r.used_micro_usd)),
-            MicroUsd(sum(|r| r.reserved_micro_usd)),
-            MicroUsd(sum(|r| r.provider_billed_micro_usd)),
-            MicroUsd(sum(|r| r.overrun_micro_usd)),
-        );
+        let spent = Spent {
+            used: sum(|r| r.used_micro_usd),
+            provider_billed: sum(|r| r.provider_billed_micro_usd),
+            overrun: sum(|r| r.overrun_micro_usd),
+            unmetered: sum(|r| r.unmetered_micro_usd),
+            carried: sum(|r| r.carried_micro_usd),
+        };
+        let u = Usage::against(budget, BillingPeriod::containing(now), spent, sum(|r| r.reserved_micro_usd));
         let mut daily = std::collections::BTreeMap::<String, u64>::new();
         for (day, v) in shards.iter().flat_map(|r| r.daily.iter()) {
             let d = daily.entry(day.clone()).or_default();
@@ -234,11 +253,13 @@ impl UsageReport {
         let key = key.map_or_else(KeyFigures::default, |k| KeyFigures {
             used: MicroUsd(k.key_used_micro_usd),
             overrun: MicroUsd(k.key_overrun_micro_usd),
+            unmetered: MicroUsd(k.key_unmetered_micro_usd),
             rate: k.rate,
             policy: k.key_policy.clone(),
         });
         let version = shards.iter().filter_map(|r| r.account_version).max();
-        let mut report = UsageReport::new(&u, key, sum(|r| r.requests), daily.into_iter().collect(), version);
+        let requests = shards.iter().map(|r| r.requests).fold(0u64, u64::saturating_add);
+        let mut report = UsageReport::new(&u, key, requests, daily.into_iter().collect(), version);
         report.by_model = by_model;
         Some(report)
     }

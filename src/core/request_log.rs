@@ -70,13 +70,19 @@ pub struct Record {
     pub stream: bool,
     #[serde(default)]
     pub upstream_request_id: Option<String>,
+    /// Of `cost_micro_usd`, what was charged without a usage count: the reservation in full,
+    /// because the stream broke, time ran out, the call timed out after upstream had it, or
+    /// its hold lapsed. `upstream_request_id` is what an operator reconciles it by.
+    #[serde(default)]
+    pub unmetered_micro_usd: u64,
 }
 
 /// The CSV header: the record's fields, in order.
-pub const CSV_HEADER: &str = "request_id,at,key_id,org,route,api,model,provider,status,error,prompt_tokens,completion_tokens,cost_micro_usd,reserved_micro_usd,latency_ms,ttfb_ms,retries,cooldown_wait_ms,stream,upstream_request_id";
+pub const CSV_HEADER: &str = "request_id,at,key_id,org,route,api,model,provider,status,error,prompt_tokens,completion_tokens,cost_micro_usd,reserved_micro_usd,latency_ms,ttfb_ms,retries,cooldown_wait_ms,stream,upstream_request_id,unmetered_micro_usd";
 
 impl Record {
-    pub fn of(line: &CallLine, log: &CallLog, cost: u64) -> Record {
+    /// A call's record: `cost` charged, `unmetered` of it without a usage count.
+    pub fn of(line: &CallLine, log: &CallLog, cost: u64, unmetered: u64) -> Record {
         Record {
             request_id: log.request_id.clone(),
             at: format_millis(log.at),
@@ -98,6 +104,36 @@ impl Record {
             cooldown_wait_ms: log.cooldown_wait_ms,
             stream: log.stream,
             upstream_request_id: log.upstream_request_id.clone(),
+            unmetered_micro_usd: unmetered,
+        }
+    }
+
+    /// The record a hold leaves when it lapses (its isolate died before the call settled):
+    /// charged its reservation in full, as unmetered, until the call's own record, if its
+    /// settle still comes, replaces it.
+    pub fn lapse(hold: u64, key_id: &str, charged: u64, now: UnixMillis) -> Record {
+        Record {
+            request_id: format!("hold-{hold}"),
+            at: format_millis(now),
+            key_id: key_id.to_string(),
+            org: None,
+            route: String::new(),
+            api: String::new(),
+            model: String::new(),
+            provider: String::new(),
+            status: 0,
+            error: Some("hold_lapsed".into()),
+            prompt_tokens: 0,
+            completion_tokens: 0,
+            cost_micro_usd: charged,
+            reserved_micro_usd: charged,
+            latency_ms: 0,
+            ttfb_ms: None,
+            retries: 0,
+            cooldown_wait_ms: 0,
+            stream: false,
+            upstream_request_id: None,
+            unmetered_micro_usd: charged,
         }
     }
 
@@ -125,6 +161,7 @@ impl Record {
             self.cooldown_wait_ms.to_string(),
             self.stream.to_string(),
             opt(&self.upstream_request_id),
+            self.unmetered_micro_usd.to_string(),
         ];
         for (i, f) in fields.iter().enumerate() {
             if i > 0 {
@@ -426,7 +463,7 @@ mod tests {
         };
         let log = CallLog { request_id: "r".into(), key_id: "k".into(), status: 200, ..CallLog::default() };
         let mut out = String::new();
-        Record::of(&line, &log, 7).csv_row(&mut out);
+        Record::of(&line, &log, 7, 0).csv_row(&mut out);
         assert!(out.starts_with("r,1970-01-01T00:00:00.000Z,k,,,,\"m,\"\"x\"\"\",'=cmd,200,,1,2,7,"), "{out}");
         assert!(out.ends_with("\r\n"));
         assert_eq!(

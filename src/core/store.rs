@@ -66,7 +66,8 @@ pub enum RowWrite {
     DropJob(String),
     /// An account's alert book (`alerts::AlertBook`), in the meta table.
     Alerts(String),
-    /// A request log record, appended (`request_log::Record` as JSON).
+    /// A request log record, appended (`request_log::Record` as JSON). `model` is the
+    /// column readers filter on; a lapsed hold's record is filed under `lapse_marker`.
     Log {
         at: u64,
         key_id: String,
@@ -74,6 +75,16 @@ pub enum RowWrite {
         status: u16,
         body: String,
     },
+    /// Drops the record a hold's lapse wrote (`lapse_marker`): its late settle or release
+    /// writes the call's own.
+    DropLog {
+        model: String,
+    },
+}
+
+/// The model column of the record a lapsed hold leaves, so a late settle can find it.
+pub fn lapse_marker(id: u64) -> String {
+    format!("lapsed:{id}")
 }
 
 impl RowWrite {
@@ -123,7 +134,12 @@ impl Touch {
                     jobs: Vec::new(),
                 }
             }
-            AccountOp::Release { reservation, .. } => Touch { holds: vec![*reservation], ..Touch::default() },
+            AccountOp::Release { reservation, .. } => Touch {
+                keys: st.owner(*reservation).map(str::to_string).into_iter().collect(),
+                holds: vec![*reservation],
+                ..Touch::default()
+            },
+            AccountOp::Renew { reservations, .. } => Touch { holds: reservations.clone(), ..Touch::default() },
             AccountOp::RecordProviderBilled { key_id, line, .. } => Touch {
                 keys: vec![key_id.clone()],
                 lines: line_of(st, Some(key_id), line.as_ref()),
@@ -257,7 +273,15 @@ pub fn run(st: &mut AccountState, op: AccountOp, now: UnixMillis) -> (AccountRep
     }
     let touch = Touch::of(st, &op);
     let before = Rows::read(st, &touch);
-    let logged = log_of(&op);
+    // a lapsed hold's record gives way to the call's own when its settle or release comes
+    let lapsed = match &op {
+        AccountOp::Settle { reservation, .. } | AccountOp::Release { reservation, .. } => {
+            matches!(st.ledger.hold(*reservation), Some(Hold::Expired { charged_at: Some(_), .. }))
+                .then(|| RowWrite::DropLog { model: lapse_marker(*reservation) })
+        }
+        _ => None,
+    };
+    let logged = log_of(st, &op);
     let reply = apply(st, op, now);
     let after = Rows::read(st, &touch);
     let mut writes = before.changes_to(after);
@@ -269,8 +293,11 @@ pub fn run(st: &mut AccountState, op: AccountOp, now: UnixMillis) -> (AccountRep
         AccountReply::Done => true,
         _ => false,
     };
-    if let (Some(record), true) = (logged, moved) {
-        writes.push(record);
+    if moved {
+        writes.extend(lapsed);
+        if let Some(record) = logged {
+            writes.push(record);
+        }
     }
     (reply, writes)
 }
@@ -279,7 +306,9 @@ pub fn run(st: &mut AccountState, op: AccountOp, now: UnixMillis) -> (AccountRep
 /// alerts look at after it.
 pub fn moves_money(st: &AccountState, op: &AccountOp) -> Option<Vec<String>> {
     match op {
-        AccountOp::Settle { reservation, .. } => Some(st.owner(*reservation).map(str::to_string).into_iter().collect()),
+        AccountOp::Settle { reservation, .. } | AccountOp::Release { reservation, .. } => {
+            Some(st.owner(*reservation).map(str::to_string).into_iter().collect())
+        }
         AccountOp::RecordProviderBilled { key_id, .. } => Some(vec![key_id.clone()]),
         AccountOp::Batch(ops) => {
             let keys: Vec<String> = ops.iter().filter_map(|o| moves_money(st, o)).flatten().collect();
@@ -289,16 +318,23 @@ pub fn moves_money(st: &AccountState, op: &AccountOp) -> Option<Vec<String>> {
     }
 }
 
-/// The request log row an operation writes if it moves the ledger.
-fn log_of(op: &AccountOp) -> Option<RowWrite> {
-    let (line, cost) = match op {
+/// The request log row an operation writes if it moves the ledger. An unmetered settle is
+/// charged what its hold holds, which only the ledger knows.
+fn log_of(st: &AccountState, op: &AccountOp) -> Option<RowWrite> {
+    let (line, cost, unmetered) = match op {
+        AccountOp::Settle { line: Some(line), reservation, unmetered: true, .. } => {
+            let held = match st.ledger.hold(*reservation)? {
+                Hold::Open { amount, .. } | Hold::Expired { amount, .. } => amount.0,
+            };
+            (line, held, held)
+        }
         AccountOp::Settle { line: Some(line), actual, .. }
-        | AccountOp::RecordProviderBilled { line: Some(line), actual, .. } => (line, actual.0),
-        AccountOp::Release { line: Some(line), .. } => (line, 0),
+        | AccountOp::RecordProviderBilled { line: Some(line), actual, .. } => (line, actual.0, 0),
+        AccountOp::Release { line: Some(line), .. } => (line, 0, 0),
         _ => return None,
     };
     let log = line.log.as_ref()?;
-    let record = Record::of(line, log, cost);
+    let record = Record::of(line, log, cost, unmetered);
     Some(RowWrite::Log {
         at: log.at.0,
         key_id: log.key_id.clone(),
@@ -364,15 +400,47 @@ pub fn shard_report(st: &AccountState, lease: &mut Lease, give_back: bool, now: 
     }
 }
 
-/// Gives back the holds past their expiry (the alarm); the rows it changed.
+/// Charges in full the holds past their expiry, whose isolates died (the alarm, and any
+/// operation that finds one due): the rows it changed, and a request log record for each
+/// lapse, which the call's own record replaces if its settle still comes.
 pub fn expire(st: &mut AccountState, now: UnixMillis) -> Vec<RowWrite> {
-    st.expire(now)
-        .into_iter()
-        .map(|id| match hold_row(st, id) {
-            Some((key_id, hold)) => RowWrite::Hold { id, key_id, hold },
-            None => RowWrite::DropHold(id),
-        })
-        .collect()
+    let lapses = st.expire(now);
+    let mut writes = Vec::with_capacity(lapses.len() * 3);
+    if lapses.iter().any(|l| l.charged > MicroUsd::ZERO) {
+        writes.push(RowWrite::Account(account_row(st)));
+    }
+    let mut keys: Vec<&String> = Vec::new();
+    for l in &lapses {
+        writes.push(match hold_row(st, l.id) {
+            Some((key_id, hold)) => RowWrite::Hold { id: l.id, key_id, hold },
+            None => RowWrite::DropHold(l.id),
+        });
+        let Some(key_id) = l.key_id.as_ref().filter(|_| l.charged > MicroUsd::ZERO) else { continue };
+        if !keys.contains(&key_id) {
+            keys.push(key_id);
+        }
+        let record = Record::lapse(l.id, key_id, l.charged.0, now);
+        writes.push(RowWrite::Log {
+            at: now.0,
+            key_id: key_id.clone(),
+            model: lapse_marker(l.id),
+            status: 0,
+            body: to_json(&record),
+        });
+    }
+    for key_id in keys {
+        if let Some(state) = st.keys.get(key_id) {
+            writes.push(RowWrite::Key { key_id: key_id.clone(), state: to_json(state) });
+        }
+    }
+    writes
+}
+
+/// Whether an operation's answer depends on holds being lapsed first (it reads or moves
+/// credit): the object then expires what is due before running it, not only at its alarm,
+/// which a restarted runtime may run late.
+pub fn expires_first(op: &AccountOp) -> bool {
+    matches!(op, AccountOp::Admit(_) | AccountOp::Usage { .. } | AccountOp::Lease { .. } | AccountOp::Batch(_))
 }
 
 /// Every row of an account, to store a state carried over from the old single document.
@@ -433,15 +501,20 @@ pub fn load(
 fn apply(st: &mut AccountState, op: AccountOp, now: UnixMillis) -> AccountReply {
     match op {
         AccountOp::Admit(req) => AccountReply::Admission(st.admit(req, now)),
-        AccountOp::Settle { reservation, actual, line } => {
+        AccountOp::Settle { reservation, actual, line, unmetered } => {
             let owner = st.owner(reservation).map(str::to_string);
-            let settled = st.settle(reservation, actual, now);
+            let settled =
+                if unmetered { st.settle_unmetered(reservation, now) } else { st.settle(reservation, actual, now) };
             if let (Some(key_id), Some(line), false) = (owner, line, settled.unknown) {
-                st.spend.add(&key_id, &line, actual, now);
+                st.spend.add(&key_id, &line, settled.charged, now);
             }
             AccountReply::Settled(settled)
         }
-        AccountOp::Release { reservation, .. } => AccountReply::Released(st.release(reservation)),
+        AccountOp::Release { reservation, .. } => AccountReply::Released(st.release(reservation, now)),
+        AccountOp::Renew { reservations, ttl_ms } => {
+            st.renew(&reservations, ttl_ms, now);
+            AccountReply::Done
+        }
         AccountOp::RecordProviderBilled { key_id, actual, line } => {
             st.record_provider_billed(&key_id, actual, now);
             if let Some(line) = line {
@@ -501,6 +574,7 @@ fn report(st: &AccountState, key_id: Option<&str>, now: UnixMillis) -> Option<Us
     let key = key_id.map_or_else(KeyFigures::default, |k| KeyFigures {
         used: st.key_used(k, now),
         overrun: st.key_overrun(k, now),
+        unmetered: st.key_unmetered(k, now),
         rate: st.rate_view(k, now),
         policy: st.keys.get(k).and_then(|k| k.policy.clone()),
     });
@@ -567,7 +641,8 @@ mod tests {
         else {
             panic!()
         };
-        let (_, writes) = run(&mut st, AccountOp::Settle { reservation: id, actual: MicroUsd(1), line: None }, NOW);
+        let (_, writes) =
+            run(&mut st, AccountOp::Settle { reservation: id, actual: MicroUsd(1), line: None, unmetered: false }, NOW);
         assert!(writes.contains(&RowWrite::DropHold(id)));
         assert!(writes.iter().any(|w| matches!(w, RowWrite::Key { key_id, .. } if key_id == "k8")));
         assert_eq!(writes.len(), 3, "{writes:?}");
@@ -633,11 +708,19 @@ mod tests {
             other => panic!("{other:?}"),
         };
         let a = id(run(&mut st, admit("a", 10), NOW).0);
-        let (_, w) = run(&mut st, AccountOp::Settle { reservation: a, actual: MicroUsd(4), line: line(200) }, NOW);
+        let (_, w) = run(
+            &mut st,
+            AccountOp::Settle { reservation: a, actual: MicroUsd(4), line: line(200), unmetered: false },
+            NOW,
+        );
         assert_eq!(logs(&w), 1);
         assert!(w.iter().any(|w| matches!(w, RowWrite::Log { body, .. } if body.contains("\"cost_micro_usd\":4"))));
         // the same settle again (a retry whose first answer was lost) records nothing more
-        let (_, w) = run(&mut st, AccountOp::Settle { reservation: a, actual: MicroUsd(4), line: line(200) }, NOW);
+        let (_, w) = run(
+            &mut st,
+            AccountOp::Settle { reservation: a, actual: MicroUsd(4), line: line(200), unmetered: false },
+            NOW,
+        );
         assert_eq!(logs(&w), 0);
         let b = id(run(&mut st, admit("a", 10), NOW).0);
         let (_, w) = run(&mut st, AccountOp::Release { reservation: b, line: line(502) }, NOW);

@@ -289,14 +289,19 @@ impl Account {
             let Some(st) = mem.as_mut() else {
                 return Err(worker::Error::RustError("not loaded".into()));
             };
+            // holds whose isolate died are charged before anything reads or moves credit (the
+            // alarm does it too, but a restarted runtime may run it late)
+            let due = st.ledger.next_expiry().is_some_and(|t| t <= now);
+            let lapsed = if due && store::expires_first(&op) { store::expire(st, now) } else { Vec::new() };
             // a pool hears of its shards' spend when they ask for credit or give it back
             let moved = store::moves_money(st, &op).or_else(|| matches!(op, AccountOp::Lease { .. }).then(Vec::new));
-            let (reply, mut writes) = match op {
+            let (reply, writes) = match op {
                 AccountOp::Lease { shard, shards, report, want, account } => {
                     store::grant(st, &mut self.pool.borrow_mut(), shard, shards, report, want, account, now)
                 }
                 op => store::run(st, op, now),
             };
+            let mut writes = [lapsed, writes].concat();
             if let Some(keys) = moved {
                 writes.extend(self.check_alerts(st, &keys, now));
             }
@@ -460,7 +465,10 @@ impl Account {
                         let hold = if num(4) == 0 {
                             Hold::Open { amount, expires_at: UnixMillis(num(3)) }
                         } else {
-                            Hold::Expired { amount }
+                            // an expired hold's time is when it lapsed and was charged; none:
+                            // it expired under a build that gave it back uncharged
+                            let charged_at = row.get(3).and_then(as_u64).map(UnixMillis);
+                            Hold::Expired { amount, charged_at }
                         };
                         Ok((num(0), row.get(1).and_then(as_text), hold))
                     })
@@ -544,7 +552,9 @@ impl Account {
                 RowWrite::Hold { id, key_id, hold } => {
                     let (amount, expires_at, expired) = match hold {
                         Hold::Open { amount, expires_at } => (amount.0, int(expires_at.0), 0),
-                        Hold::Expired { amount } => (amount.0, SqlStorageValue::Null, 1),
+                        Hold::Expired { amount, charged_at } => {
+                            (amount.0, charged_at.map_or(SqlStorageValue::Null, |t| int(t.0)), 1)
+                        }
                     };
                     sql.exec(
                         "INSERT OR REPLACE INTO holds (id, key_id, amount, expires_at, expired) VALUES (?, ?, ?, ?, ?)",
@@ -574,6 +584,9 @@ impl Account {
                 RowWrite::DropJob(id) => sql.exec("DELETE FROM jobs WHERE id = ?", vec![id.as_str().into()]),
                 RowWrite::Alerts(body) => sql
                     .exec("INSERT OR REPLACE INTO meta (name, body) VALUES ('alerts', ?)", vec![body.as_str().into()]),
+                RowWrite::DropLog { model } => {
+                    sql.exec("DELETE FROM log WHERE status = 0 AND model = ?", vec![model.as_str().into()])
+                }
                 RowWrite::Log { at, key_id, model, status, body } => {
                     self.log_written.set(true);
                     sql.exec(
