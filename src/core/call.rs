@@ -8,7 +8,7 @@ use crate::core::endpoints::EndpointPrice;
 use crate::core::ledger::MicroUsd;
 use crate::core::paths::Metering;
 use crate::core::pricing::{ComputePrice, Price, TokenUsage};
-use crate::core::route_prices::{RouteRate, DEFAULT_JOB_PRICE};
+use crate::core::route_prices::RouteRate;
 
 /// What a call is priced by, chosen once from its route (and, for a dedicated endpoint, the
 /// endpoint's own price).
@@ -21,6 +21,9 @@ pub enum Rate {
     /// One price per call.
     Fixed(MicroUsd),
     Free,
+    /// Nothing prices it: a route with no token usage and no `ROUTE_PRICES` entry. Refused
+    /// for keys billed to credits; a price is never guessed.
+    Unpriced,
 }
 
 /// Where a call goes, as far as its price is concerned.
@@ -38,28 +41,34 @@ pub struct RateInputs<'a> {
     pub provider: Option<&'a str>,
     /// `COMPUTE_USD_PER_SECOND`.
     pub compute: ComputePrice,
+    /// How many outputs the body asks for (`n`, `num_images`, ...): a per-request price is
+    /// paid for each.
+    pub outputs: u64,
 }
 
-/// The rate of a call. A route that reports no usage is priced by `ROUTE_PRICES`; failing
-/// that, `hf-inference` by upstream time (`COMPUTE_USD_PER_SECOND`) and every other
-/// provider's (image and video jobs, whose price per second would say nothing) at the
-/// conservative default per call.
+/// The rate of a call. A route that reports no usage is priced by `ROUTE_PRICES` (a price
+/// per request paid once per output the body asks for); failing that, `hf-inference` by
+/// upstream time (`COMPUTE_USD_PER_SECOND`), and every other provider's route (image and
+/// video jobs, whose price per second would say nothing) is unpriced: no price is guessed.
 ///
 /// ```
 /// use hf_gate::core::call::{rate, Rate, RateInputs};
+/// use hf_gate::core::ledger::MicroUsd;
 /// use hf_gate::core::paths::Metering;
 /// use hf_gate::core::pricing::{ComputePrice, Price};
-/// use hf_gate::core::route_prices::DEFAULT_JOB_PRICE;
+/// use hf_gate::core::route_prices::RouteRate;
 /// let base = RateInputs {
 ///     metering: Metering::Time, endpoint: None, token_price: Price { input: 1, output: 1 },
-///     route_rate: None, job: true, provider: Some("fal-ai"), compute: ComputePrice(120_000),
+///     route_rate: None, job: true, provider: Some("fal-ai"), compute: ComputePrice(120_000), outputs: 1,
 /// };
-/// assert_eq!(rate(&base), Rate::Fixed(DEFAULT_JOB_PRICE));
+/// assert_eq!(rate(&base), Rate::Unpriced);
+/// let priced = RateInputs { route_rate: Some(RouteRate::PerRequest(MicroUsd(40_000))), outputs: 3, ..base };
+/// assert_eq!(rate(&priced), Rate::Fixed(MicroUsd(120_000)));
 /// assert_eq!(rate(&RateInputs { job: false, provider: Some("hf-inference"), ..base }), Rate::Time(ComputePrice(120_000)));
 /// ```
 pub fn rate(i: &RateInputs<'_>) -> Rate {
     let by_route = |r: RouteRate| match r {
-        RouteRate::PerRequest(amount) => Rate::Fixed(amount),
+        RouteRate::PerRequest(amount) => Rate::Fixed(MicroUsd(amount.0.saturating_mul(i.outputs.max(1)))),
         RouteRate::PerSecond(c) => Rate::Time(c),
     };
     if let Some(price) = i.endpoint {
@@ -76,7 +85,7 @@ pub fn rate(i: &RateInputs<'_>) -> Rate {
         Metering::Unmetered => Rate::Free,
         Metering::Time => match (i.route_rate, i.job || i.provider != Some("hf-inference")) {
             (Some(r), _) => by_route(r),
-            (None, true) => Rate::Fixed(DEFAULT_JOB_PRICE),
+            (None, true) => Rate::Unpriced,
             (None, false) => Rate::Time(i.compute),
         },
     }
@@ -108,7 +117,19 @@ impl CallPricing {
             }
             (Rate::Time(compute), _) => CallPricing::Time(compute),
             (Rate::Fixed(amount), _) => CallPricing::Fixed(amount),
-            (Rate::Tokens(_), None) | (Rate::Free, _) => CallPricing::Free,
+            (Rate::Tokens(_), None) | (Rate::Free, _) | (Rate::Unpriced, _) => CallPricing::Free,
+        }
+    }
+
+    /// The most the call can cost as sent, and the tokens that is counted at: what it is
+    /// charged when its usage cannot be learned (a time-billed call: the time it ran).
+    pub fn bound(&self, elapsed_ms: u64) -> (MicroUsd, TokenUsage) {
+        match *self {
+            CallPricing::Tokens { price, prompt, completion } => {
+                let tokens = TokenUsage { prompt, completion };
+                (price.cost(tokens), tokens)
+            }
+            other => (other.without_usage(0, elapsed_ms), TokenUsage::default()),
         }
     }
 
@@ -162,7 +183,8 @@ impl CallPricing {
 
 /// What a call may cost at worst, as asked (`asked`: the output bound its body names, or the
 /// plan's default): for a token-priced call the ledger may grant a lower output bound; a
-/// time-billed call reserves its whole deadline; a fixed-price call its price.
+/// time-billed call reserves its whole deadline, or the time the credit affords, and is cut
+/// when that time is spent; a fixed-price call its price.
 pub fn worst_case(rate: Rate, shape: Option<&CallShape>, deadline_ms: u64, asked: u64) -> Cost {
     match (rate, shape) {
         (Rate::Tokens(price), Some(sh)) => Cost::Tokens {
@@ -172,11 +194,14 @@ pub fn worst_case(rate: Rate, shape: Option<&CallShape>, deadline_ms: u64, asked
             choices: sh.choices,
             min_output: MIN_USEFUL_OUTPUT_TOKENS,
         },
-        (Rate::Time(compute), _) => Cost::Fixed { amount: compute.cost_ms(deadline_ms) },
+        (Rate::Time(compute), _) => Cost::Time { price: compute, ms: deadline_ms, min_ms: MIN_USEFUL_TIME_MS },
         (Rate::Fixed(amount), _) => Cost::Fixed { amount },
-        (Rate::Tokens(_), None) | (Rate::Free, _) => Cost::FREE,
+        (Rate::Tokens(_), None) | (Rate::Free, _) | (Rate::Unpriced, _) => Cost::FREE,
     }
 }
+
+/// Below this much upstream time a time-billed call is refused rather than cut to nothing.
+pub const MIN_USEFUL_TIME_MS: u64 = 1_000;
 
 #[cfg(test)]
 mod tests {
@@ -195,9 +220,11 @@ mod tests {
         let pricing = CallPricing::of(Rate::Tokens(PRICE), Some(&shape), 100);
         let CallPricing::Tokens { completion, .. } = pricing else { panic!() };
         assert_eq!(completion, 200, "both choices");
-        // with usage, usage; without, what was delivered within the bound
+        // with usage, usage; without, the whole bound
         assert_eq!(pricing.with_usage(Some(TokenUsage { prompt: 1, completion: 1 }), 0, 0), MicroUsd(3));
-        assert_eq!(pricing.without_usage(u64::MAX, 0), pricing.without_usage(200, 0));
+        let (bound, tokens) = pricing.bound(0);
+        assert_eq!(tokens.completion, 200);
+        assert_eq!(bound, cost.full());
     }
 
     #[test]
@@ -205,6 +232,7 @@ mod tests {
         let compute = ComputePrice::parse("0.001").unwrap();
         let cost = worst_case(Rate::Time(compute), None, 10_000, 0);
         assert_eq!(cost.full(), MicroUsd(10_000));
+        assert!(matches!(cost, Cost::Time { ms: 10_000, min_ms: MIN_USEFUL_TIME_MS, .. }));
         let pricing = CallPricing::of(Rate::Time(compute), None, 0);
         assert_eq!(pricing.with_usage(None, 0, 1_500), MicroUsd(1_500));
         assert_eq!(CallPricing::of(Rate::Free, None, 0).without_usage(9, 9), MicroUsd::ZERO);
@@ -230,10 +258,15 @@ mod tests {
             job: false,
             provider: Some("hf-inference"),
             compute,
+            outputs: 1,
         };
         assert_eq!(rate(&base), Rate::Time(compute));
         let per_call = RouteRate::PerRequest(MicroUsd(5));
         assert_eq!(rate(&RateInputs { route_rate: Some(per_call), ..base }), Rate::Fixed(MicroUsd(5)));
+        // a price per request is paid for each output the body asks for
+        assert_eq!(rate(&RateInputs { route_rate: Some(per_call), outputs: 4, ..base }), Rate::Fixed(MicroUsd(20)));
+        // another provider's route that reports no usage and that nothing prices: no guess
+        assert_eq!(rate(&RateInputs { provider: Some("fal-ai"), ..base }), Rate::Unpriced);
         let chat = RateInputs { metering: Metering::Tokens(Api::Chat), ..base };
         assert_eq!(rate(&chat), Rate::Tokens(PRICE));
         let hourly = EndpointPrice::PerHour(ComputePrice(1_000_000));

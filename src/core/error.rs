@@ -20,6 +20,11 @@ pub enum GatewayError {
         limit_bytes: u64,
     },
     InvalidRequest(String),
+    /// A route with no token usage that nothing prices (`ROUTE_PRICES`), for a key billed to
+    /// credits: a price is never guessed.
+    RouteNotPriced {
+        route: String,
+    },
     /// The body asks for something whose cost the body does not bound (a tool the upstream
     /// runs itself, in a loop of its own); `field` names where, `reason` says why.
     UnboundedRequest {
@@ -74,7 +79,7 @@ impl GatewayError {
         match self {
             InvalidApiKey => 401,
             UpstreamPaymentRequired => 402,
-            OriginNotAllowed => 403,
+            OriginNotAllowed | RouteNotPriced { .. } => 403,
             NotFound => 404,
             MethodNotAllowed => 405,
             PreconditionFailed { .. } => 412,
@@ -99,6 +104,7 @@ impl GatewayError {
             PreconditionFailed { .. } => "precondition_failed",
             RequestTooLarge { .. } => "request_too_large",
             InvalidRequest(_) => "invalid_request",
+            RouteNotPriced { .. } => "route_not_priced",
             UnboundedRequest { .. } => "unbounded_request",
             RateLimited { .. } => "rate_limit_exceeded",
             InsufficientQuota { .. } => "insufficient_quota",
@@ -121,7 +127,7 @@ impl GatewayError {
         use GatewayError::*;
         match self {
             InvalidApiKey => "authentication_error",
-            OriginNotAllowed => "permission_error",
+            OriginNotAllowed | RouteNotPriced { .. } => "permission_error",
             NotFound => "not_found_error",
             MethodNotAllowed
             | PreconditionFailed { .. }
@@ -196,6 +202,10 @@ impl fmt::Display for GatewayError {
                 write!(f, "Request body is larger than {limit_bytes} bytes.")
             }
             InvalidRequest(why) => write!(f, "Invalid request: {why}"),
+            RouteNotPriced { route } => write!(
+                f,
+                "Route {route} reports no token usage and has no price: the gateway's operator must price it in ROUTE_PRICES (per request or per second) before keys billed to credits can call it."
+            ),
             UnboundedRequest { field, reason } => write!(
                 f,
                 "The cost of '{field}' cannot be bounded: {reason}. The key's plan may allow such calls by setting server_tool_ceiling_micro_usd, which is then reserved for each call."

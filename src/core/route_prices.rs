@@ -4,9 +4,9 @@
 //!
 //! Such calls say nothing priceable in their answers, so the operator names the price: a
 //! pattern (a path without its leading `/`, or a model id; exact, or ending in `*` for a
-//! prefix) maps to `{"per_request": USD}` or `{"per_second": USD}`. When nothing matches, a
-//! job costs `DEFAULT_JOB_PRICE`, set high on purpose: an unpriced route should be noticed
-//! on the bill, not be free.
+//! prefix) maps to `{"per_request": USD}` or `{"per_second": USD}`. When nothing matches, the
+//! route is not priced and credit-billed keys are refused it (`route_not_priced`): a guessed
+//! price is wrong both ways, and a low one lets upstream bill more than the ledger charged.
 
 use crate::core::ledger::MicroUsd;
 use crate::core::pricing::ComputePrice;
@@ -20,10 +20,6 @@ pub enum RouteRate {
     /// A price per second of upstream time.
     PerSecond(ComputePrice),
 }
-
-/// $0.10 per job when nothing matches: conservative, so an unpriced route costs too much
-/// rather than nothing.
-pub const DEFAULT_JOB_PRICE: MicroUsd = MicroUsd(100_000);
 
 /// The most a route may cost, per request or per second.
 pub const MAX_ROUTE_USD: f64 = 1000.0;
@@ -74,7 +70,7 @@ impl RoutePrices {
         Ok(prices)
     }
 
-    /// No route priced: every job costs `DEFAULT_JOB_PRICE`.
+    /// No route priced.
     pub fn empty() -> RoutePrices {
         RoutePrices::default()
     }
@@ -82,7 +78,7 @@ impl RoutePrices {
     /// The rate for a call. The candidates are the path (its leading `/` removed) and the
     /// model, if any, on the same footing: an exact match beats any prefix match, and among
     /// prefixes the longest wins. Of two exact matches the longer pattern wins; on a tie the
-    /// path does. `None` when nothing matches (the caller then charges `DEFAULT_JOB_PRICE`).
+    /// path does. `None` when nothing matches (the route is then not priced).
     pub fn rate_for(&self, path: &str, model: Option<&str>) -> Option<RouteRate> {
         let path = path.strip_prefix('/').unwrap_or(path);
         let candidates = [Some(path), model];

@@ -93,14 +93,19 @@ pub struct Settings {
     pub max_body_bytes: u64,
     pub retry: RetryPolicy,
     pub provider_urls: HashMap<String, String>,
-    /// How long an unsettled reservation is held before the ledger gives it back.
+    /// How long a hold lasts unless its call renews it (a running call does, every third of
+    /// it): only a hold whose isolate died lapses, and is then charged in full.
     pub reservation_ttl_ms: u64,
+    /// How long the gateway reads on after the caller left, was cut or was answered 504, to
+    /// learn what upstream bills (`METER_GRACE_MS`): under the runtime's 30 s `wait_until`
+    /// grace.
+    pub meter_grace_ms: u64,
     /// Delay between sandbox stream chunks, so local streaming looks like streaming.
     pub sandbox_chunk_delay_ms: u64,
-    /// A stream silent this long is over: upstream stalled, or the caller hung up. It is then
-    /// settled for what was delivered. Under the runtime's 30 s wait_until grace. The wait
-    /// for a stream's first byte (a long prefill) is not idleness: it is bounded by the
-    /// call's deadline instead.
+    /// Upstream silent this long after its first byte has broken the stream; a caller that
+    /// does not read for this long is cut (the gateway reads on without it). The wait for a
+    /// stream's first byte (a long prefill) is not idleness: it is bounded by the call's
+    /// deadline instead.
     pub stream_idle_ms: u64,
     /// The prompt tokens one image, audio or file part is counted at when a call is bounded.
     pub media_part_tokens: u64,
@@ -208,6 +213,7 @@ impl Settings {
             retry,
             provider_urls,
             reservation_ttl_ms: num("RESERVATION_TTL_MS", 900_000, 1_000, 86_400_000)?,
+            meter_grace_ms: num("METER_GRACE_MS", 25_000, 0, 28_000)?,
             sandbox_chunk_delay_ms: num("SANDBOX_CHUNK_DELAY_MS", 20, 0, 5_000)?,
             stream_idle_ms: num("STREAM_IDLE_MS", 20_000, 100, 25_000)?,
             media_part_tokens: num("MEDIA_PART_TOKENS", crate::core::body::DEFAULT_MEDIA_PART_TOKENS, 1, 1_000_000)?,

@@ -160,6 +160,15 @@ pub async fn read_capped(mut source: Source, cap: usize, room: usize) -> Result<
 pub enum Source {
     Stream(ByteStream),
     Bytes(Option<Vec<u8>>),
+    /// What was read already, then the rest.
+    Prefixed(Option<Vec<u8>>, Box<Source>),
+}
+
+impl Source {
+    /// `head`, already read, followed by `rest`.
+    pub fn prefixed(head: Vec<u8>, rest: Source) -> Source {
+        Source::Prefixed(Some(head), Box::new(rest))
+    }
 }
 
 impl Stream for Source {
@@ -169,6 +178,10 @@ impl Stream for Source {
         match &mut *self {
             Source::Stream(s) => Pin::new(s).poll_next(cx),
             Source::Bytes(b) => Poll::Ready(b.take().map(Ok)),
+            Source::Prefixed(head, rest) => match head.take() {
+                Some(h) => Poll::Ready(Some(Ok(h))),
+                None => Pin::new(rest.as_mut()).poll_next(cx),
+            },
         }
     }
 }

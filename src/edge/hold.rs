@@ -1,6 +1,8 @@
-//! A call's hold on credit, as a guard: it is settled to the actual cost or given back exactly
-//! once, whatever path the call takes. Settling consumes it; dropping it unsettled (an error,
-//! an early return, a cooldown) releases it. Nothing releases a reservation by hand.
+//! A call's hold on credit, as a guard: it is settled to the actual cost, charged in full
+//! (its usage could not be learned), or given back, exactly once, whatever path the call
+//! takes. Settling consumes it; dropping it unsettled (an error upstream answered, an early
+//! return, a cooldown) releases it. Nothing releases a reservation by hand. While its call
+//! runs, the call renews it, so that only a hold whose isolate died ever lapses.
 //!
 //! Settles and releases go to the account object after the response is on its way, and those
 //! that land together are coalesced: per account, one request of this isolate at a time sends
@@ -25,6 +27,8 @@ pub struct Hold {
     key_id: String,
     /// The reservation, until it is settled or released.
     reservation: Option<u64>,
+    /// What the reservation holds: what the call is charged when its usage cannot be learned.
+    held: MicroUsd,
     /// Provider-billed (`byok`): usage is recorded, credits are never charged.
     provider_billed: bool,
     /// The model and provider the settle counts the call under.
@@ -40,6 +44,7 @@ impl Hold {
         account: &str,
         key_id: &str,
         reservation: Option<u64>,
+        held: MicroUsd,
         provider_billed: bool,
     ) -> Self {
         Hold {
@@ -48,6 +53,7 @@ impl Hold {
             account: account.to_string(),
             key_id: key_id.to_string(),
             reservation,
+            held,
             provider_billed,
             label: None,
             log: None,
@@ -99,11 +105,12 @@ impl Hold {
         Some(CallLine { model, provider, tokens, log })
     }
 
-    fn settle_op(&mut self, actual: MicroUsd, tokens: TokenUsage) -> Option<Op> {
+    fn settle_op(&mut self, actual: MicroUsd, tokens: TokenUsage, unmetered: bool) -> Option<Op> {
         let line = self.line(tokens);
-        announce(line.as_ref(), actual);
+        let charged = if unmetered { self.held } else { actual };
+        announce(line.as_ref(), charged, if unmetered { charged } else { MicroUsd::ZERO });
         match self.reservation.take() {
-            Some(reservation) => Some(Op::Settle { reservation, actual, line }),
+            Some(reservation) => Some(Op::Settle { reservation, actual, line, unmetered }),
             // nothing was reserved (a provider-billed or free call): recorded all the same
             None if line.as_ref().is_some_and(|l| l.log.is_some())
                 || (self.provider_billed && actual > MicroUsd::ZERO) =>
@@ -117,16 +124,44 @@ impl Hold {
     /// Settles after the response is on its way: the call's cost, and the tokens it was
     /// counted at (for the spend per model and provider).
     pub fn settle(mut self, actual: MicroUsd, tokens: TokenUsage) {
-        if let Some(op) = self.settle_op(actual, tokens) {
+        if let Some(op) = self.settle_op(actual, tokens, false) {
             enqueue(&self.env, &self.ctx, &self.account, op);
+        }
+    }
+
+    /// Charges the reservation in full: the call reached upstream but its usage cannot be
+    /// learned (the stream broke, time ran out, it timed out after upstream had it).
+    /// `bound` is the worst case the reservation covers (for the spend per model), and for
+    /// a provider-billed call, the cost recorded.
+    pub fn unmetered(mut self, bound: MicroUsd, tokens: TokenUsage) {
+        if let Some(l) = self.log.as_mut() {
+            l.error.get_or_insert_with(|| "usage_unknown".into());
+        }
+        if self.reservation.is_none() {
+            // nothing held: a provider-billed call records its worst case, a free one nothing
+            let cost = if self.provider_billed { bound } else { MicroUsd::ZERO };
+            if let Some(op) = self.settle_op(cost, tokens, false) {
+                enqueue(&self.env, &self.ctx, &self.account, op);
+            }
+            return;
+        }
+        if let Some(op) = self.settle_op(bound, tokens, true) {
+            enqueue(&self.env, &self.ctx, &self.account, op);
+        }
+    }
+
+    /// Keeps the hold another `ttl_ms`: its call is still running. Sent with the settles.
+    pub fn renew(&self, ttl_ms: u64) {
+        if let Some(reservation) = self.reservation {
+            enqueue(&self.env, &self.ctx, &self.account, Op::Renew { reservations: vec![reservation], ttl_ms });
         }
     }
 }
 
 /// One structured line per call for the operator's log (`wrangler tail`): the request log's
 /// record, nothing more (no prompt, no completion, no secret).
-fn announce(line: Option<&CallLine>, cost: MicroUsd) {
-    if let Some(record) = line.and_then(|l| l.log.as_ref().map(|log| Record::of(l, log, cost.0))) {
+fn announce(line: Option<&CallLine>, cost: MicroUsd, unmetered: MicroUsd) {
+    if let Some(record) = line.and_then(|l| l.log.as_ref().map(|log| Record::of(l, log, cost.0, unmetered.0))) {
         if let Ok(text) = serde_json::to_string(&record) {
             worker::console_log!("{{\"call\":{text}}}");
         }
@@ -216,7 +251,7 @@ impl Drop for Hold {
             l.error = Some("upstream_error".into());
         }
         let line = self.line(TokenUsage::default());
-        announce(line.as_ref(), MicroUsd::ZERO);
+        announce(line.as_ref(), MicroUsd::ZERO, MicroUsd::ZERO);
         match self.reservation.take() {
             Some(reservation) => enqueue(&self.env, &self.ctx, &self.account, Op::Release { reservation, line }),
             None if line.as_ref().is_some_and(|l| l.log.is_some()) => enqueue(

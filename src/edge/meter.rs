@@ -1,261 +1,412 @@
-//! Where a call is metered: a whole response is read for its `usage`; a stream is metered as
-//! it passes and settled when it ends, is cut, or stalls. Either way the hold is settled once,
-//! to what upstream reported, or, when it reported nothing, to what was delivered within the
-//! bound.
+//! Where a call is metered: upstream's answer is read to its end, whatever the caller does,
+//! and the hold settled once on the usage upstream reports, or charged in full when that
+//! usage cannot be learned.
+//!
+//! A whole answer is read before the caller sees it (it carries the usage). A stream is
+//! pumped by the call's task, not pulled by the caller: the task reads upstream at
+//! upstream's pace into a pipe the caller reads from. A caller that hangs up, or stops
+//! reading for `STREAM_IDLE_MS`, is cut (it gets an error and nothing more), and the task
+//! reads on to the final usage, within the platform's grace after the cut
+//! (`METER_GRACE_MS`). Upstream silent past the idle limit (or, before its first byte, past
+//! the call's deadline) has broken the stream: the caller is cut, and unless the final count
+//! already came, the hold is charged in full.
 
-use crate::core::body;
 use crate::core::call::CallPricing;
 use crate::core::error::GatewayError;
-use crate::core::pricing::TokenUsage;
+use crate::core::paths::Api;
 use crate::core::sse::SseMeter;
 use crate::core::time::UnixMillis;
-use crate::edge::body_io::{read_capped, response_body, whole, Capped, Source};
+use crate::edge::body_io::{read_capped, Capped, Source};
 use crate::edge::hold::Hold;
-use crate::edge::platform;
-use futures_util::future::{self, Either};
+use crate::edge::platform::{self, Timer};
 use futures_util::Stream;
-use futures_util::StreamExt;
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context as TaskContext, Poll, Waker};
-use worker::{Context, Headers, Response};
+use worker::{Headers, Response};
 
 /// Responses larger than this are not buffered to read their usage; they are passed through
-/// and charged their bound.
+/// and charged their reservation.
 const MAX_BUFFERED_RESPONSE: usize = 32 * 1024 * 1024;
-/// Responses up to this size are read in one call (the runtime's copy and the wasm copy are
-/// then held at once, briefly); larger ones through a reader, into their room.
-const READ_WHOLE_RESPONSE: usize = 1024 * 1024;
+/// The most a stream queues for a caller that reads slower than upstream writes; beyond it
+/// the task waits for the caller (which, stalled, is cut after the idle limit).
+const MAX_QUEUED: usize = 4 * 1024 * 1024;
 
-fn unreadable<E>(_: E) -> GatewayError {
-    GatewayError::UpstreamError("unreadable response".into())
-}
-
-/// A response passed through as it comes (upstream refused the call; nothing is owed).
-pub async fn pass_through(mut resp: Response, status: u16, headers: Headers) -> Result<Response, GatewayError> {
-    let body = response_body(&mut resp).await;
-    Response::from_stream(body).map(|r| r.with_status(status).with_headers(headers)).map_err(unreadable)
-}
-
-/// A whole (non-streamed) response: read for its usage, settled, passed on.
-pub async fn whole_body(
-    mut resp: Response,
-    status: u16,
-    headers: Headers,
-    hold: Hold,
-    pricing: CallPricing,
-) -> Result<Response, GatewayError> {
-    let declared = resp.headers().get("content-length").ok().flatten().and_then(|v| v.trim().parse::<usize>().ok());
-    if declared.is_some_and(|n| n <= READ_WHOLE_RESPONSE) {
-        // a small declared length: read whole, in one call, not through a reader
-        let whole_response: web_sys::Response = resp.into();
-        let Ok(bytes) = whole(whole_response.array_buffer()).await else {
-            return Err(GatewayError::UpstreamError("upstream body could not be read".into()));
-        };
-        let (cost, tokens) = pricing.charge(body::usage_of_body(&bytes), bytes.len() as u64, 0);
-        hold.settle(cost, tokens);
-        return crate::edge::response::bytes(status, bytes, headers).map_err(unreadable);
-    }
-    let source = response_body(&mut resp).await;
-    let (bytes, rest) = match read_capped(source, MAX_BUFFERED_RESPONSE, 64 * 1024).await {
-        Ok(Capped::Whole(bytes)) => (bytes, None),
-        Ok(Capped::Over(head, rest)) => (head, Some(rest)),
-        // dropping the hold releases it: nothing was delivered
-        Err(_) => return Err(GatewayError::UpstreamError("upstream body could not be read".into())),
-    };
-    let Some(rest) = rest else {
-        let (cost, tokens) = pricing.charge(body::usage_of_body(&bytes), bytes.len() as u64, 0);
-        hold.settle(cost, tokens);
-        return crate::edge::response::bytes(status, bytes, headers).map_err(unreadable);
-    };
-    // too large to hold for its usage: passed through as it comes, charged its bound
-    let (cost, tokens) = pricing.charge(None, u64::MAX, 0);
-    hold.settle(cost, tokens);
-    let stream = futures_util::stream::iter([Ok(bytes)]).chain(rest);
-    Response::from_stream(stream).map(|r| r.with_status(status).with_headers(headers)).map_err(unreadable)
-}
-
-/// What a metered stream has delivered so far, shared with its settle task.
-#[derive(Debug, Default)]
-struct Progress {
-    usage: Option<TokenUsage>,
-    delivered_events: u64,
-    /// When the first byte came; until then the stream waits on a prefill, not idle.
-    first_byte: Option<UnixMillis>,
-    last_activity: UnixMillis,
-    ended_at: Option<UnixMillis>,
-    /// The settle task, to wake when the stream finishes.
-    settler: Option<Waker>,
-}
-
-/// How long a stream may be silent before it is over: until its first byte, the rest of
-/// the call's deadline (a long prefill is not a stall); after it, the idle limit.
+/// How long a call's parts may take, all from the call's own settings.
 #[derive(Clone, Copy, Debug)]
-pub struct Silence {
+pub struct Limits {
+    /// Upstream silent this long after its first byte has broken the stream; a caller not
+    /// reading this long is cut.
     pub idle_ms: u64,
+    /// Upstream's first byte is awaited until then (a long prefill is not a stall).
     pub first_byte_by: UnixMillis,
+    /// How long the task reads on after the caller is gone or cut.
+    pub grace_ms: u64,
+    /// A time-billed call's end: the time its reservation pays for.
+    pub cut_at: Option<UnixMillis>,
+    /// A running call renews its hold this often, for `ttl_ms` each time.
+    pub renew_every_ms: u64,
+    pub ttl_ms: u64,
 }
 
-impl Silence {
-    fn allowed_ms(&self, p: &Progress, now: UnixMillis) -> u64 {
-        match p.first_byte {
-            None => self.first_byte_by.millis_since(now),
-            Some(_) => self.idle_ms.saturating_sub(now.millis_since(p.last_activity)),
-        }
+/// An answer's body as the caller gets it.
+pub enum Body {
+    /// Read whole.
+    Bytes(Vec<u8>),
+    /// Passed through as it comes (a refusal, or an answer too large to hold).
+    Pass(Source),
+    /// Pumped by the call's task.
+    Pipe(CallerEnd),
+}
+
+impl Body {
+    /// The caller's response.
+    pub fn respond(self, status: u16, headers: Headers) -> Result<Response, GatewayError> {
+        let built = match self {
+            Body::Bytes(bytes) => crate::edge::response::bytes(status, bytes, headers),
+            Body::Pass(source) => Response::from_stream(source).map(|r| r.with_status(status).with_headers(headers)),
+            Body::Pipe(end) => Response::from_stream(end).map(|r| r.with_status(status).with_headers(headers)),
+        };
+        built.map_err(|_| GatewayError::UpstreamError("unreadable response".into()))
     }
 }
 
-/// A streamed (or unbuffered) response: passed through as it comes and metered; its settle
-/// task settles the hold when the stream ends, is cut, or goes silent.
-#[allow(clippy::too_many_arguments)]
-pub async fn stream(
-    mut resp: Response,
-    status: u16,
-    headers: Headers,
-    ctx: &Rc<Context>,
+/// Runs `fut` while renewing `hold` every `limits.renew_every_ms`: a call waiting on
+/// upstream is running, and keeps its hold.
+pub async fn renewing<F: Future>(hold: &Hold, limits: &Limits, fut: F) -> F::Output {
+    futures_util::pin_mut!(fut);
+    let every = limits.renew_every_ms.max(1);
+    let mut timer = Box::pin(Timer::after_ms(every));
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(v) = fut.as_mut().poll(cx) {
+            return Poll::Ready(v);
+        }
+        while timer.as_mut().poll(cx).is_ready() {
+            hold.renew(limits.ttl_ms);
+            timer = Box::pin(Timer::after_ms(every));
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// A whole (non-streamed) answer: read to its end by `give_up_at`, settled on its usage, or
+/// charged in full when it carries none or could not be read.
+pub async fn whole(
+    source: Source,
     hold: Hold,
     pricing: CallPricing,
-    sse: Option<SseMeter>,
     started: UnixMillis,
-    silence: Silence,
-) -> Result<Response, GatewayError> {
-    let inner = response_body(&mut resp).await;
-    let progress = Rc::new(RefCell::new(Progress { last_activity: platform::now(), ..Progress::default() }));
-    let watched = progress.clone();
-    // The settle task watches the stream rather than waiting for it to say it ended: a
-    // caller that hangs up may leave the stream neither finished nor dropped, and its cost
-    // must still be settled (for what was delivered) within the runtime's wait_until grace.
-    let settle = async move {
-        loop {
-            let (ended, left) = {
-                let p = watched.borrow();
-                (p.ended_at.is_some(), silence.allowed_ms(&p, platform::now()))
-            };
-            if ended || left == 0 {
-                break;
-            }
-            // woken at once when the stream finishes, or after a while to look for silence
-            // (or for a stream that was dropped)
-            let tick = platform::sleep_ms(left.clamp(50, 1_000));
-            let finished = future::poll_fn(|cx| {
-                let mut p = watched.borrow_mut();
-                if p.ended_at.is_some() {
-                    return Poll::Ready(());
+    give_up_at: UnixMillis,
+    limits: &Limits,
+) -> Result<Body, GatewayError> {
+    let read = read_capped(source, MAX_BUFFERED_RESPONSE, 64 * 1024);
+    let left = give_up_at.millis_since(platform::now());
+    let read = renewing(&hold, limits, platform::within(left, async { Some(read.await) })).await;
+    let elapsed = platform::now().millis_since(started);
+    match read {
+        Some(Ok(Capped::Whole(bytes))) => {
+            match crate::core::body::usage_of_body(&bytes) {
+                Some(usage) => {
+                    let (cost, tokens) = pricing.charge(Some(usage), 0, elapsed);
+                    hold.settle(cost, tokens);
                 }
-                p.settler = Some(cx.waker().clone());
-                Poll::Pending
-            });
-            futures_util::pin_mut!(tick);
-            futures_util::pin_mut!(finished);
-            if let Either::Left(_) = future::select(finished, tick).await {
-                break;
+                None => {
+                    let (bound, tokens) = pricing.bound(elapsed);
+                    hold.unmetered(bound, tokens);
+                }
             }
+            Ok(Body::Bytes(bytes))
         }
-        let (cost, tokens) = {
-            let p = watched.borrow();
-            let ended_at = p.ended_at.unwrap_or(p.last_activity);
-            pricing.charge(p.usage, p.delivered_events, ended_at.millis_since(started))
-        };
-        watched.borrow_mut().settler = None;
-        hold.settle(cost, tokens);
-    };
-    ctx.wait_until(settle);
-    let metered = Metered { inner, meter: sse, progress, silence, timer: None, finished: false };
-    Response::from_stream(metered).map(|r| r.with_status(status).with_headers(headers)).map_err(unreadable)
-}
-
-/// Passes an upstream body through, metering it as it goes. Ends (as a cut) when upstream
-/// finishes, fails, or stays silent past what `Silence` allows.
-struct Metered {
-    inner: Source,
-    meter: Option<SseMeter>,
-    progress: Rc<RefCell<Progress>>,
-    silence: Silence,
-    timer: Option<Pin<Box<platform::Timer>>>,
-    finished: bool,
-}
-
-impl Metered {
-    fn record(&mut self) {
-        let now = platform::now();
-        let mut p = self.progress.borrow_mut();
-        if let Some(m) = &self.meter {
-            p.usage = m.final_usage;
-            p.delivered_events = m.delivered_bytes;
+        // too large to hold for its usage: passed through as it comes, charged in full
+        Some(Ok(Capped::Over(head, rest))) => {
+            let (bound, tokens) = pricing.bound(elapsed);
+            hold.unmetered(bound, tokens);
+            Ok(Body::Pass(Source::prefixed(head, rest)))
         }
-        p.last_activity = now;
-    }
-
-    fn end(&mut self) {
-        self.record();
-        self.progress.borrow_mut().ended_at.get_or_insert_with(platform::now);
-    }
-
-    /// The stream's end as its reader sees it, in the pull of the request that reads it: the
-    /// settle task is woken at once.
-    fn finish(&mut self) -> Poll<Option<Result<Vec<u8>, worker::Error>>> {
-        self.finished = true;
-        let rest = self.meter.as_mut().map(SseMeter::finish).unwrap_or_default();
-        self.end();
-        let settler = self.progress.borrow_mut().settler.take();
-        if let Some(settler) = settler {
-            settler.wake();
+        // it broke, or time ran out: upstream billed what it billed, which nobody said
+        _ => {
+            let (bound, tokens) = pricing.bound(elapsed);
+            hold.unmetered(bound, tokens);
+            Err(GatewayError::UpstreamError("upstream body could not be read".into()))
         }
-        Poll::Ready((!rest.is_empty()).then_some(Ok(rest)))
     }
 }
 
-impl Stream for Metered {
+/// What a stream's two ends share: chunks for the caller, and how each end stands.
+#[derive(Default)]
+struct Pipe {
+    queue: VecDeque<Vec<u8>>,
+    queued: usize,
+    /// Upstream is done: the caller gets what is queued, then the end.
+    ended: bool,
+    /// The caller was cut: it gets an error, then nothing.
+    cut: bool,
+    /// The caller's end is gone (it hung up, or nobody took the answer).
+    gone: bool,
+    /// Since when the caller has had something to read and not read it.
+    unread_since: Option<UnixMillis>,
+    reader: Option<Waker>,
+    writer: Option<Waker>,
+}
+
+impl Pipe {
+    fn cut(&mut self) {
+        self.cut = true;
+        self.queue.clear();
+        self.queued = 0;
+        self.unread_since = None;
+        if let Some(w) = self.reader.take() {
+            w.wake();
+        }
+    }
+}
+
+/// The caller's end of a pumped stream.
+pub struct CallerEnd {
+    pipe: Rc<RefCell<Pipe>>,
+    /// The cut was reported: the stream is over.
+    over: bool,
+}
+
+impl Stream for CallerEnd {
     type Item = Result<Vec<u8>, worker::Error>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
-        if self.finished {
+        if self.over {
             return Poll::Ready(None);
         }
-        loop {
-            match Pin::new(&mut self.inner).poll_next(cx) {
-                Poll::Pending => {
-                    if self.timer.is_none() {
-                        let left = self.silence.allowed_ms(&self.progress.borrow(), platform::now());
-                        self.timer = Some(Box::pin(platform::Timer::after_ms(left)));
-                    }
-                    if let Some(timer) = self.timer.as_mut() {
-                        if timer.as_mut().poll(cx).is_ready() {
-                            // upstream went silent: cut it here, charged for what came
-                            return self.finish();
-                        }
-                    }
-                    return Poll::Pending;
-                }
-                Poll::Ready(Some(Ok(chunk))) => {
-                    self.timer = None;
-                    self.progress.borrow_mut().first_byte.get_or_insert_with(platform::now);
-                    let out = match self.meter.as_mut() {
-                        Some(m) => m.feed(&chunk),
-                        None => chunk,
-                    };
-                    self.record();
-                    if !out.is_empty() {
-                        return Poll::Ready(Some(Ok(out)));
-                    }
-                }
-                // clean end, or upstream broke mid-stream: either way, flush and report
-                Poll::Ready(_) => return self.finish(),
+        let pipe = self.pipe.clone();
+        let mut p = pipe.borrow_mut();
+        if p.cut {
+            // an error, not an end: the caller must not take a cut stream for a whole one
+            self.over = true;
+            return Poll::Ready(Some(Err(worker::Error::RustError("the stream was cut".into()))));
+        }
+        if let Some(chunk) = p.queue.pop_front() {
+            p.queued = p.queued.saturating_sub(chunk.len());
+            p.unread_since = (!p.queue.is_empty()).then(platform::now);
+            if let Some(w) = p.writer.take() {
+                w.wake();
             }
+            return Poll::Ready(Some(Ok(chunk)));
+        }
+        if p.ended {
+            return Poll::Ready(None);
+        }
+        p.reader = Some(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+/// Dropped (the caller hung up, or the garbage collector freed an answer nobody read): the
+/// task sees it at its next chunk or tick. It wakes nobody: it may be dropped where no
+/// request runs, and a task woken there would be polled there, where the runtime refuses
+/// its timers.
+impl Drop for CallerEnd {
+    fn drop(&mut self) {
+        if let Ok(mut p) = self.pipe.try_borrow_mut() {
+            p.gone = true;
+            p.queue.clear();
+            p.queued = 0;
+            p.reader = None;
         }
     }
 }
 
-/// A stream dropped unfinished (a caller that hung up, or the garbage collector freeing a
-/// response nobody reads any more) is marked over, but wakes no one: it may be dropped where
-/// no request runs, and a settle task woken there would be polled there, where the runtime
-/// refuses its timer and its `wait_until`, and such a refusal re-instantiates the wasm
-/// instance, hanging every call in flight. The settle task sees the end at its next tick,
-/// in its own request.
-impl Drop for Metered {
-    fn drop(&mut self) {
-        self.end();
+/// A streamed (or unbuffered) answer: the caller's end, and the pump that feeds it and
+/// settles the hold when upstream is done (the call's task runs it to its end).
+pub fn stream(
+    source: Source,
+    hold: Hold,
+    pricing: CallPricing,
+    sse: Option<(Api, bool)>,
+    attempt_started: UnixMillis,
+    limits: Limits,
+) -> (Body, impl Future<Output = ()>) {
+    let pipe = Rc::new(RefCell::new(Pipe::default()));
+    let end = CallerEnd { pipe: pipe.clone(), over: false };
+    let meter = sse.map(|(api, hide)| SseMeter::new(api, hide));
+    (Body::Pipe(end), pump(source, pipe, meter, hold, pricing, attempt_started, limits))
+}
+
+/// How a pumped stream ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum End {
+    /// Upstream finished (cleanly, or its connection broke).
+    Upstream,
+    /// Upstream went silent past what the limits allow.
+    Silent,
+    /// The grace after the caller left ran out, or a time-billed call's time was spent.
+    OutOfTime,
+}
+
+async fn pump(
+    mut source: Source,
+    pipe: Rc<RefCell<Pipe>>,
+    mut meter: Option<SseMeter>,
+    hold: Hold,
+    pricing: CallPricing,
+    started: UnixMillis,
+    limits: Limits,
+) {
+    let mut first_byte: Option<UnixMillis> = None;
+    let mut last_chunk = platform::now();
+    // when the caller was cut or found gone: the grace runs from then
+    let mut left_at: Option<UnixMillis> = None;
+    let mut next_renew = platform::now().saturating_add_ms(limits.renew_every_ms.max(1));
+    let mut timer: Option<(UnixMillis, Pin<Box<Timer>>)> = None;
+    let end = loop {
+        let now = platform::now();
+        {
+            let mut p = pipe.borrow_mut();
+            if (p.gone || p.cut) && left_at.is_none() {
+                left_at = Some(now);
+            }
+            // a caller with something to read that has not read it for the idle limit is cut
+            if let (Some(since), false, false) = (p.unread_since, p.cut, p.gone) {
+                if now.millis_since(since) >= limits.idle_ms {
+                    p.cut();
+                    left_at = Some(now);
+                }
+            }
+        }
+        if now >= next_renew {
+            hold.renew(limits.ttl_ms);
+            next_renew = now.saturating_add_ms(limits.renew_every_ms.max(1));
+        }
+        // the earliest moment something must be looked at again
+        let silent_at = match first_byte {
+            None => limits.first_byte_by,
+            Some(_) => last_chunk.saturating_add_ms(limits.idle_ms),
+        };
+        let mut due = silent_at.min(next_renew);
+        if let Some(at) = left_at {
+            due = due.min(at.saturating_add_ms(limits.grace_ms));
+        }
+        if let Some(at) = limits.cut_at {
+            due = due.min(at);
+        }
+        if let Some(since) = pipe.borrow().unread_since {
+            due = due.min(since.saturating_add_ms(limits.idle_ms));
+        }
+        if now >= silent_at {
+            break End::Silent;
+        }
+        if left_at.is_some_and(|at| now >= at.saturating_add_ms(limits.grace_ms))
+            || limits.cut_at.is_some_and(|at| now >= at)
+        {
+            break End::OutOfTime;
+        }
+        if timer.as_ref().is_none_or(|(at, _)| *at > due) {
+            timer = Some((due, Box::pin(Timer::after_ms(due.millis_since(now).max(1)))));
+        }
+        let next = std::future::poll_fn(|cx| {
+            {
+                let mut p = pipe.borrow_mut();
+                if p.queued >= MAX_QUEUED && !p.cut && !p.gone {
+                    // the caller is behind: wait for it to read (or for the stall timer)
+                    p.writer = Some(cx.waker().clone());
+                } else if let Poll::Ready(item) = Pin::new(&mut source).poll_next(cx) {
+                    return Poll::Ready(Some(item));
+                }
+            }
+            if let Some((_, t)) = timer.as_mut() {
+                if t.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(None);
+                }
+            }
+            Poll::Pending
+        })
+        .await;
+        match next {
+            // a tick: look again
+            None => {
+                timer = None;
+            }
+            Some(Some(Ok(chunk))) => {
+                let now = platform::now();
+                first_byte.get_or_insert(now);
+                last_chunk = now;
+                let out = match meter.as_mut() {
+                    Some(m) => m.feed(&chunk),
+                    None => chunk,
+                };
+                let mut p = pipe.borrow_mut();
+                if !out.is_empty() && !p.cut && !p.gone {
+                    p.queued += out.len();
+                    p.queue.push_back(out);
+                    p.unread_since.get_or_insert(now);
+                    if let Some(w) = p.reader.take() {
+                        w.wake();
+                    }
+                }
+            }
+            // upstream finished, or its connection broke: either way, flush and settle
+            Some(_) => break End::Upstream,
+        }
+    };
+    let rest = meter.as_mut().map(SseMeter::finish).unwrap_or_default();
+    {
+        let mut p = pipe.borrow_mut();
+        match end {
+            End::Upstream if !p.cut && !p.gone => {
+                if !rest.is_empty() {
+                    p.queued += rest.len();
+                    p.queue.push_back(rest);
+                }
+                p.ended = true;
+                if let Some(w) = p.reader.take() {
+                    w.wake();
+                }
+            }
+            End::Upstream => {}
+            // silent, or out of time: whatever the caller has not read is not a whole answer
+            End::Silent | End::OutOfTime => {
+                if !p.gone {
+                    p.cut();
+                }
+            }
+        }
     }
+    drop(source);
+    settle(hold, pricing, meter.as_ref(), started, limits, platform::now());
+}
+
+/// Settles a pumped call: on upstream's final usage count when it came; for a token-priced
+/// call without one, the reservation in full; a time-billed call for its time, no longer
+/// than its reservation pays for; a priced-per-call one at its price.
+fn settle(
+    hold: Hold,
+    pricing: CallPricing,
+    meter: Option<&SseMeter>,
+    started: UnixMillis,
+    limits: Limits,
+    now: UnixMillis,
+) {
+    let ended = limits.cut_at.map_or(now, |cut| cut.min(now));
+    let elapsed = ended.millis_since(started);
+    match meter.and_then(|m| m.final_usage) {
+        Some(usage) => {
+            let (cost, tokens) = pricing.charge(Some(usage), 0, elapsed);
+            hold.settle(cost, tokens);
+        }
+        None if pricing.is_tokens() => {
+            let (bound, tokens) = pricing.bound(elapsed);
+            hold.unmetered(bound, tokens);
+        }
+        None => {
+            let (cost, tokens) = pricing.charge(None, 0, elapsed);
+            hold.settle(cost, tokens);
+        }
+    }
+}
+
+/// A response passed through as it comes (a job poll, or upstream refused the call).
+pub async fn pass_through(mut resp: Response, status: u16, headers: Headers) -> Result<Response, GatewayError> {
+    let body = crate::edge::body_io::response_body(&mut resp).await;
+    Body::Pass(body).respond(status, headers)
 }

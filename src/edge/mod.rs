@@ -8,6 +8,7 @@ pub mod body_io;
 pub mod config;
 pub mod cooldown_do;
 pub mod entry;
+pub mod forward;
 pub mod health;
 pub mod hold;
 pub mod kv;

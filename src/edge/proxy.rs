@@ -1,37 +1,32 @@
-//! A proxied call from start to end: authenticate, bound, admit, send, meter.
+//! A proxied call, read once from top to bottom: who is calling, what may the call cost,
+//! admit it, forward it (metering and settling happen in the call's own task, `forward`).
 //!
 //! The order is the budget's guarantee: the body is inspected and the call's worst case
-//! bounded (`core::body`); one Durable Object round trip admits it and reserves that worst
-//! case, lowering the output bound when the credit cannot pay for all of it; the body sent
-//! upstream carries the bound reserved; the hold is a guard that is settled to the actual cost
-//! after the response is on its way, or released, exactly once. Sending and retrying live in
-//! `upstream`, metering in `meter`, body memory in `body_io`.
+//! bounded by the upstream's own rules (`core::body`); one Durable Object round trip admits
+//! it and reserves that worst case, lowering the output bound (or a time-billed call's time)
+//! when the credit cannot pay for all of it; the body sent upstream carries the bound
+//! reserved in every limit field upstream may honour; the hold is a guard that the call's
+//! task settles to what upstream reports, charges in full when that cannot be learned, or
+//! releases when upstream answered non-2xx or never had the request.
 
 use crate::core::account::{Admission, AdmitRequest};
 use crate::core::body::{self, CallShape};
-use crate::core::call::{self, RateInputs};
+use crate::core::call::{self, CallPricing, Rate, RateInputs};
 use crate::core::caller::Caller;
 use crate::core::cors;
 use crate::core::error::GatewayError;
-use crate::core::headers;
 use crate::core::jobs::{self, JobCall};
 use crate::core::paths::{cooldown_route, Api, Metering, ProxyRoute};
 use crate::core::price_book::{quote, split_model, Pin};
 use crate::core::request_log::CallLog;
 use crate::core::settings::Settings;
-use crate::core::spend::JobRow;
-use crate::core::sse::SseMeter;
-use crate::edge::account_do;
-use crate::edge::auth;
-use crate::edge::body_io;
+use crate::edge::forward::{self, Forward, JobSubmit, AUTO};
 use crate::edge::hold::Hold;
-use crate::edge::meter::{self, Silence};
-use crate::edge::platform;
 use crate::edge::response::Meta;
 use crate::edge::upstream::{self, Outbound, Target};
+use crate::edge::{account_do, auth, body_io, meter, platform};
 use crate::edge::{cooldown_do, kv, prices};
 use futures_util::future;
-use futures_util::StreamExt;
 use std::rc::Rc;
 use worker::{Context, Env, Request, Response};
 
@@ -39,11 +34,12 @@ pub async fn handle(
     mut req: Request,
     env: &Env,
     ctx: &Rc<Context>,
-    s: &Settings,
+    s: &Rc<Settings>,
     meta: &mut Meta,
     route: ProxyRoute,
     origin: Option<&str>,
 ) -> Result<Response, GatewayError> {
+    // who is calling, and what it asks for
     let caller = auth::authenticate(&req, env, s, origin).await?;
     meta.cors_origin = cors::allow_origin(&s.cors, &caller.record.allowed_origins, origin);
     if let Some(name) = &route.endpoint {
@@ -74,7 +70,6 @@ pub async fn handle(
         _ => {}
     }
     let submit = job == JobCall::Submit;
-
     let body = body_io::read_request(&mut req, s.max_body_bytes).await?;
     let shape = match route.metering {
         Metering::Tokens(api) => Some(body::inspect(&body.bytes, api, s.media_part_tokens)?),
@@ -98,14 +93,18 @@ pub async fn handle(
     // names the model without the suffix the provider would not know
     let rename = target.is_direct(&caller, &route) && route.provider.is_none() && pinned.is_some();
 
-    // priced: tokens at the live book's price (the dearest live provider's when the router
-    // chooses), or by ROUTE_PRICES, upstream time, or the endpoint's own price
+    // what may it cost: tokens at the live book's price (the dearest live provider's when the
+    // router chooses), or by ROUTE_PRICES, upstream time, or the endpoint's own price
     let book = match (route.metering, &route.endpoint) {
         (Metering::Tokens(_), None) => prices::book(env, ctx, s).await,
         _ => None,
     };
     let quote = quote(&s.prices, book.as_deref(), &model, route.provider.as_deref());
     let endpoint_price = route.endpoint.as_ref().and_then(|n| s.endpoints.get(n)).map(|e| &e.price);
+    let outputs = match route.metering {
+        Metering::Time => body::outputs_of(&body.bytes)?,
+        Metering::Tokens(_) | Metering::Unmetered => 1,
+    };
     let rate = call::rate(&RateInputs {
         metering: route.metering,
         endpoint: endpoint_price,
@@ -114,11 +113,31 @@ pub async fn handle(
         job: submit,
         provider: route.provider.as_deref(),
         compute: s.compute,
+        outputs,
     });
+    let rate = match rate {
+        // a provider bills a byok key directly: the gateway only records its usage
+        Rate::Unpriced if caller.account_policy.provider_billed => Rate::Free,
+        Rate::Unpriced => return Err(GatewayError::RouteNotPriced { route: route.path.clone() }),
+        rate => rate,
+    };
+    let server_tools_ceiling = match shape.as_ref().and_then(|sh| sh.server_tools.as_ref()) {
+        // the router runs these tools in a loop whose cost nothing in the body bounds: only a
+        // plan that sets a per-call ceiling may use them, and that ceiling is reserved
+        Some(unbounded) => match caller.plan.server_tool_ceiling_micro_usd {
+            Some(ceiling) => Some(crate::core::ledger::MicroUsd(ceiling)),
+            None => return Err(unbounded.refusal()),
+        },
+        None => None,
+    };
     let asked = shape.as_ref().map(|sh| sh.output_bound(caller.plan.default_max_tokens));
-    let cost =
+    let mut cost =
         call::worst_case(rate, shape.as_ref(), s.retry.deadline_ms, asked.unwrap_or(caller.plan.default_max_tokens));
+    if let Some(ceiling) = server_tools_ceiling {
+        cost = crate::core::account::Cost::Fixed { amount: ceiling.max(cost.full()) };
+    }
 
+    // admit: revoked? throttled? the worst case reserved (in parallel, the route's cooldown)
     let path_provider = route.provider.as_deref().or(route.endpoint.as_deref());
     let cooldown_key =
         cooldown_route(&upstream::credential(&caller, &route, pinned), path_provider, &model, &route.path);
@@ -136,7 +155,7 @@ pub async fn handle(
     let (admission, cooling) = future::join(admit, cooldown_do::remaining(env, &cooldown_key)).await;
     meta.timing.push(("ledger", platform::now().millis_since(admit_started)));
     let (mut hold, granted) = match admission? {
-        Admission::Admitted { reservation, output, rate, stale } => {
+        Admission::Admitted { reservation, output, rate, stale, held } => {
             meta.rate = Some(rate);
             if stale {
                 kv::forget_key(&caller.record.digest);
@@ -147,6 +166,7 @@ pub async fn handle(
                 &caller.account,
                 &caller.record.id,
                 reservation,
+                held,
                 caller.account_policy.provider_billed,
             );
             (hold, output)
@@ -176,10 +196,21 @@ pub async fn handle(
             ..CallLog::default()
         });
     }
+    if let Some(wait_ms) = cooling.filter(|w| *w > 0) {
+        // dropping the hold gives the reservation back; the record says why
+        let e = GatewayError::UpstreamRateLimited { retry_after_ms: wait_ms };
+        hold.outcome(e.status(), Some(e.code()));
+        return Err(e);
+    }
 
-    // The body upstream carries exactly the bound that was reserved.
-    let output = granted.or(asked).unwrap_or(0);
-    if granted.is_some() && granted < asked {
+    // forward: the body upstream carries exactly the bound that was reserved
+    let started = platform::now();
+    let (output, cut_at) = match rate {
+        // a time-billed call runs for the time it was granted, no longer
+        Rate::Time(_) => (0, Some(started.saturating_add_ms(granted.unwrap_or(s.retry.deadline_ms)))),
+        _ => (granted.or(asked).unwrap_or(0), None),
+    };
+    if rate != Rate::Free && matches!(route.metering, Metering::Tokens(_)) && granted.is_some() && granted < asked {
         meta.output_limit = granted;
     }
     let mut edits = shape.as_ref().map(|sh: &CallShape| sh.edits(output)).unwrap_or_default();
@@ -189,75 +220,44 @@ pub async fn handle(
     let upstream_body = body_io::upstream_body(&body.bytes, &edits);
     let permit = body.permit;
     drop(body.bytes);
-    let mut pricing = call::CallPricing::of(rate, shape.as_ref(), output);
-    if let Some(wait_ms) = cooling.filter(|w| *w > 0) {
-        // dropping the hold gives the reservation back; the record says why
-        let e = GatewayError::UpstreamRateLimited { retry_after_ms: wait_ms };
-        hold.outcome(e.status(), Some(e.code()));
-        return Err(e);
-    }
-
-    let out_headers = upstream::upstream_headers(req.headers(), caller.bill_to());
-    let started = platform::now();
+    let pricing = CallPricing::of(rate, shape.as_ref(), output);
+    let router_chooses =
+        route.endpoint.is_none() && pinned.is_none() && route.provider.is_none() && pricing.is_tokens();
+    let answer_by = started.saturating_add_ms(s.retry.deadline_ms);
     upstream::note_attempt(started);
-    let outbound = Outbound {
-        target: &target,
-        route: &route,
-        query: query.as_deref(),
-        method: &method,
-        headers: &out_headers,
-        body: upstream_body.as_ref(),
+    let call = Forward {
+        env: env.clone(),
+        ctx: ctx.clone(),
+        settings: s.clone(),
+        headers: upstream::upstream_headers(req.headers(), caller.bill_to()),
+        target,
+        query,
+        method,
+        body: upstream_body,
+        permit,
+        cooldown_key,
+        hold,
+        pricing,
+        router_choice: router_chooses.then(|| (quote, label_model.to_string())),
+        tokens: shape.as_ref().map(|sh| (sh.api, sh.hides_usage())),
+        job: submit.then(|| JobSubmit {
+            account: caller.account.clone(),
+            key_id: caller.record.id.clone(),
+            path: route.path.clone(),
+        }),
+        route,
+        started,
+        cut_at,
+        answer_by: cut_at.map_or(answer_by, |c| c.min(answer_by)),
     };
-    let sent = upstream::send_with_retries(env, ctx, s, &outbound, started, &cooldown_key).await;
-    drop(permit);
+    let answer = forward::run(call).await;
     meta.timing.push(("upstream", platform::now().millis_since(started)));
-    let sent = match sent {
-        Ok(sent) => sent,
-        Err(e) => {
-            hold.outcome(e.status(), Some(e.code()));
-            return Err(e);
-        }
-    };
-    let (resp, attempt_started) = (sent.resp, sent.attempt_started);
-    hold.timing(platform::now().millis_since(started), sent.retries, sent.waited_ms);
-
-    let status = resp.status_code();
-    if let Some(id) = resp.headers().get("x-request-id").ok().flatten().filter(|v| headers::safe_value(v, 128)) {
-        hold.upstream_id(&id);
-        meta.request_id = id;
+    let answer = answer?;
+    if let Some(id) = &answer.upstream_request_id {
+        meta.request_id = id.clone();
     }
-    if status >= 500 {
-        let e = GatewayError::UpstreamError(format!("upstream answered {status}"));
-        hold.outcome(e.status(), Some(e.code()));
-        return Err(e);
-    }
-    hold.outcome(status, None);
-    let out = upstream::downstream_headers(resp.headers(), meta);
-    if !(200..300).contains(&status) {
-        // upstream refused the call (bad model, bad input): nothing was served, nothing is
-        // owed; the hold is released as it goes
-        drop(hold);
-        return meter::pass_through(resp, status, out).await;
-    }
-    if route.endpoint.is_none() && pinned.is_none() && route.provider.is_none() && pricing.is_tokens() {
-        // the router chose: the call settles at the price of the provider that served it
-        let served = resp.headers().get("x-inference-provider").ok().flatten().filter(|p| provider_name(p));
-        pricing = pricing.at_price(quote.settle(served.as_deref()));
-        hold.label(label_model, served.as_deref().unwrap_or(AUTO));
-    }
-    if submit {
-        return submitted(resp, status, out, hold, pricing, env, &caller, &route.path).await;
-    }
-    let is_sse = resp.headers().get("content-type").ok().flatten().is_some_and(|c| c.contains("text/event-stream"));
-    if pricing.is_tokens() && !is_sse {
-        return meter::whole_body(resp, status, out, hold, pricing).await;
-    }
-    let sse = is_sse.then(|| {
-        SseMeter::new(shape.as_ref().map_or(Api::Chat, |sh| sh.api), shape.as_ref().is_some_and(CallShape::hides_usage))
-    });
-    let silence = Silence { idle_ms: s.stream_idle_ms, first_byte_by: started.saturating_add_ms(s.retry.deadline_ms) };
-    // a time-billed call pays for its last attempt's time, not for the waits before it
-    meter::stream(resp, status, out, ctx, hold, pricing, sse, attempt_started, silence).await
+    let out = upstream::downstream_headers(&answer.headers, meta);
+    answer.body.respond(answer.status, out)
 }
 
 /// The API a call's record names.
@@ -270,69 +270,6 @@ fn api_name(metering: Metering, job: bool) -> &'static str {
         _ => "other",
     }
 }
-
-/// The provider label of a call the router placed and did not say where.
-const AUTO: &str = "auto";
-
-/// Whether an `x-inference-provider` value is a plain provider name (it ends up in the
-/// ledger's spend lines and the admin views).
-fn provider_name(v: &str) -> bool {
-    (1..=64).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-}
-
-/// A queued job's submit, answered 2xx: the job's owner is recorded before the caller learns
-/// its id (so its first poll finds it), and the call is settled at its one price.
-#[allow(clippy::too_many_arguments)]
-async fn submitted(
-    mut resp: Response,
-    status: u16,
-    out: worker::Headers,
-    mut hold: Hold,
-    pricing: call::CallPricing,
-    env: &Env,
-    caller: &Caller,
-    path: &str,
-) -> Result<Response, GatewayError> {
-    let source = body_io::response_body(&mut resp).await;
-    let bytes = match body_io::read_capped(source, MAX_SUBMIT_ANSWER, 4 * 1024).await {
-        Ok(body_io::Capped::Whole(bytes)) => bytes,
-        Ok(body_io::Capped::Over(head, rest)) => {
-            // no ticket this large: passed through as it comes, charged, nothing to own
-            let (cost, tokens) = pricing.charge(None, 0, 0);
-            hold.settle(cost, tokens);
-            let stream = futures_util::stream::iter([Ok(head)]).chain(rest);
-            return Response::from_stream(stream)
-                .map(|r| r.with_status(status).with_headers(out))
-                .map_err(|_| GatewayError::UpstreamError("unreadable response".into()));
-        }
-        // dropping the hold releases it: the caller never learned of a job
-        Err(_) => {
-            let e = GatewayError::UpstreamError("upstream body could not be read".into());
-            hold.outcome(e.status(), Some(e.code()));
-            return Err(e);
-        }
-    };
-    // the job exists upstream and is owed whatever happens next
-    let (cost, tokens) = pricing.charge(None, 0, 0);
-    hold.settle(cost, tokens);
-    match jobs::submitted_job(path, &bytes) {
-        Some(job) => {
-            let row = JobRow { key_id: caller.record.id.clone(), poll_base: job.poll_base, at: platform::now() };
-            if account_do::own_job(env, &caller.account, job.id, row).await.is_err() {
-                platform::fault(
-                    "a job was submitted but its owner could not be recorded; its polls will be refused",
-                    "",
-                );
-            }
-        }
-        None => worker::console_log!("a job submit was answered with no job id the gateway could read"),
-    }
-    crate::edge::response::bytes(status, bytes, out)
-        .map_err(|_| GatewayError::UpstreamError("unreadable response".into()))
-}
-
-/// The most a submit's answer (a ticket) is read to find the job's id.
-const MAX_SUBMIT_ANSWER: usize = 1024 * 1024;
 
 /// A poll of a queued job: free, not throttled (clients poll twice a second), and only for
 /// the key that submitted it; sent to the path recorded at submit, never the client's.
@@ -360,7 +297,9 @@ async fn poll(
         Outbound { target: &target, route: &upstream_route, query, method: &method, headers: &out_headers, body: None };
     let cooldown_key = cooldown_route(&upstream::credential(caller, route, None), None, "", &job.poll_base);
     let started = platform::now();
-    let resp = upstream::send_with_retries(env, ctx, s, &outbound, started, &cooldown_key).await?.resp;
+    let give_up_at = started.saturating_add_ms(s.retry.deadline_ms);
+    let sent = upstream::send_with_retries(env, ctx, s, &outbound, started, &cooldown_key, give_up_at).await;
+    let resp = sent.map_err(|failed| failed.error)?.resp;
     let status = resp.status_code();
     if status >= 500 {
         return Err(GatewayError::UpstreamError(format!("upstream answered {status}")));

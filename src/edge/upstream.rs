@@ -20,6 +20,14 @@ use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
 use worker::{AbortController, Context, Env, Headers, Method, Response};
 
+#[wasm_bindgen::prelude::wasm_bindgen]
+extern "C" {
+    /// `globalThis.hfgateBody` (scripts/entry.mjs): `bytes` as a request body stream that
+    /// marks itself `hfgateSent` once the connection has taken all of it.
+    #[wasm_bindgen(catch, js_name = hfgateBody)]
+    fn telling_body(bytes: &Uint8Array) -> Result<JsValue, JsValue>;
+}
+
 thread_local! {
     static RETRY_BUDGET: RefCell<RetryBudget> = RefCell::new(RetryBudget::default());
 }
@@ -156,11 +164,30 @@ pub struct Sent {
     pub waited_ms: u64,
 }
 
+/// No answer to give the caller: why, and whether upstream may have had the request (and
+/// so may bill it). A connection lost before an answer cannot be told from one refused, so
+/// it counts as reached.
+pub struct NoAnswer {
+    pub error: GatewayError,
+    pub reached: bool,
+}
+
+impl NoAnswer {
+    fn answered(error: GatewayError) -> NoAnswer {
+        NoAnswer { error, reached: false }
+    }
+}
+
 /// Sends the call, sleeping through upstream 429s whose wait fits the retry policy. A 429
 /// given up on opens a cooldown for the route and credential, and so does a success whose
 /// `RateLimit` says the quota behind it is spent. A 402 (the gateway's upstream account is
 /// out of credits) is never retried. The response comes with the time its attempt started:
 /// time-billed calls pay for upstream's time, not for the waits between attempts.
+///
+/// Retries stop at the call's deadline; an attempt in flight is waited for until
+/// `give_up_at` (later than the deadline when the call's usage can still be learned after
+/// its caller was answered), then aborted.
+#[allow(clippy::too_many_arguments)]
 pub async fn send_with_retries(
     env: &Env,
     ctx: &Rc<Context>,
@@ -168,22 +195,22 @@ pub async fn send_with_retries(
     out: &Outbound<'_>,
     started: UnixMillis,
     cooldown_key: &str,
-) -> Result<Sent, GatewayError> {
+    give_up_at: UnixMillis,
+) -> Result<Sent, NoAnswer> {
     let mut attempt = 0u32;
     let mut waited_ms = 0u64;
     loop {
         let attempt_started = platform::now();
         let elapsed = attempt_started.millis_since(started);
-        let left = s.retry.deadline_ms.saturating_sub(elapsed);
-        if left == 0 {
-            return Err(GatewayError::UpstreamTimeout);
+        if elapsed >= s.retry.deadline_ms {
+            return Err(NoAnswer::answered(GatewayError::UpstreamTimeout));
         }
-        let resp = send_once(s, out, left).await?;
+        let resp = send_once(s, out, give_up_at.millis_since(attempt_started)).await?;
         let status = resp.status_code();
         let now = platform::now();
         if status == 402 {
             health::payment_required(env, ctx, now.0);
-            return Err(GatewayError::UpstreamPaymentRequired);
+            return Err(NoAnswer::answered(GatewayError::UpstreamPaymentRequired));
         }
         if (200..300).contains(&status) {
             health::succeeded(env, ctx, now.0);
@@ -218,10 +245,16 @@ pub async fn send_with_retries(
                 if status == 429 && wait_ms > 0 {
                     open_cooldown(env, ctx, cooldown_key, wait_ms);
                 }
-                return Err(GatewayError::UpstreamRateLimited { retry_after_ms: wait_ms });
+                return Err(NoAnswer::answered(GatewayError::UpstreamRateLimited { retry_after_ms: wait_ms }));
             }
         }
     }
+}
+
+/// Whether upstream's connection took the whole of a telling body (no telling body: it
+/// may have).
+fn body_sent(streamed: Option<&JsValue>) -> bool {
+    streamed.is_none_or(|s| js_sys::Reflect::get(s, &JsValue::from_str("hfgateSent")).map_or(true, |v| v.is_truthy()))
 }
 
 /// Opens (or extends) the cooldown of a route and credential, here at once and for every
@@ -232,10 +265,13 @@ fn open_cooldown(env: &Env, ctx: &Context, cooldown_key: &str, wait_ms: u64) {
     ctx.wait_until(async move { cooldown_do::start(&env, &key, wait_ms).await });
 }
 
-async fn send_once(s: &Settings, out: &Outbound<'_>, left_ms: u64) -> Result<Response, GatewayError> {
+async fn send_once(s: &Settings, out: &Outbound<'_>, left_ms: u64) -> Result<Response, NoAnswer> {
     let Outbound { target, route, query, method, headers, body } = *out;
     let (base, token, strip) = match target {
-        Target::Sandbox => return sandbox::respond(s, route, &body.map(Uint8Array::to_vec).unwrap_or_default()).await,
+        Target::Sandbox => {
+            let body = body.map(Uint8Array::to_vec).unwrap_or_default();
+            return sandbox::respond(s, route, &body).await.map_err(NoAnswer::answered);
+        }
         Target::Url { base, token, strip_prefix } => (base, token, strip_prefix),
     };
     let path = strip.as_deref().and_then(|p| route.path.strip_prefix(p)).unwrap_or(&route.path);
@@ -254,9 +290,14 @@ async fn send_once(s: &Settings, out: &Outbound<'_>, left_ms: u64) -> Result<Res
     init.set_method(method.as_ref());
     init.set_headers(headers.as_ref());
     init.set_signal(Some(&signal));
-    if let Some(body) = body {
+    // the body as a stream that says whether the connection took all of it (without the
+    // entry module's helper, as in the wasm tests, the bytes themselves)
+    let streamed = body.and_then(|b| telling_body(b).ok()).filter(|s| s.is_object());
+    match (&streamed, body) {
+        (Some(stream), _) => init.set_body(stream),
         // fetch copies a typed array body, so the same one serves every attempt
-        init.set_body(body.as_ref());
+        (None, Some(body)) => init.set_body(body.as_ref()),
+        (None, None) => {}
     }
     let global: web_sys::WorkerGlobalScope = js_sys::global().unchecked_into();
     let send = async {
@@ -268,10 +309,16 @@ async fn send_once(s: &Settings, out: &Outbound<'_>, left_ms: u64) -> Result<Res
     futures_util::pin_mut!(timer);
     match future::select(send, timer).await {
         Either::Left((Ok(resp), _)) => Ok(resp),
-        Either::Left((Err(_), _)) => Err(GatewayError::UpstreamError("could not reach upstream".into())),
+        // the runtime says "Network connection lost" whether the connection was refused or
+        // dropped after the request went out: upstream may have it only if it took the whole
+        // body (unknown without the telling stream: then it may)
+        Either::Left((Err(_), _)) => Err(NoAnswer {
+            error: GatewayError::UpstreamError("could not reach upstream".into()),
+            reached: body_sent(streamed.as_ref()),
+        }),
         Either::Right(_) => {
             controller.abort();
-            Err(GatewayError::UpstreamTimeout)
+            Err(NoAnswer { error: GatewayError::UpstreamTimeout, reached: body_sent(streamed.as_ref()) })
         }
     }
 }
