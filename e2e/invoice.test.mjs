@@ -10,6 +10,7 @@
 // numbers in the test output (`# invoice ... charged ...`).
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
+import http from "node:http";
 import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -68,36 +69,46 @@ async function errorOf(res) {
 }
 
 /**
- * A streamed call read as it comes until `stop(events, text)` says to hang up (then the read
- * is cancelled and the fetch aborted: the caller is gone), or to its end. Answers the status,
- * the events read (SSE blocks), and the text.
+ * A streamed call read as it comes until `stop(events, text)` says to hang up, or to its end.
+ * It has a connection of its own (no pool): hanging up destroys the socket, as a closed tab
+ * or a killed client does, so the gateway sees the caller go (fetch's cancel may instead drain
+ * the body to keep the connection for reuse). Answers the status, the events read (SSE
+ * blocks), the text, whether it hung up, and how the body broke off if it did.
  */
-async function streamed(g, key, path, body, stop = () => false) {
-  const ctl = new AbortController();
-  const res = await post(g, key, path, body, ctl.signal);
-  if (res.status !== 200 || !res.body) return { status: res.status, events: [], text: await res.text(), hungUp: false };
-  const reader = res.body.getReader();
-  const decoder = new TextDecoder();
-  let text = "";
-  let hungUp = false;
-  let broken = null;
-  try {
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      text += decoder.decode(value, { stream: true });
-      const events = text.split("\n\n").slice(0, -1);
-      if (stop(events, text)) {
-        hungUp = true;
-        await reader.cancel().catch(() => {});
-        ctl.abort();
-        break;
-      }
-    }
-  } catch (e) {
-    broken = String(e);
-  }
-  return { status: res.status, events: text.split("\n\n").slice(0, -1), text, hungUp, broken };
+function streamed(g, key, path, body, stop = () => false) {
+  const payload = JSON.stringify(body);
+  return new Promise((resolve) => {
+    let text = "";
+    let status = 0;
+    let settled = false;
+    const done = (extra) => {
+      if (settled) return;
+      settled = true;
+      resolve({ status, events: text.split("\n\n").slice(0, -1), text, hungUp: false, broken: null, ...extra });
+    };
+    const req = http.request(g.url + path, {
+      method: "POST",
+      agent: false,
+      headers: { authorization: `Bearer ${key}`, "content-type": "application/json", "content-length": Buffer.byteLength(payload) },
+    });
+    req.on("response", (res) => {
+      status = res.statusCode;
+      res.setEncoding("utf8");
+      res.on("data", (chunk) => {
+        text += chunk;
+        if (status === 200 && !settled && stop(text.split("\n\n").slice(0, -1), text)) {
+          done({ hungUp: true });
+          req.destroy();
+        }
+      });
+      res.on("end", () => done());
+      res.on("error", (e) => done({ broken: e.message }));
+      res.on("aborted", () => done({ broken: "aborted" }));
+    });
+    req.on("error", (e) => done({ broken: e.message }));
+    req.on("close", () => done({ broken: settled ? null : "closed" }));
+    req.end(payload);
+  });
 }
 
 /** Stops after `n` SSE events. */
