@@ -10,11 +10,10 @@
 // numbers in the test output (`# invoice ... charged ...`).
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import http from "node:http";
 import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { startGateway, newKey, usage, eventually, sleep, requestLog } from "./harness.mjs";
+import { startGateway, newKey, usage, eventually, sleep, requestLog, openCall } from "./harness.mjs";
 import { startProvider } from "./provider_double.mjs";
 
 const PRICES = JSON.stringify({ "*": { input: 1.0, output: 1.0 } });
@@ -70,44 +69,38 @@ async function errorOf(res) {
 
 /**
  * A streamed call read as it comes until `stop(events, text)` says to hang up, or to its end.
- * It has a connection of its own (no pool): hanging up destroys the socket, as a closed tab
- * or a killed client does, so the gateway sees the caller go (fetch's cancel may instead drain
- * the body to keep the connection for reuse). Answers the status, the events read (SSE
- * blocks), the text, whether it hung up, and how the body broke off if it did.
+ * Hanging up destroys the caller's own socket (`openCall`), as a closed tab or a killed client
+ * does. Answers the status, the events read (SSE blocks), the text, whether it hung up, and
+ * how the body broke off if it did.
  */
-function streamed(g, key, path, body, stop = () => false) {
-  const payload = JSON.stringify(body);
+async function streamed(g, key, path, body, stop = () => false) {
+  let call;
+  try {
+    call = await openCall(g, key, path, body);
+  } catch (e) {
+    return { status: 0, events: [], text: "", hungUp: false, broken: e.message };
+  }
+  const { req, res } = call;
   return new Promise((resolve) => {
     let text = "";
-    let status = 0;
     let settled = false;
     const done = (extra) => {
       if (settled) return;
       settled = true;
-      resolve({ status, events: text.split("\n\n").slice(0, -1), text, hungUp: false, broken: null, ...extra });
+      resolve({ status: res.statusCode, events: text.split("\n\n").slice(0, -1), text, hungUp: false, broken: null, ...extra });
     };
-    const req = http.request(g.url + path, {
-      method: "POST",
-      agent: false,
-      headers: { authorization: `Bearer ${key}`, "content-type": "application/json", "content-length": Buffer.byteLength(payload) },
+    res.setEncoding("utf8");
+    res.on("data", (chunk) => {
+      text += chunk;
+      if (res.statusCode === 200 && !settled && stop(text.split("\n\n").slice(0, -1), text)) {
+        done({ hungUp: true });
+        req.destroy();
+      }
     });
-    req.on("response", (res) => {
-      status = res.statusCode;
-      res.setEncoding("utf8");
-      res.on("data", (chunk) => {
-        text += chunk;
-        if (status === 200 && !settled && stop(text.split("\n\n").slice(0, -1), text)) {
-          done({ hungUp: true });
-          req.destroy();
-        }
-      });
-      res.on("end", () => done());
-      res.on("error", (e) => done({ broken: e.message }));
-      res.on("aborted", () => done({ broken: "aborted" }));
-    });
-    req.on("error", (e) => done({ broken: e.message }));
-    req.on("close", () => done({ broken: settled ? null : "closed" }));
-    req.end(payload);
+    res.on("end", () => done());
+    res.on("aborted", () => done({ broken: "aborted" }));
+    res.on("close", () => done({ broken: res.complete ? null : "closed before its end" }));
+    res.resume();
   });
 }
 
@@ -214,31 +207,33 @@ test("5. a caller that stops reading for 7 s (STREAM_IDLE_MS 3000) is cut, gets 
   // MB on loopback), so a caller that does not read is seen not reading
   provider.script(tag, { tokensPerEvent: 50, eventDelayMs: 20, padBytes: 512 * 1024 });
   const k = await payg(gw);
-  const res = await post(gw, k.key, "/v1/chat/completions", { model: tag, stream: true, max_tokens: 3000, messages: say("stream a lot") });
-  x.equal(res.status, 200, "the stream started");
-  const reader = res.body.getReader();
-  const decoder = new TextDecoder();
+  const { res } = await openCall(gw, k.key, "/v1/chat/completions", { model: tag, stream: true, max_tokens: 3000, messages: say("stream a lot") });
+  x.equal(res.statusCode, 200, "the stream started");
   let before = 0;
-  while (before === 0) {
-    const { value, done } = await reader.read();
-    if (done) break;
-    before += value.length;
-  }
-  await sleep(7000); // not reading
   let after = 0;
+  let stalled = false;
   let tail = "";
-  let ended = "the body ended";
-  try {
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      after += value.length;
-      tail = (tail + decoder.decode(value, { stream: true })).slice(-200);
+  const ended = new Promise((resolve) => {
+    res.on("end", () => resolve("the body ended"));
+    res.on("aborted", () => resolve("the body broke off"));
+    res.on("close", () => resolve(res.complete ? "the body ended" : "the body broke off"));
+  });
+  res.on("data", (chunk) => {
+    if (!stalled) {
+      before += chunk.length;
+      stalled = true;
+      res.pause(); // the caller stops reading: nothing more is taken off its socket
+      return;
     }
-  } catch (e) {
-    ended = `the body broke off (${e.cause?.message ?? e.message})`;
-  }
-  x.note(`read ${before} bytes, stalled 7 s, then ${after} more; ${ended}; the provider sent ~${62 * 512} KiB`);
+    after += chunk.length;
+    tail = (tail + chunk.toString("latin1")).slice(-200);
+  });
+  res.resume();
+  await sleep(7000);
+  res.resume();
+  const how = await ended;
+  const text = (n) => `${Math.round(n / 1024)} KiB`;
+  x.note(`read ${text(before)}, stalled 7 s, then ${text(after)} more; ${how}; the provider sent ${text(62 * (512 * 1024 + 200))}`);
   x.ok(!tail.includes("data: [DONE]"), "the caller got nothing after it was cut: the body it read after the stall is cut short, no [DONE]");
   await reconcile(t, x, gw, k, tag);
   x.done();
