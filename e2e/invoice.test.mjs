@@ -130,12 +130,21 @@ function expectations(t) {
   };
 }
 
-/** The key's `/v1/usage` once it holds nothing (every call settled, released or lapsed). */
+/**
+ * The key's `/v1/usage` once it holds nothing (every call settled, released or lapsed) and
+ * its spend has stopped moving: two reads a quarter second apart agree. A call admitted from
+ * an isolate's lease may reach the account's object a moment after it was admitted.
+ */
 async function settledUsage(g, key, ms = SETTLE_MS) {
   let last;
+  let previous = null;
   const u = await eventually(async () => {
     last = await usage(g, key);
-    return last.credits?.reserved_micro_usd === 0 && last;
+    const used = last.credits?.reserved_micro_usd === 0 ? last.credits.used_micro_usd : null;
+    const stable = used !== null && used === previous;
+    previous = used;
+    if (!stable) await sleep(250);
+    return stable && last;
   }, ms);
   return u || last;
 }
@@ -146,6 +155,8 @@ async function settledUsage(g, key, ms = SETTLE_MS) {
  * ledger charged the key, and at most `credit` for a key that does not pay as it goes.
  */
 async function reconcile(t, x, g, key, tag, { credit = undefined, before = 0, ms = SETTLE_MS } = {}) {
+  // the provider first writes every answer out: a gateway reading on settles after that
+  await Promise.race([provider.idle(tag), new Promise((r) => setTimeout(r, ms).unref())]);
   const u = await settledUsage(g, key.key, ms);
   const c = u?.credits ?? {};
   const invoice = provider.invoice(tag) - before;

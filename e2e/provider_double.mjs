@@ -366,6 +366,7 @@ export async function startProvider() {
         call.finished = Date.now();
       }
     })();
+    call.done = work;
     running.add(work);
     await work;
     running.delete(work);
@@ -390,8 +391,8 @@ export async function startProvider() {
     },
     falPrices: p.falPrices,
     jobs: p.jobs,
-    /** Waits until every generation started so far has been written out. */
-    idle: () => Promise.all([...running]),
+    /** Waits until every generation started so far (for `tag`, if given) has been written out. */
+    idle: (tag) => Promise.all(tag === undefined ? [...running] : calls.filter((c) => c.tag === tag).map((c) => c.done)),
     reset() {
       calls.length = 0;
       invoices.clear();
