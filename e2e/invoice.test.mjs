@@ -47,10 +47,9 @@ const funded = (g, credit) => newKey(g, { plan: "free", monthly_credit_micro_usd
 /** A pay-as-you-go key. */
 const payg = (g) => newKey(g, { plan: "pro", rate_limit: FAST });
 
-function post(g, key, path, body, signal) {
+function post(g, key, path, body) {
   return fetch(g.url + path, {
     method: "POST",
-    signal,
     headers: { authorization: `Bearer ${key}`, "content-type": "application/json" },
     body: JSON.stringify(body),
   });
