@@ -298,6 +298,8 @@ test("one credential's 429 cools only that credential: another byok key, and ano
     PRICES,
     PROVIDER_KEY_SECRET: "seal-secret-for-e2e-0123456789",
     PROVIDER_URLS: JSON.stringify({ together: up.url }),
+    // the fal-ai paths below must reach upstream: a route nothing prices never does
+    ROUTE_PRICES: JSON.stringify({ "fal-ai/*": { per_request: 0.01 } }),
   });
   try {
     up.reset();

@@ -205,6 +205,47 @@ export function chat(gw, key, body, extraHeaders = {}) {
   });
 }
 
+/** The most of one body `openCall` keeps for the transcript (the rest is counted, not kept). */
+const TRANSCRIPT_BODY_BYTES = 4 * 1024 * 1024;
+
+/**
+ * A call on a connection of its own (node:http, no pool), for tests where how the caller reads
+ * matters: `res.pause()` stops reading from the socket, so the gateway sees a caller that does
+ * not read, and `req.destroy()` hangs up on it. A fetch cannot do either here: the patched
+ * fetch above reads a clone of every gateway response to its end for the transcript, so a
+ * cancelled or unread fetch body is still drained. Answers `{req, res}` once the response
+ * head has come, `res` paused: add listeners, then `res.resume()` to read. The body, as read,
+ * is recorded for the hygiene check when the call closes.
+ */
+export function openCall(gw, key, path, body, headers = {}) {
+  const payload = typeof body === "string" ? body : JSON.stringify(body);
+  return new Promise((resolve, reject) => {
+    const req = http.request(gw.url + path, {
+      method: "POST",
+      agent: false,
+      headers: { authorization: `Bearer ${key}`, "content-type": "application/json", "content-length": Buffer.byteLength(payload), ...headers },
+    });
+    req.on("error", reject);
+    req.on("response", (res) => {
+      const kept = [];
+      let keptBytes = 0;
+      let dropped = 0;
+      res.on("data", (chunk) => {
+        if (keptBytes + chunk.length <= TRANSCRIPT_BODY_BYTES) kept.push(Buffer.from(chunk)), (keptBytes += chunk.length);
+        else dropped += chunk.length;
+      });
+      res.pause(); // the caller decides when to read
+      res.on("error", () => {});
+      res.on("close", () => {
+        const more = dropped ? `\n[${dropped} bytes more]` : "";
+        record("response", `${res.statusCode} ${JSON.stringify(res.headers)}\n${Buffer.concat(kept).toString("utf8")}${more}`, { url: gw.url + path });
+      });
+      resolve({ req, res });
+    });
+    req.end(payload);
+  });
+}
+
 /**
  * The key's `/v1/usage`. Reading it takes from the key's throttle like any call, so a test
  * polling it waits out a 429 as a client would (`retry-after-ms`).

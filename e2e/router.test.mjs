@@ -442,15 +442,25 @@ test("a submit the queue refuses is passed through and costs nothing", async () 
   assert.equal(router.callsTo("/fal-ai/*").length, 1);
 });
 
-test("without ROUTE_PRICES a fal-ai submit is charged the default $0.10", async () => {
+// No price is ever guessed (SPEC section 3): a route nothing prices would otherwise be charged
+// a made-up amount while upstream bills its own, a $5 video for a $0.10 charge.
+test("without ROUTE_PRICES a fal-ai submit or a prediction is refused with route_not_priced and reaches no one", async () => {
   router.reset();
   const g = await startGateway({ UPSTREAM_URL: router.url });
   try {
     const k = await newKey(g, { plan: "pro", rate_limit: FAST });
-    const res = await falSubmit(g, k.key);
-    assert.equal(res.status, 200);
-    await res.json();
-    assert.equal((await settled(g, k.key, 100000)).credits.used_micro_usd, 100000);
+    for (const [path, body] of [
+      [FAL_SUBMIT, { prompt: "a cat" }],
+      ["/replicate/v1/models/acme/img/predictions", { input: { prompt: "a cat" } }],
+    ]) {
+      const res = await post(g, k.key, path, body);
+      assert.equal(res.status, 403, path);
+      const err = await errorOf(res);
+      assert.equal(err.code, "route_not_priced", path);
+      assert.match(String(err.message), /ROUTE_PRICES/, "the message names the setting");
+    }
+    assert.equal(router.calls.filter((c) => c.method === "POST").length, 0, "nothing reached upstream");
+    assert.equal((await settled(g, k.key)).credits.used_micro_usd, 0);
   } finally {
     await g.stop();
   }

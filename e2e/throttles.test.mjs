@@ -3,13 +3,14 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import OpenAI from "openai";
-import { startGateway, startUpstream, newKey, chat, usage, eventually, completion } from "./harness.mjs";
+import { startGateway, startUpstream, newKey, chat, usage, eventually, completion, requestLog } from "./harness.mjs";
 
 let up, gw;
 
 before(async () => {
   up = await startUpstream();
-  gw = await startGateway({ UPSTREAM_URL: up.url, UPSTREAM_DEADLINE_MS: "3000" });
+  // a hung upstream is given up on half a second after the deadline (METER_GRACE_MS), not 25 s
+  gw = await startGateway({ UPSTREAM_URL: up.url, UPSTREAM_DEADLINE_MS: "3000", METER_GRACE_MS: "500" });
 });
 after(async () => {
   await gw?.stop();
@@ -147,7 +148,10 @@ test("the openai SDK waits the gateway's Retry-After before its own retry", asyn
   assert.equal(up.calls.length, 2, "the throttled attempt never reached upstream");
 });
 
-test("upstream 5xx, refused connections and hangs: 502 / 504, nothing charged", async () => {
+// A hang is not a refusal: the request reached upstream, which may be generating and billing,
+// so the timeout is charged the reservation in full, as unmetered (SPEC sections 3 and 5).
+// Only a call upstream never received, or answered non-2xx, costs nothing.
+test("upstream hangs and refused connections: 504 charged in full as unmetered, 502 free", async () => {
   up.reset();
   up.on(() => {}); // never answers
   const k = await newKey(gw, { plan: "free" });
@@ -173,6 +177,11 @@ test("upstream 5xx, refused connections and hangs: 502 / 504, nothing charged", 
   const u = await eventually(async () => {
     const u = await usage(gw, k.key);
     return u.credits.reserved_micro_usd === 0 && u;
-  });
-  assert.equal(u.credits.used_micro_usd, 0);
+  }, 10000);
+  assert.ok(u, "the hung call's hold was settled");
+  const [record] = (await requestLog(gw, "/v1/usage/requests", { bearer: k.key })).records;
+  assert.ok(record?.reserved_micro_usd > 0, JSON.stringify(record));
+  assert.equal(u.credits.used_micro_usd, record.reserved_micro_usd, "the whole reservation");
+  assert.equal(u.credits.unmetered_micro_usd, record.reserved_micro_usd);
+  assert.equal(record.unmetered_micro_usd, record.reserved_micro_usd);
 });
