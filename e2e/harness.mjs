@@ -315,7 +315,7 @@ export function rawRequest(gw, method, path, headers = {}, body = "") {
 export const REQUEST_LOG_FIELDS = [
   "request_id", "at", "key_id", "org", "route", "api", "model", "provider", "status", "error",
   "prompt_tokens", "completion_tokens", "cost_micro_usd", "reserved_micro_usd", "latency_ms",
-  "ttfb_ms", "retries", "cooldown_wait_ms", "stream", "upstream_request_id",
+  "ttfb_ms", "retries", "cooldown_wait_ms", "stream", "upstream_request_id", "unmetered_micro_usd",
 ];
 
 /**
