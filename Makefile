@@ -6,7 +6,7 @@ export WRANGLER_SEND_METRICS := false
 export CLOUDFLARE_CF_FETCH_ENABLED := false
 PORT ?= 8787
 
-.PHONY: setup build dev deploy test test-native test-wasm test-e2e lint bench fuzz clean
+.PHONY: setup build dev deploy test test-native test-wasm test-e2e lint bench soak fuzz clean
 
 setup:
 	@scripts/setup.sh
@@ -47,14 +47,25 @@ fuzz: setup
 	FUZZ_CASES=$${FUZZ_CASES:-2000000} cargo test --release --test fuzz_parsers -- --nocapture
 
 # Benchmarks: the core decisions (cargo bench), then the gateway under load (64 keys, and one
-# hot key) against the upstream, nginx, the runtime's floor and Portkey, with the ratios
-# (bench/run.mjs), then calls in an org of 5,000 keys against an org of one (bench/org_scale.mjs),
-# then the isolate's memory under eight 9.5 MiB bodies while another key streams
-# (bench/memory.mjs). About 10 minutes; BENCH_ROUNDS, BENCH_SECONDS and BENCH_ORG_KEYS shorten it.
+# hot key; leasing on and LEASE_MS=0) against the upstream, nginx, the runtime's floor, a
+# pass-through worker and Portkey, with the ratios (bench/run.mjs), then the account objects
+# 50 ms away, leasing on and off (bench/distance.mjs), then calls in an org of 5,000 keys
+# against an org of one (bench/org_scale.mjs), then the isolate's memory under eight 9.5 MiB
+# bodies while another key streams (bench/memory.mjs). About 14 minutes; BENCH_ROUNDS,
+# BENCH_SECONDS and BENCH_ORG_KEYS shorten it.
 bench: build
 	@command -v nginx >/dev/null && command -v wrk >/dev/null || \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx wrk >/dev/null; }
 	cargo bench --bench core
 	node bench/run.mjs
+	node bench/distance.mjs
 	node bench/org_scale.mjs
 	node bench/memory.mjs
+
+# Ten minutes of steady load over 1,000 keys (5 take half the calls) while keys are revoked
+# and edited, against the provider double; workerd's memory over time, errors, ledger
+# failures, calls that waited for an object, and every key's invoice against its ledger
+# (bench/soak.mjs). SOAK_SECONDS shortens it; SOAK_RPS, SOAK_KEYS, SOAK_LEASE_MS,
+# SOAK_OBJECT_DELAY_MS change it.
+soak: build
+	node bench/soak.mjs

@@ -209,5 +209,17 @@ export async function runWrk(work, target, conns, stream, seconds) {
   return { rps: r.requests / secs, admitted_rps: (r.requests - r.non2xx) / secs, errors: r.errors, non2xx: r.non2xx, requests: r.requests, p: r.percentiles_us };
 }
 
+/**
+ * What a gateway's log says went wrong: `ledger` are the lines where accounting may be lost or
+ * late (a settle or release given up, a call to an account object that failed or did not
+ * decode), `other` every other fault line (`platform::fault`'s JSON, or an uncaught error).
+ */
+export function faults(logText) {
+  const lines = logText.split("\n").filter((l) => l.trim());
+  const ledger = lines.filter((l) => /settle or release failed|"what":"ACCOUNTS |ACCOUNTS \S+: (failed|reply does not decode)/.test(l));
+  const other = lines.filter((l) => !ledger.includes(l) && /"fault":|Uncaught|panicked/.test(l));
+  return { ledger, other };
+}
+
 export const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 export const ms = (us) => (us / 1000).toFixed(2);

@@ -81,7 +81,7 @@ if (process.env.PERSIST) rmSync(process.env.PERSIST, { recursive: true, force: t
 const opts = gatewayOptions({
   bindings: { UPSTREAM_URL: upstream, HF_TOKEN: "hf_bench", ADMIN_TOKEN: ADMIN },
   log: new Log(LogLevel.WARN),
-  handleRuntimeStdio: (out, err) => { out.resume(); err.resume(); },
+  handleRuntimeStdio: (out, err) => { out.resume(); err.on("data", (d) => process.env.DEBUG_RUNTIME && process.stderr.write(d)); },
   persist: process.env.PERSIST || undefined,
   ...(process.env.NOPROFILE ? {} : { inspectorPort }),
 });

@@ -77,6 +77,7 @@ fn main() {
             account: policy,
             cost: Cost::Fixed { amount: MicroUsd(1_000) },
             ttl_ms: 60_000,
+            lease: None,
         };
         if let hf_gate::core::account::Admission::Admitted { reservation: Some(r), .. } = account.admit(req, now) {
             black_box(account.settle(r, MicroUsd(700), now));

@@ -439,3 +439,34 @@ test("repeated admin-token guesses are throttled", async () => {
     await g.stop();
   }
 });
+
+// The runtime closes a connection whose request body was left unread; a client's next call on
+// it would fail with a reset. A refused call's small body is read to its end first.
+test("a refused call leaves its keep-alive connection usable for the next one", async () => {
+  const { default: http } = await import("node:http");
+  const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+  const u = new URL(`${gw.url}/v1/chat/completions`);
+  const payload = JSON.stringify(body("m/ka", { messages: [{ role: "user", content: "x".repeat(20000) }] }));
+  const sockets = new Set();
+  const statuses = [];
+  try {
+    for (let i = 0; i < 4; i++) {
+      statuses.push(
+        await new Promise((resolve) => {
+          const headers = { "content-type": "application/json", authorization: "Bearer hfg_not_a_key", "content-length": Buffer.byteLength(payload) };
+          const req = http.request({ agent, host: u.hostname, port: u.port, path: u.pathname, method: "POST", headers }, (res) => {
+            sockets.add(req.socket);
+            res.resume();
+            res.on("end", () => resolve(res.statusCode));
+          });
+          req.on("error", (e) => resolve(e.code));
+          req.end(payload);
+        }),
+      );
+    }
+  } finally {
+    agent.destroy();
+  }
+  assert.deepEqual(statuses, [401, 401, 401, 401]);
+  assert.equal(sockets.size, 1, "one connection carried every call");
+});

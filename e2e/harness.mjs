@@ -81,8 +81,10 @@ function captureStdio(stdout, stderr) {
  * KV and Durable Object state in a folder, so a second gateway can start where one stopped.
  */
 export async function startGateway(vars = {}, { brokenLedger = false, persist = undefined } = {}) {
+  // E2E_LEASE_MS runs a suite with leasing set so (`0`: off), unless a test sets it itself
+  const leasing = process.env.E2E_LEASE_MS === undefined ? {} : { LEASE_MS: process.env.E2E_LEASE_MS };
   const mf = new Miniflare(
-    gatewayOptions({ bindings: { ADMIN_TOKEN: ADMIN, HF_TOKEN, ...vars }, brokenLedger, persist, log: new CapturingLog(), handleRuntimeStdio: captureStdio }),
+    gatewayOptions({ bindings: { ADMIN_TOKEN: ADMIN, HF_TOKEN, ...leasing, ...vars }, brokenLedger, persist, log: new CapturingLog(), handleRuntimeStdio: captureStdio }),
   );
   const url = (await mf.ready).href.replace(/\/$/, "");
   gatewayUrls.add(url);

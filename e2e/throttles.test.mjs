@@ -154,7 +154,8 @@ test("the openai SDK waits the gateway's Retry-After before its own retry", asyn
 test("upstream hangs and refused connections: 504 charged in full as unmetered, 502 free", async () => {
   up.reset();
   up.on(() => {}); // never answers
-  const k = await newKey(gw, { plan: "free" });
+  // polled for its usage while the hung call settles: a rate that does not refuse the polls
+  const k = await newKey(gw, { plan: "free", rate_limit: { rpm: 6000, burst: 200 } });
   const t0 = Date.now();
   const hung = await chat(gw, k.key, body("m/hang"));
   assert.equal(hung.status, 504);

@@ -4,6 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
+# the pages as they ship: scripts and styles minified (scripts/pages.mjs, read by build.rs)
+node scripts/pages.mjs pages target/pages
+HFGATE_PAGES="$PWD/target/pages" \
 WASM_BINDGEN_BIN=wasm-bindgen \
 WASM_OPT_BIN="$PWD/node_modules/.bin/wasm-opt" \
 ESBUILD_BIN="$PWD/node_modules/.bin/esbuild" \

@@ -29,6 +29,10 @@ step "end to end: the built worker on workerd, fake upstream, real clients"
 rm -rf e2e/artifacts/transcripts
 node --test --test-concurrency=1 --test-timeout=120000 e2e/
 
+step "end to end, the money tests again with leasing off (LEASE_MS=0)"
+E2E_LEASE_MS=0 node --test --test-concurrency=1 --test-timeout=120000 \
+  e2e/invoice.test.mjs e2e/credits.test.mjs e2e/bounds.test.mjs e2e/leases.test.mjs
+
 step "secret hygiene: every response and log line of the suite"
 node --test e2e/hygiene/secrets.check.mjs
 

@@ -118,6 +118,7 @@ impl Org {
             account: self.leases[shard].policy(&self.policy, self.shards, now),
             cost: Cost::Fixed { amount: MicroUsd(cost) },
             ttl_ms: TTL_MS,
+            lease: None,
         };
         self.states[shard].admit(req, now)
     }

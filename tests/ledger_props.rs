@@ -244,6 +244,7 @@ proptest! {
                 account: policy,
                 cost: Cost::Fixed { amount: MicroUsd(cost) },
                 ttl_ms: 60_000,
+                lease: None,
             };
             if let Admission::Admitted { reservation: Some(r), .. } = st.admit(req, now) { admitted.push(r) }
         }

@@ -7,11 +7,13 @@
 #![allow(clippy::expect_used)]
 
 use hf_gate::core::account::{AccountPolicy, AccountState, AdmitRequest, Cost, KeyPolicy};
+use hf_gate::core::call_line::CallLine;
+use hf_gate::core::isolate_lease::Want;
 use hf_gate::core::keys::RateLimit;
 use hf_gate::core::ledger::{Budget, Hold, MicroUsd, OnExhausted};
 use hf_gate::core::pricing::TokenUsage;
 use hf_gate::core::protocol::AccountOp;
-use hf_gate::core::spend::{CallLine, JobRow};
+use hf_gate::core::spend::JobRow;
 use hf_gate::core::store::{self, RowWrite};
 use hf_gate::core::time::UnixMillis;
 use proptest::prelude::*;
@@ -27,6 +29,7 @@ struct Tables {
     holds: BTreeMap<u64, (Option<String>, Hold)>,
     lines: BTreeMap<(String, String, String), String>,
     jobs: BTreeMap<String, String>,
+    grants: BTreeMap<u64, String>,
 }
 
 impl Tables {
@@ -52,6 +55,12 @@ impl Tables {
                 RowWrite::DropJob(id) => {
                     self.jobs.remove(&id);
                 }
+                RowWrite::Grant { id, body } => {
+                    self.grants.insert(id, body);
+                }
+                RowWrite::DropGrant(id) => {
+                    self.grants.remove(&id);
+                }
                 // the request log is never loaded into memory
                 RowWrite::Log { .. } | RowWrite::DropLog { .. } => {}
                 // written by the object itself, never by `store::run`
@@ -75,6 +84,7 @@ impl Tables {
             self.jobs.iter().map(|(k, v)| (k.clone(), v.clone())),
         )
         .expect("spend and job rows decode");
+        store::load_grants(&mut st, self.grants.iter().map(|(k, v)| (*k, v.clone()))).expect("lease rows decode");
         st
     }
 }
@@ -85,6 +95,21 @@ enum Step {
         key: u8,
         cost: u64,
         tokens: bool,
+        /// With a lease asked for.
+        lease: bool,
+    },
+    /// A lease asked for ahead of need.
+    Acquire {
+        key: u8,
+    },
+    /// A call admitted on a lease and reported; or, with `merged`, settled at once (its
+    /// report merged into the settle).
+    Leased {
+        nth: usize,
+        merged: bool,
+    },
+    ReturnLease {
+        nth: usize,
     },
     Settle {
         nth: usize,
@@ -131,7 +156,10 @@ enum Step {
 
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
-        6 => (0u8..6, 0u64..30_000, any::<bool>()).prop_map(|(key, cost, tokens)| Step::Admit { key, cost, tokens }),
+        6 => (0u8..6, 0u64..30_000, any::<bool>(), any::<bool>()).prop_map(|(key, cost, tokens, lease)| Step::Admit { key, cost, tokens, lease }),
+        1 => (0u8..6).prop_map(|key| Step::Acquire { key }),
+        3 => (0usize..8, any::<bool>()).prop_map(|(nth, merged)| Step::Leased { nth, merged }),
+        1 => (0usize..8).prop_map(|nth| Step::ReturnLease { nth }),
         4 => (0usize..32, 0u64..240, prop::option::of(0u8..4)).prop_map(|(nth, percent, model)| Step::Settle { nth, percent, model }),
         1 => (0u8..6, 0u8..8).prop_map(|(key, id)| Step::OwnJob { key, id }),
         1 => (0usize..32).prop_map(|nth| Step::Release { nth }),
@@ -177,9 +205,37 @@ proptest! {
         // a fresh object stores its account row with its first write
         tables.apply(store::all_rows(&st));
         let mut reservations: Vec<(u64, u64)> = Vec::new();
+        // (lease, first hold, calls, next, key) of the leases granted
+        let mut leases: Vec<(u64, u64, u32, u32, String)> = Vec::new();
+        let mut asking = String::new();
+        let want = Want { calls: 6, per_call: MicroUsd(2_000), ttl_ms: 1_000 };
         for s in steps {
             let op = match s {
-                Step::Admit { key: k, cost, tokens } => {
+                Step::Acquire { key: k } => {
+                    asking = key(k, 1, false).key_id;
+                    Some(AccountOp::Acquire { key: key(k, 1, false), account: account(1, 100_000), want })
+                }
+                Step::Leased { nth, merged } if !leases.is_empty() => {
+                    let i = nth % leases.len();
+                    let (lease, first, calls, next, key_id) = leases[i].clone();
+                    if next >= calls {
+                        None
+                    } else {
+                        leases[i].3 += 1;
+                        let id = first + u64::from(next);
+                        let amount = MicroUsd(1_000 + u64::from(next));
+                        if merged {
+                            let leased = Some(hf_gate::core::protocol::Leased { lease, key_id, amount, report: merged });
+                            Some(AccountOp::Settle { reservation: id, actual: MicroUsd(900), line: None, unmetered: false, leased })
+                        } else {
+                            reservations.push((id, amount.0));
+                            Some(AccountOp::Admitted { lease, key_id, calls: vec![(id, amount)], ttl_ms: 30_000 })
+                        }
+                    }
+                }
+                Step::ReturnLease { nth } if !leases.is_empty() => Some(AccountOp::ReturnLease { lease: leases[nth % leases.len()].0 }),
+                Step::Admit { key: k, cost, tokens, lease } => {
+                    asking = key(k, 1, false).key_id;
                     let cost = if tokens {
                         Cost::Tokens {
                             price: hf_gate::core::pricing::Price { input: 1_000_000, output: 2_000_000 },
@@ -191,7 +247,8 @@ proptest! {
                     } else {
                         Cost::Fixed { amount: MicroUsd(cost) }
                     };
-                    Some(AccountOp::Admit(AdmitRequest { key: key(k, 1, false), account: account(1, 100_000), cost, ttl_ms: 30_000 }))
+                    let lease = lease.then_some(want);
+                    Some(AccountOp::Admit(AdmitRequest { key: key(k, 1, false), account: account(1, 100_000), cost, ttl_ms: 30_000, lease }))
                 }
                 Step::Settle { nth, percent, model } if !reservations.is_empty() => {
                     let (id, held) = reservations[nth % reservations.len()];
@@ -203,14 +260,14 @@ proptest! {
                     });
                     // above 200 %: the usage could not be learned, charged in full
                     let unmetered = percent > 200;
-                    Some(AccountOp::Settle { reservation: id, actual: MicroUsd(held * percent / 100), line, unmetered })
+                    Some(AccountOp::Settle { reservation: id, actual: MicroUsd(held * percent / 100), line, unmetered, leased: None })
                 }
                 Step::OwnJob { key: k, id } => Some(AccountOp::OwnJob {
                     job_id: format!("job{id}"),
                     row: JobRow { key_id: key(k, 1, false).key_id, poll_base: format!("/fal-ai/x/requests/job{id}"), at: now },
                 }),
                 Step::Release { nth } if !reservations.is_empty() => {
-                    Some(AccountOp::Release { reservation: reservations[nth % reservations.len()].0, line: None })
+                    Some(AccountOp::Release { reservation: reservations[nth % reservations.len()].0, line: None, leased: None })
                 }
                 Step::Batch(items) if !reservations.is_empty() => Some(AccountOp::Batch(
                     items
@@ -219,13 +276,14 @@ proptest! {
                             let (id, held) = reservations[nth % reservations.len()];
                             // above 160 %: a release instead of a settle
                             if percent > 160 {
-                                AccountOp::Release { reservation: id, line: None }
+                                AccountOp::Release { reservation: id, line: None, leased: None }
                             } else {
                                 AccountOp::Settle {
                                     reservation: id,
                                     actual: MicroUsd(held * percent / 100),
                                     line: None,
                                     unmetered: percent > 150,
+                                    leased: None,
                                 }
                             }
                         })
@@ -265,10 +323,17 @@ proptest! {
                 };
                 let (reply, writes) = store::run(&mut st, op, now);
                 prop_assert!(writes.len() <= most, "{} writes for one operation: {writes:?}", writes.len());
-                if let hf_gate::core::protocol::AccountReply::Admission(
-                    hf_gate::core::account::Admission::Admitted { reservation: Some(id), .. },
-                ) = reply
-                {
+                use hf_gate::core::account::Admission;
+                use hf_gate::core::protocol::AccountReply;
+                let grant = match &reply {
+                    AccountReply::Admission(Admission::Admitted { lease, .. }) => *lease,
+                    AccountReply::Leased { grant, .. } => *grant,
+                    _ => None,
+                };
+                if let Some(g) = grant {
+                    leases.push((g.id, g.first_hold, g.calls, 0, asking.clone()));
+                }
+                if let AccountReply::Admission(Admission::Admitted { reservation: Some(id), .. }) = reply {
                     if let Some(Hold::Open { amount, .. }) = st.ledger.hold(id) {
                         reservations.push((id, amount.0));
                     }

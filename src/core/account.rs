@@ -7,17 +7,19 @@
 
 use crate::core::error::GatewayError;
 use crate::core::gcra::{self, Quota, Tat};
+use crate::core::isolate_lease::{self, Grant, Issued, Want};
 use crate::core::keys::RateLimit;
 use crate::core::ledger::{owed_at, Budget, Hold, Ledger, LedgerHead, MicroUsd, Settled, Usage};
 use crate::core::pricing::{ComputePrice, Price, TokenUsage};
 use crate::core::spend::{Jobs, Spend};
 use crate::core::time::{BillingPeriod, UnixMillis};
-use serde::{Deserialize, Serialize};
+use crate::core::wire::{self, Errors, Fields, FromJson, ToJson};
+use serde_json::Value;
 use std::collections::BTreeMap;
 
 /// What the ledger needs to know of a key. Versioned: the newest version seen wins, so a
 /// cached copy at the edge can never undo a revocation pushed by the admin API.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeyPolicy {
     pub key_id: String,
     pub version: u64,
@@ -27,12 +29,11 @@ pub struct KeyPolicy {
     pub rate: Option<RateLimit>,
     /// The most this key may spend in a period inside a shared pool (its credit override or
     /// spending cap, whichever is lower); `None` when the key is the account.
-    #[serde(default)]
     pub ceiling: Option<MicroUsd>,
 }
 
 /// The account's money and rate rules, versioned like `KeyPolicy`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AccountPolicy {
     pub version: u64,
     pub budget: Budget,
@@ -42,8 +43,7 @@ pub struct AccountPolicy {
 }
 
 /// What a call may cost at worst, as the edge bounds it before sending.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Cost {
     /// A fixed worst case (time-billed calls); zero for calls that cost nothing.
     Fixed { amount: MicroUsd },
@@ -72,16 +72,18 @@ impl Cost {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AdmitRequest {
     pub key: KeyPolicy,
     pub account: AccountPolicy,
     pub cost: Cost,
     pub ttl_ms: u64,
+    /// A lease the isolate would take with this call, to admit the next ones itself.
+    pub lease: Option<Want>,
 }
 
 /// The throttle as the caller should see it (the tighter of key and account).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RateView {
     pub rpm: u32,
     pub burst: u32,
@@ -89,8 +91,7 @@ pub struct RateView {
     pub reset_ms: u64,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Denial {
     Revoked,
     RateLimited,
@@ -108,8 +109,7 @@ impl Denial {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Admission {
     Admitted {
         reservation: Option<u64>,
@@ -121,8 +121,9 @@ pub enum Admission {
         /// The edge's copy of a policy is older than the ledger's: drop it from caches.
         stale: bool,
         /// What the reservation holds: what the call is charged if its usage is never learned.
-        #[serde(default)]
         held: MicroUsd,
+        /// The lease the isolate asked for, if the account could grant one.
+        lease: Option<Grant>,
     },
     Denied {
         denial: Denial,
@@ -131,22 +132,19 @@ pub enum Admission {
         stale: bool,
         /// For a token-priced call refused for credit: the output tokens it could still have
         /// paid for (fewer than the least worth sending), if the prompt fits at all.
-        #[serde(default)]
         affordable: Option<u64>,
     },
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KeyState {
     pub policy: Option<KeyPolicy>,
     pub tat: Tat,
     /// This key's share of the account's spend in `period_start`'s period.
     pub used: MicroUsd,
     /// What this key was charged beyond its reservations, same period.
-    #[serde(default)]
     pub overrun: MicroUsd,
     /// What this key was charged without a usage count, same period (part of `used`).
-    #[serde(default)]
     pub unmetered: MicroUsd,
     pub period_start: UnixMillis,
 }
@@ -162,7 +160,7 @@ impl KeyState {
     }
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AccountState {
     pub ledger: Ledger,
     pub tat: Tat,
@@ -171,11 +169,11 @@ pub struct AccountState {
     /// Reservation id -> the key it was made for, to attribute spend per key.
     owners: BTreeMap<u64, String>,
     /// This period's spend per key, model and provider.
-    #[serde(default)]
     pub spend: Spend,
     /// The queued jobs this account's keys submitted.
-    #[serde(default)]
     pub jobs: Jobs,
+    /// The leases granted to isolates, until they can be forgotten.
+    pub grants: BTreeMap<u64, Issued>,
 }
 
 fn quota(r: RateLimit) -> Option<Quota> {
@@ -245,7 +243,8 @@ impl AccountState {
             let Some(q) = quota(r) else {
                 return throttled(0, None, stale);
             };
-            match gcra::check(q, key_state.tat, now, 1) {
+            // beside what the key's leases still hold: the isolates may make those calls
+            match gcra::check_beside(q, key_state.tat, now, 1, self.leased_calls(Some(&key.key_id), now)) {
                 Ok((tat, allow)) => key_decision = Some((tat, view(r, allow))),
                 Err(no) => {
                     let rate = RateView { rpm: r.rpm, burst: r.burst, remaining: 0, reset_ms: no.wait_ms };
@@ -256,7 +255,7 @@ impl AccountState {
         let Some(q) = quota(account.rate) else {
             return throttled(0, None, stale);
         };
-        let (account_tat, account_view) = match gcra::check(q, self.tat, now, 1) {
+        let (account_tat, account_view) = match gcra::check_beside(q, self.tat, now, 1, self.leased_calls(None, now)) {
             Ok((tat, allow)) => (tat, view(account.rate, allow)),
             Err(no) => {
                 let rate =
@@ -323,11 +322,185 @@ impl AccountState {
         if let Some((tat, _)) = key_decision {
             entry.tat = tat;
         }
-        Admission::Admitted { reservation, output, rate, stale, held }
+        let lease = req.lease.and_then(|want| self.grant_lease(&key, &account, want, now));
+        Admission::Admitted { reservation, output, rate, stale, held, lease }
+    }
+
+    /// Grants an isolate a lease for `key`, on the policies already merged: credit from what
+    /// is free (for the key inside a pool, from its own ceiling too) and calls from both
+    /// throttles, taken for the lease's window. `None` when the key is revoked, or too little
+    /// of either is free (the isolate then asks call by call), or the account's calls are
+    /// billed by their providers (its calls are recorded at the object, never held).
+    pub fn grant_lease(
+        &mut self,
+        key: &KeyPolicy,
+        account: &AccountPolicy,
+        want: Want,
+        now: UnixMillis,
+    ) -> Option<Grant> {
+        if key.revoked || want.ttl_ms == 0 || account.provider_billed {
+            return None;
+        }
+        let free = self.headroom(key, &account.budget, now);
+        let (calls, _) = isolate_lease::size(want, free)?;
+        let account_q = quota(account.rate)?;
+        let key_q = match key.rate {
+            Some(r) => Some(quota(r)?),
+            None => None,
+        };
+        let key_tat = self.keys.get(&key.key_id).map(|k| k.tat).unwrap_or_default();
+        let (held_account, held_key) = (self.leased_calls(None, now), self.leased_calls(Some(&key.key_id), now));
+        // a quarter of what each throttle can spare, as for credit: an isolate takes no more
+        // than it is likely to use, and leaves the rest to the others
+        let mut calls = calls.min(gcra::spare_beside(account_q, self.tat, now, held_account) / 4);
+        if let Some(q) = key_q {
+            calls = calls.min(gcra::spare_beside(q, key_tat, now, held_key) / 4);
+        }
+        if calls < 2 {
+            return None;
+        }
+        let credit = free.map(|_| MicroUsd(want.per_call.0.max(1).saturating_mul(u64::from(calls))));
+        let (id, first_hold) = self.ledger.lease(now, credit, calls, &account.budget).ok()?;
+        // the lease's calls are kept aside from now on: the rate shown is what is left beside them
+        let mut rate = view(
+            account.rate,
+            gcra::state_at(account_q, self.room(account_q, self.tat, held_account + calls, now), now),
+        );
+        if let (Some(q), Some(r)) = (key_q, key.rate) {
+            let room = self.room(q, key_tat, held_key + calls, now);
+            rate = tighter(rate, Some(view(r, gcra::state_at(q, room, now))));
+        }
+        let ends_at = now.saturating_add_ms(want.ttl_ms.saturating_add(isolate_lease::SKEW_MS));
+        self.grants.insert(id, Issued::new(&key.key_id, first_hold, calls, ends_at));
+        Some(Grant { id, first_hold, calls, credit, ttl_ms: want.ttl_ms, rate })
+    }
+
+    /// A lease asked for on its own, ahead of need (the isolate's current one runs low), and
+    /// whether the isolate's key record is older than the object's (as `admit` says it).
+    pub fn acquire(
+        &mut self,
+        key: KeyPolicy,
+        account: AccountPolicy,
+        want: Want,
+        now: UnixMillis,
+    ) -> (Option<Grant>, bool) {
+        let (account, stale_a) = self.merge_account_policy(account);
+        let (key, stale_k) = self.merge_key_policy(key);
+        (self.grant_lease(&key, &account, want, now), stale_a || stale_k)
+    }
+
+    /// Calls an isolate admitted on lease `lease` (hold id, amount), each becoming a hold of
+    /// its own, of the lease's key. An id the lease has given already, or that is no id of a
+    /// lease the object knows, changes nothing: a report sent twice counts once.
+    pub fn admitted(&mut self, lease: u64, key_id: &str, calls: &[(u64, MicroUsd)], ttl_ms: u64, now: UnixMillis) {
+        for (id, amount) in calls {
+            self.admit_leased(lease, key_id, *id, *amount, ttl_ms, true, now);
+        }
+    }
+
+    /// One call of a lease (of `key_id`'s): true if the object had not heard of it. A lease
+    /// forgotten already (its quarantine passed: an isolate that was slow, not dead) has no
+    /// record to tell a replay by. A report that late is held all the same, as the call
+    /// happened (a replay of it that late does not come: the edge sends it within 50 ms and
+    /// retries within seconds); a settle or release that does not stand for a report is the
+    /// second copy of one already applied (its call was reported, so its hold was made
+    /// while the lease was known), and changes nothing.
+    #[allow(clippy::too_many_arguments)]
+    fn admit_leased(
+        &mut self,
+        lease: u64,
+        key_id: &str,
+        id: u64,
+        amount: MicroUsd,
+        ttl_ms: u64,
+        report: bool,
+        now: UnixMillis,
+    ) -> bool {
+        let fresh = match self.grants.get_mut(&lease) {
+            Some(record) => record.hear(id),
+            // a lease id that was never given, or a call already held, is no late report
+            None => report && lease < self.ledger.next_reservation_id() && self.ledger.hold(id).is_none(),
+        };
+        if !fresh {
+            return false;
+        }
+        self.ledger.admit_leased(now, lease, id, amount, ttl_ms);
+        self.owners.insert(id, key_id.to_string());
+        true
+    }
+
+    /// Hears of a lease's call that its settle or release brings first (its report was
+    /// merged into it, or is still on the way): it becomes a hold of the lease's key, to be
+    /// settled or released at once.
+    /// `report`: the settle stands for the call's report too.
+    pub fn leased_call(&mut self, lease: u64, key_id: &str, id: u64, amount: MicroUsd, report: bool, now: UnixMillis) {
+        self.admit_leased(lease, key_id, id, amount, 0, report, now);
+    }
+
+    /// An isolate gives its lease back, after the reports of every call it admitted on it:
+    /// what the lease has not given to calls is free again. The record is kept until no
+    /// report of it can still come.
+    pub fn return_lease(&mut self, lease: u64, now: UnixMillis) -> bool {
+        let Some(r) = self.grants.get_mut(&lease).filter(|r| !r.returned) else { return false };
+        r.returned = true;
+        self.ledger.end_lease(lease);
+        // the calls it made are all reported (they came before it): counted now
+        let made = r.heard();
+        self.close_lease(lease, now, made);
+        true
+    }
+
+    /// Counts a lease's `made` calls in the throttles as made at `at`, once, and stops
+    /// keeping its calls aside.
+    fn close_lease(&mut self, lease: u64, at: UnixMillis, made: u32) {
+        let Some(r) = self.grants.get_mut(&lease).filter(|r| !r.closed) else { return };
+        r.closed = true;
+        let key_id = r.key_id.clone();
+        if let Some(q) = self.policy.and_then(|p| quota(p.rate)) {
+            self.tat = gcra::close_lease(q, self.tat, at, made);
+        }
+        let key = self.keys.get_mut(&key_id);
+        if let Some(k) = key {
+            if let Some(q) = k.policy.as_ref().and_then(|p| p.rate).and_then(quota) {
+                k.tat = gcra::close_lease(q, k.tat, at, made);
+            }
+        }
+    }
+
+    /// Calls the throttles keep aside for open leases (of `key_id`'s, or of any key's).
+    fn leased_calls(&self, key_id: Option<&str>, _now: UnixMillis) -> u32 {
+        if self.grants.is_empty() {
+            return 0;
+        }
+        self.grants
+            .values()
+            .filter(|r| key_id.is_none_or(|k| r.key_id == k))
+            .map(Issued::kept_aside)
+            .fold(0u32, u32::saturating_add)
+    }
+
+    /// The limiter state that leaves room for `held` calls kept aside, for a rate view.
+    fn room(&self, q: Quota, tat: Tat, held: u32, now: UnixMillis) -> Tat {
+        gcra::beside(q, tat, now, held)
+    }
+
+    /// When every lease granted before `before` (a lease id: ids only grow) and not yet
+    /// returned has ended, for `key_id` or any key: an edit that takes a right away answers
+    /// then, so that after it no call is admitted on the old terms. Leases granted after the
+    /// edit are on the new terms, and are not waited for: isolates renewing steadily always
+    /// hold one. `None`: none is out.
+    pub fn leases_end(&self, key_id: Option<&str>, before: u64, now: UnixMillis) -> Option<UnixMillis> {
+        self.grants
+            .range(..before)
+            .map(|(_, r)| r)
+            .filter(|r| !r.returned && r.ends_at > now && key_id.is_none_or(|k| r.key_id == k))
+            .map(|r| r.ends_at)
+            .max()
     }
 
     /// What may still be committed for `key`: the account's headroom, and inside a shared
-    /// pool the key's own ceiling less its spend and holds. `None` when nothing bounds it.
+    /// pool the key's own ceiling less its spend, its holds and the credit its leases still
+    /// hold. `None` when nothing bounds it.
     fn headroom(&self, key: &KeyPolicy, budget: &Budget, now: UnixMillis) -> Option<MicroUsd> {
         let account = self.ledger.headroom(budget);
         let own = key.ceiling.map(|ceiling| {
@@ -337,7 +510,13 @@ impl AccountState {
                 .filter(|(_, k)| **k == key.key_id)
                 .filter_map(|(id, _)| self.ledger.held(*id))
                 .fold(MicroUsd::ZERO, MicroUsd::saturating_add);
-            ceiling.saturating_sub(self.key_used(&key.key_id, now).saturating_add(held))
+            let leased = self
+                .grants
+                .iter()
+                .filter(|(_, r)| r.key_id == key.key_id)
+                .filter_map(|(id, _)| self.ledger.lease_credit(*id))
+                .fold(MicroUsd::ZERO, MicroUsd::saturating_add);
+            ceiling.saturating_sub(self.key_used(&key.key_id, now).saturating_add(held).saturating_add(leased))
         });
         match (account, own) {
             (Some(a), Some(o)) => Some(a.min(o)),
@@ -417,6 +596,22 @@ impl AccountState {
     /// that made it; returns the holds that changed and, for those that lapsed now, the key
     /// and the amount charged.
     pub fn expire(&mut self, now: UnixMillis) -> Vec<Lapse> {
+        // leases that ended unreturned close: all their calls counted, as made at their end
+        let ended: Vec<(u64, UnixMillis, u32)> = self
+            .grants
+            .iter()
+            .filter(|(_, r)| !r.closed && r.ends_at <= now)
+            .map(|(id, r)| (*id, r.ends_at, r.calls))
+            .collect();
+        for (id, at, calls) in ended {
+            self.close_lease(id, at, calls);
+        }
+        // leases no report can still reach: what one never returned gives back its credit
+        let done: Vec<u64> = self.grants.iter().filter(|(_, r)| r.forget_at() <= now).map(|(id, _)| *id).collect();
+        for id in done {
+            self.ledger.end_lease(id);
+            self.grants.remove(&id);
+        }
         let changed = self.ledger.expire(now);
         let mut out = Vec::with_capacity(changed.len());
         for (id, charged) in changed {
@@ -435,6 +630,15 @@ impl AccountState {
             out.push(Lapse { id, key_id, charged });
         }
         out
+    }
+
+    /// When something is next due: a hold's expiry, or a lease to forget.
+    pub fn next_wake(&self) -> Option<UnixMillis> {
+        let lease = self.grants.values().map(|r| if r.closed { r.forget_at() } else { r.ends_at }).min();
+        match (self.ledger.next_expiry(), lease) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// The key a reservation was made for.
@@ -475,6 +679,7 @@ impl AccountState {
             owners,
             spend: Spend::default(),
             jobs: Jobs::default(),
+            grants: BTreeMap::new(),
         }
     }
 
@@ -485,11 +690,15 @@ impl AccountState {
     /// The throttle of a key as it stands, without taking from it.
     pub fn rate_view(&self, key_id: &str, now: UnixMillis) -> Option<RateView> {
         let account = self.policy?;
-        let account_view = quota(account.rate).map(|q| view(account.rate, gcra::state_at(q, self.tat, now)))?;
+        let held = self.leased_calls(None, now);
+        let account_view = quota(account.rate)
+            .map(|q| view(account.rate, gcra::state_at(q, gcra::beside(q, self.tat, now, held), now)))?;
         let key = self.keys.get(key_id);
         let key_view = key.and_then(|k| {
             let r = k.policy.as_ref()?.rate?;
-            Some(view(r, gcra::state_at(quota(r)?, k.tat, now)))
+            let q = quota(r)?;
+            let room = gcra::beside(q, k.tat, now, self.leased_calls(Some(key_id), now));
+            Some(view(r, gcra::state_at(q, room, now)))
         });
         Some(tighter(account_view, key_view))
     }
@@ -530,6 +739,159 @@ fn throttled(wait_ms: u64, rate: Option<RateView>, stale: bool) -> Admission {
     Admission::Denied { denial: Denial::RateLimited, retry_after_ms: wait_ms, rate, stale, affordable: None }
 }
 
+// Their JSON, as the account object's messages and rows carry them (`core::wire`);
+// `AccountState` is read only from the one document earlier builds stored (`edits::decode`).
+crate::core::wire::json_struct!(KeyPolicy { key_id, version, revoked, rate, ceiling: default });
+crate::core::wire::json_struct!(AccountPolicy { version, budget, rate, provider_billed });
+crate::core::wire::json_struct!(AdmitRequest { key, account, cost, ttl_ms, lease: skip_none });
+crate::core::wire::json_struct!(RateView { rpm, burst, remaining, reset_ms });
+crate::core::wire::json_struct!(KeyState { policy, tat, used, overrun: default, unmetered: default, period_start });
+crate::core::wire::json_struct!(read AccountState {
+    ledger,
+    tat,
+    policy,
+    keys,
+    owners,
+    spend: default,
+    jobs: default,
+    grants: default,
+});
+
+impl FromJson for Cost {
+    fn read(v: &Value, e: &Errors) -> Self {
+        let (tag, v) = wire::variant(v, e);
+        let f = Fields::of(v, e);
+        match tag {
+            "fixed" => Cost::Fixed { amount: f.get("amount") },
+            "tokens" => Cost::Tokens {
+                price: f.get("price"),
+                prompt: f.get("prompt"),
+                output: f.get("output"),
+                choices: f.get("choices"),
+                min_output: f.get("min_output"),
+            },
+            "time" => Cost::Time { price: f.get("price"), ms: f.get("ms"), min_ms: f.get("min_ms") },
+            _ => {
+                e.unknown(tag);
+                Cost::FREE
+            }
+        }
+    }
+    fn fallback() -> Self {
+        Cost::FREE
+    }
+}
+
+impl ToJson for Cost {
+    fn to_json(&self, out: &mut String) {
+        match self {
+            Cost::Fixed { amount } => wire::tagged_object(out, "fixed", &[("amount", amount)]),
+            Cost::Tokens { price, prompt, output, choices, min_output } => wire::tagged_object(
+                out,
+                "tokens",
+                &[
+                    ("price", price),
+                    ("prompt", prompt),
+                    ("output", output),
+                    ("choices", choices),
+                    ("min_output", min_output),
+                ],
+            ),
+            Cost::Time { price, ms, min_ms } => {
+                wire::tagged_object(out, "time", &[("price", price), ("ms", ms), ("min_ms", min_ms)])
+            }
+        }
+    }
+}
+
+impl FromJson for Denial {
+    fn read(v: &Value, e: &Errors) -> Self {
+        match v.as_str() {
+            Some("revoked") => Denial::Revoked,
+            Some("rate_limited") => Denial::RateLimited,
+            Some("insufficient_quota") => Denial::InsufficientQuota,
+            _ => {
+                e.expected("a denial", v);
+                Denial::Revoked
+            }
+        }
+    }
+    fn fallback() -> Self {
+        Denial::Revoked
+    }
+}
+
+impl ToJson for Denial {
+    fn to_json(&self, out: &mut String) {
+        out.push_str(match self {
+            Denial::Revoked => "\"revoked\"",
+            Denial::RateLimited => "\"rate_limited\"",
+            Denial::InsufficientQuota => "\"insufficient_quota\"",
+        })
+    }
+}
+
+impl FromJson for Admission {
+    fn read(v: &Value, e: &Errors) -> Self {
+        let (tag, v) = wire::variant(v, e);
+        let f = Fields::of(v, e);
+        match tag {
+            "admitted" => Admission::Admitted {
+                reservation: f.get("reservation"),
+                output: f.get("output"),
+                rate: f.get("rate"),
+                stale: f.get("stale"),
+                held: f.or_default("held"),
+                lease: f.get("lease"),
+            },
+            "denied" => Admission::Denied {
+                denial: f.get("denial"),
+                retry_after_ms: f.get("retry_after_ms"),
+                rate: f.get("rate"),
+                stale: f.get("stale"),
+                affordable: f.get("affordable"),
+            },
+            _ => {
+                e.unknown(tag);
+                Admission::fallback()
+            }
+        }
+    }
+    fn fallback() -> Self {
+        Admission::Denied { denial: Denial::Revoked, retry_after_ms: 0, rate: None, stale: false, affordable: None }
+    }
+}
+
+impl ToJson for Admission {
+    fn to_json(&self, out: &mut String) {
+        match self {
+            Admission::Admitted { reservation, output, rate, stale, held, lease } => wire::tagged_object(
+                out,
+                "admitted",
+                &[
+                    ("reservation", reservation),
+                    ("output", output),
+                    ("rate", rate),
+                    ("stale", stale),
+                    ("held", held),
+                    ("lease", &wire::Skip(lease.is_none(), lease)),
+                ],
+            ),
+            Admission::Denied { denial, retry_after_ms, rate, stale, affordable } => wire::tagged_object(
+                out,
+                "denied",
+                &[
+                    ("denial", denial),
+                    ("retry_after_ms", retry_after_ms),
+                    ("rate", rate),
+                    ("stale", stale),
+                    ("affordable", affordable),
+                ],
+            ),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -554,6 +916,7 @@ mod tests {
             },
             cost: Cost::Fixed { amount: MicroUsd(reserve) },
             ttl_ms: 60_000,
+            lease: None,
         }
     }
 

@@ -7,53 +7,38 @@ use crate::core::error::GatewayError;
 use crate::core::keys::{self, KeyRecord, RateLimit, SealedKey};
 use crate::core::paths::PROVIDERS;
 use crate::core::settings::Settings;
-use serde::Deserialize;
-use std::collections::BTreeMap;
+use crate::core::sorted::SortedMap;
+use crate::core::wire::{Errors, Fields, FromJson};
+use serde_json::Value;
 
 fn bad(why: impl Into<String>) -> GatewayError {
     GatewayError::InvalidRequest(why.into())
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct NewKey {
     pub plan: Option<String>,
     pub name: Option<String>,
     pub org: Option<String>,
-    #[serde(default)]
     pub allowed_origins: Vec<String>,
-    #[serde(default)]
     pub allowed_endpoints: Vec<String>,
     pub rate_limit: Option<RateLimit>,
     pub monthly_credit_micro_usd: Option<u64>,
     pub spend_cap_micro_usd: Option<u64>,
-    #[serde(default)]
-    pub provider_key: BTreeMap<String, String>,
+    pub provider_key: SortedMap<String, String>,
 }
 
-/// `Some(None)` is an explicit `null` (clear), `None` is "leave as it is".
-fn double_option<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
-    Ok(Some(Option::deserialize(d)?))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+/// In a patch, `Some(None)` is an explicit `null` (clear), `None` is "leave as it is".
 pub struct KeyPatch {
     pub name: Option<String>,
     pub plan: Option<String>,
     pub allowed_origins: Option<Vec<String>>,
     pub allowed_endpoints: Option<Vec<String>>,
-    #[serde(default, deserialize_with = "double_option")]
     pub rate_limit: Option<Option<RateLimit>>,
-    #[serde(default, deserialize_with = "double_option")]
     pub monthly_credit_micro_usd: Option<Option<u64>>,
-    #[serde(default, deserialize_with = "double_option")]
     pub spend_cap_micro_usd: Option<Option<u64>>,
-    pub provider_key: Option<BTreeMap<String, String>>,
+    pub provider_key: Option<SortedMap<String, String>>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct NewOrg {
     pub id: String,
     pub plan: String,
@@ -65,18 +50,141 @@ pub struct NewOrg {
     pub shards: Option<u32>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct OrgPatch {
     pub plan: Option<String>,
     pub seats: Option<u32>,
     pub bill_to: Option<String>,
-    #[serde(default, deserialize_with = "double_option")]
     pub spend_limit_micro_usd: Option<Option<u64>>,
-    #[serde(default, deserialize_with = "double_option")]
     pub rate_limit: Option<Option<RateLimit>>,
     /// Accepted only unchanged: the shard count is fixed when the org is created.
     pub shards: Option<u32>,
+}
+
+// The bodies as `core::wire` reads them: as serde's derives with `deny_unknown_fields` read
+// them (no unknown or repeated field, a missing `Option` is `None`), each patch's nullable
+// fields read with `Fields::patch`.
+impl FromJson for NewKey {
+    fn read(v: &Value, e: &Errors) -> Self {
+        const FIELDS: &[&str] = &[
+            "plan",
+            "name",
+            "org",
+            "allowed_origins",
+            "allowed_endpoints",
+            "rate_limit",
+            "monthly_credit_micro_usd",
+            "spend_cap_micro_usd",
+            "provider_key",
+        ];
+        let f = Fields::only(v, e, FIELDS);
+        NewKey {
+            plan: f.get("plan"),
+            name: f.get("name"),
+            org: f.get("org"),
+            allowed_origins: f.or_default("allowed_origins"),
+            allowed_endpoints: f.or_default("allowed_endpoints"),
+            rate_limit: f.get("rate_limit"),
+            monthly_credit_micro_usd: f.get("monthly_credit_micro_usd"),
+            spend_cap_micro_usd: f.get("spend_cap_micro_usd"),
+            provider_key: f.or_default("provider_key"),
+        }
+    }
+    fn fallback() -> Self {
+        NewKey {
+            plan: None,
+            name: None,
+            org: None,
+            allowed_origins: Vec::new(),
+            allowed_endpoints: Vec::new(),
+            rate_limit: None,
+            monthly_credit_micro_usd: None,
+            spend_cap_micro_usd: None,
+            provider_key: SortedMap::new(),
+        }
+    }
+}
+
+impl FromJson for KeyPatch {
+    fn read(v: &Value, e: &Errors) -> Self {
+        const FIELDS: &[&str] = &[
+            "name",
+            "plan",
+            "allowed_origins",
+            "allowed_endpoints",
+            "rate_limit",
+            "monthly_credit_micro_usd",
+            "spend_cap_micro_usd",
+            "provider_key",
+        ];
+        let f = Fields::only(v, e, FIELDS);
+        KeyPatch {
+            name: f.get("name"),
+            plan: f.get("plan"),
+            allowed_origins: f.get("allowed_origins"),
+            allowed_endpoints: f.get("allowed_endpoints"),
+            rate_limit: f.patch("rate_limit"),
+            monthly_credit_micro_usd: f.patch("monthly_credit_micro_usd"),
+            spend_cap_micro_usd: f.patch("spend_cap_micro_usd"),
+            provider_key: f.get("provider_key"),
+        }
+    }
+    fn fallback() -> Self {
+        KeyPatch {
+            name: None,
+            plan: None,
+            allowed_origins: None,
+            allowed_endpoints: None,
+            rate_limit: None,
+            monthly_credit_micro_usd: None,
+            spend_cap_micro_usd: None,
+            provider_key: None,
+        }
+    }
+}
+
+impl FromJson for NewOrg {
+    fn read(v: &Value, e: &Errors) -> Self {
+        const FIELDS: &[&str] = &["id", "plan", "seats", "bill_to", "spend_limit_micro_usd", "rate_limit", "shards"];
+        let f = Fields::only(v, e, FIELDS);
+        NewOrg {
+            id: f.get("id"),
+            plan: f.get("plan"),
+            seats: f.get("seats"),
+            bill_to: f.get("bill_to"),
+            spend_limit_micro_usd: f.get("spend_limit_micro_usd"),
+            rate_limit: f.get("rate_limit"),
+            shards: f.get("shards"),
+        }
+    }
+    fn fallback() -> Self {
+        NewOrg {
+            id: String::new(),
+            plan: String::new(),
+            seats: 0,
+            bill_to: None,
+            spend_limit_micro_usd: None,
+            rate_limit: None,
+            shards: None,
+        }
+    }
+}
+
+impl FromJson for OrgPatch {
+    fn read(v: &Value, e: &Errors) -> Self {
+        const FIELDS: &[&str] = &["plan", "seats", "bill_to", "spend_limit_micro_usd", "rate_limit", "shards"];
+        let f = Fields::only(v, e, FIELDS);
+        OrgPatch {
+            plan: f.get("plan"),
+            seats: f.get("seats"),
+            bill_to: f.get("bill_to"),
+            spend_limit_micro_usd: f.patch("spend_limit_micro_usd"),
+            rate_limit: f.patch("rate_limit"),
+            shards: f.get("shards"),
+        }
+    }
+    fn fallback() -> Self {
+        OrgPatch { plan: None, seats: None, bill_to: None, spend_limit_micro_usd: None, rate_limit: None, shards: None }
+    }
 }
 
 pub fn check_rate(r: &Option<RateLimit>) -> Result<(), GatewayError> {
@@ -130,7 +238,7 @@ pub fn check_org_fields(plan: &str, seats: u32, bill_to: &str, s: &Settings) -> 
 /// Applies a patch to a record (validated; provider keys already sealed).
 pub fn apply_key_patch(
     p: &KeyPatch,
-    sealed: Option<&BTreeMap<String, SealedKey>>,
+    sealed: Option<&SortedMap<String, SealedKey>>,
     record: &mut KeyRecord,
     s: &Settings,
 ) -> Result<(), GatewayError> {
@@ -201,12 +309,29 @@ mod tests {
     }
 
     #[test]
-    fn bodies_with_unknown_fields_are_refused() {
-        assert!(serde_json::from_str::<NewKey>(r#"{"plan":"free","admin":true}"#).is_err());
-        assert!(serde_json::from_str::<OrgPatch>(r#"{"seats":2,"owner":"x"}"#).is_err());
-        let p: KeyPatch = serde_json::from_str(r#"{"rate_limit":null}"#).unwrap();
+    fn bodies_with_unknown_or_repeated_fields_are_refused() {
+        use crate::core::wire::parse;
+        let unknown = parse::<NewKey>(r#"{"plan":"free","admin":true}"#).err().unwrap();
+        assert!(unknown.0.starts_with(": unknown field `admin`, expected one of `plan`, `name`"), "{unknown}");
+        assert!(parse::<OrgPatch>(r#"{"seats":2,"owner":"x"}"#).is_err());
+        let repeated = parse::<NewKey>(r#"{"plan":"free","plan":"pro"}"#).err().unwrap();
+        assert_eq!(repeated.0, ": duplicate field `plan`");
+        assert!(parse::<NewKey>(r#"{"rate_limit":{"rpm":1,"rpm":2,"burst":1}}"#).is_err(), "a repeat in a struct");
+        // a map keeps the last of a repeated key, as serde's BTreeMap did
+        let n = parse::<NewKey>(r#"{"provider_key":{"groq":"a","groq":"b"}}"#).unwrap();
+        assert_eq!(n.provider_key.get("groq").map(String::as_str), Some("b"));
+        assert!(parse::<NewKey>(r#"{"allowed_origins":null}"#).is_err(), "a defaulted list is not nullable");
+        assert!(parse::<NewOrg>(r#"{"id":"o","plan":"team"}"#).is_err(), "seats is required");
+        assert!(parse::<NewOrg>(r#"{"id":"o","plan":"team","seats":-1}"#).is_err());
+        assert!(parse::<NewKey>("[]").is_err());
+        let p = parse::<KeyPatch>(r#"{"rate_limit":null,"spend_cap_micro_usd":7}"#).unwrap();
         assert_eq!(p.rate_limit, Some(None), "an explicit null clears");
-        let p: KeyPatch = serde_json::from_str(r#"{}"#).unwrap();
+        assert_eq!(p.spend_cap_micro_usd, Some(Some(7)));
+        let p = parse::<KeyPatch>(r#"{"rate_limit":{"rpm":3,"burst":1,"extra":0}}"#).unwrap();
+        assert_eq!(p.rate_limit, Some(Some(RateLimit { rpm: 3, burst: 1 })), "a rate's other fields are ignored");
+        let p = parse::<KeyPatch>(r#"{}"#).unwrap();
         assert_eq!(p.rate_limit, None, "absent leaves it");
+        let o = parse::<OrgPatch>(r#"{"spend_limit_micro_usd":null,"shards":2}"#).unwrap();
+        assert_eq!((o.spend_limit_micro_usd, o.shards), (Some(None), Some(2)));
     }
 }

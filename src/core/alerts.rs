@@ -13,8 +13,8 @@
 //! HMAC-SHA256 under `ALERT_WEBHOOK_SECRET` (`sign`).
 
 use crate::core::ledger::MicroUsd;
+use crate::core::sort::sort_small_by;
 use crate::core::time::{BillingPeriod, UnixMillis};
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 pub const DEFAULT_THRESHOLDS: &[u8] = &[50, 80, 100];
@@ -26,7 +26,7 @@ const FIRST_RETRY_MS: u64 = 1_000;
 const LONGEST_RETRY_MS: u64 = 3_600_000;
 
 /// One alert waiting to be delivered.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Delivery {
     pub id: String,
     pub body: String,
@@ -35,7 +35,7 @@ pub struct Delivery {
 }
 
 /// An account's alerts this period: what fired, and what is still to be delivered.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AlertBook {
     pub period: UnixMillis,
     /// `"<scope>:<id>:<of>:<percent>"` of every threshold fired this period.
@@ -85,7 +85,7 @@ impl AlertBook {
         }
         let mut fired = false;
         let mut sorted = thresholds.to_vec();
-        sorted.sort_unstable();
+        sort_small_by(&mut sorted, Ord::cmp);
         for pct in sorted {
             // used / limit >= pct / 100, in integers
             let reached = u128::from(m.used.0) * 100 >= u128::from(m.limit.0) * u128::from(pct);
@@ -178,6 +178,10 @@ pub fn sign(key: &[u8], body: &[u8]) -> String {
     let outer = Sha256::new().chain_update(pad(0x5c)).chain_update(inner).finalize();
     outer.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+// Their JSON, as the account object's alert row holds them (`core::wire`).
+crate::core::wire::json_struct!(Delivery { id, body, attempts, next_at });
+crate::core::wire::json_struct!(AlertBook { period, fired, outbox, next_id });
 
 #[cfg(test)]
 mod tests {

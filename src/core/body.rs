@@ -409,8 +409,8 @@ impl<'de, 'b> Visitor<'de> for Top<'b> {
                 "model" => {
                     let raw: &RawValue = map.next_value()?;
                     model_span = offset_of(self.body, raw);
-                    let m: String =
-                        serde_json::from_str(raw.get()).map_err(|_| de::Error::custom("'model' must be a string"))?;
+                    let m: String = serde_json::from_slice(raw.get().as_bytes())
+                        .map_err(|_| de::Error::custom("'model' must be a string"))?;
                     if m.trim().is_empty() || m.len() > MAX_MODEL_LEN {
                         return Err(de::Error::custom("'model' must be a non-empty string of at most 256 bytes"));
                     }
@@ -513,7 +513,7 @@ fn truncate(s: &str) -> String {
 fn run_upstream(field: &str, raw: &str) -> Result<Option<Unbounded>, serde_json::Error> {
     match field {
         "tools" if raw.starts_with('[') => {
-            let mut de = serde_json::Deserializer::from_str(raw);
+            let mut de = serde_json::Deserializer::from_slice(raw.as_bytes());
             de.deserialize_seq(ToolsVisitor)
         }
         "tools" if raw != "null" => Ok(Some(Unbounded {
@@ -548,7 +548,7 @@ impl<'de> Visitor<'de> for ToolsVisitor {
             if found.is_none() {
                 let why = match entry.get() {
                     text if text.starts_with('{') => {
-                        let mut de = serde_json::Deserializer::from_str(text);
+                        let mut de = serde_json::Deserializer::from_slice(text.as_bytes());
                         de.deserialize_map(ToolType).map_err(de::Error::custom)?
                     }
                     _ => Some("it is not a tool object, so what runs it cannot be told".to_string()),
@@ -580,7 +580,7 @@ impl<'de> Visitor<'de> for ToolType {
                 continue;
             }
             // an absent or null type is a function to every API that defaults it
-            why = match serde_json::from_str::<Option<String>>(raw.get()) {
+            why = match serde_json::from_slice::<Option<String>>(raw.get().as_bytes()) {
                 Ok(None) => None,
                 Ok(Some(t)) if CLIENT_TOOL_TYPES.contains(&t.as_str()) => None,
                 Ok(Some(t)) => Some(format!(
@@ -601,7 +601,7 @@ fn read_stream_options<E: de::Error>(body: &[u8], raw: &RawValue, span: Span) ->
             if text.len() > MAX_STREAM_OPTIONS_BYTES {
                 return Err(E::custom("'stream_options' is too large"));
             }
-            let mut de = serde_json::Deserializer::from_str(text);
+            let mut de = serde_json::Deserializer::from_slice(text.as_bytes());
             let found = de.deserialize_map(StreamOptionsVisitor { body }).map_err(E::custom)?;
             Ok((
                 StreamOptions::Object {
@@ -974,7 +974,7 @@ impl<'de, 'p> Visitor<'de> for Outputs<'p> {
             } else if self.parent.is_none() && OUTPUT_COUNT_PARENTS.contains(&key.as_str()) {
                 let raw: &RawValue = map.next_value()?;
                 if raw.get().starts_with('{') {
-                    let mut de = serde_json::Deserializer::from_str(raw.get());
+                    let mut de = serde_json::Deserializer::from_slice(raw.get().as_bytes());
                     let below = de.deserialize_map(Outputs { parent: Some(&key) }).map_err(de::Error::custom)?;
                     outputs = outputs.saturating_mul(below);
                 }

@@ -10,7 +10,8 @@
 use crate::core::account::{AccountPolicy, AccountState, KeyPolicy};
 use crate::core::keys::KeyRecord;
 use crate::core::retry::RetryPolicy;
-use serde::{Deserialize, Serialize};
+use crate::core::wire::{self, Errors, Fields, FromJson, ToJson};
+use serde_json::Value;
 
 /// The last shape of the single stored document (`decode`). 0 is the bare `AccountState`
 /// written before the envelope existed.
@@ -22,8 +23,7 @@ pub const EDIT_RETRY: RetryPolicy =
     RetryPolicy { max_retries: 12, max_wait_ms: 500, deadline_ms: 10_000, backoff_base_ms: 10, backoff_cap_ms: 250 };
 
 /// The outcome of a compare-and-set edit of a key's policy.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum KeyEdit {
     /// Stored: the policy as it now stands (its version is the edit's base + 1).
     Accepted { policy: KeyPolicy },
@@ -34,8 +34,7 @@ pub enum KeyEdit {
 }
 
 /// The outcome of a compare-and-set edit of an account's (an org's) policy.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AccountEdit {
     Accepted { policy: AccountPolicy },
     Conflict { current: u64 },
@@ -173,16 +172,6 @@ impl IfMatch {
     }
 }
 
-/// The envelope as read: the state stays raw text until the schema is known, so it is
-/// parsed once, by the one `AccountState` parser (no JSON tree, no second copy of that code
-/// in the bundle).
-#[derive(Deserialize)]
-struct StoredEnvelope<'a> {
-    schema: Option<u32>,
-    #[serde(borrow)]
-    state: Option<&'a serde_json::value::RawValue>,
-}
-
 /// Stored state that cannot be used. The ledger refuses to run on it rather than start over:
 /// starting over would hand every key a full balance again.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -197,31 +186,92 @@ pub struct Undecodable {
 /// schema, is `Undecodable`.
 pub fn decode(stored: &str) -> Result<(u32, AccountState), Undecodable> {
     let fail = |schema, e: &dyn std::fmt::Display| Undecodable { schema, reason: e.to_string() };
-    let env: StoredEnvelope = serde_json::from_str(stored).map_err(|e| fail(None, &e))?;
-    let (schema, state) = match (env.schema, env.state) {
+    let doc = wire::tree(stored).map_err(|e| fail(None, &e))?;
+    let envelope = doc.as_object().ok_or_else(|| fail(None, &"expected an object"))?;
+    let schema: Option<u32> = match envelope.get("schema") {
+        Some(v) => wire::from_tree(v).map_err(|e| fail(None, &e))?,
+        None => None,
+    };
+    let (schema, state) = match (schema, envelope.get("state").filter(|v| !v.is_null())) {
         // no envelope: the bare state written before it existed
-        (None, _) => (0, stored),
+        (None, _) => (0, &doc),
         (Some(schema), _) if schema > SCHEMA || schema == 0 => {
             return Err(fail(Some(schema), &format!("schema {schema} is not one this build reads (0 to {SCHEMA})")));
         }
-        (Some(schema), Some(state)) => (schema, state.get()),
+        (Some(schema), Some(state)) => (schema, state),
         (Some(schema), None) => return Err(fail(Some(schema), &"the envelope holds no state")),
     };
-    serde_json::from_str(state).map(|st| (schema, st)).map_err(|e| fail(Some(schema), &e))
+    wire::from_tree::<AccountState>(state).map(|st| (schema, st)).map_err(|e| fail(Some(schema), &e))
+}
+
+// Their JSON, as the account object's replies carry them (`core::wire`).
+impl FromJson for KeyEdit {
+    fn read(v: &Value, e: &Errors) -> Self {
+        let (tag, v) = wire::variant(v, e);
+        let f = Fields::of(v, e);
+        match tag {
+            "accepted" => KeyEdit::Accepted { policy: f.get("policy") },
+            "conflict" => KeyEdit::Conflict { current: f.get("current") },
+            "revoked" => KeyEdit::Revoked { policy: f.get("policy") },
+            _ => {
+                e.unknown(tag);
+                KeyEdit::fallback()
+            }
+        }
+    }
+    fn fallback() -> Self {
+        KeyEdit::Conflict { current: 0 }
+    }
+}
+
+impl ToJson for KeyEdit {
+    fn to_json(&self, out: &mut String) {
+        match self {
+            KeyEdit::Accepted { policy } => wire::tagged_object(out, "accepted", &[("policy", policy)]),
+            KeyEdit::Conflict { current } => wire::tagged_object(out, "conflict", &[("current", current)]),
+            KeyEdit::Revoked { policy } => wire::tagged_object(out, "revoked", &[("policy", policy)]),
+        }
+    }
+}
+
+impl FromJson for AccountEdit {
+    fn read(v: &Value, e: &Errors) -> Self {
+        let (tag, v) = wire::variant(v, e);
+        let f = Fields::of(v, e);
+        match tag {
+            "accepted" => AccountEdit::Accepted { policy: f.get("policy") },
+            "conflict" => AccountEdit::Conflict { current: f.get("current") },
+            _ => {
+                e.unknown(tag);
+                AccountEdit::fallback()
+            }
+        }
+    }
+    fn fallback() -> Self {
+        AccountEdit::Conflict { current: 0 }
+    }
+}
+
+impl ToJson for AccountEdit {
+    fn to_json(&self, out: &mut String) {
+        match self {
+            AccountEdit::Accepted { policy } => wire::tagged_object(out, "accepted", &[("policy", policy)]),
+            AccountEdit::Conflict { current } => wire::tagged_object(out, "conflict", &[("current", current)]),
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// A state as earlier builds stored it, bare (schema 0): serde's output, kept in
+    /// `testdata/` since this build only reads it.
+    const BARE: &str = include_str!("testdata/account_v1.json");
+
     /// The document earlier builds stored: `{"schema": 1, "state": {...}}`.
-    fn encode(st: &AccountState) -> Result<String, serde_json::Error> {
-        #[derive(Serialize)]
-        struct Envelope<'a> {
-            schema: u32,
-            state: &'a AccountState,
-        }
-        serde_json::to_string(&Envelope { schema: SCHEMA, state: st })
+    fn envelope() -> String {
+        format!("{{\"schema\":{SCHEMA},\"state\":{}}}", BARE.trim_end())
     }
     use crate::core::account::{AdmitRequest, Cost};
     use crate::core::keys::RateLimit;
@@ -317,7 +367,7 @@ mod tests {
         }
         assert_eq!(held(&st, "k"), Some(revoked));
         // and a call with the copy from before the revocation is refused
-        let req = AdmitRequest { key: key(1), account: account(1, 100), cost: Cost::FREE, ttl_ms: 1_000 };
+        let req = AdmitRequest { key: key(1), account: account(1, 100), cost: Cost::FREE, ttl_ms: 1_000, lease: None };
         assert!(matches!(
             st.admit(req, NOW),
             crate::core::account::Admission::Denied { denial: crate::core::account::Denial::Revoked, .. }
@@ -393,23 +443,22 @@ mod tests {
     }
 
     #[test]
-    fn stored_state_round_trips_in_its_envelope() {
-        let st = state_at(2);
-        let text = encode(&st).unwrap();
-        assert!(text.starts_with("{\"schema\":1,"));
-        assert_eq!(decode(&text), Ok((1, st)));
+    fn stored_state_is_read_from_its_envelope() {
+        let (schema, st) = decode(&envelope()).unwrap();
+        assert_eq!(schema, 1);
+        assert_eq!(st.keys.get("a").and_then(|k| k.policy.as_ref()).map(|p| p.version), Some(1));
+        assert_eq!(st.ledger.requests, 2);
     }
 
     #[test]
     fn state_stored_before_the_envelope_is_read_as_schema_0() {
-        let st = state_at(2);
-        let bare = serde_json::to_string(&st).unwrap();
-        assert_eq!(decode(&bare), Ok((0, st)));
+        let (_, enveloped) = decode(&envelope()).unwrap();
+        assert_eq!(decode(BARE), Ok((0, enveloped)));
     }
 
     #[test]
     fn state_that_does_not_decode_is_refused_never_reset() {
-        let good = encode(&state_at(1)).unwrap();
+        let good = envelope();
         let truncated = &good[..good.len() / 2];
         let wrong_type = good.replacen("\"tat\":", "\"tat\":\"later\",\"was\":", 1);
         for broken in

@@ -12,11 +12,11 @@
 use crate::core::keys::valid_slug;
 use crate::core::paths::check_path;
 use crate::core::pricing::{ComputePrice, Price};
-use crate::core::route_prices::{kind, Fields};
+use crate::core::setting_json::{kind, Fields};
 use serde_json::Value;
 
 /// Endpoint names are slugs of at most this many bytes.
-pub const MAX_ENDPOINT_NAME_LEN: usize = 64;
+pub use crate::core::paths::MAX_ENDPOINT_NAME_LEN;
 /// The dearest hourly price accepted, in USD.
 pub const MAX_USD_PER_HOUR: f64 = 10_000.0;
 /// The dearest token price accepted, in USD per 1M tokens (as `PRICES` allows).
@@ -78,7 +78,7 @@ impl Endpoints {
     /// Parses the `ENDPOINTS` JSON object. Every error names the endpoint it is about.
     pub fn parse(json: &str) -> Result<Endpoints, String> {
         let shape = "expected {\"name\": {\"url\": \"https://...\", ...}}";
-        let raw = match serde_json::from_str(json).map_err(|e| format!("{shape}: {e}"))? {
+        let raw = match serde_json::from_slice(json.as_bytes()).map_err(|e| format!("{shape}: {e}"))? {
             Value::Object(map) => map,
             other => return Err(format!("{shape}: invalid type: {}, expected a map", kind(&other))),
         };
@@ -231,24 +231,6 @@ fn parse_price(endpoint: &str, p: RawPrice) -> Result<EndpointPrice, String> {
     }
 }
 
-/// Splits a path under `/endpoints/` into the endpoint's name and the path to send it;
-/// `None` for any other path, or a name that could not be configured.
-///
-/// ```
-/// use hf_gate::core::endpoints::split_endpoint_path;
-/// assert_eq!(split_endpoint_path("/endpoints/mine/v1/chat/completions"), Some(("mine", "/v1/chat/completions")));
-/// assert_eq!(split_endpoint_path("/endpoints/mine"), Some(("mine", "/")));
-/// assert_eq!(split_endpoint_path("/v1/chat/completions"), None);
-/// ```
-pub fn split_endpoint_path(path: &str) -> Option<(&str, &str)> {
-    let rest = path.strip_prefix("/endpoints/")?;
-    let (name, tail) = match rest.find('/') {
-        Some(at) => rest.split_at(at),
-        None => (rest, "/"),
-    };
-    valid_slug(name, MAX_ENDPOINT_NAME_LEN).then_some((name, tail))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -358,16 +340,5 @@ mod tests {
         ] {
             assert!(parse_base_url(bad).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn endpoint_paths_split_into_name_and_tail() {
-        assert_eq!(split_endpoint_path("/endpoints/mine/"), Some(("mine", "/")));
-        assert_eq!(split_endpoint_path("/endpoints/my.ep-1/generate"), Some(("my.ep-1", "/generate")));
-        assert_eq!(split_endpoint_path("/endpoints/"), None);
-        assert_eq!(split_endpoint_path("/endpoints"), None);
-        assert_eq!(split_endpoint_path("/endpointsx/mine"), None);
-        assert_eq!(split_endpoint_path("/endpoints/a%2fb/x"), None);
-        assert_eq!(split_endpoint_path(&format!("/endpoints/{}", "n".repeat(65))), None);
     }
 }

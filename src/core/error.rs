@@ -177,12 +177,12 @@ impl GatewayError {
         )
     }
 
-    /// The body: `{"error": {"message", "type", "code"}}`.
+    /// The body: `{"error": {"code", "message", "type"}}` (the names in serde_json's order).
     pub fn to_json(&self) -> String {
-        let body = serde_json::json!({
-            "error": { "message": self.to_string(), "type": self.kind(), "code": self.code() }
-        });
-        body.to_string()
+        let (message, kind, code) = (self.to_string(), self.kind(), self.code());
+        let mut out = String::new();
+        crate::core::wire::tagged_object(&mut out, "error", &[("code", &code), ("message", &message), ("type", &kind)]);
+        out
     }
 }
 
@@ -259,6 +259,10 @@ mod tests {
         assert!(v["error"]["message"].as_str().unwrap().contains("2 s"));
         assert_eq!(e.status(), 429);
         assert!(!e.should_retry());
+        // the text json! wrote before, byte for byte, quotes in the message escaped
+        let e = GatewayError::PreconditionFailed { current_version: 7 };
+        let before = serde_json::json!({"error": {"message": e.to_string(), "type": e.kind(), "code": e.code()}});
+        assert_eq!(e.to_json(), before.to_string());
     }
 
     #[test]

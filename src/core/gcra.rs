@@ -46,7 +46,7 @@ impl Quota {
 }
 
 /// Limiter state: the theoretical arrival time, in microseconds since the epoch.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Tat(pub u64);
 
 /// A request was let through.
@@ -103,6 +103,59 @@ pub fn state_at(quota: Quota, tat: Tat, now: UnixMillis) -> Allow {
     let ahead = tat.0.saturating_sub(now_us);
     let free = quota.tolerance_us().saturating_sub(ahead);
     Allow { remaining: (free / t).min(u64::from(quota.burst())) as u32, reset_ms: ahead.div_ceil(1000) }
+}
+
+/// Decides one request of weight `cost` beside `held` requests leased out: whoever holds
+/// them may make them at any moment until their lease closes, so the bucket keeps them aside,
+/// as a bucket of their own carved out of it: this one holds `burst - held`, and `tat` counts
+/// only what was let through here and what leases that closed made. Counted so, the requests
+/// made here and those made on leases, in any order and at any time, stay within the quota
+/// together. A lease that closes adds the requests it made (`close_lease`).
+///
+/// ```
+/// use hf_gate::core::gcra::{check_beside, close_lease, Quota, Tat};
+/// use hf_gate::core::time::UnixMillis;
+/// let q = Quota::new(60, 10).unwrap(); // one a second, ten at once
+/// let now = UnixMillis(100_000);
+/// // six leased out of an idle limiter: four more here
+/// let mut tat = Tat::default();
+/// for _ in 0..4 {
+///     tat = check_beside(q, tat, now, 1, 6).unwrap().0;
+/// }
+/// assert!(check_beside(q, tat, now, 1, 6).is_err());
+/// // the lease closes a second later having made all six: ten were made, and one second
+/// // has refilled one
+/// let later = UnixMillis(101_000);
+/// let closed = close_lease(q, tat, later, 6);
+/// let (tat, _) = check_beside(q, closed, later, 1, 0).unwrap();
+/// assert!(check_beside(q, tat, later, 1, 0).is_err());
+/// ```
+pub fn check_beside(quota: Quota, tat: Tat, now: UnixMillis, cost: u32, held: u32) -> Result<(Tat, Allow), NotUntil> {
+    let (_, allow) = check(quota, beside(quota, tat, now, held), now, cost)?;
+    let now_us = now.0.saturating_mul(1000);
+    Ok((Tat(tat.0.max(now_us).saturating_add(quota.emission_us().saturating_mul(u64::from(cost)))), allow))
+}
+
+/// The state this bucket is in with `held` requests kept aside: for decisions and views,
+/// never stored.
+pub fn beside(quota: Quota, tat: Tat, now: UnixMillis, held: u32) -> Tat {
+    let now_us = now.0.saturating_mul(1000);
+    Tat(tat.0.max(now_us).saturating_add(quota.emission_us().saturating_mul(u64::from(held))))
+}
+
+/// How many requests fit now beside `held` leased out (see `check_beside`).
+pub fn spare_beside(quota: Quota, tat: Tat, now: UnixMillis, held: u32) -> u32 {
+    let now_us = now.0.saturating_mul(1000);
+    let limit = now_us.saturating_add(quota.tolerance_us());
+    u32::try_from(limit.saturating_sub(beside(quota, tat, now, held).0) / quota.emission_us()).unwrap_or(u32::MAX)
+}
+
+/// A lease closed at `at` (returned, or ended) having made `made` requests: they are
+/// counted as made then, the latest they can have been, so that no window after it sees
+/// them come back.
+pub fn close_lease(quota: Quota, tat: Tat, at: UnixMillis, made: u32) -> Tat {
+    let t = quota.emission_us();
+    Tat(tat.0.max(at.0.saturating_mul(1000)).saturating_add(t.saturating_mul(u64::from(made))))
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 //! A key is `hfg_` + 256 random bits, shown once; only its SHA-256 digest is stored.
 
 use crate::core::rand::Rng;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 pub const KEY_PREFIX: &str = "hfg_";
@@ -158,7 +158,8 @@ fn base32(bytes: &[u8]) -> String {
 }
 
 /// A per-key or per-org request rate.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+// (`Serialize` for the records' public views.)
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct RateLimit {
     pub rpm: u32,
     pub burst: u32,
@@ -193,43 +194,26 @@ impl SealedKey {
     }
 }
 
-impl Serialize for SealedKey {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.sealed)
-    }
-}
-
-impl<'de> Deserialize<'de> for SealedKey {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Ok(SealedKey { sealed: String::deserialize(d)?, owner: None })
-    }
-}
-
 /// What KV holds for a key (under its digest). Never the secret.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeyRecord {
     pub id: String,
     pub name: String,
     pub plan: String,
     pub org: Option<String>,
-    #[serde(default)]
     pub allowed_origins: Vec<String>,
     /// The dedicated endpoints (`ENDPOINTS` names) this key may call at `/endpoints/{name}`.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_endpoints: Vec<String>,
     pub rate_limit: Option<RateLimit>,
     pub monthly_credit_micro_usd: Option<u64>,
     pub spend_cap_micro_usd: Option<u64>,
     pub created_at: String,
-    #[serde(default)]
     pub revoked: bool,
     /// Bumped on every change; the ledger keeps the newest it has seen, so a stale cached
     /// copy can never undo a revocation.
-    #[serde(default)]
     pub version: u64,
     /// Provider name -> sealed (encrypted) provider key, for `byok` keys.
-    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
-    pub provider_keys: std::collections::BTreeMap<String, SealedKey>,
+    pub provider_keys: crate::core::sorted::SortedMap<String, SealedKey>,
     /// The digest of the secret, so admin reads can find the KV entry to update.
     pub digest: String,
 }
@@ -271,7 +255,7 @@ impl KeyRecord {
 }
 
 /// An organisation: seats share one credit pool, billed to `bill_to`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OrgRecord {
     pub id: String,
     pub plan: String,
@@ -280,10 +264,8 @@ pub struct OrgRecord {
     pub spend_limit_micro_usd: Option<u64>,
     pub rate_limit: Option<RateLimit>,
     pub created_at: String,
-    #[serde(default)]
     pub version: u64,
     /// How many Durable Objects the pool is spread over (`core::lease`); fixed at creation.
-    #[serde(default = "one_shard")]
     pub shards: u32,
 }
 
@@ -329,6 +311,92 @@ pub fn valid_slug(s: &str, max: usize) -> bool {
 /// A display name: printable, no control characters.
 pub fn valid_name(s: &str) -> bool {
     s.chars().count() <= 100 && !s.chars().any(char::is_control)
+}
+
+// Their JSON, as KV holds the records and the account object's messages carry a rate
+// (`core::wire`).
+crate::core::wire::json_struct!(RateLimit { rpm, burst });
+crate::core::wire::json_struct!(KeyRecord {
+    id,
+    name,
+    plan,
+    org,
+    allowed_origins: default,
+    allowed_endpoints: skip_empty,
+    rate_limit,
+    monthly_credit_micro_usd,
+    spend_cap_micro_usd,
+    created_at,
+    revoked: default,
+    version: default,
+    provider_keys: skip_empty,
+    digest,
+});
+
+/// KV stores the sealed text alone (`KeyRecord::bind_sealed` binds it).
+impl crate::core::wire::FromJson for SealedKey {
+    fn read(v: &serde_json::Value, e: &crate::core::wire::Errors) -> Self {
+        SealedKey { sealed: String::read(v, e), owner: None }
+    }
+    fn fallback() -> Self {
+        SealedKey { sealed: String::new(), owner: None }
+    }
+}
+
+impl crate::core::wire::ToJson for SealedKey {
+    fn to_json(&self, out: &mut String) {
+        crate::core::wire::string(out, &self.sealed)
+    }
+}
+
+impl crate::core::wire::FromJson for OrgRecord {
+    fn read(v: &serde_json::Value, e: &crate::core::wire::Errors) -> Self {
+        let o = crate::core::wire::Fields::of(v, e);
+        OrgRecord {
+            id: o.get("id"),
+            plan: o.get("plan"),
+            seats: o.get("seats"),
+            bill_to: o.get("bill_to"),
+            spend_limit_micro_usd: o.get("spend_limit_micro_usd"),
+            rate_limit: o.get("rate_limit"),
+            created_at: o.get("created_at"),
+            version: o.or_default("version"),
+            shards: o.or("shards", one_shard()),
+        }
+    }
+    fn fallback() -> Self {
+        let none = || String::new();
+        OrgRecord {
+            id: none(),
+            plan: none(),
+            seats: 0,
+            bill_to: none(),
+            spend_limit_micro_usd: None,
+            rate_limit: None,
+            created_at: none(),
+            version: 0,
+            shards: 0,
+        }
+    }
+}
+
+impl crate::core::wire::ToJson for OrgRecord {
+    fn to_json(&self, out: &mut String) {
+        crate::core::wire::object(
+            out,
+            &[
+                ("id", &self.id),
+                ("plan", &self.plan),
+                ("seats", &self.seats),
+                ("bill_to", &self.bill_to),
+                ("spend_limit_micro_usd", &self.spend_limit_micro_usd),
+                ("rate_limit", &self.rate_limit),
+                ("created_at", &self.created_at),
+                ("version", &self.version),
+                ("shards", &self.shards),
+            ],
+        )
+    }
 }
 
 #[cfg(test)]
@@ -379,13 +447,13 @@ mod tests {
         let stored = r#"{"id":"key_b","name":"","plan":"byok","org":null,"rate_limit":null,
             "monthly_credit_micro_usd":null,"spend_cap_micro_usd":null,"created_at":"t",
             "provider_keys":{"together":"v2.c2VhbGVk"},"digest":"d"}"#;
-        let read: KeyRecord = serde_json::from_str(stored).unwrap();
-        assert_eq!(read.provider_keys["together"].owner(), None, "unbound until bound: opens nowhere");
+        let read: KeyRecord = crate::core::wire::parse(stored).unwrap();
+        assert_eq!(read.provider_keys.get("together").unwrap().owner(), None, "unbound until bound: opens nowhere");
         let bound = read.bind_sealed();
-        let sealed = &bound.provider_keys["together"];
+        let sealed = bound.provider_keys.get("together").unwrap();
         assert_eq!((sealed.owner(), sealed.sealed()), (Some(("key_b", "together")), "v2.c2VhbGVk"));
         // KV gets the sealed text alone, never where it was found
-        let written = serde_json::to_value(&bound).unwrap();
+        let written = crate::core::wire::value(&bound);
         assert_eq!(written["provider_keys"], serde_json::json!({"together": "v2.c2VhbGVk"}));
         assert!(bound.public_json().get("provider_keys").is_none());
     }

@@ -25,7 +25,6 @@ use crate::core::account::AccountPolicy;
 use crate::core::keys::RateLimit;
 use crate::core::ledger::{Budget, MicroUsd, OnExhausted, Spent, Usage};
 use crate::core::time::{BillingPeriod, UnixMillis};
-use serde::{Deserialize, Serialize};
 
 /// The most shards an org may be given.
 pub const MAX_SHARDS: u32 = 64;
@@ -90,7 +89,7 @@ pub fn rate_slice(rate: RateLimit, shards: u32) -> RateLimit {
 }
 
 /// What a shard tells the pool: where it stands this period, and the lease it holds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Report {
     /// The period the figures belong to; the pool ignores figures from any other.
     pub period_start: UnixMillis,
@@ -109,7 +108,7 @@ pub struct Report {
 
 /// The pool's answer: the shard's whole lease for the period, not an increment, so a grant
 /// applied twice or late does no harm.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Grant {
     pub period_start: UnixMillis,
     /// The credit the shard may commit this period, holds carried over included; `None` for
@@ -120,7 +119,7 @@ pub struct Grant {
 }
 
 /// The pool's view of one shard, as of its last report.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ShardView {
     /// What the shard may commit this period (`None`: unbounded). Never below what the shard
     /// itself holds: only the shard shrinks it, and tells the pool after.
@@ -163,7 +162,7 @@ impl ShardView {
 /// assert!(lease.apply(grant));
 /// assert!(ledger.reserve(now, MicroUsd(1_000), &lease.budget(now), 60_000).is_ok());
 /// ```
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Pool {
     period_start: UnixMillis,
     shards: Vec<ShardView>,
@@ -321,7 +320,7 @@ fn narrower(a: Option<MicroUsd>, b: Option<MicroUsd>) -> bool {
 }
 
 /// The shard object's side: the lease it holds for the current period.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Lease {
     period_start: UnixMillis,
     credit: Option<MicroUsd>,
@@ -432,6 +431,13 @@ pub fn org_usage(shards: &[Usage], budget: &Budget, now: UnixMillis) -> Usage {
     let reserved = shards.iter().map(|u| u.reserved).fold(MicroUsd::ZERO, MicroUsd::saturating_add);
     Usage::against(budget, period, spent, reserved)
 }
+
+// Their JSON, as the pool's and the shard's messages and rows carry them (`core::wire`).
+crate::core::wire::json_struct!(Report { period_start, used, committed, lease, seq, serial });
+crate::core::wire::json_struct!(Grant { period_start, lease, seq });
+crate::core::wire::json_struct!(ShardView { leased, used, committed, seq, serial });
+crate::core::wire::json_struct!(Pool { period_start, shards });
+crate::core::wire::json_struct!(Lease { period_start, credit, seq, reports });
 
 #[cfg(test)]
 mod tests {

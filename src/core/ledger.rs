@@ -5,12 +5,11 @@
 //! burst cannot sail past the limit. Money is integer micro-USD, arithmetic saturating.
 
 use crate::core::time::{BillingPeriod, UnixMillis};
-use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-/// An amount of money in millionths of a US dollar.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
+/// An amount of money in millionths of a US dollar (messages and rows write it as the bare
+/// number, by `core::wire`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct MicroUsd(pub u64);
 
 impl MicroUsd {
@@ -25,8 +24,7 @@ impl MicroUsd {
 }
 
 /// What happens when the included credits are spent.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OnExhausted {
     /// Refuse until the period resets (HF Free).
     Block,
@@ -42,7 +40,7 @@ pub enum OnExhausted {
 /// let b = Budget { credit: MicroUsd(2_000_000), on_exhausted: OnExhausted::Payg, cap: Some(MicroUsd(5_000_000)) };
 /// assert_eq!(b.ceiling(), Some(MicroUsd(5_000_000)));
 /// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Budget {
     pub credit: MicroUsd,
     pub on_exhausted: OnExhausted,
@@ -61,7 +59,7 @@ impl Budget {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Reservation {
     pub amount: MicroUsd,
     pub expires_at: UnixMillis,
@@ -78,16 +76,14 @@ pub struct Exhausted {
 /// hold lapsed) is the overrun, recorded, never dropped. A hold that lapsed was charged in
 /// full when it lapsed; its late settle takes that charge back (`refund`) and charges the
 /// actual cost instead, so the spend moves by `charged - refund`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Settled {
     pub charged: MicroUsd,
     pub overrun: MicroUsd,
     /// What a lapse had charged for this call and the settle takes back.
-    #[serde(default)]
     pub refund: MicroUsd,
     /// Charged without a usage count (the reservation in full), as this settle leaves it:
     /// negative moves (a late settle correcting a lapse) are in `refund`.
-    #[serde(default)]
     pub unmetered: MicroUsd,
     /// The reservation had expired before the settle came.
     pub late: bool,
@@ -96,49 +92,42 @@ pub struct Settled {
 }
 
 /// One account's period: spend, outstanding reservations, spend per day.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Ledger {
     pub period_start: UnixMillis,
     pub used: MicroUsd,
     /// Spend that providers bill directly (`byok`): recorded, never charged to credits.
-    #[serde(default)]
     pub provider_billed: MicroUsd,
-    #[serde(default)]
     pub requests: u64,
     /// Cost charged beyond what the calls had reserved, this period.
-    #[serde(default)]
     pub overrun: MicroUsd,
     /// Charged in full because the call's usage could not be learned (the stream broke, time
     /// ran out, a timeout after upstream had the request, a hold whose isolate died), this
     /// period; part of `used`.
-    #[serde(default)]
     pub unmetered: MicroUsd,
     /// The debt this period started with: what the period before spent past its ceiling.
     /// Part of `used`: the calendar forgives nothing.
-    #[serde(default)]
     pub carried: MicroUsd,
     /// The ceiling the period runs under, as last reserved against: a period's debt is what
     /// it spent past it.
-    #[serde(default)]
     pub ceiling: Option<MicroUsd>,
     reservations: BTreeMap<u64, Reservation>,
     /// Reservations that expired unsettled (id -> amount), so that a settle arriving late is
     /// still charged, once. The oldest are forgotten past `MAX_EXPIRED`.
-    #[serde(default)]
     expired: BTreeMap<u64, MicroUsd>,
     /// When each expired hold was charged in full (its lapse). Holds that expired under
     /// earlier builds were given back instead and have no entry here.
-    #[serde(default)]
     lapsed_at: BTreeMap<u64, UnixMillis>,
+    /// Credit leased to isolates (`core::isolate_lease`), by lease: what each may still admit
+    /// calls against. Committed like holds until the lease is returned or lapses.
+    leased: BTreeMap<u64, MicroUsd>,
     next_id: u64,
     /// Charged micro-USD per day index, for the current and the previous period.
-    #[serde(default)]
     daily: BTreeMap<u32, u64>,
 }
 
 /// A hold as stored: open until it expires, or expired but remembered for a late settle.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Hold {
     Open {
         amount: MicroUsd,
@@ -153,18 +142,15 @@ pub enum Hold {
 }
 
 /// Everything of a ledger but its holds: the part stored as the account's own row.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LedgerHead {
     pub period_start: UnixMillis,
     pub used: MicroUsd,
     pub provider_billed: MicroUsd,
     pub requests: u64,
     pub overrun: MicroUsd,
-    #[serde(default)]
     pub unmetered: MicroUsd,
-    #[serde(default)]
     pub carried: MicroUsd,
-    #[serde(default)]
     pub ceiling: Option<MicroUsd>,
     pub next_id: u64,
     pub daily: BTreeMap<u32, u64>,
@@ -185,6 +171,8 @@ pub struct Usage {
     pub unmetered: MicroUsd,
     /// The debt the period started with (part of `used`).
     pub carried: MicroUsd,
+    /// Credit leased to isolates and not yet given to a call (not part of `reserved`).
+    pub leased: MicroUsd,
 }
 
 /// A period's figures besides its holds, as `Usage::against` reads them.
@@ -226,7 +214,14 @@ impl Usage {
             overrun: spent.overrun,
             unmetered: spent.unmetered,
             carried: spent.carried,
+            leased: MicroUsd::ZERO,
         }
+    }
+
+    /// The same figures with the credit leased to isolates shown. It stays in `remaining`:
+    /// it is the account's to spend, set aside in the isolates that call for it.
+    pub fn with_leased(self, leased: MicroUsd) -> Usage {
+        Usage { leased, ..self }
     }
 
     /// The figures `against` was given.
@@ -334,7 +329,7 @@ impl Ledger {
         }
     }
 
-    /// A ledger from its stored rows.
+    /// A ledger from its stored rows (leases' credit is set with `set_lease_credit`).
     pub fn from_rows(head: LedgerHead, holds: impl IntoIterator<Item = (u64, Hold)>) -> Self {
         let mut l = Ledger {
             period_start: head.period_start,
@@ -365,6 +360,11 @@ impl Ledger {
         l
     }
 
+    /// A lease's credit, as its row stores it.
+    pub fn set_lease_credit(&mut self, lease: u64, credit: MicroUsd) {
+        self.leased.insert(lease, credit);
+    }
+
     /// Ids of every hold: open, or expired but remembered.
     pub fn hold_ids(&self) -> impl Iterator<Item = u64> + '_ {
         self.reservations.keys().chain(self.expired.keys()).copied()
@@ -374,6 +374,69 @@ impl Ledger {
         self.reservations.values().fold(MicroUsd::ZERO, |acc, r| acc.saturating_add(r.amount))
     }
 
+    /// Credit leased to isolates and not yet given to a call.
+    pub fn leased(&self) -> MicroUsd {
+        self.leased.values().fold(MicroUsd::ZERO, |acc, a| acc.saturating_add(*a))
+    }
+
+    /// What is spent or promised: spend, holds and leases.
+    fn committed(&self) -> MicroUsd {
+        self.used.saturating_add(self.reserved()).saturating_add(self.leased())
+    }
+
+    /// What lease `id` has left to admit calls against, if it holds credit.
+    pub fn lease_credit(&self, id: u64) -> Option<MicroUsd> {
+        self.leased.get(&id).copied()
+    }
+
+    /// Leases `amount` of credit (`None`: the budget has no ceiling, so nothing to set
+    /// aside) to an isolate, with `calls` hold ids for the calls it admits: the lease's id
+    /// and its first hold id, or a refusal when the credit is not free.
+    pub fn lease(
+        &mut self,
+        now: UnixMillis,
+        amount: Option<MicroUsd>,
+        calls: u32,
+        budget: &Budget,
+    ) -> Result<(u64, u64), Exhausted> {
+        self.roll(now);
+        self.ceiling = budget.ceiling();
+        if let (Some(ceiling), Some(amount)) = (budget.ceiling(), amount) {
+            let committed = self.committed();
+            if committed.saturating_add(amount) > ceiling || committed >= ceiling {
+                return Err(Exhausted { retry_at: BillingPeriod::containing(now).end });
+            }
+        }
+        let id = self.next_id.wrapping_add(1);
+        self.next_id = id.wrapping_add(u64::from(calls));
+        if let Some(amount) = amount {
+            self.leased.insert(id, amount);
+        }
+        Ok((id, id.wrapping_add(1)))
+    }
+
+    /// A call an isolate admitted on lease `lease`, as hold `id` of `amount`: the amount moves
+    /// from the lease to the call's own hold. A report that comes after its lease's credit
+    /// was given back (an isolate slower than the quarantine) is held all the same: the call
+    /// happened, and upstream bills it.
+    pub fn admit_leased(&mut self, now: UnixMillis, lease: u64, id: u64, amount: MicroUsd, ttl_ms: u64) {
+        if let Some(left) = self.leased.get_mut(&lease) {
+            *left = left.saturating_sub(amount);
+        }
+        self.requests = self.requests.saturating_add(1);
+        self.reservations.insert(id, Reservation { amount, expires_at: now.saturating_add_ms(ttl_ms) });
+    }
+
+    /// Gives back what a lease has not given to calls; says whether it held any.
+    pub fn end_lease(&mut self, lease: u64) -> bool {
+        self.leased.remove(&lease).is_some()
+    }
+
+    /// Leases with credit, for the rows.
+    pub fn lease_ids(&self) -> impl Iterator<Item = u64> + '_ {
+        self.leased.keys().copied()
+    }
+
     /// What reservation `id` holds, if it is still held.
     pub fn held(&self, id: u64) -> Option<MicroUsd> {
         self.reservations.get(&id).map(|r| r.amount)
@@ -381,7 +444,7 @@ impl Ledger {
 
     /// What may still be committed before the ceiling, or `None` when the budget is unbounded.
     pub fn headroom(&self, budget: &Budget) -> Option<MicroUsd> {
-        budget.ceiling().map(|c| c.saturating_sub(self.used.saturating_add(self.reserved())))
+        budget.ceiling().map(|c| c.saturating_sub(self.committed()))
     }
 
     /// Holds `amount` for a call about to go upstream, or refuses if that could break the
@@ -398,7 +461,7 @@ impl Ledger {
         self.roll(now);
         self.ceiling = budget.ceiling();
         if let Some(ceiling) = budget.ceiling() {
-            let committed = self.used.saturating_add(self.reserved());
+            let committed = self.committed();
             if committed.saturating_add(amount) > ceiling || committed >= ceiling {
                 return Err(Exhausted { retry_at: BillingPeriod::containing(now).end });
             }
@@ -574,11 +637,72 @@ impl Ledger {
 
     pub fn usage(&self, now: UnixMillis, budget: &Budget) -> Usage {
         Usage::against(budget, BillingPeriod::containing(now), self.spent(now), self.reserved())
+            .with_leased(self.leased())
     }
 
     /// Charged micro-USD per day, oldest first, for the current and previous period.
     pub fn daily(&self) -> impl Iterator<Item = (u32, MicroUsd)> + '_ {
         self.daily.iter().map(|(d, v)| (*d, MicroUsd(*v)))
+    }
+}
+
+// Their JSON, as the account object's rows and messages carry it (`core::wire`); `Ledger` is
+// read only from the one document earlier builds stored (`edits::decode`).
+crate::core::wire::json_newtype!(MicroUsd);
+crate::core::wire::json_struct!(Budget { credit, on_exhausted, cap });
+crate::core::wire::json_struct!(read Reservation { amount, expires_at });
+crate::core::wire::json_struct!(Settled { charged, overrun, refund: default, unmetered: default, late, unknown });
+crate::core::wire::json_struct!(LedgerHead {
+    period_start,
+    used,
+    provider_billed,
+    requests,
+    overrun,
+    unmetered: default,
+    carried: default,
+    ceiling: default,
+    next_id,
+    daily,
+});
+crate::core::wire::json_struct!(read Ledger {
+    period_start,
+    used,
+    provider_billed: default,
+    requests: default,
+    overrun: default,
+    unmetered: default,
+    carried: default,
+    ceiling: default,
+    reservations,
+    expired: default,
+    lapsed_at: default,
+    leased: default,
+    next_id,
+    daily: default,
+});
+
+impl crate::core::wire::FromJson for OnExhausted {
+    fn read(v: &serde_json::Value, e: &crate::core::wire::Errors) -> Self {
+        match v.as_str() {
+            Some("block") => OnExhausted::Block,
+            Some("payg") => OnExhausted::Payg,
+            _ => {
+                e.expected("\"block\" or \"payg\"", v);
+                OnExhausted::Block
+            }
+        }
+    }
+    fn fallback() -> Self {
+        OnExhausted::Block
+    }
+}
+
+impl crate::core::wire::ToJson for OnExhausted {
+    fn to_json(&self, out: &mut String) {
+        out.push_str(match self {
+            OnExhausted::Block => "\"block\"",
+            OnExhausted::Payg => "\"payg\"",
+        })
     }
 }
 

@@ -8,8 +8,8 @@
 //! upstream decodes `/v1/chat/%63ompletions` into a chat call, so the gateway must read it as
 //! one too, or it would price a token-metered call as something else.
 
-use crate::core::endpoints::split_endpoint_path;
 use crate::core::error::GatewayError;
+use crate::core::keys::valid_slug;
 
 /// Inference Providers reachable as `/{provider}/...`.
 pub const PROVIDERS: &[&str] = &[
@@ -37,6 +37,8 @@ pub const PROVIDERS: &[&str] = &[
 ];
 
 pub const MAX_PATH_LEN: usize = 2048;
+/// The longest name an `ENDPOINTS` entry, and so an `/endpoints/{name}` path, may have.
+pub const MAX_ENDPOINT_NAME_LEN: usize = 64;
 
 /// The token-priced API a path speaks, decided once where paths are parsed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -357,6 +359,24 @@ pub fn cooldown_route(credential: &str, path_provider: Option<&str>, model: &str
     format!("{credential}|{route}")
 }
 
+/// Splits a path under `/endpoints/` into the endpoint's name and the path to send it;
+/// `None` for any other path, or a name that could not be configured.
+///
+/// ```
+/// use hf_gate::core::paths::split_endpoint_path;
+/// assert_eq!(split_endpoint_path("/endpoints/mine/v1/chat/completions"), Some(("mine", "/v1/chat/completions")));
+/// assert_eq!(split_endpoint_path("/endpoints/mine"), Some(("mine", "/")));
+/// assert_eq!(split_endpoint_path("/v1/chat/completions"), None);
+/// ```
+pub fn split_endpoint_path(path: &str) -> Option<(&str, &str)> {
+    let rest = path.strip_prefix("/endpoints/")?;
+    let (name, tail) = match rest.find('/') {
+        Some(at) => rest.split_at(at),
+        None => (rest, "/"),
+    };
+    valid_slug(name, MAX_ENDPOINT_NAME_LEN).then_some((name, tail))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -469,5 +489,16 @@ mod tests {
         assert!(!chat.allows("GET"));
         assert!(route("/v1/models").unwrap().allows("GET"));
         assert!(!route("/admin/orgs/x").unwrap().allows("DELETE"));
+    }
+
+    #[test]
+    fn endpoint_paths_split_into_name_and_tail() {
+        assert_eq!(split_endpoint_path("/endpoints/mine/"), Some(("mine", "/")));
+        assert_eq!(split_endpoint_path("/endpoints/my.ep-1/generate"), Some(("my.ep-1", "/generate")));
+        assert_eq!(split_endpoint_path("/endpoints/"), None);
+        assert_eq!(split_endpoint_path("/endpoints"), None);
+        assert_eq!(split_endpoint_path("/endpointsx/mine"), None);
+        assert_eq!(split_endpoint_path("/endpoints/a%2fb/x"), None);
+        assert_eq!(split_endpoint_path(&format!("/endpoints/{}", "n".repeat(65))), None);
     }
 }

@@ -27,11 +27,12 @@
 
 use crate::core::keys::valid_slug;
 use crate::core::pricing::{Price, PriceTable};
+use crate::core::sorted::SortedMap;
 use crate::core::time::UnixMillis;
+use crate::core::wire;
 use serde::de::{Deserializer, IgnoredAny, SeqAccess, Visitor};
-use serde::{Deserialize, Serialize, Serializer};
+use serde::Deserialize;
 use serde_json::{json, Map, Value};
-use std::collections::BTreeMap;
 use std::fmt;
 
 /// The most models a book keeps; the rest of a longer list is skipped.
@@ -75,7 +76,7 @@ pub struct ProviderEntry {
 #[derive(Clone, Debug, PartialEq)]
 pub struct PriceBook {
     pub fetched_at: UnixMillis,
-    models: BTreeMap<String, Vec<ProviderEntry>>,
+    models: SortedMap<String, Vec<ProviderEntry>>,
 }
 
 impl PriceBook {
@@ -97,7 +98,7 @@ impl PriceBook {
         fetched_at: UnixMillis,
         models: impl IntoIterator<Item = (String, Vec<ProviderEntry>)>,
     ) -> PriceBook {
-        let mut book = PriceBook { fetched_at, models: BTreeMap::new() };
+        let mut book = PriceBook { fetched_at, models: SortedMap::new() };
         for (id, entries) in models {
             if book.models.len() >= MAX_MODELS {
                 break;
@@ -117,9 +118,30 @@ impl PriceBook {
     /// integers (micro-USD per 1M tokens, like `Price`), each provider a short array:
     /// `{"v":1,"fetched_at":0,"models":{"m":[["together",true,[150000,600000]],["groq",false,null]]}}`.
     pub fn to_json(&self) -> String {
-        let stored = StoredRef { v: STORED_VERSION, fetched_at: self.fetched_at.0, models: &self.models };
-        // nothing here can fail to serialize: string keys, integers, booleans
-        serde_json::to_string(&stored).unwrap_or_default()
+        let mut out = format!("{{\"v\":{STORED_VERSION},\"fetched_at\":{},\"models\":{{", self.fetched_at.0);
+        for (i, (id, entries)) in self.models.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            wire::string(&mut out, id);
+            out.push_str(":[");
+            for (j, e) in entries.iter().enumerate() {
+                if j > 0 {
+                    out.push(',');
+                }
+                out.push('[');
+                wire::string(&mut out, &e.provider);
+                out.push_str(if e.live { ",true," } else { ",false," });
+                match e.price {
+                    Some(p) => out.push_str(&format!("[{},{}]", p.input, p.output)),
+                    None => out.push_str("null"),
+                }
+                out.push(']');
+            }
+            out.push(']');
+        }
+        out.push_str("}}");
+        out
     }
 
     /// Reads what `to_json` wrote, refusing anything `to_json` could not have written. Read
@@ -127,7 +149,7 @@ impl PriceBook {
     /// of maps, tuples and arrays, which put about 5 KB of deserializers into it.
     pub fn from_json(s: &str) -> Result<PriceBook, String> {
         let fail = |why: String| format!("stored price book: {why}");
-        let stored: Value = serde_json::from_str(s).map_err(|e| fail(e.to_string()))?;
+        let stored: Value = serde_json::from_slice(s.as_bytes()).map_err(|e| fail(e.to_string()))?;
         let fields = stored
             .as_object()
             .filter(|o| o.keys().all(|k| ["v", "fetched_at", "models"].contains(&k.as_str())))
@@ -142,7 +164,7 @@ impl PriceBook {
         if stored_models.len() > MAX_MODELS {
             return Err(fail(format!("more than {MAX_MODELS} models")));
         }
-        let mut models = BTreeMap::new();
+        let mut models = SortedMap::new();
         for (id, rows) in stored_models {
             if !valid_model_id(id) {
                 return Err(fail(format!("model id {id:?} is not valid")));
@@ -193,7 +215,7 @@ impl PriceBook {
         // Built by insert, not collect: a Map collected from an iterator brings a stable sort
         // into the bundle for each iterator type (about 3 KB each).
         let mut models = Map::new();
-        for (id, entries) in &self.models {
+        for (id, entries) in self.models.iter() {
             let mut providers = Map::new();
             for e in entries {
                 let view = json!({
@@ -385,7 +407,7 @@ struct RouterList {
 
 /// The `data` array, read one entry at a time so a malformed entry is skipped and entries
 /// past `MAX_MODELS` are skipped without being built.
-struct BoundedModels(BTreeMap<String, Vec<ProviderEntry>>);
+struct BoundedModels(SortedMap<String, Vec<ProviderEntry>>);
 
 impl<'de> Deserialize<'de> for BoundedModels {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -398,11 +420,11 @@ impl<'de> Deserialize<'de> for BoundedModels {
             }
 
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<BoundedModels, A::Error> {
-                let mut models = BTreeMap::new();
+                let mut models = SortedMap::new();
                 while models.len() < MAX_MODELS {
                     let Some(v) = seq.next_element::<Value>()? else { return Ok(BoundedModels(models)) };
                     if let Some((id, entries)) = model_entry(&v) {
-                        models.entry(id).or_insert(entries);
+                        models.get_or_insert_with(id, || entries);
                     }
                 }
                 while seq.next_element::<IgnoredAny>()?.is_some() {}
@@ -424,22 +446,6 @@ fn stored_entry(row: &Value) -> Option<(&str, bool, Option<Price>)> {
         }
     };
     Some((provider.as_str()?, live.as_bool()?, price))
-}
-
-#[derive(Serialize)]
-struct StoredRef<'a> {
-    v: u32,
-    fetched_at: u64,
-    #[serde(serialize_with = "stored_models")]
-    models: &'a BTreeMap<String, Vec<ProviderEntry>>,
-}
-
-fn stored_models<S: Serializer>(models: &&BTreeMap<String, Vec<ProviderEntry>>, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_map(models.iter().map(|(id, entries)| {
-        let rows: Vec<(&str, bool, Option<[u64; 2]>)> =
-            entries.iter().map(|e| (e.provider.as_str(), e.live, e.price.map(|p| [p.input, p.output]))).collect();
-        (id, rows)
-    }))
 }
 
 #[cfg(test)]
@@ -564,7 +570,13 @@ mod tests {
         assert!(s.contains(r#"["together",true,[150000,600000]]"#), "{s}");
         assert!(s.contains(r#"["groq",false,null]"#), "{s}");
         let empty = PriceBook::from_entries(UnixMillis(5), []);
+        // the form serde wrote for earlier builds, byte for byte
+        assert_eq!(empty.to_json(), r#"{"v":1,"fetched_at":5,"models":{}}"#);
         assert_eq!(PriceBook::from_json(&empty.to_json()), Ok(empty));
+        assert_eq!(
+            s,
+            r#"{"v":1,"fetched_at":1000,"models":{"meta-llama/Llama-3.1-8B-Instruct":[["nebius",true,[20000,60000]]],"openai/gpt-oss-120b":[["together",true,[150000,600000]],["groq",false,null],["cerebras",true,[250000,690000]],["novita",false,[100000,500000]],["fireworks-ai",true,null]]}}"#
+        );
     }
 
     #[test]

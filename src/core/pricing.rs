@@ -2,18 +2,19 @@
 //! token bounds that are priced before a call goes upstream are `core::body`'s.
 
 use crate::core::ledger::MicroUsd;
-use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use crate::core::setting_json::kind;
+use crate::core::sorted::SortedMap;
+use serde_json::Value;
 
 /// Prices of one model in micro-USD per million tokens (so `$0.20 / 1M` is `200_000`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Price {
     pub input: u64,
     pub output: u64,
 }
 
 /// Token counts as upstream reports them in `usage`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TokenUsage {
     pub prompt: u64,
     pub completion: u64,
@@ -22,14 +23,8 @@ pub struct TokenUsage {
 /// The `PRICES` setting: model id -> price, with `"*"` for unknown models.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PriceTable {
-    models: HashMap<String, Price>,
+    models: SortedMap<String, Price>,
     fallback: Price,
-}
-
-#[derive(Deserialize)]
-struct UsdPerMillion {
-    input: f64,
-    output: f64,
 }
 
 /// The built-in table: a few common models at published per-token prices, and a cautious
@@ -48,16 +43,28 @@ pub const DEFAULT_PRICES: &str = r#"{
 impl PriceTable {
     /// Parses the `PRICES` JSON. Prices must be finite and non-negative; `"*"` is required.
     pub fn parse(json: &str) -> Result<Self, String> {
-        let raw: HashMap<String, UsdPerMillion> = serde_json::from_str(json)
-            .map_err(|e| format!("expected {{\"model\": {{\"input\": n, \"output\": n}}}}: {e}"))?;
-        let mut models = HashMap::with_capacity(raw.len());
+        let shape = |e: &dyn std::fmt::Display| format!("expected {{\"model\": {{\"input\": n, \"output\": n}}}}: {e}");
+        let raw: Value = serde_json::from_slice(json.as_bytes()).map_err(|e| shape(&e))?;
+        let raw = raw.as_object().ok_or_else(|| shape(&format!("invalid type: {}, expected a map", kind(&raw))))?;
+        let mut models = SortedMap::new();
         let mut fallback = None;
         for (model, p) in raw {
-            let price = Price { input: usd_per_million(p.input, &model)?, output: usd_per_million(p.output, &model)? };
+            // read as serde read `{"input": f64, "output": f64}`: numbers, other fields ignored
+            let usd = |name: &str| match p.get(name) {
+                Some(v) => {
+                    v.as_f64().ok_or_else(|| shape(&format!("{model}.{name}: invalid type: {}, expected f64", kind(v))))
+                }
+                None if p.is_object() => Err(shape(&format!("{model}: missing field `{name}`"))),
+                None => Err(shape(&format!("{model}: invalid type: {}, expected a map", kind(p)))),
+            };
+            let price = Price {
+                input: usd_per_million(usd("input")?, model)?,
+                output: usd_per_million(usd("output")?, model)?,
+            };
             if model == "*" {
                 fallback = Some(price);
             } else {
-                models.insert(model, price);
+                models.insert(model.clone(), price);
             }
         }
         let fallback = fallback.ok_or_else(|| "a \"*\" entry is required to price unknown models".to_string())?;
@@ -149,8 +156,7 @@ impl Price {
 }
 
 /// Compute price in nano-USD per second (`0.00012` USD/s is `120_000`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(transparent)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ComputePrice(pub u64);
 
 impl ComputePrice {
@@ -175,6 +181,10 @@ impl ComputePrice {
         MicroUsd(u64::try_from(nano_ms.div_ceil(1_000_000)).unwrap_or(u64::MAX))
     }
 }
+
+crate::core::wire::json_struct!(Price { input, output });
+crate::core::wire::json_struct!(TokenUsage { prompt, completion });
+crate::core::wire::json_newtype!(ComputePrice);
 
 #[cfg(test)]
 mod tests {
@@ -206,6 +216,11 @@ mod tests {
         assert!(PriceTable::parse(r#"{"*": {"input": -1, "output": 1}}"#).is_err());
         assert!(PriceTable::parse(r#"{"*": {"input": "1", "output": 1}}"#).is_err());
         assert!(PriceTable::parse("[]").is_err());
+        assert!(PriceTable::parse(r#"{"*": 1}"#).is_err());
+        assert!(PriceTable::parse(r#"{"*": {"input": 1}}"#).unwrap_err().contains("missing field `output`"));
+        // other fields are ignored, as serde's derive ignored them
+        let t = PriceTable::parse(r#"{"*": {"input": 1, "output": 2, "note": "x"}}"#).unwrap();
+        assert_eq!(t.fallback(), Price { input: 1_000_000, output: 2_000_000 });
     }
 
     #[test]

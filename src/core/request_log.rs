@@ -6,10 +6,9 @@
 //! Here: the record's shape, the query a reader sends (filters and cursor), and the CSV form.
 //! The account object stores records as rows and answers queries with SQL (`edge::account_do`).
 
+use crate::core::call_line::{CallLine, CallLog};
 use crate::core::error::GatewayError;
-use crate::core::spend::CallLine;
 use crate::core::time::{civil_from_days, days_from_civil, Date, UnixMillis, MS_PER_DAY};
-use serde::{Deserialize, Serialize};
 use std::fmt::Write;
 
 /// Records are kept this long by default (`REQUEST_LOG_DAYS`).
@@ -20,34 +19,8 @@ pub const DEFAULT_MAX_ROWS: u64 = 200_000;
 pub const MAX_PAGE: u32 = 1_000;
 pub const DEFAULT_PAGE: u32 = 100;
 
-/// What the edge knows of a call besides its model, provider and tokens (`CallLine`).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CallLog {
-    pub request_id: String,
-    pub key_id: String,
-    pub org: Option<String>,
-    pub route: String,
-    pub api: String,
-    /// The status the caller got (for a released call, the one it failed with).
-    pub status: u16,
-    /// The gateway's error code, for a call that failed.
-    pub error: Option<String>,
-    pub reserved: u64,
-    /// When the call came in.
-    pub at: UnixMillis,
-    pub latency_ms: u64,
-    pub ttfb_ms: Option<u64>,
-    pub retries: u32,
-    pub cooldown_wait_ms: u64,
-    pub stream: bool,
-    /// Upstream's own `x-request-id`, which the caller's response carries when upstream sent
-    /// one (`request_id` is the gateway's, unique).
-    #[serde(default)]
-    pub upstream_request_id: Option<String>,
-}
-
 /// A record as the API shows it (and as it is stored, one JSON text per row).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Record {
     pub request_id: String,
     pub at: String,
@@ -68,12 +41,10 @@ pub struct Record {
     pub retries: u32,
     pub cooldown_wait_ms: u64,
     pub stream: bool,
-    #[serde(default)]
     pub upstream_request_id: Option<String>,
     /// Of `cost_micro_usd`, what was charged without a usage count: the reservation in full,
     /// because the stream broke, time ran out, the call timed out after upstream had it, or
     /// its hold lapsed. `upstream_request_id` is what an operator reconciles it by.
-    #[serde(default)]
     pub unmetered_micro_usd: u64,
 }
 
@@ -186,7 +157,7 @@ impl Record {
 }
 
 /// Which statuses a query wants.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StatusFilter {
     Exact(u16),
     /// `2xx`, `4xx`, `5xx`: the hundreds digit.
@@ -204,7 +175,7 @@ impl StatusFilter {
 }
 
 /// Where a page starts: strictly before this record in (at, shard, seq) order, newest first.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Cursor {
     pub at: u64,
     pub shard: u32,
@@ -239,7 +210,7 @@ impl Cursor {
 }
 
 /// A reader's query, as sent to an account object.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LogQuery {
     /// One key's records; `None`: every key of the account.
     pub key_id: Option<String>,
@@ -376,7 +347,7 @@ fn parse_status(v: &str) -> Result<StatusFilter, GatewayError> {
 
 /// A page of records from one or more account objects (an org's shards), each record with
 /// where it sits in (at, shard, seq) order.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Page {
     /// `(at, seq, record JSON)`, newest first.
     pub rows: Vec<(u64, u64, String)>,
@@ -401,10 +372,83 @@ pub fn merge_pages(pages: Vec<(u32, Page)>, limit: u32) -> (Vec<String>, Option<
     (all.into_iter().map(|(_, _, _, body)| body).collect(), next)
 }
 
+// Their JSON, as the account object's messages and rows carry them (`core::wire`).
+crate::core::wire::json_struct!(Record {
+    request_id,
+    at,
+    key_id,
+    org,
+    route,
+    api,
+    model,
+    provider,
+    status,
+    error,
+    prompt_tokens,
+    completion_tokens,
+    cost_micro_usd,
+    reserved_micro_usd,
+    latency_ms,
+    ttfb_ms,
+    retries,
+    cooldown_wait_ms,
+    stream,
+    upstream_request_id: default,
+    unmetered_micro_usd: default,
+});
+crate::core::wire::json_struct!(Cursor { at, shard, seq });
+crate::core::wire::json_struct!(LogQuery { key_id, since, until, model, status, limit, cursor });
+crate::core::wire::json_struct!(Page { rows });
+
+/// For the operator's log line (`edge::hold`, through serde_json): the record as `core::wire`
+/// writes it, passed through whole, rather than a derived serializer that writes the same.
+impl serde::Serialize for Record {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let text = serde_json::value::RawValue::from_string(crate::core::wire::text(self))
+            .map_err(serde::ser::Error::custom)?;
+        text.serialize(s)
+    }
+}
+
+impl crate::core::wire::FromJson for StatusFilter {
+    fn read(v: &serde_json::Value, e: &crate::core::wire::Errors) -> Self {
+        let (tag, v) = crate::core::wire::variant(v, e);
+        match tag {
+            "Exact" => StatusFilter::Exact(u16::read(v, e)),
+            "Class" => StatusFilter::Class(u16::read(v, e)),
+            _ => {
+                e.unknown(tag);
+                StatusFilter::Exact(0)
+            }
+        }
+    }
+    fn fallback() -> Self {
+        StatusFilter::Exact(0)
+    }
+}
+
+impl crate::core::wire::ToJson for StatusFilter {
+    fn to_json(&self, out: &mut String) {
+        match self {
+            StatusFilter::Exact(s) => crate::core::wire::tagged(out, "Exact", s),
+            StatusFilter::Class(c) => crate::core::wire::tagged(out, "Class", c),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::core::pricing::TokenUsage;
+
+    #[test]
+    fn the_log_line_is_the_record_as_stored() {
+        let r = Record::lapse(7, "k\"1", 120, UnixMillis(1_795_352_400_123));
+        let line = serde_json::to_string(&r).unwrap();
+        assert_eq!(line, crate::core::wire::text(&r));
+        assert!(line.starts_with(r#"{"request_id":"#) && line.contains(r#""key_id":"k\"1""#), "{line}");
+        assert_eq!(crate::core::wire::parse::<Record>(&line).unwrap(), r);
+    }
 
     #[test]
     fn times_read_both_ways() {

@@ -10,7 +10,8 @@
 
 use crate::core::ledger::MicroUsd;
 use crate::core::pricing::ComputePrice;
-use serde_json::{Map, Value};
+use crate::core::setting_json::{kind, Fields};
+use serde_json::Value;
 
 /// What one call on a route costs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,7 +51,7 @@ impl RoutePrices {
     /// Parses the `ROUTE_PRICES` JSON object. Every error names the pattern it is about.
     pub fn parse(json: &str) -> Result<RoutePrices, String> {
         let shape = "expected {\"pattern\": {\"per_request\": USD} or {\"per_second\": USD}}";
-        let raw = match serde_json::from_str(json).map_err(|e| format!("{shape}: {e}"))? {
+        let raw = match serde_json::from_slice(json.as_bytes()).map_err(|e| format!("{shape}: {e}"))? {
             Value::Object(map) => map,
             other => return Err(format!("{shape}: invalid type: {}, expected a map", kind(&other))),
         };
@@ -142,57 +143,6 @@ fn parse_rate(pattern: &str, value: &Value) -> Result<RouteRate, String> {
         (Some(v), None) => Ok(RouteRate::PerRequest(MicroUsd((usd(v)? * 1e6).round() as u64))),
         (None, Some(v)) => Ok(RouteRate::PerSecond(ComputePrice((usd(v)? * 1e9).round() as u64))),
         _ => Err(format!("pattern {pattern:?}: expected exactly one of {shape}")),
-    }
-}
-
-/// A small JSON object of a setting, read strictly: what `#[serde(deny_unknown_fields)]` on a
-/// struct of optional fields would refuse, this refuses, in much the same words. Deserializing
-/// such structs from a `Value` put serde_json's whole `Value` deserializer into the bundle
-/// (about 6 KB) for two settings read once per isolate; `ENDPOINTS` uses it too.
-pub(crate) struct Fields<'v>(&'v Map<String, Value>);
-
-impl<'v> Fields<'v> {
-    /// The object `v`, if it is one with no field outside `allowed`.
-    pub(crate) fn of(v: &'v Value, allowed: &[&str]) -> Result<Fields<'v>, String> {
-        let Value::Object(map) = v else { return Err(format!("invalid type: {}, expected a map", kind(v))) };
-        match map.keys().find(|k| !allowed.contains(&k.as_str())) {
-            Some(k) => {
-                let expected: Vec<String> = allowed.iter().map(|a| format!("`{a}`")).collect();
-                Err(format!("unknown field `{k}`, expected one of {}", expected.join(", ")))
-            }
-            None => Ok(Fields(map)),
-        }
-    }
-
-    /// A field that is absent or `null` is `None`.
-    pub(crate) fn get(&self, name: &str) -> Option<&'v Value> {
-        self.0.get(name).filter(|v| !v.is_null())
-    }
-
-    /// An optional number.
-    pub(crate) fn number(&self, name: &str) -> Result<Option<f64>, String> {
-        self.get(name)
-            .map(|v| v.as_f64().ok_or_else(|| format!("{name}: invalid type: {}, expected a number", kind(v))))
-            .transpose()
-    }
-
-    /// An optional string.
-    pub(crate) fn text(&self, name: &str) -> Result<Option<&'v str>, String> {
-        self.get(name)
-            .map(|v| v.as_str().ok_or_else(|| format!("{name}: invalid type: {}, expected a string", kind(v))))
-            .transpose()
-    }
-}
-
-/// How serde names a JSON value's type in its errors.
-pub(crate) fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "boolean",
-        Value::Number(_) => "number",
-        Value::String(_) => "string",
-        Value::Array(_) => "sequence",
-        Value::Object(_) => "map",
     }
 }
 

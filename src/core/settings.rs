@@ -12,8 +12,9 @@ use crate::core::ledger::{MicroUsd, OnExhausted};
 use crate::core::pricing::{ComputePrice, PriceTable, DEFAULT_PRICES};
 use crate::core::retry::RetryPolicy;
 use crate::core::route_prices::RoutePrices;
-use serde::Deserialize;
-use std::collections::{BTreeMap, HashMap};
+use crate::core::setting_json::{kind, Fields};
+use crate::core::sorted::SortedMap;
+use serde_json::Value;
 use std::fmt;
 
 pub const DEFAULT_UPSTREAM: &str = "https://router.huggingface.co";
@@ -65,8 +66,8 @@ pub struct Plan {
 /// The largest `server_tool_ceiling_micro_usd` a plan may set ($1,000 a call).
 pub const MAX_SERVER_TOOL_CEILING_MICRO_USD: u64 = 1_000_000_000;
 
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
+/// A plan as `PLANS` changes it: every field optional, no other field.
+#[derive(Default)]
 struct PlanPatch {
     monthly_credit_micro_usd: Option<u64>,
     on_exhausted: Option<OnExhausted>,
@@ -87,12 +88,12 @@ pub struct Settings {
     /// no fallback to `ADMIN_TOKEN`, so one leaked secret never opens both.
     pub seal_key: Option<Secret>,
     pub prices: PriceTable,
-    pub plans: BTreeMap<String, Plan>,
+    pub plans: SortedMap<String, Plan>,
     pub compute: ComputePrice,
     pub cors: Origins,
     pub max_body_bytes: u64,
     pub retry: RetryPolicy,
-    pub provider_urls: HashMap<String, String>,
+    pub provider_urls: SortedMap<String, String>,
     /// How long a hold lasts unless its call renews it (a running call does, every third of
     /// it): only a hold whose isolate died lapses, and is then charged in full.
     pub reservation_ttl_ms: u64,
@@ -100,6 +101,13 @@ pub struct Settings {
     /// learn what upstream bills (`METER_GRACE_MS`): under the runtime's 30 s `wait_until`
     /// grace.
     pub meter_grace_ms: u64,
+    /// How long a lease to an isolate lasts (`LEASE_MS`); 0: no leases, every call is
+    /// admitted by its account's object.
+    pub lease_ms: u64,
+    /// Benchmarks only (`BENCH_OBJECT_DELAY_MS`): how long every call to a Durable Object
+    /// waits before it is sent, to put the objects that far away in a local run. Refused
+    /// unless the upstream is local, so it can never slow a deployment.
+    pub bench_object_delay_ms: u64,
     /// Delay between sandbox stream chunks, so local streaming looks like streaming.
     pub sandbox_chunk_delay_ms: u64,
     /// Upstream silent this long after its first byte has broken the stream; a caller that
@@ -126,7 +134,7 @@ pub struct Settings {
     pub request_log_max_rows: u64,
 }
 
-fn default_plans() -> BTreeMap<String, Plan> {
+fn default_plans() -> SortedMap<String, Plan> {
     use OnExhausted::*;
     let table = [
         ("free", 100_000, Block, 60, 10, false, false),
@@ -135,8 +143,7 @@ fn default_plans() -> BTreeMap<String, Plan> {
         ("enterprise", 2_000_000, Payg, 1200, 100, true, false),
         ("byok", 0, Payg, 600, 50, false, true),
     ];
-    // inserted one by one rather than collected: `collect` into a BTreeMap brings in a sort
-    let mut plans = BTreeMap::new();
+    let mut plans = SortedMap::new();
     for (name, credit, on_exhausted, rpm, burst, pooled, byok) in table {
         if let Some(quota) = Quota::new(rpm, burst) {
             let plan = Plan {
@@ -196,7 +203,7 @@ impl Settings {
         };
         let provider_urls = match get("PROVIDER_URLS") {
             Some(v) => parse_provider_urls(&v)?,
-            None => HashMap::new(),
+            None => SortedMap::new(),
         };
         let secret = |name: &str| get(name).map(Secret);
 
@@ -214,6 +221,8 @@ impl Settings {
             provider_urls,
             reservation_ttl_ms: num("RESERVATION_TTL_MS", 900_000, 1_000, 86_400_000)?,
             meter_grace_ms: num("METER_GRACE_MS", 25_000, 0, 28_000)?,
+            lease_ms: num("LEASE_MS", 1_000, 0, 10_000)?,
+            bench_object_delay_ms: num("BENCH_OBJECT_DELAY_MS", 0, 0, 1_000)?,
             sandbox_chunk_delay_ms: num("SANDBOX_CHUNK_DELAY_MS", 20, 0, 5_000)?,
             stream_idle_ms: num("STREAM_IDLE_MS", 20_000, 100, 25_000)?,
             media_part_tokens: num("MEDIA_PART_TOKENS", crate::core::body::DEFAULT_MEDIA_PART_TOKENS, 1, 1_000_000)?,
@@ -254,6 +263,12 @@ impl Settings {
             // an alert anyone could forge is worse than none: the receiver must be able to check
             return Err(invalid("ALERT_WEBHOOK_SECRET", "required (as a secret) when ALERT_WEBHOOK_URL is set"));
         }
+        if settings.bench_object_delay_ms > 0 && !settings.upstream.is_local() {
+            return Err(invalid(
+                "BENCH_OBJECT_DELAY_MS",
+                "a benchmark setting: only with UPSTREAM_URL sandbox or http://127.0.0.1 or http://localhost",
+            ));
+        }
         Ok(settings)
     }
 
@@ -266,6 +281,19 @@ impl Settings {
         match &self.upstream {
             Upstream::Sandbox => "sandbox",
             Upstream::Url { host, .. } => host,
+        }
+    }
+}
+
+impl Upstream {
+    /// The sandbox, or a plain-http upstream on this machine: a local run, never a deployment.
+    fn is_local(&self) -> bool {
+        match self {
+            Upstream::Sandbox => true,
+            Upstream::Url { base, host } => {
+                let name = host.rsplit_once(':').map_or(host.as_str(), |(name, _port)| name);
+                base.starts_with("http://") && matches!(name, "127.0.0.1" | "localhost")
+            }
         }
     }
 }
@@ -306,12 +334,50 @@ fn parse_thresholds(v: &str) -> Result<Vec<u8>, GatewayError> {
     Ok(out)
 }
 
-fn parse_plans(v: Option<&str>) -> Result<BTreeMap<String, Plan>, GatewayError> {
+impl PlanPatch {
+    /// Read strictly (`setting_json::Fields`), as `#[serde(deny_unknown_fields)]` read it.
+    fn read(v: &Value) -> Result<PlanPatch, String> {
+        const FIELDS: [&str; 8] = [
+            "monthly_credit_micro_usd",
+            "on_exhausted",
+            "rpm",
+            "burst",
+            "default_max_tokens",
+            "pooled",
+            "byok",
+            "server_tool_ceiling_micro_usd",
+        ];
+        let f = Fields::of(v, &FIELDS)?;
+        let on_exhausted = match f.text("on_exhausted")? {
+            None => None,
+            Some("block") => Some(OnExhausted::Block),
+            Some("payg") => Some(OnExhausted::Payg),
+            Some(other) => return Err(format!("on_exhausted: unknown variant `{other}`, expected `block` or `payg`")),
+        };
+        let small = |name| f.integer(name, u32::MAX.into()).map(|n| n.map(|n| n as u32));
+        Ok(PlanPatch {
+            monthly_credit_micro_usd: f.integer("monthly_credit_micro_usd", u64::MAX)?,
+            on_exhausted,
+            rpm: small("rpm")?,
+            burst: small("burst")?,
+            default_max_tokens: f.integer("default_max_tokens", u64::MAX)?,
+            pooled: f.flag("pooled")?,
+            byok: f.flag("byok")?,
+            server_tool_ceiling_micro_usd: f.integer("server_tool_ceiling_micro_usd", u64::MAX)?,
+        })
+    }
+}
+
+fn parse_plans(v: Option<&str>) -> Result<SortedMap<String, Plan>, GatewayError> {
     let mut plans = default_plans();
     let Some(v) = v else { return Ok(plans) };
-    let patches: BTreeMap<String, PlanPatch> =
-        serde_json::from_str(v).map_err(|e| invalid("PLANS", format!("expected {{\"plan\": {{...}}}}: {e}")))?;
+    let shape = |e: String| invalid("PLANS", format!("expected {{\"plan\": {{...}}}}: {e}"));
+    let patches: Value = serde_json::from_slice(v.as_bytes()).map_err(|e| shape(e.to_string()))?;
+    let Value::Object(patches) = patches else {
+        return Err(shape(format!("invalid type: {}, expected a map", kind(&patches))));
+    };
     for (name, p) in patches {
+        let p = PlanPatch::read(&p).map_err(|e| shape(format!("plan {name}: {e}")))?;
         if !crate::core::keys::valid_slug(&name, 32) {
             return Err(invalid("PLANS", format!("plan name {name:?} must be a short slug")));
         }
@@ -350,15 +416,20 @@ fn parse_plans(v: Option<&str>) -> Result<BTreeMap<String, Plan>, GatewayError> 
     Ok(plans)
 }
 
-fn parse_provider_urls(v: &str) -> Result<HashMap<String, String>, GatewayError> {
-    let raw: HashMap<String, String> = serde_json::from_str(v)
-        .map_err(|e| invalid("PROVIDER_URLS", format!("expected {{\"provider\": \"https://...\"}}: {e}")))?;
-    raw.into_iter()
-        .map(|(p, url)| match parse_upstream(&url) {
-            Ok(Upstream::Url { base, .. }) => Ok((p, base)),
-            _ => Err(invalid("PROVIDER_URLS", format!("{p}: must be an http(s) URL"))),
-        })
-        .collect()
+fn parse_provider_urls(v: &str) -> Result<SortedMap<String, String>, GatewayError> {
+    let shape =
+        |e: &dyn fmt::Display| invalid("PROVIDER_URLS", format!("expected {{\"provider\": \"https://...\"}}: {e}"));
+    let raw: Value = serde_json::from_slice(v.as_bytes()).map_err(|e| shape(&e))?;
+    let raw = raw.as_object().ok_or_else(|| shape(&format!("invalid type: {}, expected a map", kind(&raw))))?;
+    let mut urls = SortedMap::new();
+    for (p, url) in raw {
+        let url = url.as_str().ok_or_else(|| shape(&format!("{p}: invalid type: {}, expected a string", kind(url))))?;
+        match parse_upstream(url) {
+            Ok(Upstream::Url { base, .. }) => urls.insert(p.clone(), base),
+            _ => return Err(invalid("PROVIDER_URLS", format!("{p}: must be an http(s) URL"))),
+        };
+    }
+    Ok(urls)
 }
 
 #[cfg(test)]
@@ -383,15 +454,28 @@ mod tests {
     }
 
     #[test]
+    fn provider_urls_are_read_per_provider() {
+        let s = Settings::from_vars(vars(&[("PROVIDER_URLS", r#"{"together":"https://api.together.example/v1"}"#)]))
+            .unwrap();
+        assert!(s.provider_urls.get("together").is_some_and(|u| u.starts_with("https://api.together.example")));
+        assert_eq!(s.provider_urls.get("groq"), None);
+    }
+
+    #[test]
     fn plans_merge_over_the_defaults() {
         let s = Settings::from_vars(vars(&[(
             "PLANS",
-            r#"{"free":{"rpm":5},"student":{"monthly_credit_micro_usd":500000}}"#,
+            r#"{"free":{"rpm":5},"student":{"monthly_credit_micro_usd":500000,"on_exhausted":"payg","burst":7,
+                "default_max_tokens":64,"pooled":true,"byok":false,"server_tool_ceiling_micro_usd":null}}"#,
         )]))
         .unwrap();
         assert_eq!(s.plan("free").unwrap().quota.rpm(), 5);
         assert_eq!(s.plan("free").unwrap().quota.burst(), 10);
-        assert_eq!(s.plan("student").unwrap().monthly_credit, MicroUsd(500_000));
+        let student = s.plan("student").unwrap();
+        assert_eq!(student.monthly_credit, MicroUsd(500_000));
+        // a new plan starts from free as PLANS left it
+        assert_eq!((student.on_exhausted, student.quota.rpm(), student.quota.burst()), (OnExhausted::Payg, 5, 7));
+        assert_eq!((student.default_max_tokens, student.pooled, student.byok), (64, true, false));
     }
 
     #[test]
@@ -418,12 +502,20 @@ mod tests {
             ("PRICES", "{}"),
             ("PLANS", r#"{"free":{"rpm":0}}"#),
             ("PLANS", r#"{"free":{"colour":"red"}}"#),
+            ("PLANS", r#"{"free":{"on_exhausted":"never"}}"#),
+            ("PLANS", r#"{"free":{"rpm":-1}}"#),
+            ("PLANS", r#"{"free":{"burst":4294967296}}"#),
+            ("PLANS", r#"{"free":{"pooled":"yes"}}"#),
+            ("PLANS", r#"{"free":[]}"#),
+            ("PLANS", r#"["free"]"#),
             ("COMPUTE_USD_PER_SECOND", "-1"),
             ("CORS_ORIGINS", "nope"),
             ("MAX_BODY_BYTES", "ten"),
             ("RETRY_MAX_RETRIES", "99"),
             ("MEDIA_PART_TOKENS", "0"),
             ("PROVIDER_URLS", r#"{"together":"not a url"}"#),
+            ("PROVIDER_URLS", r#"{"together":1}"#),
+            ("PROVIDER_URLS", r#"["https://a.example"]"#),
             ("ROUTE_PRICES", r#"{"fal-ai/*":{"per_request":-1}}"#),
             ("ENDPOINTS", r#"{"mine":{"url":"ftp://x"}}"#),
             ("PRICE_BOOK_TTL_SECONDS", "0"),
@@ -435,6 +527,35 @@ mod tests {
                 other => panic!("{name}={value} gave {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn an_object_delay_is_for_local_runs_only() {
+        assert_eq!(Settings::from_vars(vars(&[])).unwrap().bench_object_delay_ms, 0);
+        for upstream in ["sandbox", "http://127.0.0.1:8080", "http://localhost:9/", "http://127.0.0.1"] {
+            let s = Settings::from_vars(vars(&[("UPSTREAM_URL", upstream), ("BENCH_OBJECT_DELAY_MS", "50")])).unwrap();
+            assert_eq!(s.bench_object_delay_ms, 50, "{upstream}");
+        }
+        let refused = [
+            ("https://router.huggingface.co", "50"),
+            ("https://127.0.0.1:8080", "50"),
+            ("http://example.com", "50"),
+            ("http://127.0.0.1.example.com", "50"),
+            ("http://localhost.example.com:80", "50"),
+            ("sandbox", "1001"),
+            ("sandbox", "-1"),
+        ];
+        for (upstream, delay) in refused {
+            match Settings::from_vars(vars(&[("UPSTREAM_URL", upstream), ("BENCH_OBJECT_DELAY_MS", delay)])) {
+                Err(GatewayError::Misconfigured { setting, .. }) => {
+                    assert_eq!(setting, "BENCH_OBJECT_DELAY_MS", "{upstream} {delay}")
+                }
+                other => panic!("{upstream} {delay} gave {other:?}"),
+            }
+        }
+        // with the default upstream, 0 is no delay and not a local-only setting
+        let s = Settings::from_vars(vars(&[("BENCH_OBJECT_DELAY_MS", "0")])).unwrap();
+        assert_eq!(s.bench_object_delay_ms, 0);
     }
 
     #[test]

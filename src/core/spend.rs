@@ -8,13 +8,11 @@
 //! or beyond `MAX_JOBS` are forgotten (a poll for a forgotten job is a 404, never a free
 //! pass-through).
 
+use crate::core::call_line::CallLine;
 use crate::core::ledger::MicroUsd;
-use crate::core::pricing::TokenUsage;
-use crate::core::request_log::CallLog;
 use crate::core::sort::heap_sort_by;
+use crate::core::sorted::SortedMap;
 use crate::core::time::{BillingPeriod, UnixMillis};
-use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 
 /// Distinct (key, model, provider) lines one account keeps before folding into `(other)`.
 pub const MAX_LINES: usize = 4_096;
@@ -25,26 +23,11 @@ pub const JOB_TTL_MS: u64 = 7 * 24 * 3_600_000;
 /// The most jobs one account remembers; the oldest are forgotten first.
 pub const MAX_JOBS: usize = 20_000;
 
-/// One call as the settle that charges it describes it.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CallLine {
-    /// The model without its `:provider` or policy suffix.
-    pub model: String,
-    /// The provider that served the call (`x-inference-provider`), the one it was pinned to,
-    /// or `auto` when upstream did not say.
-    pub provider: String,
-    #[serde(default)]
-    pub tokens: TokenUsage,
-    /// The rest of the call's record, for the request log.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub log: Option<CallLog>,
-}
-
 /// Identifies a spend line: key id, model, provider.
 pub type LineKey = (String, String, String);
 
 /// A line's totals in one billing period.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SpendLine {
     /// The start of the period these totals are for; an older line is reset on its next use.
     pub period: UnixMillis,
@@ -55,7 +38,7 @@ pub struct SpendLine {
 }
 
 /// One row of a usage report's `by_model`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ModelSpend {
     pub model: String,
     pub provider: String,
@@ -76,18 +59,14 @@ fn cut(s: &str) -> String {
 }
 
 /// Spend lines of one account.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Spend {
-    lines: BTreeMap<LineKey, SpendLine>,
+    lines: SortedMap<LineKey, SpendLine>,
 }
 
 impl Spend {
     pub fn from_rows(rows: impl IntoIterator<Item = (LineKey, SpendLine)>) -> Spend {
-        let mut lines = BTreeMap::new();
-        for (k, v) in rows {
-            lines.insert(k, v);
-        }
-        Spend { lines }
+        Spend { lines: rows.into_iter().collect() }
     }
 
     /// The line a call of `key_id` is counted in: its own, or `(other)` once the account has
@@ -109,7 +88,7 @@ impl Spend {
     pub fn add(&mut self, key_id: &str, call: &CallLine, cost: MicroUsd, now: UnixMillis) -> LineKey {
         let k = self.line_key(key_id, call);
         let period = BillingPeriod::containing(now).start;
-        let line = self.lines.entry(k.clone()).or_default();
+        let line = self.lines.get_or_insert_with(k.clone(), SpendLine::default);
         if line.period != period {
             *line = SpendLine { period, ..SpendLine::default() };
         }
@@ -175,7 +154,7 @@ fn add_up(lines: impl Iterator<Item = ModelSpend>) -> Vec<ModelSpend> {
 }
 
 /// Who submitted a job, and where upstream its polls go.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct JobRow {
     pub key_id: String,
     /// The upstream path of the job's result; its status and cancel paths hang off it.
@@ -184,18 +163,14 @@ pub struct JobRow {
 }
 
 /// The jobs an account's keys submitted.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Jobs {
-    by_id: BTreeMap<String, JobRow>,
+    by_id: SortedMap<String, JobRow>,
 }
 
 impl Jobs {
     pub fn from_rows(rows: impl IntoIterator<Item = (String, JobRow)>) -> Jobs {
-        let mut by_id = BTreeMap::new();
-        for (k, v) in rows {
-            by_id.insert(k, v);
-        }
-        Jobs { by_id }
+        Jobs { by_id: rows.into_iter().collect() }
     }
 
     pub fn get(&self, id: &str) -> Option<&JobRow> {
@@ -215,7 +190,7 @@ impl Jobs {
     pub fn forgotten_by(&self, now: UnixMillis) -> Vec<String> {
         let mut out: Vec<(UnixMillis, &String)> = Vec::new();
         let mut live: Vec<(UnixMillis, &String)> = Vec::new();
-        for (id, row) in &self.by_id {
+        for (id, row) in self.by_id.iter() {
             if now.millis_since(row.at) >= JOB_TTL_MS {
                 out.push((row.at, id));
             } else {
@@ -236,14 +211,46 @@ impl Jobs {
         for gone in &forgotten {
             self.by_id.remove(gone);
         }
-        self.by_id.entry(id.to_string()).or_insert(row);
+        if !self.by_id.contains_key(id) {
+            self.by_id.insert(id.to_string(), row);
+        }
         forgotten
+    }
+}
+
+// Their JSON, as the account object's messages and rows carry them (`core::wire`); `Spend`
+// and `Jobs` are read only from the one document earlier builds stored (`edits::decode`).
+crate::core::wire::json_struct!(SpendLine { period, requests, prompt, completion, cost });
+crate::core::wire::json_struct!(ModelSpend {
+    model,
+    provider,
+    requests,
+    prompt_tokens,
+    completion_tokens,
+    cost_micro_usd
+});
+crate::core::wire::json_struct!(JobRow { key_id, poll_base, at });
+crate::core::wire::json_struct!(read Jobs { by_id });
+
+/// The document could hold no line: JSON has no key for a line's (key, model, provider),
+/// so serde wrote only an empty map.
+impl crate::core::wire::FromJson for Spend {
+    fn read(v: &serde_json::Value, e: &crate::core::wire::Errors) -> Self {
+        match crate::core::wire::Fields::of(v, e).value("lines") {
+            Some(serde_json::Value::Object(lines)) if lines.is_empty() => {}
+            other => e.expected("no lines", other.unwrap_or(&serde_json::Value::Null)),
+        }
+        Spend::default()
+    }
+    fn fallback() -> Self {
+        Spend::default()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::pricing::TokenUsage;
 
     const NOW: UnixMillis = UnixMillis(1_795_352_400_000);
 

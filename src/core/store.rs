@@ -11,22 +11,24 @@
 //! memory, is tested in `tests/store_props.rs` against a model store.
 
 use crate::core::account::{AccountPolicy, AccountState, Admission, AdmitRequest, Cost, KeyPolicy, KeyState};
+use crate::core::call_line::CallLine;
 use crate::core::edits;
 use crate::core::gcra::Tat;
+use crate::core::isolate_lease::Issued;
 use crate::core::lease::{Lease, Pool, Report};
 use crate::core::ledger::{Hold, LedgerHead, MicroUsd};
-use crate::core::protocol::{AccountOp, AccountReply, KeyFigures, UsageReport};
+use crate::core::protocol::{AccountOp, AccountReply, KeyFigures, Leased, UsageReport};
 use crate::core::request_log::Record;
-use crate::core::spend::{CallLine, JobRow, Jobs, LineKey, Spend, SpendLine};
+use crate::core::spend::{JobRow, Jobs, LineKey, Spend, SpendLine};
 use crate::core::time::{format_day, UnixMillis};
-use serde::{Deserialize, Serialize};
+use crate::core::wire::{self, Bad, ToJson};
 
 /// The shape of the rows this build writes, stored in the account row. Version 1 was one
 /// JSON document of the whole state (`edits::decode` still reads it, to carry it over).
 pub const ROW_SCHEMA: u32 = 2;
 
 /// The account's own row.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AccountRow {
     pub ledger: LedgerHead,
     pub tat: Tat,
@@ -80,31 +82,25 @@ pub enum RowWrite {
     DropLog {
         model: String,
     },
+    /// A lease granted to an isolate, as JSON (`GrantRow`).
+    Grant {
+        id: u64,
+        body: String,
+    },
+    DropGrant(u64),
+}
+
+/// A lease as stored: the object's record of it, and the credit it has left (`None`: none
+/// set aside, or given back).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GrantRow {
+    pub record: Issued,
+    pub credit: Option<MicroUsd>,
 }
 
 /// The model column of the record a lapsed hold leaves, so a late settle can find it.
 pub fn lapse_marker(id: u64) -> String {
     format!("lapsed:{id}")
-}
-
-impl RowWrite {
-    /// Whether two writes are to the same row.
-    fn same_row(&self, other: &RowWrite) -> bool {
-        match (self, other) {
-            (RowWrite::Account(_), RowWrite::Account(_)) => true,
-            (RowWrite::Key { key_id: a, .. }, RowWrite::Key { key_id: b, .. }) => a == b,
-            (
-                RowWrite::Hold { id: a, .. } | RowWrite::DropHold(a),
-                RowWrite::Hold { id: b, .. } | RowWrite::DropHold(b),
-            ) => a == b,
-            (RowWrite::Spend { line: a, .. }, RowWrite::Spend { line: b, .. }) => a == b,
-            (
-                RowWrite::Job { id: a, .. } | RowWrite::DropJob(a),
-                RowWrite::Job { id: b, .. } | RowWrite::DropJob(b),
-            ) => a == b,
-            _ => false,
-        }
-    }
 }
 
 /// The rows an operation may change, besides the account row.
@@ -114,29 +110,51 @@ struct Touch {
     holds: Vec<u64>,
     lines: Vec<LineKey>,
     jobs: Vec<String>,
+    grants: Vec<u64>,
 }
 
 impl Touch {
     fn of(st: &AccountState, op: &AccountOp) -> Touch {
         let key = |k: &Option<KeyPolicy>| k.iter().map(|k| k.key_id.clone()).collect();
         match op {
-            AccountOp::Admit(req) => Touch {
-                keys: vec![req.key.key_id.clone()],
-                holds: vec![st.ledger.next_reservation_id()],
+            AccountOp::Admit(req) => {
+                let hold = st.ledger.next_reservation_id();
+                Touch {
+                    keys: vec![req.key.key_id.clone()],
+                    holds: vec![hold],
+                    // the lease, if one is granted, takes the id after the call's hold, or the
+                    // hold's own when the call reserves nothing
+                    grants: req.lease.map(|_| vec![hold, hold.wrapping_add(1)]).unwrap_or_default(),
+                    ..Touch::default()
+                }
+            }
+            AccountOp::Acquire { key, .. } => Touch {
+                keys: vec![key.key_id.clone()],
+                grants: vec![st.ledger.next_reservation_id()],
                 ..Touch::default()
             },
-            AccountOp::Settle { reservation, line, .. } => {
-                let owner = st.owner(*reservation);
+            AccountOp::Admitted { lease, calls, .. } => {
+                Touch { holds: calls.iter().map(|(id, _)| *id).collect(), grants: vec![*lease], ..Touch::default() }
+            }
+            AccountOp::ReturnLease { lease } => Touch {
+                keys: st.grants.get(lease).map(|r| r.key_id.clone()).into_iter().collect(),
+                grants: vec![*lease],
+                ..Touch::default()
+            },
+            AccountOp::Settle { reservation, line, leased, .. } => {
+                let owner = owner_of(st, *reservation, leased.as_ref());
                 Touch {
                     keys: owner.map(str::to_string).into_iter().collect(),
                     holds: vec![*reservation],
                     lines: line_of(st, owner, line.as_ref()),
                     jobs: Vec::new(),
+                    grants: leased.iter().map(|l| l.lease).collect(),
                 }
             }
-            AccountOp::Release { reservation, .. } => Touch {
-                keys: st.owner(*reservation).map(str::to_string).into_iter().collect(),
+            AccountOp::Release { reservation, leased, .. } => Touch {
+                keys: owner_of(st, *reservation, leased.as_ref()).map(str::to_string).into_iter().collect(),
                 holds: vec![*reservation],
+                grants: leased.iter().map(|l| l.lease).collect(),
                 ..Touch::default()
             },
             AccountOp::Renew { reservations, .. } => Touch { holds: reservations.clone(), ..Touch::default() },
@@ -168,6 +186,12 @@ impl Touch {
     }
 }
 
+/// The key a call's hold belongs to: its owner, or for a call of a lease the object has not
+/// heard of yet, the lease's key.
+fn owner_of<'s>(st: &'s AccountState, reservation: u64, leased: Option<&'s Leased>) -> Option<&'s str> {
+    st.owner(reservation).or_else(|| leased.map(|l| l.key_id.as_str()))
+}
+
 /// The spend line a settle counts its call in, if it names one and its key is known.
 fn line_of(st: &AccountState, key_id: Option<&str>, line: Option<&CallLine>) -> Vec<LineKey> {
     match (key_id, line) {
@@ -188,11 +212,11 @@ struct Rows {
     holds: Vec<(u64, Option<HoldRow>)>,
     lines: Vec<(LineKey, Option<SpendLine>)>,
     jobs: Vec<(String, Option<JobRow>)>,
+    grants: Vec<(u64, Option<GrantRow>)>,
 }
 
-fn to_json<T: Serialize>(v: &T) -> String {
-    // these types have no maps with non-string keys and nothing that can fail to serialise
-    serde_json::to_string(v).unwrap_or_default()
+fn to_json(v: &dyn ToJson) -> String {
+    wire::text(v)
 }
 
 fn account_value(st: &AccountState) -> AccountRow {
@@ -207,14 +231,49 @@ fn hold_row(st: &AccountState, id: u64) -> Option<HoldRow> {
     st.ledger.hold(id).map(|h| (st.owner(id).map(str::to_string), h))
 }
 
+fn grant_row(st: &AccountState, id: u64) -> Option<GrantRow> {
+    st.grants.get(&id).map(|r| GrantRow { record: r.clone(), credit: st.ledger.lease_credit(id) })
+}
+
 impl Rows {
-    fn read(st: &AccountState, touch: &Touch) -> Rows {
+    /// Adds the rows `touch` names that are not read yet, as they stand now.
+    fn add(&mut self, st: &AccountState, touch: &Touch) {
+        for k in &touch.keys {
+            if !self.keys.iter().any(|(id, _)| id == k) {
+                self.keys.push((k.clone(), st.keys.get(k).cloned()));
+            }
+        }
+        for id in &touch.holds {
+            if !self.holds.iter().any(|(h, _)| h == id) {
+                self.holds.push((*id, hold_row(st, *id)));
+            }
+        }
+        for k in &touch.lines {
+            if !self.lines.iter().any(|(l, _)| l == k) {
+                self.lines.push((k.clone(), st.spend.get(k).copied()));
+            }
+        }
+        for id in &touch.jobs {
+            if !self.jobs.iter().any(|(j, _)| j == id) {
+                self.jobs.push((id.clone(), st.jobs.get(id).cloned()));
+            }
+        }
+        for id in &touch.grants {
+            if !self.grants.iter().any(|(g, _)| g == id) {
+                self.grants.push((*id, grant_row(st, *id)));
+            }
+        }
+    }
+
+    /// The same rows as they stand now.
+    fn reread(&self, st: &AccountState) -> Rows {
         Rows {
             account: account_value(st),
-            keys: touch.keys.iter().map(|k| (k.clone(), st.keys.get(k).cloned())).collect(),
-            holds: touch.holds.iter().map(|id| (*id, hold_row(st, *id))).collect(),
-            lines: touch.lines.iter().map(|k| (k.clone(), st.spend.get(k).copied())).collect(),
-            jobs: touch.jobs.iter().map(|id| (id.clone(), st.jobs.get(id).cloned())).collect(),
+            keys: self.keys.iter().map(|(k, _)| (k.clone(), st.keys.get(k).cloned())).collect(),
+            holds: self.holds.iter().map(|(id, _)| (*id, hold_row(st, *id))).collect(),
+            lines: self.lines.iter().map(|(k, _)| (k.clone(), st.spend.get(k).copied())).collect(),
+            jobs: self.jobs.iter().map(|(id, _)| (id.clone(), st.jobs.get(id).cloned())).collect(),
+            grants: self.grants.iter().map(|(id, _)| (*id, grant_row(st, *id))).collect(),
         }
     }
 
@@ -251,28 +310,50 @@ impl Rows {
                 });
             }
         }
+        for ((_, was), (id, now)) in self.grants.into_iter().zip(after.grants) {
+            if was != now {
+                out.push(match now {
+                    Some(row) => RowWrite::Grant { id, body: to_json(&row) },
+                    None => RowWrite::DropGrant(id),
+                });
+            }
+        }
         out
     }
 }
 
-/// Runs one operation: its reply, and the rows it changed. A batch writes each row once,
-/// as it stands after the last operation that changed it.
+/// Runs one operation: its reply, and the rows it changed. The rows an operation may touch
+/// are read before it runs (the first time, in a batch) and after, and only those that differ
+/// are written: a batch writes each row once, as it stands at its end, and a row made and
+/// dropped within it (a call reported and settled together) not at all.
 pub fn run(st: &mut AccountState, op: AccountOp, now: UnixMillis) -> (AccountReply, Vec<RowWrite>) {
+    let mut before = Rows {
+        account: account_value(st),
+        keys: Vec::new(),
+        holds: Vec::new(),
+        lines: Vec::new(),
+        jobs: Vec::new(),
+        grants: Vec::new(),
+    };
+    let mut records = Vec::new();
+    let reply = run_one(st, op, now, &mut before, &mut records);
+    let after = before.reread(st);
+    let mut writes = before.changes_to(after);
+    writes.extend(records);
+    (reply, writes)
+}
+
+fn run_one(
+    st: &mut AccountState,
+    op: AccountOp,
+    now: UnixMillis,
+    before: &mut Rows,
+    records: &mut Vec<RowWrite>,
+) -> AccountReply {
     if let AccountOp::Batch(ops) = op {
-        let mut replies = Vec::with_capacity(ops.len());
-        let mut writes: Vec<RowWrite> = Vec::new();
-        for op in ops {
-            let (reply, more) = run(st, op, now);
-            replies.push(reply);
-            for w in more {
-                writes.retain(|old| !old.same_row(&w));
-                writes.push(w);
-            }
-        }
-        return (AccountReply::Batch(replies), writes);
+        return AccountReply::Batch(ops.into_iter().map(|op| run_one(st, op, now, before, records)).collect());
     }
-    let touch = Touch::of(st, &op);
-    let before = Rows::read(st, &touch);
+    before.add(st, &Touch::of(st, &op));
     // a lapsed hold's record gives way to the call's own when its settle or release comes
     let lapsed = match &op {
         AccountOp::Settle { reservation, .. } | AccountOp::Release { reservation, .. } => {
@@ -283,8 +364,6 @@ pub fn run(st: &mut AccountState, op: AccountOp, now: UnixMillis) -> (AccountRep
     };
     let logged = log_of(st, &op);
     let reply = apply(st, op, now);
-    let after = Rows::read(st, &touch);
-    let mut writes = before.changes_to(after);
     // the call's record, written with the settle or release that moved the ledger (a settle
     // or release the ledger had already seen moves nothing and records nothing)
     let moved = match &reply {
@@ -294,12 +373,10 @@ pub fn run(st: &mut AccountState, op: AccountOp, now: UnixMillis) -> (AccountRep
         _ => false,
     };
     if moved {
-        writes.extend(lapsed);
-        if let Some(record) = logged {
-            writes.push(record);
-        }
+        records.extend(lapsed);
+        records.extend(logged);
     }
-    (reply, writes)
+    reply
 }
 
 /// Whether an operation may move money, and the keys whose spend it moves: what credit
@@ -404,9 +481,20 @@ pub fn shard_report(st: &AccountState, lease: &mut Lease, give_back: bool, now: 
 /// operation that finds one due): the rows it changed, and a request log record for each
 /// lapse, which the call's own record replaces if its settle still comes.
 pub fn expire(st: &mut AccountState, now: UnixMillis) -> Vec<RowWrite> {
+    let grants: Vec<u64> = st.grants.keys().copied().collect();
+    // the keys whose leases end here: closing them moves the keys' throttles
+    let mut closing: Vec<(String, Option<KeyState>)> = Vec::new();
+    for r in st.grants.values().filter(|r| !r.closed && r.ends_at <= now) {
+        if !closing.iter().any(|(k, _)| *k == r.key_id) {
+            closing.push((r.key_id.clone(), st.keys.get(&r.key_id).cloned()));
+        }
+    }
+    let head = account_value(st);
     let lapses = st.expire(now);
     let mut writes = Vec::with_capacity(lapses.len() * 3);
-    if lapses.iter().any(|l| l.charged > MicroUsd::ZERO) {
+    // leases no report can reach any more are forgotten (a lapsed one's credit given back)
+    writes.extend(grants.into_iter().filter(|id| !st.grants.contains_key(id)).map(RowWrite::DropGrant));
+    if account_value(st) != head {
         writes.push(RowWrite::Account(account_row(st)));
     }
     let mut keys: Vec<&String> = Vec::new();
@@ -428,9 +516,26 @@ pub fn expire(st: &mut AccountState, now: UnixMillis) -> Vec<RowWrite> {
             body: to_json(&record),
         });
     }
-    for key_id in keys {
-        if let Some(state) = st.keys.get(key_id) {
-            writes.push(RowWrite::Key { key_id: key_id.clone(), state: to_json(state) });
+    for key_id in &keys {
+        if let Some(state) = st.keys.get(*key_id) {
+            writes.push(RowWrite::Key { key_id: (*key_id).clone(), state: to_json(state) });
+        }
+    }
+    for (key_id, was) in closing {
+        let now_state = st.keys.get(&key_id);
+        if now_state != was.as_ref() && !keys.contains(&&key_id) {
+            if let Some(state) = now_state {
+                writes.push(RowWrite::Key { key_id: key_id.clone(), state: to_json(state) });
+            }
+        }
+    }
+    // the leases that closed
+    for (id, r) in &st.grants {
+        if r.closed && r.ends_at <= now && !r.returned {
+            writes.push(RowWrite::Grant {
+                id: *id,
+                body: to_json(&GrantRow { record: r.clone(), credit: st.ledger.lease_credit(*id) }),
+            });
         }
     }
     writes
@@ -441,6 +546,18 @@ pub fn expire(st: &mut AccountState, now: UnixMillis) -> Vec<RowWrite> {
 /// which a restarted runtime may run late.
 pub fn expires_first(op: &AccountOp) -> bool {
     matches!(op, AccountOp::Admit(_) | AccountOp::Usage { .. } | AccountOp::Lease { .. } | AccountOp::Batch(_))
+}
+
+/// Leases from their rows, into a loaded account. A row that does not decode is refused.
+pub fn load_grants(st: &mut AccountState, rows: impl IntoIterator<Item = (u64, String)>) -> Result<(), BadRow> {
+    for (id, text) in rows {
+        let row: GrantRow = wire::parse(&text).map_err(|e| BadRow { row: format!("grant {id}"), reason: e.0 })?;
+        if let Some(credit) = row.credit {
+            st.ledger.set_lease_credit(id, credit);
+        }
+        st.grants.insert(id, row.record);
+    }
+    Ok(())
 }
 
 /// Every row of an account, to store a state carried over from the old single document.
@@ -462,17 +579,19 @@ pub fn load_extras(
     lines: impl IntoIterator<Item = (LineKey, String)>,
     jobs: impl IntoIterator<Item = (String, String)>,
 ) -> Result<(), BadRow> {
-    let bad = |row: &str, e: serde_json::Error| BadRow { row: row.to_string(), reason: e.to_string() };
-    let lines = lines
-        .into_iter()
-        .map(|(k, text)| serde_json::from_str::<SpendLine>(&text).map(|v| (k.clone(), v)).map_err(|e| bad(&k.1, e)))
-        .collect::<Result<Vec<_>, _>>()?;
-    let jobs = jobs
-        .into_iter()
-        .map(|(id, text)| serde_json::from_str::<JobRow>(&text).map(|v| (id.clone(), v)).map_err(|e| bad(&id, e)))
-        .collect::<Result<Vec<_>, _>>()?;
-    st.spend = Spend::from_rows(lines);
-    st.jobs = Jobs::from_rows(jobs);
+    // plain loops: a `map(..).collect::<Result<..>>()` is a copy of the collecting code each
+    let mut read_lines = Vec::new();
+    for (k, text) in lines {
+        let line = wire::parse::<SpendLine>(&text).map_err(|e| bad_row(&k.1, e))?;
+        read_lines.push((k, line));
+    }
+    let mut read_jobs = Vec::new();
+    for (id, text) in jobs {
+        let job = wire::parse::<JobRow>(&text).map_err(|e| bad_row(&id, e))?;
+        read_jobs.push((id, job));
+    }
+    st.spend = Spend::from_rows(read_lines);
+    st.jobs = Jobs::from_rows(read_jobs);
     Ok(())
 }
 
@@ -489,19 +608,27 @@ pub fn load(
     keys: impl IntoIterator<Item = (String, String)>,
     holds: impl IntoIterator<Item = (u64, Option<String>, Hold)>,
 ) -> Result<AccountState, BadRow> {
-    let bad = |row: &str, e: serde_json::Error| BadRow { row: row.to_string(), reason: e.to_string() };
-    let head: AccountRow = serde_json::from_str(account).map_err(|e| bad("account", e))?;
-    let keys = keys
-        .into_iter()
-        .map(|(k, text)| serde_json::from_str::<KeyState>(&text).map(|v| (k.clone(), v)).map_err(|e| bad(&k, e)))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(AccountState::from_rows(head.ledger, head.tat, head.policy, keys, holds))
+    let head: AccountRow = wire::parse(account).map_err(|e| bad_row("account", e))?;
+    let mut read = Vec::new();
+    for (k, text) in keys {
+        let key = wire::parse::<KeyState>(&text).map_err(|e| bad_row(&k, e))?;
+        read.push((k, key));
+    }
+    Ok(AccountState::from_rows(head.ledger, head.tat, head.policy, read, holds))
+}
+
+fn bad_row(row: &str, e: Bad) -> BadRow {
+    BadRow { row: row.to_string(), reason: e.0 }
 }
 
 fn apply(st: &mut AccountState, op: AccountOp, now: UnixMillis) -> AccountReply {
     match op {
         AccountOp::Admit(req) => AccountReply::Admission(st.admit(req, now)),
-        AccountOp::Settle { reservation, actual, line, unmetered } => {
+        AccountOp::Settle { reservation, actual, line, unmetered, leased } => {
+            if let Some(l) = leased {
+                // its report may not have come: the settle stands for it
+                st.leased_call(l.lease, &l.key_id, reservation, l.amount, l.report, now);
+            }
             let owner = st.owner(reservation).map(str::to_string);
             let settled =
                 if unmetered { st.settle_unmetered(reservation, now) } else { st.settle(reservation, actual, now) };
@@ -510,7 +637,24 @@ fn apply(st: &mut AccountState, op: AccountOp, now: UnixMillis) -> AccountReply 
             }
             AccountReply::Settled(settled)
         }
-        AccountOp::Release { reservation, .. } => AccountReply::Released(st.release(reservation, now)),
+        AccountOp::Release { reservation, leased, .. } => {
+            if let Some(l) = leased {
+                st.leased_call(l.lease, &l.key_id, reservation, l.amount, l.report, now);
+            }
+            AccountReply::Released(st.release(reservation, now))
+        }
+        AccountOp::Acquire { key, account, want } => {
+            let (grant, stale) = st.acquire(key, account, want, now);
+            AccountReply::Leased { grant, stale }
+        }
+        AccountOp::Admitted { lease, key_id, calls, ttl_ms } => {
+            st.admitted(lease, &key_id, &calls, ttl_ms, now);
+            AccountReply::Done
+        }
+        AccountOp::ReturnLease { lease } => {
+            st.return_lease(lease, now);
+            AccountReply::Done
+        }
         AccountOp::Renew { reservations, ttl_ms } => {
             st.renew(&reservations, ttl_ms, now);
             AccountReply::Done
@@ -537,7 +681,7 @@ fn apply(st: &mut AccountState, op: AccountOp, now: UnixMillis) -> AccountReply 
         }
         AccountOp::Usage { key, account, throttle } => {
             if let (true, Some(k), Some(a)) = (throttle, &key, account) {
-                let req = AdmitRequest { key: k.clone(), account: a, cost: Cost::FREE, ttl_ms: 0 };
+                let req = AdmitRequest { key: k.clone(), account: a, cost: Cost::FREE, ttl_ms: 0, lease: None };
                 if let denied @ Admission::Denied { .. } = st.admit(req, now) {
                     return AccountReply::Admission(denied);
                 }
@@ -593,6 +737,13 @@ pub fn overruns(reply: &AccountReply) -> Vec<(MicroUsd, bool)> {
     }
 }
 
+// The rows' JSON (`core::wire`). The throttle's state and a lease's record are types of
+// `gcra` and `isolate_lease`, written here beside the rows that hold them.
+wire::json_struct!(AccountRow { ledger, tat, policy });
+wire::json_struct!(GrantRow { record, credit });
+wire::json_newtype!(Tat);
+wire::json_struct!(Issued { key_id, first_hold, calls, seen, ends_at, returned, closed: default });
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -613,6 +764,7 @@ mod tests {
             },
             cost: Cost::Fixed { amount: MicroUsd(cost) },
             ttl_ms: 1_000,
+            lease: None,
         })
     }
 
@@ -641,8 +793,11 @@ mod tests {
         else {
             panic!()
         };
-        let (_, writes) =
-            run(&mut st, AccountOp::Settle { reservation: id, actual: MicroUsd(1), line: None, unmetered: false }, NOW);
+        let (_, writes) = run(
+            &mut st,
+            AccountOp::Settle { reservation: id, actual: MicroUsd(1), line: None, unmetered: false, leased: None },
+            NOW,
+        );
         assert!(writes.contains(&RowWrite::DropHold(id)));
         assert!(writes.iter().any(|w| matches!(w, RowWrite::Key { key_id, .. } if key_id == "k8")));
         assert_eq!(writes.len(), 3, "{writes:?}");
@@ -685,8 +840,7 @@ mod tests {
 
     #[test]
     fn a_record_is_written_exactly_when_the_ledger_moves() {
-        use crate::core::request_log::CallLog;
-        use crate::core::spend::CallLine;
+        use crate::core::call_line::{CallLine, CallLog};
         let line = |status| {
             Some(CallLine {
                 model: "m".into(),
@@ -710,7 +864,7 @@ mod tests {
         let a = id(run(&mut st, admit("a", 10), NOW).0);
         let (_, w) = run(
             &mut st,
-            AccountOp::Settle { reservation: a, actual: MicroUsd(4), line: line(200), unmetered: false },
+            AccountOp::Settle { reservation: a, actual: MicroUsd(4), line: line(200), unmetered: false, leased: None },
             NOW,
         );
         assert_eq!(logs(&w), 1);
@@ -718,15 +872,197 @@ mod tests {
         // the same settle again (a retry whose first answer was lost) records nothing more
         let (_, w) = run(
             &mut st,
-            AccountOp::Settle { reservation: a, actual: MicroUsd(4), line: line(200), unmetered: false },
+            AccountOp::Settle { reservation: a, actual: MicroUsd(4), line: line(200), unmetered: false, leased: None },
             NOW,
         );
         assert_eq!(logs(&w), 0);
         let b = id(run(&mut st, admit("a", 10), NOW).0);
-        let (_, w) = run(&mut st, AccountOp::Release { reservation: b, line: line(502) }, NOW);
+        let (_, w) = run(&mut st, AccountOp::Release { reservation: b, line: line(502), leased: None }, NOW);
         assert_eq!(logs(&w), 1);
-        let (_, w) = run(&mut st, AccountOp::Release { reservation: b, line: line(502) }, NOW);
+        let (_, w) = run(&mut st, AccountOp::Release { reservation: b, line: line(502), leased: None }, NOW);
         assert_eq!(logs(&w), 0);
+    }
+
+    /// What `core::wire` writes is what serde's derives wrote before it, and what they wrote
+    /// reads back: every message variant, every row of a busy account, the pool's and a
+    /// shard's rows, the KV records, and the one document earlier builds stored. The texts in
+    /// `testdata/` are serde_json's output for these values, taken when wire replaced it.
+    #[test]
+    fn rows_and_messages_are_what_serde_wrote() {
+        use crate::core::call_line::{CallLine, CallLog};
+        use crate::core::edits::{AccountEdit, KeyEdit};
+        use crate::core::isolate_lease::Want;
+        use crate::core::request_log::{Cursor, LogQuery, Page, StatusFilter};
+        use crate::core::spend::JobRow;
+        /// A value as written, after checking it reads back.
+        fn text<T: ToJson + wire::FromJson + PartialEq + std::fmt::Debug>(v: &T) -> String {
+            let ours = wire::text(v);
+            assert_eq!(&wire::parse::<T>(&ours).unwrap(), v, "{ours}");
+            ours
+        }
+        /// A row, after checking it reads and is written again unchanged.
+        fn row<T: ToJson + wire::FromJson + PartialEq + std::fmt::Debug>(text: &str) -> String {
+            let v: T = wire::parse(text).unwrap();
+            assert_eq!(wire::text(&v), text);
+            text.to_string()
+        }
+        let mut written = Vec::new();
+        let mut st = AccountState::new(NOW);
+        let line = CallLine {
+            model: "m/\"x\"".into(),
+            provider: "p".into(),
+            tokens: crate::core::pricing::TokenUsage { prompt: 3, completion: 4 },
+            log: Some(CallLog {
+                request_id: "r".into(),
+                key_id: "a".into(),
+                org: Some("o".into()),
+                route: "hf".into(),
+                api: "chat".into(),
+                status: 200,
+                error: None,
+                reserved: 9,
+                at: NOW,
+                latency_ms: 5,
+                ttfb_ms: Some(2),
+                retries: 1,
+                cooldown_wait_ms: 0,
+                stream: true,
+                upstream_request_id: Some("u\n".into()),
+            }),
+        };
+        let AccountOp::Admit(mut req) = admit("a", 10) else { panic!() };
+        req.lease = Some(Want { calls: 4, per_call: MicroUsd(2), ttl_ms: 500 });
+        req.key.rate = Some(RateLimit { rpm: 60, burst: 5 });
+        req.key.ceiling = Some(MicroUsd(70));
+        let mut ops = vec![
+            AccountOp::Admit(req.clone()),
+            AccountOp::Settle {
+                reservation: 0,
+                actual: MicroUsd(4),
+                line: Some(line.clone()),
+                unmetered: true,
+                leased: None,
+            },
+            AccountOp::Admit(req.clone()),
+            AccountOp::Release {
+                reservation: 3,
+                line: Some(line.clone()),
+                leased: Some(Leased { lease: 1, key_id: "a".into(), amount: MicroUsd(2), report: true }),
+            },
+            AccountOp::Renew { reservations: vec![2, 5], ttl_ms: 9 },
+            AccountOp::Acquire { key: req.key.clone(), account: req.account, want: req.lease.unwrap() },
+            AccountOp::Admitted { lease: 1, key_id: "a".into(), calls: vec![(2, MicroUsd(2))], ttl_ms: 7 },
+            AccountOp::ReturnLease { lease: 1 },
+            AccountOp::RecordProviderBilled { key_id: "a".into(), actual: MicroUsd(3), line: Some(line.clone()) },
+            AccountOp::OwnJob {
+                job_id: "j".into(),
+                row: JobRow { key_id: "a".into(), poll_base: "/q/j".into(), at: NOW },
+            },
+            AccountOp::Job { job_id: "j".into(), key_id: "a".into() },
+            AccountOp::Policy { key: Some(req.key.clone()), account: None },
+            AccountOp::Usage { key: Some(req.key.clone()), account: Some(req.account), throttle: true },
+            AccountOp::EditKey { base: 1, key: req.key.clone(), account: Some(req.account) },
+            AccountOp::EditAccount { base: 7, account: req.account },
+            AccountOp::HeldKey { key_id: "a".into() },
+            AccountOp::RevokeKey { key: req.key.clone() },
+            AccountOp::Admit(req.clone()),
+        ];
+        for status in [None, Some(StatusFilter::Exact(404)), Some(StatusFilter::Class(5))] {
+            let query = LogQuery {
+                key_id: Some("a".into()),
+                since: Some(1),
+                until: None,
+                model: Some("m".into()),
+                status,
+                limit: 10,
+                cursor: Some(Cursor { at: 5, shard: 1, seq: 2 }),
+            };
+            ops.push(AccountOp::Requests { query, shard: 2, throttle: Some((req.key.clone(), req.account)) });
+        }
+        let report =
+            Report { period_start: NOW, used: MicroUsd(1), committed: MicroUsd(2), lease: None, seq: 3, serial: 4 };
+        ops.push(AccountOp::Lease { shard: 1, shards: 4, report, want: MicroUsd(5), account: Some(req.account) });
+        ops.push(AccountOp::Lease { shard: 1, shards: 4, report, want: MicroUsd(5), account: None });
+        let mut replies = Vec::new();
+        for op in ops.iter().cloned() {
+            written.push(text(&op));
+            let (reply, writes) = run(&mut st, op, NOW);
+            written.push(text(&reply));
+            replies.push(reply);
+            for w in writes {
+                written.extend(match w {
+                    RowWrite::Account(t) => Some(row::<AccountRow>(&t)),
+                    RowWrite::Key { state, .. } => Some(row::<crate::core::account::KeyState>(&state)),
+                    RowWrite::Spend { totals, .. } => Some(row::<SpendLine>(&totals)),
+                    RowWrite::Job { row: t, .. } => Some(row::<JobRow>(&t)),
+                    RowWrite::Log { body, .. } => Some(row::<Record>(&body)),
+                    RowWrite::Grant { body, .. } => Some(row::<GrantRow>(&body)),
+                    _ => None,
+                });
+            }
+        }
+        written.push(text(&AccountOp::Batch(ops)));
+        replies.extend([
+            AccountReply::Done,
+            AccountReply::KeyEdit(KeyEdit::Conflict { current: 3 }),
+            AccountReply::KeyEdit(KeyEdit::Accepted { policy: req.key.clone() }),
+            AccountReply::AccountEdit(AccountEdit::Conflict { current: 3 }),
+            AccountReply::Key(None),
+            AccountReply::Requests(Page { rows: vec![(1, 2, "{}".into())] }),
+        ]);
+        written.push(text(&AccountReply::Batch(replies)));
+        // the one document earlier builds stored (no spend lines: serde could not write them)
+        let mut old = AccountState::new(NOW);
+        for op in [
+            AccountOp::Admit(req.clone()),
+            AccountOp::Settle { reservation: 0, actual: MicroUsd(4), line: None, unmetered: false, leased: None },
+            AccountOp::Admit(req.clone()),
+            AccountOp::OwnJob {
+                job_id: "j".into(),
+                row: JobRow { key_id: "a".into(), poll_base: "/q/j".into(), at: NOW },
+            },
+        ] {
+            run(&mut old, op, NOW);
+        }
+        assert_eq!(wire::parse::<AccountState>(include_str!("testdata/account_v1.json")).unwrap(), old);
+        // a pool's and a shard's rows
+        let mut pool = None;
+        let (_, writes) = grant(&mut st, &mut pool, 1, 4, report, MicroUsd(5), Some(req.account), NOW);
+        for w in writes {
+            if let RowWrite::Pool(t) = w {
+                written.push(row::<Pool>(&t));
+            }
+        }
+        written.push(row::<Lease>(&wire::text(&Lease::new(NOW))));
+        written.push(text(&GrantRow { record: Issued::new("a", 3, 70, NOW), credit: Some(MicroUsd(4)) }));
+        let mut book = crate::core::alerts::AlertBook::default();
+        book.fired.push("key:a:credits:50".into());
+        book.outbox.push(crate::core::alerts::Delivery {
+            id: "d".into(),
+            body: "{}".into(),
+            attempts: 2,
+            next_at: NOW,
+        });
+        written.push(text(&book));
+        // the records KV holds
+        let key = r#"{"id":"k","name":"n","plan":"pro","org":null,"allowed_origins":["https://a.example"],"allowed_endpoints":["e"],"rate_limit":{"rpm":1,"burst":2},"monthly_credit_micro_usd":5,"spend_cap_micro_usd":null,"created_at":"t","revoked":true,"version":4,"provider_keys":{"groq":"v2.x"},"digest":"d"}"#;
+        written.push(row::<crate::core::keys::KeyRecord>(key));
+        let bare = r#"{"id":"k","name":"n","plan":"pro","org":"o","rate_limit":null,"monthly_credit_micro_usd":null,"spend_cap_micro_usd":null,"created_at":"t","digest":"d"}"#;
+        // a record from before the fields with defaults: read with them, written with them
+        let read = wire::parse::<crate::core::keys::KeyRecord>(bare).unwrap();
+        assert!(!read.revoked && read.version == 0 && read.allowed_origins.is_empty());
+        written.push(text(&read));
+        written.push(row::<crate::core::keys::OrgRecord>(
+            r#"{"id":"o","plan":"team","seats":3,"bill_to":"b","spend_limit_micro_usd":9,"rate_limit":null,"created_at":"t","version":2,"shards":4}"#,
+        ));
+        let old_org = r#"{"id":"o","plan":"team","seats":3,"bill_to":"b","spend_limit_micro_usd":null,"rate_limit":null,"created_at":"t"}"#;
+        let read = wire::parse::<crate::core::keys::OrgRecord>(old_org).unwrap();
+        assert_eq!((read.version, read.shards), (0, 1));
+        let golden: Vec<&str> = include_str!("testdata/serde.jsonl").lines().collect();
+        assert_eq!(written.len(), golden.len());
+        for (ours, serdes) in written.iter().zip(golden) {
+            assert_eq!(ours, serdes);
+        }
     }
 
     #[test]

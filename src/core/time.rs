@@ -13,8 +13,7 @@ use std::fmt;
 /// assert_eq!(t.saturating_add_ms(500), UnixMillis(1_500));
 /// assert_eq!(UnixMillis(1_500).millis_since(t), 500);
 /// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default, serde::Serialize, serde::Deserialize)]
-#[serde(transparent)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct UnixMillis(pub u64);
 
 impl UnixMillis {
@@ -190,6 +189,8 @@ fn parse_digits(s: &str, len: usize) -> Option<u32> {
     }
     s.parse().ok()
 }
+
+crate::core::wire::json_newtype!(UnixMillis);
 
 #[cfg(test)]
 mod tests {

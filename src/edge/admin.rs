@@ -26,15 +26,15 @@ use crate::core::keys::{self, KeyRecord, OrgRecord, SealedKey, MINT_BYTES};
 use crate::core::lease::MAX_SHARDS;
 use crate::core::listing;
 use crate::core::settings::Settings;
+use crate::core::sorted::SortedMap;
+use crate::core::wire::{self, FromJson};
 use crate::edge::account_do;
 use crate::edge::platform::{self, OsRng};
 use crate::edge::response::{self, Meta};
 use crate::edge::{kv, prices, sealing, usage};
 use crate::edge::{registry_do, stats};
-use serde::Deserialize;
 use serde_json::{json, Value};
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
 use worker::{Env, Headers, Method, Request, Response};
 
 /// An admin answer: a status, a JSON body and, for one record, its version (its `ETag`).
@@ -64,7 +64,7 @@ const GUESS_BURST: u32 = 5;
 
 thread_local! {
     /// client address -> GCRA state of its failed admin attempts
-    static GUESSES: RefCell<HashMap<String, Tat>> = RefCell::new(HashMap::new());
+    static GUESSES: RefCell<SortedMap<String, Tat>> = RefCell::new(SortedMap::new());
 }
 
 /// Checks the admin token (constant time). No token configured: the API is off. A client
@@ -97,21 +97,22 @@ pub fn authorise(req: &Request, s: &Settings) -> Result<(), GatewayError> {
     Err(GatewayError::InvalidApiKey)
 }
 
-async fn json_body<T: for<'de> Deserialize<'de>>(req: &mut Request) -> Result<T, GatewayError> {
+async fn json_body<T: FromJson>(req: &mut Request) -> Result<T, GatewayError> {
     let bytes = req.bytes().await.map_err(|_| bad("could not read the body"))?;
     if bytes.len() > 64 * 1024 {
         return Err(GatewayError::RequestTooLarge { limit_bytes: 64 * 1024 });
     }
-    serde_json::from_slice(&bytes).map_err(|e| bad(format!("body: {e}")))
+    let text = std::str::from_utf8(&bytes).map_err(|e| bad(format!("body: {e}")))?;
+    wire::parse(text).map_err(|e| bad(format!("body{}{e}", if e.0.starts_with(':') { "" } else { ": " })))
 }
 
 /// Seals provider keys for the key `key_id` (each bound to that id and its provider).
 async fn seal_all(
     s: &Settings,
     key_id: &str,
-    given: BTreeMap<String, String>,
-) -> Result<BTreeMap<String, SealedKey>, GatewayError> {
-    let mut out = BTreeMap::new();
+    given: SortedMap<String, String>,
+) -> Result<SortedMap<String, SealedKey>, GatewayError> {
+    let mut out = SortedMap::new();
     for (provider, key) in given {
         admin_input::check_provider_key(&provider, &key)?;
         let sealed = sealing::seal(s, key_id, &provider, &key).await?;
@@ -224,7 +225,7 @@ async fn list(req: &Request, env: &Env, prefix: &str) -> Result<Answer, GatewayE
     let listed = kv::page(env, prefix, asked.limit, asked.after).await?;
     let mut data = Vec::with_capacity(listed.entries.len());
     for (id, stored) in listed.entries {
-        let summary = stored.as_deref().and_then(|s| serde_json::from_str::<Value>(s).ok());
+        let summary = stored.as_deref().and_then(|s| serde_json::from_slice::<Value>(s.as_bytes()).ok());
         if let Some(known) = summary.filter(|v| v.get("id").is_some()) {
             data.push(known);
         } else if prefix == kv::ALL_ORGS {
@@ -381,7 +382,7 @@ pub async fn get_org(env: &Env, s: &Settings, id: &str) -> Result<Answer, Gatewa
     let version = org.version.max(report.as_ref().and_then(|r| r.account_version).unwrap_or(0));
     let mut body = org.public_json();
     body["version"] = json!(version);
-    body["usage"] = serde_json::to_value(report).unwrap_or(Value::Null);
+    body["usage"] = crate::core::wire::value(&report);
     Ok(Answer::record(200, body, version))
 }
 

@@ -7,6 +7,9 @@ use std::rc::Rc;
 use wasm_bindgen::JsValue;
 use worker::Env;
 
+/// The KV namespace's binding name (wrangler.toml): key records, org records, the price book.
+pub const KV_BINDING: &str = "GATEWAY_KV";
+
 thread_local! {
     static CACHED: RefCell<Option<Rc<Settings>>> = const { RefCell::new(None) };
 }

@@ -6,19 +6,20 @@
 //! second, and the isolate that saw the 429 knows it immediately.
 
 use crate::core::protocol::{self, CooldownOp};
+use crate::core::sorted::SortedMap;
 use crate::core::time::UnixMillis;
 use crate::edge::objects;
 use crate::edge::platform;
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use wasm_bindgen::prelude::wasm_bindgen;
 use wasm_bindgen::JsValue;
-use worker::{durable_object, DurableObject, Env, Request, Response, Result, State};
+use worker::{durable_object, Context, DurableObject, Env, Request, Response, Result, State};
 
 const RECHECK_MS: u64 = 1_000;
 const MAX_ROUTES: usize = 4_096;
 
-#[durable_object]
+// `fetch` only: see `account_do::Account`.
+#[durable_object(fetch)]
 pub struct Cooldown {
     state: State,
     until: Cell<Option<UnixMillis>>,
@@ -30,7 +31,7 @@ impl DurableObject for Cooldown {
     }
 
     async fn fetch(&self, req: Request) -> Result<Response> {
-        objects::serve_fetch::<protocol::Cooldown, _, _>(req, |op| self.answer(op)).await
+        objects::serve_fetch(req, |text| self.rpc_op(text)).await
     }
 }
 
@@ -66,7 +67,7 @@ impl Cooldown {
 
 thread_local! {
     /// route -> (cooldown deadline, when this isolate last asked)
-    static KNOWN: RefCell<HashMap<String, (UnixMillis, UnixMillis)>> = RefCell::new(HashMap::new());
+    static KNOWN: RefCell<SortedMap<String, (UnixMillis, UnixMillis)>> = RefCell::new(SortedMap::new());
 }
 
 fn remember(route: &str, until: UnixMillis, now: UnixMillis) {
@@ -75,7 +76,7 @@ fn remember(route: &str, until: UnixMillis, now: UnixMillis) {
         if k.len() >= MAX_ROUTES {
             k.retain(|_, (u, _)| *u > now);
         }
-        let e = k.entry(route.to_string()).or_insert((until, now));
+        let e = k.get_or_insert_with(route.to_string(), || (until, now));
         e.0 = e.0.max(until);
         e.1 = now;
     });
@@ -90,16 +91,26 @@ async fn ask(env: &Env, route: &str, set: Option<UnixMillis>) -> Option<UnixMill
 }
 
 /// The remaining cooldown of a route in milliseconds, if one is running. A cooldown that
-/// cannot be read is treated as none: it is an optimisation, never a reason to refuse.
-pub async fn remaining(env: &Env, route: &str) -> Option<u64> {
+/// cannot be read is treated as none: it is an optimisation, never a reason to refuse. So
+/// only a route this isolate has never asked about waits for the object; one it asked about
+/// more than `RECHECK_MS` ago is answered from what it knows, and asked again beside the
+/// call, so a warm route costs a call no round trip.
+pub async fn remaining(env: &Env, ctx: &Context, route: &str) -> Option<u64> {
     let now = platform::now();
     if let Some((until, checked)) = KNOWN.with(|k| k.borrow().get(route).copied()) {
         if until > now {
             return Some(until.millis_since(now));
         }
-        if now.millis_since(checked) < RECHECK_MS {
-            return None;
+        if now.millis_since(checked) >= RECHECK_MS {
+            // asked again in the background, once: marked as asked now
+            remember(route, until, now);
+            let (env, route) = (env.clone(), route.to_string());
+            ctx.wait_until(async move {
+                let until = ask(&env, &route, None).await.unwrap_or_default();
+                remember(&route, until, platform::now());
+            });
         }
+        return None;
     }
     let until = ask(env, route, None).await.unwrap_or_default();
     let now = platform::now();

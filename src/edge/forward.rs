@@ -24,7 +24,8 @@ use crate::core::time::UnixMillis;
 use crate::edge::body_io::{self, Permit};
 use crate::edge::hold::Hold;
 use crate::edge::meter::{self, Body, Limits};
-use crate::edge::upstream::{self, Outbound, Target};
+use crate::edge::platform::Timer;
+use crate::edge::upstream::{self, InFlight, NoAnswer, Outbound, Target};
 use crate::edge::{account_do, platform};
 use js_sys::Uint8Array;
 use std::cell::RefCell;
@@ -83,17 +84,70 @@ pub struct Answer {
     pub upstream_request_id: Option<String>,
 }
 
-/// Starts the call's task and waits for its answer until the call's `answer_by`; past it
-/// the caller gets 504 `upstream_timeout` while the task goes on learning what upstream bills.
+/// Starts the call's task and waits for its answer: by the call's `answer_by` the task
+/// answers, with upstream's answer or 504 `upstream_timeout`, and goes on learning what
+/// upstream bills after the caller was answered.
 pub async fn run(call: Forward) -> Result<Answer, GatewayError> {
     let (tx, rx) = handoff();
     let ctx = call.ctx.clone();
-    let left = call.answer_by.millis_since(platform::now());
     ctx.wait_until(call.task(tx));
-    match platform::within(left, async { Some(rx.await) }).await {
-        Some(Some(answer)) => answer,
-        Some(None) => Err(GatewayError::Internal("the call ended without an answer")),
-        None => Err(GatewayError::UpstreamTimeout),
+    rx.await.unwrap_or(Err(GatewayError::Internal("the call ended without an answer")))
+}
+
+/// The caller's side of a call's task: its answer, given once, and the call's two
+/// deadlines on one timer: at `answer_by` the caller is answered 504 if nothing has been
+/// (the task reads on), at `give_up_at` the call is given up.
+struct Answering {
+    tx: Option<Sender<Result<Answer, GatewayError>>>,
+    timer: Pin<Box<Timer>>,
+    give_up_at: UnixMillis,
+    /// The timer is set for `give_up_at`.
+    late: bool,
+}
+
+impl Answering {
+    fn new(tx: Sender<Result<Answer, GatewayError>>, answer_by: UnixMillis, give_up_at: UnixMillis) -> Answering {
+        let now = platform::now();
+        Answering {
+            tx: Some(tx),
+            timer: Box::pin(Timer::after_ms(answer_by.millis_since(now))),
+            give_up_at,
+            late: false,
+        }
+    }
+
+    /// Gives the caller its answer, if nobody did.
+    fn answer(&mut self, answer: Result<Answer, GatewayError>) {
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(answer);
+        }
+    }
+
+    /// Ready when the call must be given up; answers the caller 504 on the way.
+    fn poll_given_up(&mut self, cx: &mut TaskContext<'_>) -> Poll<()> {
+        loop {
+            if self.timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            if self.late {
+                return Poll::Ready(());
+            }
+            self.late = true;
+            self.answer(Err(GatewayError::UpstreamTimeout));
+            self.timer = Box::pin(Timer::after_ms(self.give_up_at.millis_since(platform::now())));
+        }
+    }
+
+    /// `fut`'s output, or `None` when the call was given up first.
+    async fn race<F: Future>(&mut self, fut: F) -> Option<F::Output> {
+        futures_util::pin_mut!(fut);
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(v) = fut.as_mut().poll(cx) {
+                return Poll::Ready(Some(v));
+            }
+            self.poll_given_up(cx).map(|_| None)
+        })
+        .await
     }
 }
 
@@ -125,6 +179,7 @@ impl Forward {
         // an attempt in flight at the deadline is read on for the grace, to learn its usage;
         // a time-billed call ends when its time is spent
         let give_up_at = cut_at.unwrap_or_else(|| answer_by.saturating_add_ms(s.meter_grace_ms));
+        let mut answering = Answering::new(tx, answer_by, give_up_at);
         let outbound = Outbound {
             target: &target,
             route: &route,
@@ -134,12 +189,22 @@ impl Forward {
             body: body.as_ref(),
         };
         let limits = Forward::limits_of(&s, cut_at, answer_by);
-        let send = upstream::send_with_retries(&env, &ctx, &s, &outbound, started, &cooldown_key, give_up_at);
+        let in_flight = InFlight::default();
+        let send = upstream::send_with_retries(&env, &ctx, &s, &outbound, started, &cooldown_key, &in_flight);
         // a long wait for upstream's answer is a running call: its hold is kept
-        let sent = meter::renewing(&hold, &limits, send).await;
+        let sent = answering.race(meter::renewing(&hold, &limits, give_up_at, send)).await;
         drop(body);
         drop(permit);
-        let sent = match sent {
+        let failed = match sent {
+            Some(Ok(sent)) => Ok(sent),
+            Some(Err(failed)) => Err(failed),
+            // given up with an attempt in flight: it went out, unless upstream is not there at all
+            None => {
+                let reached = in_flight.give_up() && upstream::may_have_had_it(&target).await;
+                Err(NoAnswer { error: GatewayError::UpstreamTimeout, reached })
+            }
+        };
+        let sent = match failed {
             Ok(sent) => sent,
             Err(failed) => {
                 hold.outcome(failed.error.status(), Some(failed.error.code()));
@@ -151,7 +216,7 @@ impl Forward {
                     // dropping the hold releases it: upstream answered, or never had it
                     drop(hold);
                 }
-                let _ = tx.send(Err(failed.error));
+                answering.answer(Err(failed.error));
                 return;
             }
         };
@@ -167,10 +232,10 @@ impl Forward {
             let e = GatewayError::UpstreamError(format!("upstream answered {status}"));
             hold.outcome(e.status(), Some(e.code()));
             drop(hold);
-            let _ = tx.send(Err(e));
+            answering.answer(Err(e));
             return;
         }
-        if platform::now() > answer_by {
+        if answering.late {
             // the caller was answered 504 already; the call is still metered, as it ran
             hold.outcome(504, Some(GatewayError::UpstreamTimeout.code()));
         } else {
@@ -182,7 +247,7 @@ impl Forward {
             // owed; the hold is released as it goes, and the answer passed on as it comes
             drop(hold);
             let source = body_io::response_body(&mut resp).await;
-            let _ = tx.send(Ok(Answer { status, headers: up_headers, body: Body::Pass(source), upstream_request_id }));
+            answering.answer(Ok(Answer { status, headers: up_headers, body: Body::Pass(source), upstream_request_id }));
             return;
         }
         if let Some((quote, model)) = &router_choice {
@@ -192,26 +257,24 @@ impl Forward {
             hold.label(model, served.as_deref().unwrap_or(AUTO));
         }
         if let Some(job) = job {
-            let answer = submitted(&env, resp, hold, pricing, job, limits).await;
-            let _ = tx.send(answer.map(|(status_, body)| Answer {
-                status: status_.unwrap_or(status),
-                headers: up_headers,
-                body,
-                upstream_request_id,
-            }));
+            let answer = submitted(&env, resp, hold, pricing, job, &mut answering).await;
+            let answer = answer.map(|body| Answer { status, headers: up_headers, body, upstream_request_id });
+            answering.answer(answer);
             return;
         }
         let is_sse = up_headers.get("content-type").ok().flatten().is_some_and(|c| c.contains("text/event-stream"));
-        let source = body_io::response_body(&mut resp).await;
         if pricing.is_tokens() && !is_sse {
             // a whole answer: read it all (whoever is still waiting), settle on its usage
-            let answer = meter::whole(source, hold, pricing, started, give_up_at, &limits).await;
-            let _ = tx.send(answer.map(|body| Answer { status, headers: up_headers, body, upstream_request_id }));
+            let read = answering.race(meter::renewing(&hold, &limits, give_up_at, meter::read_whole(resp))).await;
+            let body = meter::whole(read, hold, pricing, started);
+            answering.answer(body.map(|body| Answer { status, headers: up_headers, body, upstream_request_id }));
             return;
         }
+        let source = body_io::response_body(&mut resp).await;
         let sse = tokens.filter(|_| is_sse);
         let (body, pump) = meter::stream(source, hold, pricing, sse, attempt_started, limits);
-        let _ = tx.send(Ok(Answer { status, headers: up_headers, body, upstream_request_id }));
+        answering.answer(Ok(Answer { status, headers: up_headers, body, upstream_request_id }));
+        drop(answering);
         pump.await;
     }
 
@@ -248,18 +311,16 @@ async fn submitted(
     hold: Hold,
     pricing: CallPricing,
     job: JobSubmit,
-    limits: Limits,
-) -> Result<(Option<u16>, Body), GatewayError> {
+    answering: &mut Answering,
+) -> Result<Body, GatewayError> {
     let (cost, tokens) = pricing.charge(None, 0, 0);
     hold.settle(cost, tokens);
     let source = body_io::response_body(&mut resp).await;
     let read = body_io::read_capped(source, MAX_SUBMIT_ANSWER, 4 * 1024);
-    let bytes = match platform::within(limits.grace_ms, async { Some(read.await) }).await {
+    let bytes = match answering.race(read).await {
         Some(Ok(body_io::Capped::Whole(bytes))) => bytes,
         // no ticket this large: passed on as it comes, nothing to own
-        Some(Ok(body_io::Capped::Over(head, rest))) => {
-            return Ok((None, Body::Pass(body_io::Source::prefixed(head, rest))))
-        }
+        Some(Ok(body_io::Capped::Over(head, rest))) => return Ok(Body::Pass(body_io::Source::prefixed(head, rest))),
         _ => return Err(GatewayError::UpstreamError("upstream body could not be read".into())),
     };
     match jobs::submitted_job(&job.path, &bytes) {
@@ -274,7 +335,7 @@ async fn submitted(
         }
         None => worker::console_log!("a job submit was answered with no job id the gateway could read"),
     }
-    Ok((None, Body::Bytes(bytes)))
+    Ok(Body::Bytes(bytes))
 }
 
 /// One value handed from the call's task to the request waiting for it.

@@ -9,14 +9,15 @@
 //! (in its own `wait_until`), and whatever queued meanwhile goes in its next round trip as one
 //! batch. Other requests only queue: none of them awaits I/O that belongs to another request.
 
+use crate::core::call_line::{CallLine, CallLog};
 use crate::core::ledger::MicroUsd;
 use crate::core::pricing::TokenUsage;
-use crate::core::protocol::AccountOp as Op;
-use crate::core::request_log::{CallLog, Record};
-use crate::core::spend::CallLine;
+use crate::core::protocol::{AccountOp as Op, Leased};
+use crate::core::request_log::Record;
+use crate::core::time::UnixMillis;
 use crate::edge::{account_do, platform};
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use worker::{Context, Env};
 
@@ -29,6 +30,8 @@ pub struct Hold {
     reservation: Option<u64>,
     /// What the reservation holds: what the call is charged when its usage cannot be learned.
     held: MicroUsd,
+    /// The lease the call was admitted on, in this isolate.
+    leased: Option<Leased>,
     /// Provider-billed (`byok`): usage is recorded, credits are never charged.
     provider_billed: bool,
     /// The model and provider the settle counts the call under.
@@ -37,23 +40,24 @@ pub struct Hold {
     log: Option<CallLog>,
 }
 
+/// What a call's admission reserved: its hold (none for a call that costs nothing), what
+/// the hold holds, and the lease it was admitted on, if this isolate admitted it.
+pub struct Reserved {
+    pub id: Option<u64>,
+    pub held: MicroUsd,
+    pub leased: Option<Leased>,
+}
+
 impl Hold {
-    pub fn new(
-        env: &Env,
-        ctx: &Rc<Context>,
-        account: &str,
-        key_id: &str,
-        reservation: Option<u64>,
-        held: MicroUsd,
-        provider_billed: bool,
-    ) -> Self {
+    pub fn new(env: &Env, ctx: &Rc<Context>, account: &str, key_id: &str, r: Reserved, provider_billed: bool) -> Self {
         Hold {
             env: env.clone(),
             ctx: ctx.clone(),
             account: account.to_string(),
             key_id: key_id.to_string(),
-            reservation,
-            held,
+            reservation: r.id,
+            held: r.held,
+            leased: r.leased,
             provider_billed,
             label: None,
             log: None,
@@ -108,9 +112,9 @@ impl Hold {
     fn settle_op(&mut self, actual: MicroUsd, tokens: TokenUsage, unmetered: bool) -> Option<Op> {
         let line = self.line(tokens);
         let charged = if unmetered { self.held } else { actual };
-        announce(line.as_ref(), charged, if unmetered { charged } else { MicroUsd::ZERO });
+        announce(&self.ctx, line.as_ref(), charged, if unmetered { charged } else { MicroUsd::ZERO });
         match self.reservation.take() {
-            Some(reservation) => Some(Op::Settle { reservation, actual, line, unmetered }),
+            Some(reservation) => Some(Op::Settle { reservation, actual, line, unmetered, leased: self.leased.clone() }),
             // nothing was reserved (a provider-billed or free call): recorded all the same
             None if line.as_ref().is_some_and(|l| l.log.is_some())
                 || (self.provider_billed && actual > MicroUsd::ZERO) =>
@@ -124,8 +128,12 @@ impl Hold {
     /// Settles after the response is on its way: the call's cost, and the tokens it was
     /// counted at (for the spend per model and provider).
     pub fn settle(mut self, actual: MicroUsd, tokens: TokenUsage) {
+        let overran = self.reservation.is_some() && actual > self.held;
         if let Some(op) = self.settle_op(actual, tokens, false) {
             enqueue(&self.env, &self.ctx, &self.account, op);
+        }
+        if overran {
+            crate::edge::leases::overran(&self.env, &self.ctx, &self.account);
         }
     }
 
@@ -159,34 +167,115 @@ impl Hold {
 }
 
 /// One structured line per call for the operator's log (`wrangler tail`): the request log's
-/// record, nothing more (no prompt, no completion, no secret).
-fn announce(line: Option<&CallLine>, cost: MicroUsd, unmetered: MicroUsd) {
-    if let Some(record) = line.and_then(|l| l.log.as_ref().map(|log| Record::of(l, log, cost.0, unmetered.0))) {
-        if let Ok(text) = serde_json::to_string(&record) {
-            worker::console_log!("{{\"call\":{text}}}");
+/// record, nothing more (no prompt, no completion, no secret). Lines are written together,
+/// every `LOG_EVERY_MS` at most, in one log call: the runtime's `console.log` costs about as
+/// much as a whole call's other work, and its cost is per call of it, not per line.
+fn announce(ctx: &Context, line: Option<&CallLine>, cost: MicroUsd, unmetered: MicroUsd) {
+    let Some(record) = line.and_then(|l| l.log.as_ref().map(|log| Record::of(l, log, cost.0, unmetered.0))) else {
+        return;
+    };
+    let Ok(text) = serde_json::to_string(&record) else { return };
+    let first = LOG_LINES.with(|lines| {
+        let mut lines = lines.borrow_mut();
+        let first = lines.is_empty();
+        if !first {
+            lines.push('\n');
         }
+        lines.push_str("{\"call\":");
+        lines.push_str(&text);
+        lines.push('}');
+        first
+    });
+    if first {
+        // the request that wrote the first line writes them all, a moment later
+        ctx.wait_until(async {
+            platform::sleep_ms(LOG_EVERY_MS).await;
+            let lines = LOG_LINES.with(|lines| std::mem::take(&mut *lines.borrow_mut()));
+            if !lines.is_empty() {
+                worker::console_log!("{lines}");
+            }
+        });
     }
 }
 
-/// Per account: the operations waiting to be sent, and whether a request is sending them.
+/// How long a call's log line waits for others to be written with it.
+const LOG_EVERY_MS: u64 = 50;
+
+thread_local! {
+    static LOG_LINES: RefCell<String> = const { RefCell::new(String::new()) };
+}
+
+/// Per account: the operations waiting to be sent and when they must go, whether a request
+/// is sending them, and whether a batch of theirs is on its way.
 #[derive(Default)]
 struct Queue {
     ops: Vec<Op>,
+    /// When the queue must go: the earliest of its operations' deadlines.
+    due: Option<UnixMillis>,
+    /// A request's `wait_until` is sending this queue.
     sending: bool,
+    /// A batch is on its way to the object (or being retried): the next one waits for it, so
+    /// the object hears this isolate's operations in the order they were queued, a lease's
+    /// return after the reports of its calls.
+    in_flight: bool,
+}
+
+/// A call admitted on a lease is reported within this long, with whatever else the account
+/// has queued by then (its own settle, if it came, which then stands for the report: one
+/// operation instead of two). Sent at once, every call of a busy account would go in a round
+/// trip of its own; waited for longer, an isolate that dies leaves more calls the ledger
+/// never heard of.
+const REPORT_WAIT_MS: u64 = 50;
+
+/// The settle of a leased call already reported waits this long for company: its credit is
+/// held by the lease meanwhile, and a lease that lapses first charges the call in full until
+/// the settle comes, so waiting costs the ledger nothing. (A long call settles long after its
+/// report, so in production this is the common case.)
+const SETTLE_WAIT_MS: u64 = 250;
+
+/// How long `op` may wait in the queue: a report, or a leased call's settle, is batched;
+/// everything else (a cold call's settle, a lease returned) goes at once.
+fn wait_of(op: &Op) -> u64 {
+    match op {
+        Op::Admitted { .. } => REPORT_WAIT_MS,
+        Op::Settle { leased: Some(_), .. } | Op::Release { leased: Some(_), .. } => SETTLE_WAIT_MS,
+        _ => 0,
+    }
 }
 
 thread_local! {
     static QUEUES: RefCell<HashMap<String, Queue>> = RefCell::new(HashMap::new());
+    /// Leases some of whose calls' reports could not be delivered: they are never returned
+    /// (a return would free the credit of calls the object never heard of) but left to
+    /// lapse, which keeps their credit for the quarantine and counts all their calls.
+    static UNREPORTED: RefCell<HashSet<u64>> = RefCell::new(HashSet::new());
 }
 
 /// A sender hands over after this many round trips, so no request's `wait_until` runs on
 /// for ever under a steady stream of settles.
 const MAX_ROUNDS: u32 = 8;
 
-fn enqueue(env: &Env, ctx: &Context, account: &str, op: Op) {
+/// Queues `op` for `account`'s object, to go in this isolate's next round trip to it. A
+/// settle or release of a call admitted on a lease stands for the call's report when that
+/// is still queued (it names the lease): one operation instead of two, unless the lease's
+/// return is queued between them, which must find the call reported.
+pub fn enqueue(env: &Env, ctx: &Context, account: &str, mut op: Op) {
+    if let Op::ReturnLease { lease } = &op {
+        if UNREPORTED.with(|u| u.borrow_mut().remove(lease)) {
+            return;
+        }
+    }
     let start = QUEUES.with(|q| {
         let mut q = q.borrow_mut();
         let queue = q.entry(account.to_string()).or_default();
+        // a settle that stands for its call's report keeps the report's deadline
+        if let Op::Settle { reservation, leased: Some(l), .. } | Op::Release { reservation, leased: Some(l), .. } =
+            &mut op
+        {
+            l.report = merge_report(&mut queue.ops, l.lease, *reservation);
+        }
+        let due = platform::now().saturating_add_ms(wait_of(&op));
+        queue.due = Some(queue.due.map_or(due, |d| d.min(due)));
         queue.ops.push(op);
         !std::mem::replace(&mut queue.sending, true)
     });
@@ -195,49 +284,145 @@ fn enqueue(env: &Env, ctx: &Context, account: &str, op: Op) {
     }
 }
 
-/// Takes what is queued for `account`. With `last`, or when nothing is queued, the queue is
-/// marked idle in the same step, so the next settle starts a sender of its own: every queued
-/// operation always has a sender.
+/// Drops the queued report of call `id` of `lease`, if no return of the lease follows it:
+/// whether it did.
+fn merge_report(ops: &mut Vec<Op>, lease: u64, id: u64) -> bool {
+    let report = |op: &Op| match op {
+        Op::Admitted { lease: l, calls, .. } => {
+            *l == lease && calls.len() == 1 && calls.first().is_some_and(|c| c.0 == id)
+        }
+        _ => false,
+    };
+    let last = ops.iter().rposition(|op| report(op) || matches!(op, Op::ReturnLease { lease: l } if *l == lease));
+    match last.filter(|i| ops.get(*i).is_some_and(report)) {
+        Some(i) => {
+            ops.remove(i);
+            true
+        }
+        None => false,
+    }
+}
+
+/// How long the sender waits before it looks at the queue again: zero when the queue is due
+/// and no batch is on its way; `None` when there is no queue. Looked at again at least every
+/// `REPORT_WAIT_MS`, so a report queued behind a waiting settle goes when it is due.
+fn wait_for_turn(account: &str) -> Option<u64> {
+    QUEUES.with(|q| {
+        let q = q.borrow();
+        let queue = q.get(account)?;
+        let wait = match (queue.in_flight, queue.due) {
+            (true, _) => IN_FLIGHT_POLL_MS,
+            (false, Some(due)) => due.millis_since(platform::now()),
+            (false, None) => 0,
+        };
+        Some(wait.min(REPORT_WAIT_MS))
+    })
+}
+
+/// How often a sender looks whether the batch before it has arrived.
+const IN_FLIGHT_POLL_MS: u64 = 5;
+
+/// Takes what is queued for `account`, marking it on its way. With `last`, the queue is
+/// marked unsent in the same step, so the next operation queued starts a sender of its own
+/// (which waits for this batch): every queued operation always has a sender. An empty queue
+/// with nothing on its way is dropped.
 fn take(account: &str, last: bool) -> Vec<Op> {
     QUEUES.with(|q| {
         let mut q = q.borrow_mut();
         let Some(queue) = q.get_mut(account) else { return Vec::new() };
         let ops = std::mem::take(&mut queue.ops);
-        if last || ops.is_empty() {
+        queue.due = None;
+        if ops.is_empty() {
             q.remove(account);
+            return ops;
+        }
+        queue.in_flight = true;
+        if last {
+            queue.sending = false;
         }
         ops
     })
 }
 
+/// The batch is on its way no longer. One that could not be delivered leaves its leases
+/// unreturned (see `UNREPORTED`), the returns queued for them behind it included.
+fn landed(account: &str, batch: &[Op], delivered: bool) {
+    if !delivered {
+        let leases: HashSet<u64> = batch.iter().filter_map(reported_lease).collect();
+        QUEUES.with(|q| {
+            if let Some(queue) = q.borrow_mut().get_mut(account) {
+                queue.ops.retain(|op| !matches!(op, Op::ReturnLease { lease } if leases.contains(lease)));
+            }
+        });
+        UNREPORTED.with(|u| u.borrow_mut().extend(leases));
+    }
+    QUEUES.with(|q| {
+        let mut q = q.borrow_mut();
+        if let Some(queue) = q.get_mut(account) {
+            queue.in_flight = false;
+            if queue.ops.is_empty() && !queue.sending {
+                q.remove(account);
+            }
+        }
+    });
+}
+
+/// The lease whose call an operation reports, if it does.
+fn reported_lease(op: &Op) -> Option<u64> {
+    match op {
+        Op::Admitted { lease, .. } => Some(*lease),
+        Op::Settle { leased: Some(l), .. } | Op::Release { leased: Some(l), .. } if l.report => Some(l.lease),
+        _ => None,
+    }
+}
+
 async fn drain(env: Env, account: String) {
     for round in 1..=MAX_ROUNDS {
+        loop {
+            match wait_for_turn(&account) {
+                None => return,
+                Some(0) => break,
+                Some(ms) => platform::sleep_ms(ms).await,
+            }
+        }
         let mut ops = take(&account, round == MAX_ROUNDS);
-        let op = match ops.len() {
+        let delivered = match ops.len() {
             0 => return,
-            1 => ops.remove(0),
-            _ => Op::Batch(ops),
+            1 => send(&env, &account, &ops[0]).await,
+            _ => {
+                let batch = Op::Batch(ops);
+                let delivered = send(&env, &account, &batch).await;
+                ops = match batch {
+                    Op::Batch(ops) => ops,
+                    _ => Vec::new(),
+                };
+                delivered
+            }
         };
-        send(&env, &account, op).await;
+        landed(&account, &ops, delivered);
     }
 }
 
-/// Sends settles and releases, and once more after a short pause if the object could not be
-/// reached: both are idempotent (a reservation settles or is released once; a second try
-/// charges nothing), so a retry can only save a charge. If both fail, the holds expire and
-/// their cost is lost to the ledger, which the log says.
-async fn send(env: &Env, account: &str, op: Op) {
-    if account_do::call(env, account, &op).await.is_ok() {
-        return;
+/// Sends a batch, and again after growing pauses while the object cannot be reached: every
+/// operation in it is idempotent (a reservation settles or is released once, a report or a
+/// return counts once), so a retry can only save a charge. If every try fails the holds
+/// expire and their cost is lost to the ledger, which the log says.
+async fn send(env: &Env, account: &str, op: &Op) -> bool {
+    for pause in RETRY_PAUSES_MS {
+        if pause > 0 {
+            platform::sleep_ms(pause).await;
+        }
+        if account_do::call(env, account, op).await.is_ok() {
+            return true;
+        }
     }
-    platform::sleep_ms(RETRY_AFTER_MS).await;
-    if account_do::call(env, account, &op).await.is_err() {
-        worker::console_error!("settle or release failed twice for account {account}; the reservation will expire");
-    }
+    worker::console_error!("settles and reports for account {account} could not be delivered; their holds will lapse");
+    false
 }
 
-/// How long a failed settle waits before its one retry.
-const RETRY_AFTER_MS: u64 = 250;
+/// The pauses before each try of a batch: about four seconds in all, well inside the time a
+/// request's `wait_until` may run on.
+const RETRY_PAUSES_MS: [u64; 4] = [0, 250, 1_000, 3_000];
 
 impl Drop for Hold {
     fn drop(&mut self) {
@@ -251,9 +436,14 @@ impl Drop for Hold {
             l.error = Some("upstream_error".into());
         }
         let line = self.line(TokenUsage::default());
-        announce(line.as_ref(), MicroUsd::ZERO, MicroUsd::ZERO);
+        announce(&self.ctx, line.as_ref(), MicroUsd::ZERO, MicroUsd::ZERO);
         match self.reservation.take() {
-            Some(reservation) => enqueue(&self.env, &self.ctx, &self.account, Op::Release { reservation, line }),
+            Some(reservation) => enqueue(
+                &self.env,
+                &self.ctx,
+                &self.account,
+                Op::Release { reservation, line, leased: self.leased.clone() },
+            ),
             None if line.as_ref().is_some_and(|l| l.log.is_some()) => enqueue(
                 &self.env,
                 &self.ctx,

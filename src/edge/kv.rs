@@ -9,6 +9,7 @@
 use crate::core::error::GatewayError;
 use crate::core::keys::{digest_prefix, KeyRecord, OrgRecord};
 use crate::core::record_cache::{Cache, Cached};
+use crate::core::wire::{self, FromJson};
 use crate::edge::stats::{self, Counter};
 use crate::edge::{platform, registry_do};
 use js_sys::{Array, Function, Object, Promise, Reflect};
@@ -18,11 +19,8 @@ use wasm_bindgen_futures::JsFuture;
 use worker::kv::KvStore;
 use worker::Env;
 
-/// The origins browser keys allow live in the key registry now (one serialised object, so
-/// concurrent key creations cannot lose one); re-exported here for the preflight.
-pub use crate::edge::registry_do::browser_origins;
+use crate::edge::config::KV_BINDING as BINDING;
 
-pub const BINDING: &str = "GATEWAY_KV";
 /// The prefixes of the lists: every key (by id), every org.
 pub const ALL_KEYS: &str = "id:";
 pub const ALL_ORGS: &str = "org:";
@@ -88,7 +86,7 @@ pub async fn key_by_id(env: &Env, id: &str) -> Result<Option<KeyRecord>, Gateway
 
 pub async fn put_key(env: &Env, record: &KeyRecord) -> Result<(), GatewayError> {
     let kv = store(env)?;
-    let json = serde_json::to_string(record).map_err(|_| GatewayError::Internal("the record could not be written"))?;
+    let json = wire::text(record);
     // as bytes: workers-rs sends a `put` of a string through serde-wasm-bindgen and its float
     // formatting; the stored value is the same
     kv.put_bytes(&format!("k:{}", record.digest), json.as_bytes())
@@ -184,7 +182,7 @@ pub async fn org(env: &Env, id: &str) -> Result<Option<OrgRecord>, GatewayError>
 }
 
 pub async fn put_org(env: &Env, record: &OrgRecord) -> Result<(), GatewayError> {
-    let json = serde_json::to_string(record).map_err(|_| GatewayError::Internal("the record could not be written"))?;
+    let json = wire::text(record);
     put_summarised(&binding(env)?, &format!("org:{}", record.id), &json, &record.summary()).await?;
     forget_org(&record.id);
     Ok(())
@@ -194,13 +192,13 @@ pub fn forget_org(id: &str) {
     ORGS.with(|c| c.borrow_mut().entries.remove(id));
 }
 
-/// A JSON value from KV, parsed by serde_json (not the runtime's JSON.parse, which rounds
+/// A JSON value from KV, read by `core::wire` (not the runtime's JSON.parse, which rounds
 /// large integers to doubles).
-async fn get_json<T: serde::de::DeserializeOwned>(kv: &KvStore, key: &str) -> Result<Option<T>, GatewayError> {
+async fn get_json<T: FromJson>(kv: &KvStore, key: &str) -> Result<Option<T>, GatewayError> {
     match kv.get(key).text().await.map_err(unavailable)? {
-        Some(text) => serde_json::from_str(&text)
-            .map(Some)
-            .map_err(|_| GatewayError::Internal("a stored record could not be read")),
+        Some(text) => {
+            wire::parse(&text).map(Some).map_err(|_| GatewayError::Internal("a stored record could not be read"))
+        }
         None => Ok(None),
     }
 }

@@ -31,6 +31,9 @@ use worker::{Headers, Response};
 /// Responses larger than this are not buffered to read their usage; they are passed through
 /// and charged their reservation.
 const MAX_BUFFERED_RESPONSE: usize = 32 * 1024 * 1024;
+/// Answers up to this size (declared) are read in one call; larger ones through a reader,
+/// into their room.
+const READ_WHOLE_RESPONSE: usize = 1024 * 1024;
 /// The most a stream queues for a caller that reads slower than upstream writes; beyond it
 /// the task waits for the caller (which, stalled, is cut after the idle limit).
 const MAX_QUEUED: usize = 4 * 1024 * 1024;
@@ -74,11 +77,16 @@ impl Body {
     }
 }
 
-/// Runs `fut` while renewing `hold` every `limits.renew_every_ms`: a call waiting on
-/// upstream is running, and keeps its hold.
-pub async fn renewing<F: Future>(hold: &Hold, limits: &Limits, fut: F) -> F::Output {
-    futures_util::pin_mut!(fut);
+/// Runs `fut`, which ends by `ends_by`, while renewing `hold` every
+/// `limits.renew_every_ms`: a call waiting on upstream is running, and keeps its hold. No
+/// timer is kept when `fut` ends before the first renewal is due (the usual case: a hold
+/// lasts 15 minutes).
+pub async fn renewing<F: Future>(hold: &Hold, limits: &Limits, ends_by: UnixMillis, fut: F) -> F::Output {
     let every = limits.renew_every_ms.max(1);
+    if ends_by.millis_since(platform::now()) < every {
+        return fut.await;
+    }
+    futures_util::pin_mut!(fut);
     let mut timer = Box::pin(Timer::after_ms(every));
     std::future::poll_fn(|cx| {
         if let Poll::Ready(v) = fut.as_mut().poll(cx) {
@@ -93,19 +101,26 @@ pub async fn renewing<F: Future>(hold: &Hold, limits: &Limits, fut: F) -> F::Out
     .await
 }
 
-/// A whole (non-streamed) answer: read to its end by `give_up_at`, settled on its usage, or
-/// charged in full when it carries none or could not be read.
-pub async fn whole(
-    source: Source,
+/// Reads a whole (non-streamed) answer: in one call when its declared length is small, else
+/// through a reader into its room, up to the most held for its usage.
+pub async fn read_whole(mut resp: Response) -> Result<Capped, worker::Error> {
+    let declared = resp.headers().get("content-length").ok().flatten().and_then(|v| v.trim().parse::<usize>().ok());
+    if declared.is_some_and(|n| n <= READ_WHOLE_RESPONSE) {
+        let runtime: web_sys::Response = resp.into();
+        return crate::edge::body_io::whole(runtime.array_buffer()).await.map(Capped::Whole);
+    }
+    let source = crate::edge::body_io::response_body(&mut resp).await;
+    read_capped(source, MAX_BUFFERED_RESPONSE, 64 * 1024).await
+}
+
+/// Settles a whole answer as it was read (`None`: time ran out first): on its usage; in
+/// full when it carries none, was too large to hold, broke, or never finished.
+pub fn whole(
+    read: Option<Result<Capped, worker::Error>>,
     hold: Hold,
     pricing: CallPricing,
     started: UnixMillis,
-    give_up_at: UnixMillis,
-    limits: &Limits,
 ) -> Result<Body, GatewayError> {
-    let read = read_capped(source, MAX_BUFFERED_RESPONSE, 64 * 1024);
-    let left = give_up_at.millis_since(platform::now());
-    let read = renewing(&hold, limits, platform::within(left, async { Some(read.await) })).await;
     let elapsed = platform::now().millis_since(started);
     match read {
         Some(Ok(Capped::Whole(bytes))) => {
@@ -257,7 +272,8 @@ async fn pump(
     let mut last_chunk = platform::now();
     // when the caller was cut or found gone: the grace runs from then
     let mut left_at: Option<UnixMillis> = None;
-    let mut next_renew = platform::now().saturating_add_ms(limits.renew_every_ms.max(1));
+    let renew_every = limits.renew_every_ms.max(1);
+    let mut next_renew = platform::now().saturating_add_ms(renew_every);
     let mut timer: Option<(UnixMillis, Pin<Box<Timer>>)> = None;
     let end = loop {
         let now = platform::now();
@@ -276,7 +292,7 @@ async fn pump(
         }
         if now >= next_renew {
             hold.renew(limits.ttl_ms);
-            next_renew = now.saturating_add_ms(limits.renew_every_ms.max(1));
+            next_renew = now.saturating_add_ms(renew_every);
         }
         // the earliest moment something must be looked at again
         let silent_at = match first_byte {

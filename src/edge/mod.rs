@@ -12,6 +12,7 @@ pub mod forward;
 pub mod health;
 pub mod hold;
 pub mod kv;
+pub mod leases;
 pub mod meter;
 pub mod objects;
 pub mod pages;

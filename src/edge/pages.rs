@@ -3,8 +3,9 @@
 use crate::edge::response::{self, Meta};
 use worker::{Headers, Response};
 
-const PLAYGROUND: &str = include_str!("../../pages/playground.html");
-const ADMIN: &str = include_str!("../../pages/admin.html");
+// pages/, as build.rs placed them: minified in a release build (scripts/pages.mjs)
+const PLAYGROUND: &str = include_str!(concat!(env!("OUT_DIR"), "/playground.html"));
+const ADMIN: &str = include_str!(concat!(env!("OUT_DIR"), "/admin.html"));
 
 fn html(body: &str, meta: &Meta) -> worker::Result<Response> {
     let h = Headers::new();

@@ -12,19 +12,19 @@
 use crate::core::account::{Admission, AdmitRequest};
 use crate::core::body::{self, CallShape};
 use crate::core::call::{self, CallPricing, Rate, RateInputs};
+use crate::core::call_line::CallLog;
 use crate::core::caller::Caller;
 use crate::core::cors;
 use crate::core::error::GatewayError;
 use crate::core::jobs::{self, JobCall};
 use crate::core::paths::{cooldown_route, Api, Metering, ProxyRoute};
 use crate::core::price_book::{quote, split_model, Pin};
-use crate::core::request_log::CallLog;
 use crate::core::settings::Settings;
 use crate::edge::forward::{self, Forward, JobSubmit, AUTO};
-use crate::edge::hold::Hold;
+use crate::edge::hold::{Hold, Reserved};
 use crate::edge::response::Meta;
 use crate::edge::upstream::{self, Outbound, Target};
-use crate::edge::{account_do, auth, body_io, meter, platform};
+use crate::edge::{account_do, auth, body_io, leases, meter, platform};
 use crate::edge::{cooldown_do, kv, prices};
 use futures_util::future;
 use std::rc::Rc;
@@ -141,34 +141,64 @@ pub async fn handle(
     let path_provider = route.provider.as_deref().or(route.endpoint.as_deref());
     let cooldown_key =
         cooldown_route(&upstream::credential(&caller, &route, pinned), path_provider, &model, &route.path);
-    let admit = account_do::admit(
-        env,
-        &caller.account,
-        AdmitRequest {
-            key: caller.key_policy.clone(),
-            account: caller.account_policy,
-            cost,
-            ttl_ms: s.reservation_ttl_ms,
-        },
-    );
     let admit_started = platform::now();
-    let (admission, cooling) = future::join(admit, cooldown_do::remaining(env, &cooldown_key)).await;
-    meta.timing.push(("ledger", platform::now().millis_since(admit_started)));
+    let (local, want) =
+        leases::admit(&caller.account, &caller.key_policy, &caller.account_policy, &cost, s.lease_ms, admit_started);
+    if let Some(l) = &local {
+        leases::report(env, ctx, &caller.account, &caller.key_policy.key_id, l, s.reservation_ttl_ms);
+    }
+    let cooling = cooldown_do::remaining(env, ctx, &cooldown_key);
+    let (admission, cooling) = match &local {
+        // a warm key: admitted here, on this isolate's lease, with no round trip
+        Some(l) => {
+            let admitted = Admission::Admitted {
+                reservation: Some(l.hold),
+                output: l.output,
+                rate: l.rate,
+                stale: false,
+                held: l.held,
+                lease: None,
+            };
+            (Ok(admitted), cooling.await)
+        }
+        None => {
+            let request = AdmitRequest {
+                key: caller.key_policy.clone(),
+                account: caller.account_policy,
+                cost,
+                ttl_ms: s.reservation_ttl_ms,
+                lease: want,
+            };
+            future::join(account_do::admit(env, &caller.account, request), cooling).await
+        }
+    };
+    // where the call was admitted: here, on a lease, or by its account's object
+    meta.timing.push(match local {
+        Some(_) => ("lease", 0),
+        None => ("ledger", platform::now().millis_since(admit_started)),
+    });
+    if want.is_some() {
+        // the lease asked for with the call, or none: refused, or the object not reached
+        let lease = match &admission {
+            Ok(Admission::Admitted { lease, .. }) => *lease,
+            _ => None,
+        };
+        let (key, policy) = (&caller.key_policy, &caller.account_policy);
+        leases::install(env, ctx, &caller.account, key, policy, lease, admit_started);
+    }
     let (mut hold, granted) = match admission? {
-        Admission::Admitted { reservation, output, rate, stale, held } => {
+        Admission::Admitted { reservation, output, rate, stale, held, lease: _ } => {
             meta.rate = Some(rate);
             if stale {
                 kv::forget_key(&caller.record.digest);
             }
-            let hold = Hold::new(
-                env,
-                ctx,
-                &caller.account,
-                &caller.record.id,
-                reservation,
-                held,
-                caller.account_policy.provider_billed,
-            );
+            let reserved = Reserved { id: reservation, held, leased: local.as_ref().map(|l| l.leased.clone()) };
+            let billed_by_provider = caller.account_policy.provider_billed;
+            let hold = Hold::new(env, ctx, &caller.account, &caller.record.id, reserved, billed_by_provider);
+            if local.is_some() {
+                let (key, policy) = (&caller.key_policy, &caller.account_policy);
+                leases::after_local(env, ctx, &caller.account, key, policy, &caller.record.digest);
+            }
             (hold, output)
         }
         Admission::Denied { denial, retry_after_ms, rate, stale, affordable } => {
@@ -297,8 +327,12 @@ async fn poll(
         Outbound { target: &target, route: &upstream_route, query, method: &method, headers: &out_headers, body: None };
     let cooldown_key = cooldown_route(&upstream::credential(caller, route, None), None, "", &job.poll_base);
     let started = platform::now();
-    let give_up_at = started.saturating_add_ms(s.retry.deadline_ms);
-    let sent = upstream::send_with_retries(env, ctx, s, &outbound, started, &cooldown_key, give_up_at).await;
+    let in_flight = upstream::InFlight::default();
+    let send = upstream::send_with_retries(env, ctx, s, &outbound, started, &cooldown_key, &in_flight);
+    let sent = platform::within(s.retry.deadline_ms, async { Some(send.await) }).await.ok_or_else(|| {
+        in_flight.give_up();
+        GatewayError::UpstreamTimeout
+    })?;
     let resp = sent.map_err(|failed| failed.error)?.resp;
     let status = resp.status_code();
     if status >= 500 {

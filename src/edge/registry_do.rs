@@ -14,10 +14,10 @@
 use crate::core::error::GatewayError;
 use crate::core::protocol::{self, RegistryOp, RegistryReply};
 use crate::core::time::UnixMillis;
+use crate::core::wire;
 use crate::edge::objects;
-use crate::edge::{kv, platform, stats};
+use crate::edge::{platform, stats};
 use std::cell::RefCell;
-use std::collections::HashSet;
 use std::rc::Rc;
 use wasm_bindgen::prelude::wasm_bindgen;
 use wasm_bindgen::JsValue;
@@ -31,7 +31,8 @@ const ORIGINS_KEY: &str = "origins";
 /// Where the origin list lived in KV before it moved here: read once, to carry it over.
 const LEGACY_KV_ORIGINS: &str = "cors:origins";
 
-#[durable_object]
+// `fetch` only: see `account_do::Account`.
+#[durable_object(fetch)]
 pub struct Registry {
     state: State,
     env: Env,
@@ -45,7 +46,7 @@ impl DurableObject for Registry {
     }
 
     async fn fetch(&self, req: Request) -> Result<Response> {
-        objects::serve_fetch::<protocol::Registry, _, _>(req, |op| self.answer(op)).await
+        objects::serve_fetch(req, |text| self.rpc_op(text)).await
     }
 }
 
@@ -73,17 +74,17 @@ impl Registry {
     async fn prefixes(&self, add: Option<u64>) -> Result<Vec<u64>> {
         if self.known.borrow().is_none() {
             let stored: Option<String> = self.state.storage().get("prefixes").await?;
-            let set = stored.and_then(|s| serde_json::from_str::<Vec<u64>>(&s).ok()).unwrap_or_default();
+            let set = stored.and_then(|s| wire::parse::<Vec<u64>>(&s).ok()).unwrap_or_default();
             self.known.borrow_mut().get_or_insert_with(|| sorted_set(set));
         }
         if let Some(add) = add {
             let snapshot = {
                 let mut known = self.known.borrow_mut();
                 let set = known.get_or_insert_with(Vec::new);
-                insert_sorted(set, add).then(|| serde_json::to_string(set))
+                insert_sorted(set, add).then(|| wire::text(set))
             };
             if let Some(json) = snapshot {
-                self.state.storage().put("prefixes", json?).await?;
+                self.state.storage().put("prefixes", json).await?;
             }
         }
         Ok(self.known.borrow().clone().unwrap_or_default())
@@ -94,7 +95,7 @@ impl Registry {
         if self.origins.borrow().is_none() {
             let stored: Option<String> = self.state.storage().get(ORIGINS_KEY).await?;
             let list = match stored {
-                Some(s) => serde_json::from_str::<Vec<String>>(&s)?,
+                Some(s) => wire::parse::<Vec<String>>(&s).map_err(|e| worker::Error::RustError(e.0))?,
                 None => self.legacy_origins().await,
             };
             self.origins.borrow_mut().get_or_insert_with(|| sorted_set(list));
@@ -107,10 +108,10 @@ impl Registry {
                 for o in add {
                     grew |= insert_sorted(set, o);
                 }
-                grew.then(|| serde_json::to_string(set))
+                grew.then(|| wire::text(set))
             };
             if let Some(json) = snapshot {
-                self.state.storage().put(ORIGINS_KEY, json?).await?;
+                self.state.storage().put(ORIGINS_KEY, json).await?;
             }
         }
         Ok(self.origins.borrow().clone().unwrap_or_default())
@@ -119,18 +120,18 @@ impl Registry {
     /// The list as KV held it before it moved here (none if unreadable: KV was only ever a
     /// copy of what keys allow, and the keys themselves are re-added on their next edit).
     async fn legacy_origins(&self) -> Vec<String> {
-        let Ok(store) = self.env.kv(kv::BINDING) else {
+        let Ok(store) = self.env.kv(crate::edge::config::KV_BINDING) else {
             return Vec::new();
         };
         match store.get(LEGACY_KV_ORIGINS).text().await {
-            Ok(Some(text)) => serde_json::from_str(&text).unwrap_or_default(),
+            Ok(Some(text)) => wire::parse(&text).unwrap_or_default(),
             _ => Vec::new(),
         }
     }
 }
 
 thread_local! {
-    static COPY: RefCell<Option<(Rc<HashSet<u64>>, UnixMillis)>> = const { RefCell::new(None) };
+    static COPY: RefCell<Option<(Rc<Vec<u64>>, UnixMillis)>> = const { RefCell::new(None) };
     /// When a request of this isolate started refreshing the copy. Meanwhile the others use
     /// the stale copy rather than each reading the registry again. (They cannot wait for that
     /// read: in Workers, one request may not await I/O that belongs to another.)
@@ -163,8 +164,10 @@ async fn origins(env: &Env, add: Vec<String>) -> Option<Vec<String>> {
     }
 }
 
-fn store(prefixes: Vec<u64>, now: UnixMillis) -> Rc<HashSet<u64>> {
-    let set = Rc::new(prefixes.into_iter().collect::<HashSet<u64>>());
+/// Kept sorted, for a binary search (a `HashSet` of them cost the bundle its own hash table).
+fn store(mut prefixes: Vec<u64>, now: UnixMillis) -> Rc<Vec<u64>> {
+    crate::core::sort::heap_sort_by(&mut prefixes, Ord::cmp);
+    let set = Rc::new(prefixes);
     COPY.with(|c| *c.borrow_mut() = Some((set.clone(), now)));
     set
 }
@@ -173,7 +176,7 @@ fn store(prefixes: Vec<u64>, now: UnixMillis) -> Rc<HashSet<u64>> {
 pub async fn may_exist(env: &Env, prefix: u64) -> bool {
     let now = platform::now();
     let (known, fresh) = COPY.with(|c| match c.borrow().as_ref() {
-        Some((set, at)) => (set.contains(&prefix), now.millis_since(*at) < REFRESH_MS),
+        Some((set, at)) => (set.binary_search(&prefix).is_ok(), now.millis_since(*at) < REFRESH_MS),
         None => (false, false),
     });
     let have_copy = COPY.with(|c| c.borrow().is_some());
@@ -189,7 +192,7 @@ pub async fn may_exist(env: &Env, prefix: u64) -> bool {
             stats::bump(stats::Counter::RegistryReads);
             let read = prefixes(env, None).await.map(|p| store(p, platform::now()));
             REFRESHING.with(|r| *r.borrow_mut() = None);
-            read.is_none_or(|set| set.contains(&prefix))
+            read.is_none_or(|set| set.binary_search(&prefix).is_ok())
         }
     };
     if !exists {

@@ -90,7 +90,7 @@ pub async fn respond(
         loop {
             let (bodies, next) = page(env, &source, &q).await?;
             for body in &bodies {
-                if let Ok(r) = serde_json::from_str::<Record>(body) {
+                if let Ok(r) = crate::core::wire::parse::<Record>(body) {
                     r.csv_row(&mut out);
                     rows += 1;
                 }

@@ -8,7 +8,7 @@ use crate::core::paths::{self, Route};
 use crate::core::request_log::LogQuery;
 use crate::edge::platform::OsRng;
 use crate::edge::response::{self, Meta};
-use crate::edge::{admin, auth, config, kv, pages, proxy, request_log, usage};
+use crate::edge::{admin, auth, config, kv, pages, proxy, registry_do, request_log, usage};
 use serde_json::json;
 use std::rc::Rc;
 use worker::{Context, Env, Headers, Method, Request, Response, Result};
@@ -20,6 +20,8 @@ pub async fn handle(req: Request, env: Env, ctx: Context) -> Result<Response> {
     let ctx = Rc::new(ctx);
     let mut meta = Meta { request_id: random_id(&mut OsRng), ..Meta::default() };
     let origin = effective_origin(&req);
+    // the body stays in reach, for an error that leaves it unread
+    let body = drainable(&req);
     let outcome = dispatch(req, &env, &ctx, &mut meta, origin.as_deref()).await;
     match outcome {
         Ok(resp) => Ok(resp),
@@ -27,9 +29,30 @@ pub async fn handle(req: Request, env: Env, ctx: Context) -> Result<Response> {
             if e.is_fault() {
                 crate::edge::platform::fault(&format!("{} ({})", e.code(), meta.request_id), &e.to_string());
             }
+            drain(body).await;
             response::error(&e, &meta)
         }
     }
+}
+
+/// A request body small enough to read to its end if the answer is an error that did not
+/// read it (a bad key, a throttle): the runtime closes a connection whose request body was
+/// left unread, and the caller's next request on it fails with a reset. A large body, or one
+/// of unknown length, is left: a new connection costs less than reading it.
+fn drainable(req: &Request) -> Option<web_sys::ReadableStream> {
+    let length = req.headers().get("content-length").ok().flatten()?.parse::<u64>().ok()?;
+    (length <= DRAIN_BYTES).then(|| req.inner().body()).flatten()
+}
+
+const DRAIN_BYTES: u64 = 256 * 1024;
+
+/// Reads `body` to its end, unless something read it already; a second at most.
+async fn drain(body: Option<web_sys::ReadableStream>) {
+    let Some(body) = body.filter(|b| !b.locked()) else { return };
+    let Ok(whole) = web_sys::Response::new_with_opt_readable_stream(Some(&body)) else { return };
+    let Ok(read) = whole.array_buffer() else { return };
+    let reading = async { wasm_bindgen_futures::JsFuture::from(read).await.ok() };
+    crate::edge::platform::within(1_000, reading).await;
 }
 
 /// The page origin a request comes from: its `Origin`, or, for a same-origin request that
@@ -142,7 +165,7 @@ async fn preflight(
         meta.apply(&h);
         return response::bytes(204, Vec::new(), h).map_err(not_built);
     };
-    let extra = if s.cors.contains(origin) { Vec::new() } else { kv::browser_origins(env).await? };
+    let extra = if s.cors.contains(origin) { Vec::new() } else { registry_do::browser_origins(env).await? };
     let allowed = cors::allow_origin(&s.cors, &extra, Some(origin)).ok_or(GatewayError::OriginNotAllowed)?;
     meta.cors_origin = Some(allowed);
     let requested = req.headers().get("access-control-request-headers").ok().flatten();

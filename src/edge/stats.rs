@@ -43,8 +43,11 @@ pub fn bump(c: Counter) {
 /// grows) and the request body bytes held now.
 pub fn snapshot() -> serde_json::Value {
     COUNTS.with(|counts| {
-        let mut map: serde_json::Map<String, serde_json::Value> =
-            NAMES.iter().zip(counts.iter()).map(|(n, c)| (n.to_string(), c.get().into())).collect();
+        // inserted one by one: `collect` into the map brings the standard stable sort along
+        let mut map = serde_json::Map::new();
+        for (n, c) in NAMES.iter().zip(counts.iter()) {
+            map.insert(n.to_string(), c.get().into());
+        }
         map.insert("wasm_memory_bytes".into(), wasm_memory_bytes().into());
         map.insert("request_body_bytes_held".into(), crate::edge::body_io::held_bytes().into());
         serde_json::Value::Object(map)

@@ -12,21 +12,12 @@ use crate::core::time::UnixMillis;
 use crate::edge::platform::{self, OsRng};
 use crate::edge::response::Meta;
 use crate::edge::{cooldown_do, health, sandbox, sealing};
-use futures_util::future::{self, Either};
 use js_sys::Uint8Array;
 use std::cell::RefCell;
 use std::rc::Rc;
-use wasm_bindgen::{JsCast, JsValue};
+use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::JsFuture;
 use worker::{AbortController, Context, Env, Headers, Method, Response};
-
-#[wasm_bindgen::prelude::wasm_bindgen]
-extern "C" {
-    /// `globalThis.hfgateBody` (scripts/entry.mjs): `bytes` as a request body stream that
-    /// marks itself `hfgateSent` once the connection has taken all of it.
-    #[wasm_bindgen(catch, js_name = hfgateBody)]
-    fn telling_body(bytes: &Uint8Array) -> Result<JsValue, JsValue>;
-}
 
 thread_local! {
     static RETRY_BUDGET: RefCell<RetryBudget> = RefCell::new(RetryBudget::default());
@@ -184,10 +175,9 @@ impl NoAnswer {
 /// out of credits) is never retried. The response comes with the time its attempt started:
 /// time-billed calls pay for upstream's time, not for the waits between attempts.
 ///
-/// Retries stop at the call's deadline; an attempt in flight is waited for until
-/// `give_up_at` (later than the deadline when the call's usage can still be learned after
-/// its caller was answered), then aborted.
-#[allow(clippy::too_many_arguments)]
+/// Retries stop at the call's deadline. There is no timer here: the caller races the whole
+/// of it against its own deadlines, and when it gives up, `InFlight::give_up` aborts the
+/// attempt in flight and says whether upstream may have it.
 pub async fn send_with_retries(
     env: &Env,
     ctx: &Rc<Context>,
@@ -195,7 +185,7 @@ pub async fn send_with_retries(
     out: &Outbound<'_>,
     started: UnixMillis,
     cooldown_key: &str,
-    give_up_at: UnixMillis,
+    in_flight: &InFlight,
 ) -> Result<Sent, NoAnswer> {
     let mut attempt = 0u32;
     let mut waited_ms = 0u64;
@@ -205,7 +195,7 @@ pub async fn send_with_retries(
         if elapsed >= s.retry.deadline_ms {
             return Err(NoAnswer::answered(GatewayError::UpstreamTimeout));
         }
-        let resp = send_once(s, out, give_up_at.millis_since(attempt_started)).await?;
+        let resp = send_once(s, out, in_flight).await?;
         let status = resp.status_code();
         let now = platform::now();
         if status == 402 {
@@ -251,11 +241,21 @@ pub async fn send_with_retries(
     }
 }
 
-/// Whether upstream's connection took the whole of a telling body (no telling body: it
-/// may have).
-fn body_sent(streamed: Option<&JsValue>) -> bool {
-    streamed.is_none_or(|s| js_sys::Reflect::get(s, &JsValue::from_str("hfgateSent")).map_or(true, |v| v.is_truthy()))
+/// Whether an upstream that gave no answer may have had the request: the runtime says
+/// "Network connection lost" whether a connection was refused or dropped after the request
+/// went out, so it is asked again, for nothing (`HEAD` of its base URL, without a
+/// credential, a second at most). Only an upstream that refuses that too is down, and had
+/// nothing; one that answers is up, and one that takes the connection but stays silent took
+/// the call's too: either may have had the call, which is charged in full.
+pub async fn may_have_had_it(target: &Target) -> bool {
+    let Target::Url { base, .. } = target else { return true };
+    let init = web_sys::RequestInit::new();
+    init.set_method("HEAD");
+    platform::within(PROBE_MS, async { Some(platform::fetch(base, &init).await.is_some()) }).await.unwrap_or(true)
 }
+
+/// How long `may_have_had_it` waits for its answer.
+const PROBE_MS: u64 = 1_000;
 
 /// Opens (or extends) the cooldown of a route and credential, here at once and for every
 /// isolate after the response.
@@ -265,7 +265,25 @@ fn open_cooldown(env: &Env, ctx: &Context, cooldown_key: &str, wait_ms: u64) {
     ctx.wait_until(async move { cooldown_do::start(&env, &key, wait_ms).await });
 }
 
-async fn send_once(s: &Settings, out: &Outbound<'_>, left_ms: u64) -> Result<Response, NoAnswer> {
+/// The attempt a call has in flight upstream, if any, to abort it.
+#[derive(Default)]
+pub struct InFlight(RefCell<Option<AbortController>>);
+
+impl InFlight {
+    /// Aborts the attempt in flight (the call was given up); says whether there was one.
+    /// None in flight (the call was between attempts): the last one was answered.
+    pub fn give_up(&self) -> bool {
+        match self.0.borrow_mut().take() {
+            Some(controller) => {
+                controller.abort();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+async fn send_once(s: &Settings, out: &Outbound<'_>, in_flight: &InFlight) -> Result<Response, NoAnswer> {
     let Outbound { target, route, query, method, headers, body } = *out;
     let (base, token, strip) = match target {
         Target::Sandbox => {
@@ -290,35 +308,21 @@ async fn send_once(s: &Settings, out: &Outbound<'_>, left_ms: u64) -> Result<Res
     init.set_method(method.as_ref());
     init.set_headers(headers.as_ref());
     init.set_signal(Some(&signal));
-    // the body as a stream that says whether the connection took all of it (without the
-    // entry module's helper, as in the wasm tests, the bytes themselves)
-    let streamed = body.and_then(|b| telling_body(b).ok()).filter(|s| s.is_object());
-    match (&streamed, body) {
-        (Some(stream), _) => init.set_body(stream),
+    if let Some(body) = body {
         // fetch copies a typed array body, so the same one serves every attempt
-        (None, Some(body)) => init.set_body(body.as_ref()),
-        (None, None) => {}
+        init.set_body(body.as_ref());
     }
     let global: web_sys::WorkerGlobalScope = js_sys::global().unchecked_into();
-    let send = async {
-        let resp = JsFuture::from(global.fetch_with_str_and_init(&url, &init)).await?;
-        Ok::<Response, JsValue>(resp.dyn_into::<web_sys::Response>()?.into())
-    };
-    let timer = platform::sleep_ms(left_ms);
-    futures_util::pin_mut!(send);
-    futures_util::pin_mut!(timer);
-    match future::select(send, timer).await {
-        Either::Left((Ok(resp), _)) => Ok(resp),
-        // the runtime says "Network connection lost" whether the connection was refused or
-        // dropped after the request went out: upstream may have it only if it took the whole
-        // body (unknown without the telling stream: then it may)
-        Either::Left((Err(_), _)) => Err(NoAnswer {
+    let fetching = JsFuture::from(global.fetch_with_str_and_init(&url, &init));
+    *in_flight.0.borrow_mut() = Some(controller);
+    let answer = fetching.await;
+    in_flight.0.borrow_mut().take();
+    match answer.and_then(|r| r.dyn_into::<web_sys::Response>()) {
+        Ok(resp) => Ok(resp.into()),
+        // refused, or dropped after the request went out: asked again, for nothing
+        Err(_) => Err(NoAnswer {
             error: GatewayError::UpstreamError("could not reach upstream".into()),
-            reached: body_sent(streamed.as_ref()),
+            reached: may_have_had_it(target).await,
         }),
-        Either::Right(_) => {
-            controller.abort();
-            Err(NoAnswer { error: GatewayError::UpstreamTimeout, reached: body_sent(streamed.as_ref()) })
-        }
     }
 }

@@ -39,6 +39,7 @@ pub fn document(caller: &Caller, r: Option<UsageReport>) -> Value {
             "unmetered_micro_usd": r.unmetered_micro_usd,
             "key_unmetered_micro_usd": r.key_unmetered_micro_usd,
             "carried_micro_usd": r.carried_micro_usd,
+            "leased_micro_usd": r.leased_micro_usd,
             "spend_cap_micro_usd": r.spend_cap_micro_usd,
             "key_used_micro_usd": r.key_used_micro_usd,
             "provider_billed_micro_usd": r.provider_billed_micro_usd,
@@ -46,6 +47,6 @@ pub fn document(caller: &Caller, r: Option<UsageReport>) -> Value {
         "requests": r.requests,
         "rate_limit": rate,
         "daily": r.daily.iter().map(|(d, v)| json!({"date": d, "used_micro_usd": v})).collect::<Vec<_>>(),
-        "by_model": r.by_model,
+        "by_model": crate::core::wire::value(&r.by_model),
     })
 }

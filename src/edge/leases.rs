@@ -1,0 +1,248 @@
+//! This isolate's leases (`core::isolate_lease`): a warm key is admitted here, from the lease
+//! its account's object granted this isolate, with no round trip.
+//!
+//! A lease comes back with a cold call's admission (asked for in the same round trip), or
+//! ahead of need, in the background, when the one held runs low. Each call admitted on it is
+//! reported to the object after the response is on its way, in the queue that carries the
+//! settles (`hold`), so the report always goes before the call's settle and before the
+//! lease's return. A lease is returned when the next one arrives, or at its end.
+
+use crate::core::account::{AccountPolicy, Cost, KeyPolicy, RateView};
+use crate::core::isolate_lease::{Demand, Grant, Held, Want};
+use crate::core::ledger::MicroUsd;
+use crate::core::protocol::{AccountOp, AccountReply, Leased};
+use crate::core::time::UnixMillis;
+use crate::edge::{account_do, hold, platform};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use worker::{Context, Env};
+
+/// The fewest calls a lease is asked for, before the isolate has seen any demand.
+const FLOOR_CALLS: u32 = 4;
+/// After a refusal, a lease is not asked for again this soon: the account is near its end,
+/// or its throttle, and is admitted call by call meanwhile.
+const REFUSED_BACKOFF_MS: u64 = 250;
+/// A lease asked for and not answered within this is asked for again.
+const ASK_TIMEOUT_MS: u64 = 2_000;
+
+/// One account and key, as this isolate leases it.
+#[derive(Default)]
+struct Slot {
+    held: Option<Lent>,
+    demand: Demand,
+    /// The worst case of the last calls, for the size of the next lease.
+    per_call: MicroUsd,
+    refused_at: Option<UnixMillis>,
+    /// A lease was asked for (with a cold call) and its answer has not come: the calls
+    /// meanwhile do not ask for another (a burst would take a lease each).
+    asking_since: Option<UnixMillis>,
+}
+
+/// A lease, and the policy versions it was granted under.
+struct Lent {
+    lease: Held,
+    key_version: u64,
+    account_version: u64,
+}
+
+thread_local! {
+    static SLOTS: RefCell<HashMap<String, Slot>> = RefCell::new(HashMap::new());
+}
+
+fn slot_name(account: &str, key_id: &str) -> String {
+    format!("{account}|{key_id}")
+}
+
+/// A call admitted here, on a lease.
+pub struct Local {
+    pub hold: u64,
+    pub leased: Leased,
+    /// What the call's hold holds.
+    pub held: MicroUsd,
+    /// For a token-priced call its output bound, for a time-billed one its milliseconds.
+    pub output: Option<u64>,
+    pub rate: RateView,
+}
+
+/// Counts a call for `account`'s demand, and admits it on this isolate's lease if the lease
+/// has room for its whole worst case (the object alone lowers a bound to what is left).
+/// `None`: the call goes to the object, asking for a lease with it (`want`).
+pub fn admit(
+    account: &str,
+    key: &KeyPolicy,
+    policy: &AccountPolicy,
+    cost: &Cost,
+    lease_ms: u64,
+    now: UnixMillis,
+) -> (Option<Local>, Option<Want>) {
+    if lease_ms == 0 {
+        return (None, None);
+    }
+    let full = cost.full();
+    let output = match *cost {
+        Cost::Tokens { output, .. } => Some(output),
+        Cost::Time { ms, .. } => Some(ms),
+        Cost::Fixed { .. } => None,
+    };
+    SLOTS.with(|slots| {
+        let mut slots = slots.borrow_mut();
+        let slot = slots.entry(slot_name(account, &key.key_id)).or_default();
+        slot.demand.call(now);
+        slot.per_call = full.max(MicroUsd(slot.per_call.0 / 2));
+        let current = slot
+            .held
+            .as_mut()
+            .filter(|l| l.key_version == key.version && l.account_version == policy.version && !key.revoked);
+        if let Some(lent) = current {
+            if let Some(hold) = lent.lease.admit(full, now) {
+                let local = Local {
+                    hold,
+                    leased: Leased {
+                        lease: lent.lease.grant.id,
+                        key_id: key.key_id.clone(),
+                        amount: full,
+                        report: false,
+                    },
+                    held: full,
+                    output,
+                    rate: lent.lease.rate(),
+                };
+                return (Some(local), None);
+            }
+        }
+        let recently_refused = slot.refused_at.is_some_and(|t| now.millis_since(t) < REFUSED_BACKOFF_MS);
+        let asking = slot.asking_since.is_some_and(|t| now.millis_since(t) < ASK_TIMEOUT_MS);
+        let renewing = slot.held.as_ref().is_some_and(|l| l.lease.renewing);
+        if recently_refused || asking || renewing {
+            return (None, None);
+        }
+        slot.asking_since = Some(now);
+        (None, Some(want_of(slot, lease_ms)))
+    })
+}
+
+fn want_of(slot: &Slot, lease_ms: u64) -> Want {
+    Want { calls: slot.demand.calls_in(lease_ms, FLOOR_CALLS), per_call: slot.per_call, ttl_ms: lease_ms }
+}
+
+/// A call admitted here, reported to the object: queued in the same step as the admission,
+/// before the call awaits anything, so that no return of its lease can be queued ahead of
+/// it (the object would free the credit of a call it never heard of).
+pub fn report(env: &Env, ctx: &Context, account: &str, key_id: &str, local: &Local, ttl_ms: u64) {
+    let calls = vec![(local.hold, local.held)];
+    let op = AccountOp::Admitted { lease: local.leased.lease, key_id: key_id.to_string(), calls, ttl_ms };
+    hold::enqueue(env, ctx, account, op);
+}
+
+/// After a call admitted here: if the lease runs low, the next lease asked for beside the
+/// call. `digest` names the caller's cached key record, dropped if the object knows a newer
+/// one.
+pub fn after_local(env: &Env, ctx: &Rc<Context>, account: &str, key: &KeyPolicy, policy: &AccountPolicy, digest: &str) {
+    let lease_ms = crate::edge::config::settings(env).map_or(0, |s| s.lease_ms);
+    let now = platform::now();
+    let want = SLOTS.with(|slots| {
+        let mut slots = slots.borrow_mut();
+        let slot = slots.get_mut(&slot_name(account, &key.key_id))?;
+        let lent = slot.held.as_mut()?;
+        if !lent.lease.wants_renewal(now) || slot.refused_at.is_some_and(|t| now.millis_since(t) < REFUSED_BACKOFF_MS) {
+            return None;
+        }
+        lent.lease.renewing = true;
+        Some(want_of(slot, lease_ms))
+    });
+    if let Some(want) = want {
+        let (env, task_ctx, account, key, policy) =
+            (env.clone(), ctx.clone(), account.to_string(), key.clone(), *policy);
+        let digest = digest.to_string();
+        ctx.wait_until(async move {
+            let asked_at = platform::now();
+            let op = AccountOp::Acquire { key: key.clone(), account: policy, want };
+            let grant = match account_do::call(&env, &account, &op).await {
+                Ok(AccountReply::Leased { grant, stale }) => {
+                    if stale {
+                        crate::edge::kv::forget_key(&digest);
+                    }
+                    grant
+                }
+                _ => None,
+            };
+            install(&env, &task_ctx, &account, &key, &policy, grant, asked_at);
+        });
+    }
+}
+
+/// A call on `account` cost more than it held (upstream overshot): the account may now be
+/// past its ceiling, which only its object knows, so this isolate gives its leases on it
+/// back and asks the object again for the next call.
+pub fn overran(env: &Env, ctx: &Rc<Context>, account: &str) {
+    let prefix = format!("{account}|");
+    let returned: Vec<u64> = SLOTS.with(|slots| {
+        let mut slots = slots.borrow_mut();
+        slots
+            .iter_mut()
+            .filter(|(name, _)| name.starts_with(&prefix))
+            .filter_map(|(_, slot)| slot.held.take().map(|l| l.lease.grant.id))
+            .collect()
+    });
+    for lease in returned {
+        hold::enqueue(env, ctx, account, AccountOp::ReturnLease { lease });
+    }
+}
+
+/// Takes a lease the object granted (with a cold call's admission, or asked for ahead), in
+/// answer to a request sent at `asked_at`: the lease it replaces is returned, after its
+/// reports. `None` (refused) holds off asking again for a moment.
+pub fn install(
+    env: &Env,
+    ctx: &Rc<Context>,
+    account: &str,
+    key: &KeyPolicy,
+    policy: &AccountPolicy,
+    grant: Option<Grant>,
+    asked_at: UnixMillis,
+) {
+    let name = slot_name(account, &key.key_id);
+    let replaced = SLOTS.with(|slots| {
+        let mut slots = slots.borrow_mut();
+        let slot = slots.entry(name).or_default();
+        slot.asking_since = None;
+        match grant {
+            Some(grant) => {
+                let lent = Lent {
+                    lease: Held::new(grant, asked_at),
+                    key_version: key.version,
+                    account_version: policy.version,
+                };
+                slot.refused_at = None;
+                slot.held.replace(lent).map(|old| old.lease.grant.id)
+            }
+            None => {
+                slot.refused_at = Some(platform::now());
+                if let Some(lent) = slot.held.as_mut() {
+                    lent.lease.renewing = false;
+                }
+                None
+            }
+        }
+    });
+    if let Some(old) = replaced {
+        hold::enqueue(env, ctx, account, AccountOp::ReturnLease { lease: old });
+    }
+    if let Some(grant) = grant {
+        // returned at its end if nothing replaced it, so its credit is not held idle
+        let (env, task_ctx, account, key_id) = (env.clone(), ctx.clone(), account.to_string(), key.key_id.clone());
+        let ends = asked_at.saturating_add_ms(grant.ttl_ms);
+        ctx.wait_until(async move {
+            platform::sleep_ms(ends.millis_since(platform::now())).await;
+            let ended = SLOTS.with(|slots| {
+                let mut slots = slots.borrow_mut();
+                let slot = slots.get_mut(&slot_name(&account, &key_id))?;
+                (slot.held.as_ref()?.lease.grant.id == grant.id).then(|| slot.held.take()).flatten()
+            });
+            if ended.is_some() {
+                hold::enqueue(&env, &task_ctx, &account, AccountOp::ReturnLease { lease: grant.id });
+            }
+        });
+    }
+}
