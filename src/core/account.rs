@@ -11,11 +11,11 @@ use crate::core::isolate_lease::{self, Grant, Issued, Want};
 use crate::core::keys::RateLimit;
 use crate::core::ledger::{owed_at, Budget, Hold, Ledger, LedgerHead, MicroUsd, Settled, Usage};
 use crate::core::pricing::{ComputePrice, Price, TokenUsage};
+use crate::core::sorted::SortedMap;
 use crate::core::spend::{Jobs, Spend};
 use crate::core::time::{BillingPeriod, UnixMillis};
 use crate::core::wire::{self, Errors, Fields, FromJson, ToJson};
 use serde_json::Value;
-use std::collections::BTreeMap;
 
 /// What the ledger needs to know of a key. Versioned: the newest version seen wins, so a
 /// cached copy at the edge can never undo a revocation pushed by the admin API.
@@ -165,15 +165,15 @@ pub struct AccountState {
     pub ledger: Ledger,
     pub tat: Tat,
     pub policy: Option<AccountPolicy>,
-    pub keys: BTreeMap<String, KeyState>,
+    pub keys: SortedMap<String, KeyState>,
     /// Reservation id -> the key it was made for, to attribute spend per key.
-    owners: BTreeMap<u64, String>,
+    owners: SortedMap<u64, String>,
     /// This period's spend per key, model and provider.
     pub spend: Spend,
     /// The queued jobs this account's keys submitted.
     pub jobs: Jobs,
     /// The leases granted to isolates, until they can be forgotten.
-    pub grants: BTreeMap<u64, Issued>,
+    pub grants: SortedMap<u64, Issued>,
 }
 
 fn quota(r: RateLimit) -> Option<Quota> {
@@ -655,7 +655,7 @@ impl AccountState {
         keys: impl IntoIterator<Item = (String, KeyState)>,
         holds: impl IntoIterator<Item = (u64, Option<String>, Hold)>,
     ) -> Self {
-        let mut owners = BTreeMap::new();
+        let mut owners = SortedMap::new();
         let holds: Vec<(u64, Hold)> = holds
             .into_iter()
             .map(|(id, owner, hold)| {
@@ -665,9 +665,9 @@ impl AccountState {
                 (id, hold)
             })
             .collect();
-        // inserted one by one: `collect` into a BTreeMap sorts first, a second copy of the
-        // sort code in the bundle for no gain (rows are few)
-        let mut by_id = BTreeMap::new();
+        // inserted one by one: `collect` would bring a sort for this type into the bundle for
+        // no gain (rows are few)
+        let mut by_id = SortedMap::new();
         for (id, state) in keys {
             by_id.insert(id, state);
         }
@@ -679,7 +679,7 @@ impl AccountState {
             owners,
             spend: Spend::default(),
             jobs: Jobs::default(),
-            grants: BTreeMap::new(),
+            grants: SortedMap::new(),
         }
     }
 

@@ -4,8 +4,8 @@
 //! settled to the actual cost after it: parallel calls see each other's reservations, so a
 //! burst cannot sail past the limit. Money is integer micro-USD, arithmetic saturating.
 
+use crate::core::sorted::SortedMap;
 use crate::core::time::{BillingPeriod, UnixMillis};
-use std::collections::BTreeMap;
 
 /// An amount of money in millionths of a US dollar (messages and rows write it as the bare
 /// number, by `core::wire`).
@@ -111,19 +111,19 @@ pub struct Ledger {
     /// The ceiling the period runs under, as last reserved against: a period's debt is what
     /// it spent past it.
     pub ceiling: Option<MicroUsd>,
-    reservations: BTreeMap<u64, Reservation>,
+    reservations: SortedMap<u64, Reservation>,
     /// Reservations that expired unsettled (id -> amount), so that a settle arriving late is
     /// still charged, once. The oldest are forgotten past `MAX_EXPIRED`.
-    expired: BTreeMap<u64, MicroUsd>,
+    expired: SortedMap<u64, MicroUsd>,
     /// When each expired hold was charged in full (its lapse). Holds that expired under
     /// earlier builds were given back instead and have no entry here.
-    lapsed_at: BTreeMap<u64, UnixMillis>,
+    lapsed_at: SortedMap<u64, UnixMillis>,
     /// Credit leased to isolates (`core::isolate_lease`), by lease: what each may still admit
     /// calls against. Committed like holds until the lease is returned or lapses.
-    leased: BTreeMap<u64, MicroUsd>,
+    leased: SortedMap<u64, MicroUsd>,
     next_id: u64,
     /// Charged micro-USD per day index, for the current and the previous period.
-    daily: BTreeMap<u32, u64>,
+    daily: SortedMap<u32, u64>,
 }
 
 /// A hold as stored: open until it expires, or expired but remembered for a late settle.
@@ -153,7 +153,7 @@ pub struct LedgerHead {
     pub carried: MicroUsd,
     pub ceiling: Option<MicroUsd>,
     pub next_id: u64,
-    pub daily: BTreeMap<u32, u64>,
+    pub daily: SortedMap<u32, u64>,
 }
 
 /// A view of the ledger for `/v1/usage` and the admin API.
@@ -487,7 +487,7 @@ impl Ledger {
 
     fn charge(&mut self, now: UnixMillis, amount: MicroUsd) {
         self.used = self.used.saturating_add(amount);
-        let day = self.daily.entry(now.day_index()).or_insert(0);
+        let day = self.daily.get_or_insert_with(now.day_index(), || 0);
         *day = day.saturating_add(amount.0);
     }
 
