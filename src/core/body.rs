@@ -40,8 +40,8 @@ use crate::core::pricing::TokenUsage;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
+use serde_json::Value;
 use std::collections::hash_map::DefaultHasher;
-use std::collections::HashSet;
 use std::fmt;
 use std::hash::{Hash, Hasher};
 
@@ -339,10 +339,30 @@ fn offset_of(body: &[u8], raw: &RawValue) -> Option<Span> {
     (end <= body.len()).then_some(Span { start, end })
 }
 
-fn hash_key(k: &str) -> u64 {
-    let mut h = DefaultHasher::new();
-    k.hash(&mut h);
-    h.finish()
+/// The keys one object has given so far, to refuse a repeat: their hashes, kept sorted (at
+/// most `MAX_TOP_LEVEL_FIELDS` of them). A `HashSet` did the same with its own table code in
+/// the bundle.
+#[derive(Default)]
+struct Seen(Vec<u64>);
+
+impl Seen {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Records `key`; `false` if it was given before.
+    fn insert(&mut self, key: &str) -> bool {
+        let mut h = DefaultHasher::new();
+        key.hash(&mut h);
+        let hash = h.finish();
+        match self.0.binary_search(&hash) {
+            Ok(_) => false,
+            Err(at) => {
+                self.0.insert(at, hash);
+                true
+            }
+        }
+    }
 }
 
 /// An integer literal from 1 to `max`, written plainly (no sign, fraction or exponent).
@@ -382,7 +402,7 @@ impl<'de, 'b> Visitor<'de> for Top<'b> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<CallShape, A::Error> {
         let after_open = self.body.iter().position(|b| !b.is_ascii_whitespace()).map_or(0, |p| p + 1);
-        let mut seen = HashSet::new();
+        let mut seen = Seen::default();
         let mut model = None;
         let mut model_span = None;
         let mut limits: Vec<(Span, Option<u64>)> = Vec::new();
@@ -402,15 +422,17 @@ impl<'de, 'b> Visitor<'de> for Top<'b> {
             if seen.len() >= MAX_TOP_LEVEL_FIELDS {
                 return Err(de::Error::custom(format_args!("at most {MAX_TOP_LEVEL_FIELDS} top-level fields")));
             }
-            if !seen.insert(hash_key(&key)) {
+            if !seen.insert(&key) {
                 return Err(de::Error::custom(format_args!("duplicate key '{}'", truncate(&key))));
             }
             match key.as_str() {
                 "model" => {
                     let raw: &RawValue = map.next_value()?;
                     model_span = offset_of(self.body, raw);
-                    let m: String = serde_json::from_slice(raw.get().as_bytes())
-                        .map_err(|_| de::Error::custom("'model' must be a string"))?;
+                    // read as a tree, the one typed read of a value the crate has anyway
+                    let Ok(Value::String(m)) = serde_json::from_slice(raw.get().as_bytes()) else {
+                        return Err(de::Error::custom("'model' must be a string"));
+                    };
                     if m.trim().is_empty() || m.len() > MAX_MODEL_LEN {
                         return Err(de::Error::custom("'model' must be a non-empty string of at most 256 bytes"));
                     }
@@ -580,14 +602,14 @@ impl<'de> Visitor<'de> for ToolType {
                 continue;
             }
             // an absent or null type is a function to every API that defaults it
-            why = match serde_json::from_slice::<Option<String>>(raw.get().as_bytes()) {
-                Ok(None) => None,
-                Ok(Some(t)) if CLIENT_TOOL_TYPES.contains(&t.as_str()) => None,
-                Ok(Some(t)) => Some(format!(
+            why = match serde_json::from_slice(raw.get().as_bytes()) {
+                Ok(Value::Null) => None,
+                Ok(Value::String(t)) if CLIENT_TOOL_TYPES.contains(&t.as_str()) => None,
+                Ok(Value::String(t)) => Some(format!(
                     "a tool of type {:?} is run by the upstream itself, in a loop of calls and tokens the body does not bound",
                     truncate(&t)
                 )),
-                Err(_) => Some("its 'type' is not a string, so what runs it cannot be told".to_string()),
+                _ => Some("its 'type' is not a string, so what runs it cannot be told".to_string()),
             };
         }
         Ok(why)
@@ -634,13 +656,15 @@ impl<'de, 'b> Visitor<'de> for StreamOptionsVisitor<'b> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<StreamOptionsFound, A::Error> {
-        let mut seen = HashSet::new();
+        // at most a few hundred keys in `MAX_STREAM_OPTIONS_BYTES`: a list is enough
+        let mut seen: Vec<String> = Vec::new();
         let mut found = StreamOptionsFound { members: 0, span: None, include_usage: false };
         while let Some(key) = map.next_key::<KeyText>()? {
             found.members += 1;
-            if !seen.insert(key.0.clone()) {
+            if seen.contains(&key.0) {
                 return Err(de::Error::custom(format_args!("duplicate key 'stream_options.{}'", truncate(&key.0))));
             }
+            seen.push(key.0.clone());
             let raw: &RawValue = map.next_value()?;
             if key.0 == "include_usage" {
                 found.include_usage = match raw.get() {
@@ -944,7 +968,7 @@ impl<'de, 'p> Visitor<'de> for Outputs<'p> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<u64, A::Error> {
-        let mut seen = HashSet::new();
+        let mut seen = Seen::default();
         let mut outputs = 1u64;
         while let Some(key) = map.next_key::<KeyText>()? {
             let key = key.0;
@@ -959,7 +983,7 @@ impl<'de, 'p> Visitor<'de> for Outputs<'p> {
                 if seen.len() >= MAX_TOP_LEVEL_FIELDS {
                     return Err(de::Error::custom(format_args!("at most {MAX_TOP_LEVEL_FIELDS} top-level fields")));
                 }
-                if !seen.insert(hash_key(&key)) {
+                if !seen.insert(&key) {
                     return Err(de::Error::custom(format_args!("duplicate key '{named}'")));
                 }
             }
