@@ -1026,41 +1026,173 @@ pub fn usage_of(v: &serde_json::Value) -> Option<TokenUsage> {
     Some(TokenUsage { prompt: prompt.unwrap_or(0), completion: completion.unwrap_or(0) })
 }
 
-#[derive(Deserialize)]
-struct Counts {
-    prompt_tokens: Option<u64>,
-    input_tokens: Option<u64>,
-    completion_tokens: Option<u64>,
-    output_tokens: Option<u64>,
-}
-
-#[derive(Deserialize)]
-struct Nested {
-    usage: Option<Counts>,
-}
-
-#[derive(Deserialize)]
-struct UsageCarrier {
-    usage: Option<Counts>,
-    response: Option<Nested>,
-}
-
 /// Usage from a whole (non-streamed) response body; `None` if it is not JSON or has none.
 /// Read without building the body's tree: everything but the counts is skipped.
+///
+/// Read as serde's derives read the three structs it once was (`{usage, response: {usage}}`,
+/// the usage's four optional counts), by one visitor: an object, or an array of the fields in
+/// order, each field's `null` or absence nothing; a field given twice, a count that is not an
+/// unsigned integer, any other JSON, and it has none.
 pub fn usage_of_body(body: &[u8]) -> Option<TokenUsage> {
-    let carrier: UsageCarrier = serde_json::from_slice(body).ok()?;
-    let c = carrier.usage.or_else(|| carrier.response?.usage)?;
-    let prompt = c.prompt_tokens.or(c.input_tokens);
-    let completion = c.completion_tokens.or(c.output_tokens);
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let read = Part(Some(Shape::Carrier)).deserialize(&mut de).ok()?;
+    de.end().ok()?;
+    let Got::Usage(Some(c)) = read else { return None };
+    let [prompt_tokens, input_tokens, completion_tokens, output_tokens] = c;
+    let prompt = prompt_tokens.or(input_tokens);
+    let completion = completion_tokens.or(output_tokens);
     if prompt.is_none() && completion.is_none() {
         return None;
     }
     Some(TokenUsage { prompt: prompt.unwrap_or(0), completion: completion.unwrap_or(0) })
 }
 
+/// The counts a usage object gives, in `Shape::Counts`' order.
+type Counts = [Option<u64>; 4];
+
+/// The structs `usage_of_body` reads.
+#[derive(Clone, Copy)]
+enum Shape {
+    /// The body: `usage`, or `response.usage` (responses API).
+    Carrier,
+    /// `response`: its `usage`.
+    Nested,
+    /// The usage object.
+    Counts,
+}
+
+impl Shape {
+    fn fields(self) -> &'static [&'static str] {
+        match self {
+            Shape::Carrier => &["usage", "response"],
+            Shape::Nested => &["usage"],
+            Shape::Counts => &["prompt_tokens", "input_tokens", "completion_tokens", "output_tokens"],
+        }
+    }
+
+    /// What field `i` holds: a struct, or (`None`) a count.
+    fn field(self, i: usize) -> Option<Shape> {
+        match (self, i) {
+            (Shape::Counts, _) => None,
+            (Shape::Carrier, 1) => Some(Shape::Nested),
+            _ => Some(Shape::Counts),
+        }
+    }
+
+    /// The struct's answer from its fields' values: its counts, or the first field that gives
+    /// a usage (`usage` before `response.usage`).
+    fn answer(self, values: [Got; 4]) -> Got {
+        match self {
+            Shape::Counts => Got::Usage(Some(values.map(|v| match v {
+                Got::Count(n) => Some(n),
+                _ => None,
+            }))),
+            _ => Got::Usage(values.into_iter().find_map(|v| match v {
+                Got::Usage(u) => u,
+                _ => None,
+            })),
+        }
+    }
+}
+
+/// One value `usage_of_body` reads: a struct of a `Shape`, or (`None`) a count; either may
+/// be `null`.
+struct Part(Option<Shape>);
+
+enum Got {
+    Null,
+    Count(u64),
+    /// A struct read: the usage it gives, if any.
+    Usage(Option<Counts>),
+}
+
+impl<'de> DeserializeSeed<'de> for Part {
+    type Value = Got;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Got, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Part {
+    type Value = Got;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(if self.0.is_some() { "a usage object" } else { "a token count" })
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Got, E> {
+        Ok(Got::Null)
+    }
+
+    fn visit_u64<E: de::Error>(self, n: u64) -> Result<Got, E> {
+        match self.0 {
+            None => Ok(Got::Count(n)),
+            Some(_) => Err(de::Error::invalid_type(de::Unexpected::Unsigned(n), &self)),
+        }
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Got, A::Error> {
+        let Some(shape) = self.0 else { return Err(de::Error::invalid_type(de::Unexpected::Map, &self)) };
+        let mut values = [Got::Null, Got::Null, Got::Null, Got::Null];
+        let mut given = [false; 4];
+        while let Some(key) = map.next_key::<KeyText>()? {
+            let Some(i) = shape.fields().iter().position(|f| *f == key.0) else {
+                map.next_value::<de::IgnoredAny>()?;
+                continue;
+            };
+            if std::mem::replace(&mut given[i], true) {
+                return Err(de::Error::custom("a usage field given twice"));
+            }
+            values[i] = map.next_value_seed(Part(shape.field(i)))?;
+        }
+        Ok(shape.answer(values))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Got, A::Error> {
+        let Some(shape) = self.0 else { return Err(de::Error::invalid_type(de::Unexpected::Seq, &self)) };
+        let mut values = [Got::Null, Got::Null, Got::Null, Got::Null];
+        for (i, value) in values.iter_mut().enumerate().take(shape.fields().len()) {
+            *value = seq.next_element_seed(Part(shape.field(i)))?.ok_or_else(|| de::Error::invalid_length(i, &self))?;
+        }
+        Ok(shape.answer(values))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Deserialize)]
+    struct Counts {
+        prompt_tokens: Option<u64>,
+        input_tokens: Option<u64>,
+        completion_tokens: Option<u64>,
+        output_tokens: Option<u64>,
+    }
+
+    #[derive(Deserialize)]
+    struct Nested {
+        usage: Option<Counts>,
+    }
+
+    #[derive(Deserialize)]
+    struct UsageCarrier {
+        usage: Option<Counts>,
+        response: Option<Nested>,
+    }
+
+    /// `usage_of_body` as serde's derives read it before: the model its visitor must agree with.
+    fn derived_usage_of_body(body: &[u8]) -> Option<TokenUsage> {
+        let carrier: UsageCarrier = serde_json::from_slice(body).ok()?;
+        let c = carrier.usage.or_else(|| carrier.response?.usage)?;
+        let prompt = c.prompt_tokens.or(c.input_tokens);
+        let completion = c.completion_tokens.or(c.output_tokens);
+        if prompt.is_none() && completion.is_none() {
+            return None;
+        }
+        Some(TokenUsage { prompt: prompt.unwrap_or(0), completion: completion.unwrap_or(0) })
+    }
     use serde_json::Value;
 
     fn chat(body: &str) -> Result<CallShape, GatewayError> {
@@ -1071,6 +1203,77 @@ mod tests {
         let shape = inspect(body.as_bytes(), api, 1_000).unwrap();
         let out = apply(body.as_bytes(), &shape.edits(output));
         serde_json::from_slice(&out).unwrap()
+    }
+
+    /// JSON-ish text from a fixed LCG: the usage shapes as objects and as arrays, nulls,
+    /// repeats, counts of every JSON kind, and a little broken syntax.
+    fn usage_like(seed: &mut u64, depth: u32) -> String {
+        fn roll(seed: &mut u64, n: usize) -> usize {
+            *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (*seed >> 33) as usize % n
+        }
+        const KEYS: [&str; 8] = [
+            "usage",
+            "response",
+            "prompt_tokens",
+            "input_tokens",
+            "completion_tokens",
+            "output_tokens",
+            "x",
+            "usag\\u0065",
+        ];
+        const LEAVES: [&str; 12] =
+            ["null", "0", "7", "-3", "1.5", "1e2", "18446744073709551616", "\"9\"", "true", "[]", "{}", "nul"];
+        match (depth, roll(seed, 4)) {
+            // mostly counts a usage may hold, so that many bodies have one
+            (0, _) | (_, 0) => LEAVES[roll(seed, LEAVES.len()).min(roll(seed, LEAVES.len()))].to_string(),
+            (_, 1) => {
+                let items: Vec<String> = (0..roll(seed, 6)).map(|_| usage_like(seed, depth - 1)).collect();
+                format!("[{}]", items.join(","))
+            }
+            _ => {
+                let members: Vec<String> = (0..roll(seed, 5))
+                    .map(|_| {
+                        let k = KEYS[roll(seed, KEYS.len())];
+                        format!("\"{k}\":{}", usage_like(seed, depth - 1))
+                    })
+                    .collect();
+                format!("{{{}}}", members.join(","))
+            }
+        }
+    }
+
+    #[test]
+    fn usage_of_body_reads_as_the_derived_structs_did() {
+        let mut seed = 0x5eed_u64;
+        let mut found = 0;
+        for i in 0..200_000 {
+            let mut body = match i % 4 {
+                0 => usage_like(&mut seed, 4),
+                1 => format!("{{\"usage\":{}}}", usage_like(&mut seed, 2)),
+                2 => format!("{{\"x\":1,\"response\":{{\"usage\":{}}}}}", usage_like(&mut seed, 2)),
+                _ => format!("[{},[{}]]", usage_like(&mut seed, 2), usage_like(&mut seed, 2)),
+            };
+            if i % 7 == 0 {
+                body.push_str(" x");
+            }
+            let ours = usage_of_body(body.as_bytes());
+            assert_eq!(ours, derived_usage_of_body(body.as_bytes()), "{body}");
+            found += usize::from(ours.is_some());
+        }
+        assert!(found > 1_000, "the generator reaches usages: {found}");
+        for body in [
+            r#"[{"prompt_tokens":1},null]"#,
+            r#"[[1,null,2,null],null]"#,
+            r#"[null,[[3,4,5,6]]]"#,
+            r#"[null,[[3,4,5,6]],1]"#,
+            r#"[null]"#,
+            r#"{"usage":null,"response":{"usage":{"output_tokens":2}}}"#,
+            r#"{"usage":{"prompt_tokens":1},"usage":null}"#,
+            r#"{"usage":{"prompt_tokens":-1}}"#,
+        ] {
+            assert_eq!(usage_of_body(body.as_bytes()), derived_usage_of_body(body.as_bytes()), "{body}");
+        }
     }
 
     #[test]
