@@ -392,7 +392,7 @@ function shutdown() {
 try {
   await main();
 } finally {
-  for (const c of cleanups) await c().catch(() => {});
+  for (const c of cleanups) await Promise.resolve().then(c).catch(() => {});
   shutdown();
 }
 process.exit(0);

@@ -3,9 +3,9 @@
 //!
 //! A lease comes back with a cold call's admission (asked for in the same round trip), or
 //! ahead of need, in the background, when the one held runs low. Each call admitted on it is
-//! reported to the object after the response is on its way, in the queue that carries the
-//! settles (`hold`), so the report always goes before the call's settle and before the
-//! lease's return. A lease is returned when the next one arrives, or at its end.
+//! reported to the object as it is admitted, before it goes upstream, in the queue that
+//! carries the settles (`hold`), so the report always goes before the call's settle and
+//! before the lease's return. A lease is returned when the next one arrives, or at its end.
 
 use crate::core::account::{AccountPolicy, Cost, KeyPolicy, RateView};
 use crate::core::isolate_lease::{Demand, Grant, Held, Want};
