@@ -6,8 +6,8 @@
 //! changes are enforced by the account Durable Object, which holds the newest version and
 //! tells the edge when its copy is stale.
 
+use crate::core::sorted::SortedMap;
 use crate::core::time::UnixMillis;
-use std::collections::HashMap;
 
 /// How long a known record is served from memory.
 const HIT_TTL_MS: u64 = 60_000;
@@ -25,12 +25,12 @@ pub enum Cached<T> {
 
 #[derive(Default)]
 pub struct Cache<T> {
-    pub entries: HashMap<String, (Cached<T>, UnixMillis)>,
+    pub entries: SortedMap<String, (Cached<T>, UnixMillis)>,
 }
 
 impl<T: Clone> Cache<T> {
     pub fn new() -> Self {
-        Cache { entries: HashMap::new() }
+        Cache { entries: SortedMap::new() }
     }
 
     pub fn get(&self, k: &str, now: UnixMillis) -> Option<Cached<T>> {

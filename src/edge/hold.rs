@@ -14,10 +14,10 @@ use crate::core::ledger::MicroUsd;
 use crate::core::pricing::TokenUsage;
 use crate::core::protocol::{AccountOp as Op, Leased};
 use crate::core::request_log::Record;
+use crate::core::sorted::SortedMap;
 use crate::core::time::UnixMillis;
 use crate::edge::{account_do, platform};
 use std::cell::RefCell;
-use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use worker::{Context, Env};
 
@@ -244,11 +244,18 @@ fn wait_of(op: &Op) -> u64 {
 }
 
 thread_local! {
-    static QUEUES: RefCell<HashMap<String, Queue>> = RefCell::new(HashMap::new());
+    static QUEUES: RefCell<SortedMap<String, Queue>> = RefCell::new(SortedMap::new());
     /// Leases some of whose calls' reports could not be delivered: they are never returned
     /// (a return would free the credit of calls the object never heard of) but left to
     /// lapse, which keeps their credit for the quarantine and counts all their calls.
-    static UNREPORTED: RefCell<HashSet<u64>> = RefCell::new(HashSet::new());
+    static UNREPORTED: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Removes `lease` from `leases`, saying whether it was there.
+fn take_lease(leases: &mut Vec<u64>, lease: u64) -> bool {
+    let before = leases.len();
+    leases.retain(|l| *l != lease);
+    leases.len() != before
 }
 
 /// A sender hands over after this many round trips, so no request's `wait_until` runs on
@@ -261,7 +268,7 @@ const MAX_ROUNDS: u32 = 8;
 /// return is queued between them, which must find the call reported.
 pub fn enqueue(env: &Env, ctx: &Context, account: &str, mut op: Op) {
     if let Op::ReturnLease { lease } = &op {
-        if UNREPORTED.with(|u| u.borrow_mut().remove(lease)) {
+        if UNREPORTED.with(|u| take_lease(&mut u.borrow_mut(), *lease)) {
             return;
         }
     }
@@ -348,7 +355,7 @@ fn take(account: &str, last: bool) -> Vec<Op> {
 /// unreturned (see `UNREPORTED`), the returns queued for them behind it included.
 fn landed(account: &str, batch: &[Op], delivered: bool) {
     if !delivered {
-        let leases: HashSet<u64> = batch.iter().filter_map(reported_lease).collect();
+        let leases: Vec<u64> = batch.iter().filter_map(reported_lease).collect();
         QUEUES.with(|q| {
             if let Some(queue) = q.borrow_mut().get_mut(account) {
                 queue.ops.retain(|op| !matches!(op, Op::ReturnLease { lease } if leases.contains(lease)));

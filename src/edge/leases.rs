@@ -11,10 +11,10 @@ use crate::core::account::{AccountPolicy, Cost, KeyPolicy, RateView};
 use crate::core::isolate_lease::{Demand, Grant, Held, Want};
 use crate::core::ledger::MicroUsd;
 use crate::core::protocol::{AccountOp, AccountReply, Leased};
+use crate::core::sorted::SortedMap;
 use crate::core::time::UnixMillis;
 use crate::edge::{account_do, hold, platform};
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::rc::Rc;
 use worker::{Context, Env};
 
@@ -47,7 +47,7 @@ struct Lent {
 }
 
 thread_local! {
-    static SLOTS: RefCell<HashMap<String, Slot>> = RefCell::new(HashMap::new());
+    static SLOTS: RefCell<SortedMap<String, Slot>> = RefCell::new(SortedMap::new());
 }
 
 fn slot_name(account: &str, key_id: &str) -> String {
