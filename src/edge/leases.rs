@@ -25,6 +25,9 @@ const FLOOR_CALLS: u32 = 4;
 const REFUSED_BACKOFF_MS: u64 = 250;
 /// A lease asked for and not answered within this is asked for again.
 const ASK_TIMEOUT_MS: u64 = 2_000;
+/// The most accounts and keys an isolate keeps a slot for: past it, the slots without a
+/// lease are dropped (a key's demand is then learnt again from its next calls).
+const MAX_SLOTS: usize = 10_000;
 
 /// One account and key, as this isolate leases it.
 #[derive(Default)]
@@ -87,6 +90,10 @@ pub fn admit(
     };
     SLOTS.with(|slots| {
         let mut slots = slots.borrow_mut();
+        if slots.len() >= MAX_SLOTS {
+            // the keys this isolate saw once and holds no lease for go first
+            slots.retain(|_, slot| slot.held.is_some());
+        }
         let slot = slots.entry(slot_name(account, &key.key_id)).or_default();
         slot.demand.call(now);
         slot.per_call = full.max(MicroUsd(slot.per_call.0 / 2));
