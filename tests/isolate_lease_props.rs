@@ -29,7 +29,7 @@
 
 use hf_gate::core::account::{AccountPolicy, AccountState, Admission, AdmitRequest, Cost, Denial, KeyPolicy};
 use hf_gate::core::edits::AccountEdit;
-use hf_gate::core::isolate_lease::{Grant, Held, Want, QUARANTINE_MS, SKEW_MS};
+use hf_gate::core::isolate_lease::{Grant, Held, Want, LAPSED_RECORD_MS, QUARANTINE_MS, SKEW_MS};
 use hf_gate::core::keys::RateLimit;
 use hf_gate::core::ledger::{Budget, Hold, MicroUsd, OnExhausted};
 use hf_gate::core::protocol::{AccountOp, AccountReply, Leased};
@@ -131,7 +131,11 @@ struct Lent {
     /// When it ends for the object.
     ends_at: UnixMillis,
     returned: bool,
+    /// Its credit is back and its unheard calls are lost (past its quarantine).
     forgotten: bool,
+    /// The object no longer keeps its record: at its quarantine's end when it was returned,
+    /// `LAPSED_RECORD_MS` after its end when it lapsed.
+    dropped: bool,
 }
 
 #[derive(Default)]
@@ -442,8 +446,13 @@ impl World {
         if nothing_lapsed {
             self.tables.apply(store::all_rows(&self.st).into_iter().take(1).collect());
         }
+        for lent in self.leases.values_mut().filter(|l| l.forgotten && !l.dropped) {
+            let keep = if lent.returned { QUARANTINE_MS } else { LAPSED_RECORD_MS };
+            lent.dropped = lent.ends_at.saturating_add_ms(keep) <= now;
+        }
         for (id, lent) in self.leases.iter_mut().filter(|(_, l)| !l.forgotten) {
             if lent.ends_at.saturating_add_ms(QUARANTINE_MS) <= now {
+                lent.dropped = lent.returned || lent.ends_at.saturating_add_ms(LAPSED_RECORD_MS) <= now;
                 lent.forgotten = true;
                 lent.left = None;
                 for call in self.calls.values_mut().filter(|c| c.lease == Some(*id) && c.known == Known::Unheard) {
@@ -488,7 +497,7 @@ impl World {
                 self.release(*reservation);
             }
             AccountOp::ReturnLease { lease } => {
-                if let Some(l) = self.leases.get_mut(lease).filter(|l| !l.forgotten && !l.returned) {
+                if let Some(l) = self.leases.get_mut(lease).filter(|l| !l.dropped && !l.returned) {
                     l.returned = true;
                     l.left = None;
                 }
@@ -747,6 +756,7 @@ impl World {
                 ends_at,
                 returned: false,
                 forgotten: false,
+                dropped: false,
             };
             assert!(self.leases.insert(g.id, lent).is_none(), "lease id {} granted twice", g.id);
         }
@@ -898,9 +908,9 @@ impl World {
         assert!(self.tables.load() == self.st, "the rows do not load back into the object's state");
         // the object's leases and holds are the model's
         let ledger = &self.st.ledger;
-        let live: Vec<u64> = self.leases.iter().filter(|(_, l)| !l.forgotten).map(|(id, _)| *id).collect();
+        let live: Vec<u64> = self.leases.iter().filter(|(_, l)| !l.dropped).map(|(id, _)| *id).collect();
         assert_eq!(self.st.grants.keys().copied().collect::<Vec<_>>(), live, "leases the object records");
-        for (id, l) in self.leases.iter().filter(|(_, l)| !l.forgotten) {
+        for (id, l) in self.leases.iter().filter(|(_, l)| !l.dropped) {
             assert_eq!(ledger.lease_credit(*id).map(|c| c.0), l.left, "lease {id}'s credit");
             assert_eq!(self.st.grants[id].returned, l.returned);
         }
@@ -1218,4 +1228,28 @@ fn a_settle_sent_twice_after_its_lease_is_forgotten_counts_once() {
     store::run(&mut st, settle, later.saturating_add_ms(250));
     assert_eq!(st.ledger.spent(later).used, MicroUsd(800), "charged once");
     assert_eq!(st.ledger.reserved(), MicroUsd::ZERO);
+}
+
+/// A call's report can be lost for good (every try of its batch failed) while its isolate
+/// lives on: the edge then leaves the lease to lapse and sends the call's settle standing for
+/// its report (`hold::UNREPORTED`). Coming after the lease is forgotten, that settle must
+/// still charge the call, once, even when it is sent twice.
+#[test]
+fn a_settle_standing_for_a_lost_report_charges_after_its_lease_is_forgotten() {
+    let (mut st, _, policy, key) = account_of(100_000);
+    let now = UnixMillis(NOV_22);
+    let want = Want { calls: 8, per_call: MicroUsd(1_000), ttl_ms: 1_000 };
+    let (reply, _) = store::run(&mut st, AccountOp::Acquire { key, account: policy, want }, now);
+    let AccountReply::Leased { grant: Some(grant), .. } = reply else { panic!("{reply:?}") };
+    let id = Held::new(grant, now).admit(MicroUsd(1_000), now).unwrap();
+    // the report never comes, nor the lease's return: it lapses, and its credit is given back
+    let later = now.saturating_add_ms(1_000 + SKEW_MS + QUARANTINE_MS + 1_000);
+    store::expire(&mut st, later);
+    assert_eq!(st.ledger.lease_credit(grant.id), None, "the lease's credit is back");
+    let leased = Some(Leased { lease: grant.id, key_id: key_id(0), amount: MicroUsd(1_000), report: true });
+    let settle = AccountOp::Settle { reservation: id, actual: MicroUsd(700), line: None, unmetered: false, leased };
+    store::run(&mut st, settle.clone(), later);
+    store::run(&mut st, settle, later.saturating_add_ms(250));
+    assert_eq!(st.ledger.spent(later).used, MicroUsd(700), "charged, once");
+    assert_eq!(st.ledger.reserved(), MicroUsd::ZERO, "nothing left held");
 }

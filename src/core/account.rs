@@ -607,10 +607,17 @@ impl AccountState {
             self.close_lease(id, at, calls);
         }
         // leases no report can still reach: what one never returned gives back its credit
-        let done: Vec<u64> = self.grants.iter().filter(|(_, r)| r.forget_at() <= now).map(|(id, _)| *id).collect();
-        for id in done {
+        let done: Vec<(u64, bool)> = self
+            .grants
+            .iter()
+            .filter(|(_, r)| r.forget_at() <= now)
+            .map(|(id, r)| (*id, r.drop_record_at() <= now))
+            .collect();
+        for (id, forget) in done {
             self.ledger.end_lease(id);
-            self.grants.remove(&id);
+            if forget {
+                self.grants.remove(&id);
+            }
         }
         let changed = self.ledger.expire(now);
         let mut out = Vec::with_capacity(changed.len());
@@ -634,7 +641,15 @@ impl AccountState {
 
     /// When something is next due: a hold's expiry, or a lease to forget.
     pub fn next_wake(&self) -> Option<UnixMillis> {
-        let lease = self.grants.values().map(|r| if r.closed { r.forget_at() } else { r.ends_at }).min();
+        let lease = self
+            .grants
+            .iter()
+            .map(|(id, r)| match (r.closed, self.ledger.lease_credit(*id)) {
+                (false, _) => r.ends_at,
+                (true, Some(_)) => r.forget_at(),
+                (true, None) => r.drop_record_at().max(r.forget_at()),
+            })
+            .min();
         match (self.ledger.next_expiry(), lease) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),

@@ -131,7 +131,23 @@ impl Issued {
     pub fn forget_at(&self) -> UnixMillis {
         self.ends_at.saturating_add_ms(QUARANTINE_MS)
     }
+
+    /// When the object may forget the record of a lease that lapsed unreturned: its credit
+    /// went back at `forget_at`, but a call of its whose report was lost may still settle
+    /// (standing for the report) from a live isolate, and must be heard once, not again at
+    /// each copy of its settle.
+    pub fn drop_record_at(&self) -> UnixMillis {
+        if self.returned {
+            self.forget_at()
+        } else {
+            self.ends_at.saturating_add_ms(LAPSED_RECORD_MS)
+        }
+    }
 }
+
+/// How long the record of a lease that lapsed unreturned is kept after its end: longer than
+/// any call runs.
+pub const LAPSED_RECORD_MS: u64 = 15 * 60_000;
 
 /// How many calls to lease, for how much each, from what the isolate wants and what the
 /// account has free. `None`: no lease, the isolate asks call by call.

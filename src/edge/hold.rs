@@ -218,6 +218,23 @@ struct Queue {
     /// the object hears this isolate's operations in the order they were queued, a lease's
     /// return after the reports of its calls.
     in_flight: bool,
+    /// When the queue's sender last took a batch, tried to send one, or saw it land. A
+    /// sender whose request's `wait_until` was cut off stops at an await with `sending` or
+    /// `in_flight` still set; one this quiet is taken for dead and replaced.
+    progress_at: Option<UnixMillis>,
+}
+
+/// A live sender makes progress at least every try of a send (`SEND_TIMEOUT_MS`) and its
+/// longest pause (3 s); one silent for this long was cut off.
+const SENDER_DEAD_MS: u64 = 15_000;
+
+/// Marks progress on `account`'s queue.
+fn touch(account: &str) {
+    QUEUES.with(|q| {
+        if let Some(queue) = q.borrow_mut().get_mut(account) {
+            queue.progress_at = Some(platform::now());
+        }
+    });
 }
 
 /// A call admitted on a lease is reported within this long, with whatever else the account
@@ -247,15 +264,16 @@ thread_local! {
     static QUEUES: RefCell<SortedMap<String, Queue>> = RefCell::new(SortedMap::new());
     /// Leases some of whose calls' reports could not be delivered: they are never returned
     /// (a return would free the credit of calls the object never heard of) but left to
-    /// lapse, which keeps their credit for the quarantine and counts all their calls.
+    /// lapse, which keeps their credit for the quarantine, and every later settle or release
+    /// of a call of theirs stands for its report, so it is charged even after the object
+    /// has forgotten the lease. The oldest go first past `MAX_UNREPORTED`.
     static UNREPORTED: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Removes `lease` from `leases`, saying whether it was there.
-fn take_lease(leases: &mut Vec<u64>, lease: u64) -> bool {
-    let before = leases.len();
-    leases.retain(|l| *l != lease);
-    leases.len() != before
+const MAX_UNREPORTED: usize = 1_024;
+
+fn unreported(lease: u64) -> bool {
+    UNREPORTED.with(|u| u.borrow().contains(&lease))
 }
 
 /// A sender hands over after this many round trips, so no request's `wait_until` runs on
@@ -268,10 +286,11 @@ const MAX_ROUNDS: u32 = 8;
 /// return is queued between them, which must find the call reported.
 pub fn enqueue(env: &Env, ctx: &Context, account: &str, mut op: Op) {
     if let Op::ReturnLease { lease } = &op {
-        if UNREPORTED.with(|u| take_lease(&mut u.borrow_mut(), *lease)) {
+        if unreported(*lease) {
             return;
         }
     }
+    let now = platform::now();
     let start = QUEUES.with(|q| {
         let mut q = q.borrow_mut();
         let queue = q.entry(account.to_string()).or_default();
@@ -279,12 +298,22 @@ pub fn enqueue(env: &Env, ctx: &Context, account: &str, mut op: Op) {
         if let Op::Settle { reservation, leased: Some(l), .. } | Op::Release { reservation, leased: Some(l), .. } =
             &mut op
         {
-            l.report = merge_report(&mut queue.ops, l.lease, *reservation);
+            l.report = merge_report(&mut queue.ops, l.lease, *reservation) || unreported(l.lease);
         }
-        let due = platform::now().saturating_add_ms(wait_of(&op));
+        let due = now.saturating_add_ms(wait_of(&op));
         queue.due = Some(queue.due.map_or(due, |d| d.min(due)));
         queue.ops.push(op);
-        !std::mem::replace(&mut queue.sending, true)
+        let stalled = queue.progress_at.is_some_and(|t| now.millis_since(t) >= SENDER_DEAD_MS);
+        if stalled && (queue.sending || queue.in_flight) {
+            worker::console_error!("the sender of account {account}'s settles was cut off; another takes over");
+            queue.sending = false;
+            queue.in_flight = false;
+        }
+        let start = !std::mem::replace(&mut queue.sending, true);
+        if start {
+            queue.progress_at = Some(now);
+        }
+        start
     });
     if start {
         ctx.wait_until(drain(env.clone(), account.to_string()));
@@ -339,6 +368,7 @@ fn take(account: &str, last: bool) -> Vec<Op> {
         let Some(queue) = q.get_mut(account) else { return Vec::new() };
         let ops = std::mem::take(&mut queue.ops);
         queue.due = None;
+        queue.progress_at = Some(platform::now());
         if ops.is_empty() {
             q.remove(account);
             return ops;
@@ -361,12 +391,22 @@ fn landed(account: &str, batch: &[Op], delivered: bool) {
                 queue.ops.retain(|op| !matches!(op, Op::ReturnLease { lease } if leases.contains(lease)));
             }
         });
-        UNREPORTED.with(|u| u.borrow_mut().extend(leases));
+        UNREPORTED.with(|u| {
+            let mut u = u.borrow_mut();
+            for lease in leases {
+                if !u.contains(&lease) {
+                    u.push(lease);
+                }
+            }
+            let over = u.len().saturating_sub(MAX_UNREPORTED);
+            u.drain(..over);
+        });
     }
     QUEUES.with(|q| {
         let mut q = q.borrow_mut();
         if let Some(queue) = q.get_mut(account) {
             queue.in_flight = false;
+            queue.progress_at = Some(platform::now());
             if queue.ops.is_empty() && !queue.sending {
                 q.remove(account);
             }
@@ -419,7 +459,11 @@ async fn send(env: &Env, account: &str, op: &Op) -> bool {
         if pause > 0 {
             platform::sleep_ms(pause).await;
         }
-        if account_do::call(env, account, op).await.is_ok() {
+        touch(account);
+        // a call that hangs is given up on and tried again: each operation counts once
+        let answered =
+            platform::within(SEND_TIMEOUT_MS, async { Some(account_do::call(env, account, op).await.is_ok()) });
+        if answered.await == Some(true) {
             return true;
         }
     }
@@ -427,9 +471,13 @@ async fn send(env: &Env, account: &str, op: &Op) -> bool {
     false
 }
 
-/// The pauses before each try of a batch: about four seconds in all, well inside the time a
-/// request's `wait_until` may run on.
+/// The pauses before each try of a batch: about four seconds in all, and at most 24 s with
+/// every try timing out, inside the 30 s a request's `wait_until` may run on. A sender cut off
+/// all the same is replaced (`SENDER_DEAD_MS`).
 const RETRY_PAUSES_MS: [u64; 4] = [0, 250, 1_000, 3_000];
+
+/// How long one try of a batch waits for the object's answer.
+const SEND_TIMEOUT_MS: u64 = 5_000;
 
 impl Drop for Hold {
     fn drop(&mut self) {
