@@ -31,63 +31,18 @@ use hf_gate::core::account::{AccountPolicy, AccountState, Admission, AdmitReques
 use hf_gate::core::edits::AccountEdit;
 use hf_gate::core::isolate_lease::{Grant, Held, Want, LAPSED_RECORD_MS, QUARANTINE_MS, SKEW_MS};
 use hf_gate::core::keys::RateLimit;
-use hf_gate::core::ledger::{Budget, Hold, MicroUsd, OnExhausted};
+use hf_gate::core::ledger::{Budget, MicroUsd, OnExhausted};
 use hf_gate::core::protocol::{AccountOp, AccountReply, Leased};
-use hf_gate::core::store::{self, RowWrite};
+use hf_gate::core::store;
 use hf_gate::core::time::{BillingPeriod, UnixMillis};
 use proptest::prelude::*;
+
+mod common;
+use common::Tables;
 use std::collections::{BTreeMap, VecDeque};
 
 const NOV_22: u64 = 1_795_352_400_000; // 2026-11-22T13:00:00Z
 const KEYS: usize = 2;
-
-/// The object's tables, as the Durable Object stores them.
-#[derive(Default)]
-struct Tables {
-    account: Option<String>,
-    keys: BTreeMap<String, String>,
-    holds: BTreeMap<u64, (Option<String>, Hold)>,
-    grants: BTreeMap<u64, String>,
-}
-
-impl Tables {
-    fn apply(&mut self, writes: Vec<RowWrite>) {
-        for w in writes {
-            match w {
-                RowWrite::Account(body) => self.account = Some(body),
-                RowWrite::Key { key_id, state } => {
-                    self.keys.insert(key_id, state);
-                }
-                RowWrite::Hold { id, key_id, hold } => {
-                    self.holds.insert(id, (key_id, hold));
-                }
-                RowWrite::DropHold(id) => {
-                    self.holds.remove(&id);
-                }
-                RowWrite::Grant { id, body } => {
-                    self.grants.insert(id, body);
-                }
-                RowWrite::DropGrant(id) => {
-                    self.grants.remove(&id);
-                }
-                // no call here names a spend line or a job; the log is never loaded
-                RowWrite::Log { .. } | RowWrite::DropLog { .. } => {}
-                other => panic!("an account operation wrote {other:?}"),
-            }
-        }
-    }
-
-    fn load(&self) -> AccountState {
-        let mut st = store::load(
-            self.account.as_deref().unwrap(),
-            self.keys.iter().map(|(k, v)| (k.clone(), v.clone())),
-            self.holds.iter().map(|(id, (k, h))| (*id, k.clone(), *h)),
-        )
-        .unwrap();
-        store::load_grants(&mut st, self.grants.iter().map(|(k, v)| (*k, v.clone()))).unwrap();
-        st
-    }
-}
 
 /// What the object knows of a call, as the model follows it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
