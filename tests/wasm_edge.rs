@@ -42,9 +42,9 @@ async fn a_429_becomes_a_response_with_every_retry_header() {
         timing: vec![("ledger", 3)],
         output_limit: None,
     };
-    let mut resp = response::error(&GatewayError::RateLimited { retry_after_ms: 1_500 }, &meta).unwrap();
-    assert_eq!(resp.status_code(), 429);
-    let h = resp.headers();
+    let resp = response::error(&GatewayError::RateLimited { retry_after_ms: 1_500 }, &meta).unwrap();
+    assert_eq!(resp.status(), 429);
+    let h = Headers(resp.headers());
     assert_eq!(h.get("retry-after").unwrap().as_deref(), Some("2"));
     assert_eq!(h.get("retry-after-ms").unwrap().as_deref(), Some("1500"));
     assert_eq!(h.get("x-should-retry").unwrap().as_deref(), Some("true"));
@@ -54,7 +54,8 @@ async fn a_429_becomes_a_response_with_every_retry_header() {
     assert!(h.get("access-control-expose-headers").unwrap().unwrap().contains("retry-after"));
     assert_eq!(h.get("x-request-id").unwrap().as_deref(), Some("req-1"));
     assert_eq!(h.get("server-timing").unwrap().as_deref(), Some("ledger;dur=3"));
-    let body: serde_json::Value = resp.json().await.unwrap();
+    let text = wasm_bindgen_futures::JsFuture::from(resp.text().unwrap()).await.unwrap();
+    let body: serde_json::Value = serde_json::from_str(&text.as_string().unwrap()).unwrap();
     assert_eq!(body["error"]["code"], "rate_limit_exceeded");
 }
 
@@ -101,10 +102,23 @@ fn downstream_headers_drop_cookies_and_add_the_gateways_own() {
     upstream.set("set-cookie", "tracking=1").unwrap();
     upstream.set("content-type", "text/event-stream").unwrap();
     upstream.set("access-control-allow-origin", "*").unwrap();
+    upstream.set("CF-Ray", "8a1b").unwrap();
+    upstream.set("x-inference-provider", "novita").unwrap();
     let meta = Meta { request_id: "r".into(), ..Meta::default() };
-    let out = downstream_headers(&upstream, &meta);
+    let out = downstream_headers(&upstream.0, &meta);
     assert_eq!(out.get("set-cookie").unwrap(), None);
+    assert_eq!(out.get("cf-ray").unwrap(), None);
+    assert_eq!(out.get("x-inference-provider").unwrap().as_deref(), Some("novita"));
     assert_eq!(out.get("access-control-allow-origin").unwrap(), None);
     assert_eq!(out.get("content-type").unwrap().as_deref(), Some("text/event-stream"));
     assert_eq!(out.get("x-request-id").unwrap().as_deref(), Some("r"));
+}
+
+#[wasm_bindgen_test]
+fn an_empty_body_is_no_body_so_a_204_can_be_built() {
+    let resp = response::bytes(204, Vec::new(), Headers::new()).unwrap();
+    assert_eq!(resp.status(), 204);
+    assert!(resp.body().is_none());
+    let resp = response::bytes(200, b"{}".to_vec(), Headers::new()).unwrap();
+    assert!(resp.body().is_some());
 }

@@ -29,13 +29,15 @@ use crate::core::settings::Settings;
 use crate::core::sorted::SortedMap;
 use crate::core::wire::{self, FromJson};
 use crate::edge::account_do;
+use crate::edge::incoming::Incoming;
 use crate::edge::platform::{self, OsRng};
+use crate::edge::response::Response;
 use crate::edge::response::{self, Meta};
 use crate::edge::{kv, prices, sealing, usage};
 use crate::edge::{registry_do, stats};
 use serde_json::{json, Value};
 use std::cell::RefCell;
-use worker::{Env, Headers, Method, Request, Response};
+use worker::{Env, Headers, Method};
 
 /// An admin answer: a status, a JSON body and, for one record, its version (its `ETag`).
 pub struct Answer {
@@ -69,7 +71,7 @@ thread_local! {
 
 /// Checks the admin token (constant time). No token configured: the API is off. A client
 /// that keeps guessing is throttled before its token is even compared.
-pub fn authorise(req: &Request, s: &Settings) -> Result<(), GatewayError> {
+pub fn authorise(req: &Incoming, s: &Settings) -> Result<(), GatewayError> {
     let expected = s.admin_token.as_ref().ok_or(GatewayError::AdminDisabled)?;
     let client = req.headers().get("cf-connecting-ip").ok().flatten().unwrap_or_else(|| "local".into());
     let now = platform::now();
@@ -97,7 +99,7 @@ pub fn authorise(req: &Request, s: &Settings) -> Result<(), GatewayError> {
     Err(GatewayError::InvalidApiKey)
 }
 
-async fn json_body<T: FromJson>(req: &mut Request) -> Result<T, GatewayError> {
+async fn json_body<T: FromJson>(req: &Incoming) -> Result<T, GatewayError> {
     let bytes = req.bytes().await.map_err(|_| bad("could not read the body"))?;
     if bytes.len() > 64 * 1024 {
         return Err(GatewayError::RequestTooLarge { limit_bytes: 64 * 1024 });
@@ -122,7 +124,7 @@ async fn seal_all(
 }
 
 /// The `If-Match` of an edit, if it has one.
-fn precondition(req: &Request) -> Option<IfMatch> {
+fn precondition(req: &Incoming) -> Option<IfMatch> {
     req.headers().get("if-match").ok().flatten().map(|h| IfMatch::parse(&h))
 }
 
@@ -161,8 +163,8 @@ async fn org_of(env: &Env, record: &KeyRecord) -> Result<Option<OrgRecord>, Gate
     }
 }
 
-pub async fn create_key(mut req: Request, env: &Env, s: &Settings) -> Result<Answer, GatewayError> {
-    let n: NewKey = json_body(&mut req).await?;
+pub async fn create_key(req: Incoming, env: &Env, s: &Settings) -> Result<Answer, GatewayError> {
+    let n: NewKey = json_body(&req).await?;
     let org = match &n.org {
         Some(id) => Some(kv::org(env, id).await?.ok_or_else(|| bad(format!("org {id:?} does not exist")))?),
         None => None,
@@ -220,8 +222,8 @@ pub async fn create_key(mut req: Request, env: &Env, s: &Settings) -> Result<Ans
 /// filed beside its entries, as `?limit=&cursor=` ask. An entry with none is read; a key filed
 /// before summaries and the org index existed is filed again now, so listing every key once
 /// after an upgrade completes the org index for the keys made before it.
-async fn list(req: &Request, env: &Env, prefix: &str) -> Result<Answer, GatewayError> {
-    let asked = listing::page_request(listing::query(&req.inner().url()), prefix)?;
+async fn list(req: &Incoming, env: &Env, prefix: &str) -> Result<Answer, GatewayError> {
+    let asked = listing::page_request(listing::query(req.url()), prefix)?;
     let listed = kv::page(env, prefix, asked.limit, asked.after).await?;
     let mut data = Vec::with_capacity(listed.entries.len());
     for (id, stored) in listed.entries {
@@ -240,12 +242,12 @@ async fn list(req: &Request, env: &Env, prefix: &str) -> Result<Answer, GatewayE
     Ok(Answer::list(listing::page(prefix, data, listed.more.as_deref())))
 }
 
-pub async fn list_keys(req: &Request, env: &Env) -> Result<Answer, GatewayError> {
+pub async fn list_keys(req: &Incoming, env: &Env) -> Result<Answer, GatewayError> {
     list(req, env, kv::ALL_KEYS).await
 }
 
 /// `GET /admin/orgs/{id}/keys`: the org's keys, from its index (404 for an unknown org).
-pub async fn list_org_keys(req: &Request, env: &Env, org: &str) -> Result<Answer, GatewayError> {
+pub async fn list_org_keys(req: &Incoming, env: &Env, org: &str) -> Result<Answer, GatewayError> {
     kv::org(env, org).await?.ok_or(GatewayError::NotFound)?;
     list(req, env, &kv::org_keys(org)).await
 }
@@ -274,9 +276,9 @@ pub async fn get_key(env: &Env, s: &Settings, id: &str) -> Result<Answer, Gatewa
 /// `PATCH /admin/keys/{id}`: compare-and-set in the key's ledger on the version read from KV.
 /// With `If-Match`, a version other than the current one is a 412; without, an edit that
 /// lost a race reads the winner's record and re-applies itself, a few times at most.
-pub async fn patch_key(mut req: Request, env: &Env, s: &Settings, id: &str) -> Result<Answer, GatewayError> {
+pub async fn patch_key(req: Incoming, env: &Env, s: &Settings, id: &str) -> Result<Answer, GatewayError> {
     let wanted = precondition(&req);
-    let mut p: KeyPatch = json_body(&mut req).await?;
+    let mut p: KeyPatch = json_body(&req).await?;
     let sealed = match p.provider_key.take() {
         Some(pk) => Some(seal_all(s, id, pk).await?),
         None => None,
@@ -337,8 +339,8 @@ pub async fn revoke_key(env: &Env, s: &Settings, id: &str) -> Result<Answer, Gat
     Ok(Answer::record(200, record.public_json(), record.version))
 }
 
-pub async fn create_org(mut req: Request, env: &Env, s: &Settings) -> Result<Answer, GatewayError> {
-    let n: NewOrg = json_body(&mut req).await?;
+pub async fn create_org(req: Incoming, env: &Env, s: &Settings) -> Result<Answer, GatewayError> {
+    let n: NewOrg = json_body(&req).await?;
     if !keys::valid_slug(&n.id, 64) {
         return Err(bad("id must be a slug: letters, digits, '-', '_', '.'"));
     }
@@ -369,7 +371,7 @@ pub async fn create_org(mut req: Request, env: &Env, s: &Settings) -> Result<Ans
     Ok(Answer::record(201, org.public_json(), org.version))
 }
 
-pub async fn list_orgs(req: &Request, env: &Env) -> Result<Answer, GatewayError> {
+pub async fn list_orgs(req: &Incoming, env: &Env) -> Result<Answer, GatewayError> {
     list(req, env, kv::ALL_ORGS).await
 }
 
@@ -387,9 +389,9 @@ pub async fn get_org(env: &Env, s: &Settings, id: &str) -> Result<Answer, Gatewa
 }
 
 /// `PATCH /admin/orgs/{id}`: compare-and-set in the org's ledger, as for keys.
-pub async fn patch_org(mut req: Request, env: &Env, s: &Settings, id: &str) -> Result<Answer, GatewayError> {
+pub async fn patch_org(req: Incoming, env: &Env, s: &Settings, id: &str) -> Result<Answer, GatewayError> {
     let wanted = precondition(&req);
-    let p: OrgPatch = json_body(&mut req).await?;
+    let p: OrgPatch = json_body(&req).await?;
     let mut attempt = 0;
     loop {
         kv::forget_org(id);
@@ -441,7 +443,7 @@ pub async fn patch_org(mut req: Request, env: &Env, s: &Settings, id: &str) -> R
 /// Answers an admin route (already authorised): the body with the gateway's headers and, for
 /// one record, its version as `ETag`.
 pub async fn respond(
-    req: Request,
+    req: Incoming,
     env: &Env,
     s: &Settings,
     route: &crate::core::paths::Route,
@@ -471,7 +473,7 @@ fn price_view(s: &Settings, book: Option<&crate::core::price_book::PriceBook>) -
 
 /// Dispatches an admin route (already authorised).
 async fn answer(
-    req: Request,
+    req: Incoming,
     env: &Env,
     s: &Settings,
     route: &crate::core::paths::Route,

@@ -6,13 +6,14 @@ use crate::core::cors;
 use crate::core::error::GatewayError;
 use crate::core::keys;
 use crate::core::settings::Settings;
+use crate::edge::incoming::Incoming;
 use crate::edge::kv;
-use worker::{Env, Request};
+use worker::Env;
 
 /// Resolves the request's gateway key. Malformed keys are refused without a lookup; unknown
 /// ones cost a KV read at most once per 10 s per isolate (the negative cache).
 pub async fn authenticate(
-    req: &Request,
+    req: &Incoming,
     env: &Env,
     s: &Settings,
     origin: Option<&str>,

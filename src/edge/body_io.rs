@@ -9,13 +9,14 @@
 
 use crate::core::body::{self, Edit};
 use crate::core::error::GatewayError;
+use crate::edge::incoming::Incoming;
 use crate::edge::platform;
 use futures_util::{Stream, StreamExt};
 use js_sys::Uint8Array;
 use std::cell::Cell;
 use std::pin::Pin;
 use std::task::{Context as TaskContext, Poll};
-use worker::{ByteStream, Method, Request, Response};
+use worker::{ByteStream, Method};
 
 /// Bytes of request bodies one isolate holds at once (each body counts twice: the copy read
 /// and the copy sent). Workers isolates have 128 MB.
@@ -78,7 +79,7 @@ pub struct Body {
 
 /// Reads a request body, refusing at once what declares more than `limit` and stopping a
 /// chunked one as soon as it passes it.
-pub async fn read_request(req: &mut Request, limit: u64) -> Result<Body, GatewayError> {
+pub async fn read_request(req: &Incoming, limit: u64) -> Result<Body, GatewayError> {
     if matches!(req.method(), Method::Get | Method::Head) {
         return Ok(Body { bytes: Vec::new(), permit: Permit { bytes: 0 } });
     }
@@ -94,28 +95,33 @@ pub async fn read_request(req: &mut Request, limit: u64) -> Result<Body, Gateway
         // a small declared length is what arrives (the runtime holds the framing to it): read
         // it whole, in one call, rather than chunk by chunk through a stream reader (a large
         // one is read through the reader into its room, so it is never held twice at once)
-        let bytes = whole(req.inner().array_buffer()).await.map_err(unreadable)?;
+        let bytes = whole(req.raw().array_buffer()).await.map_err(unreadable)?;
         if bytes.len() as u64 > n.min(limit) {
             return Err(too_large);
         }
         return Ok(Body { bytes, permit });
     }
-    let source = match req.stream() {
-        Ok(stream) => Source::Stream(stream),
-        Err(_) => Source::Bytes(Some(req.bytes().await.map_err(unreadable)?)),
-    };
+    let source = Source::Unread(req.raw().body());
     let cap = usize::try_from(limit).unwrap_or(usize::MAX);
     let room = usize::try_from(expect.min(limit)).unwrap_or(cap);
     match read_capped(source, cap, room).await.map_err(unreadable)? {
-        Capped::Whole(bytes) => Ok(Body { bytes, permit }),
+        Capped::Whole(bytes) | Capped::Held(bytes, _) => Ok(Body { bytes, permit }),
         Capped::Over(..) => Err(too_large),
     }
 }
 
 /// A body the runtime reads whole (`arrayBuffer()`), copied into wasm memory once.
 pub async fn whole(buffer: std::result::Result<js_sys::Promise, wasm_bindgen::JsValue>) -> worker::Result<Vec<u8>> {
-    let buffer = wasm_bindgen_futures::JsFuture::from(buffer?).await?;
-    Ok(Uint8Array::new(&buffer).to_vec())
+    Ok(held(buffer).await?.0)
+}
+
+/// A body the runtime reads whole, copied into wasm memory, with the runtime's own copy
+/// kept to answer with.
+pub async fn held(
+    buffer: std::result::Result<js_sys::Promise, wasm_bindgen::JsValue>,
+) -> worker::Result<(Vec<u8>, Uint8Array)> {
+    let buffer = Uint8Array::new(&wasm_bindgen_futures::JsFuture::from(buffer?).await?);
+    Ok((buffer.to_vec(), buffer))
 }
 
 /// The body for upstream, built straight into the runtime's memory: the original bytes with
@@ -140,6 +146,9 @@ pub fn upstream_body(raw: &[u8], edits: &[Edit]) -> Option<Uint8Array> {
 /// A body read up to a cap: all of it, or the part read so far and the rest unread.
 pub enum Capped {
     Whole(Vec<u8>),
+    /// Read whole in one call: the bytes, and the runtime's copy to answer with (no copy
+    /// back out of wasm memory).
+    Held(Vec<u8>, Uint8Array),
     Over(Vec<u8>, Source),
 }
 
@@ -158,6 +167,8 @@ pub async fn read_capped(mut source: Source, cap: usize, room: usize) -> Result<
 /// A body as one stream, whether it arrived as a stream (fetch) or is already in memory
 /// (the sandbox).
 pub enum Source {
+    /// The runtime's stream, not read yet: passed on as it is, or read once polled.
+    Unread(Option<web_sys::ReadableStream>),
     Stream(ByteStream),
     Bytes(Option<Vec<u8>>),
     /// What was read already, then the rest.
@@ -175,7 +186,14 @@ impl Stream for Source {
     type Item = Result<Vec<u8>, worker::Error>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
+        if let Source::Unread(raw) = &mut *self {
+            *self = match raw.take() {
+                Some(raw) => Source::Stream(ByteStream::from(raw)),
+                None => Source::Bytes(None),
+            };
+        }
         match &mut *self {
+            Source::Unread(_) => Poll::Ready(None),
             Source::Stream(s) => Pin::new(s).poll_next(cx),
             Source::Bytes(b) => Poll::Ready(b.take().map(Ok)),
             Source::Prefixed(head, rest) => match head.take() {
@@ -187,9 +205,6 @@ impl Stream for Source {
 }
 
 /// An upstream response's body as one stream.
-pub async fn response_body(resp: &mut Response) -> Source {
-    match resp.stream() {
-        Ok(stream) => Source::Stream(stream),
-        Err(_) => Source::Bytes(Some(resp.bytes().await.unwrap_or_default())),
-    }
+pub fn response_body(resp: &web_sys::Response) -> Source {
+    Source::Unread(resp.body())
 }

@@ -1,10 +1,12 @@
 //! The Worker's entry points: one fetch handler, straight to the route table, and the cron
 //! trigger that keeps the price book fresh.
 
-use worker::{event, Context, Env, Request, Response, Result, ScheduleContext, ScheduledEvent};
+use worker::{event, Context, Env, Result, ScheduleContext, ScheduledEvent};
 
+/// Takes the runtime's request and answers with a runtime response: workers-rs's
+/// conversions both ways cost a metered call more than they give it (`edge::incoming`).
 #[event(fetch)]
-async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
+async fn fetch(req: web_sys::Request, env: Env, ctx: Context) -> Result<web_sys::Response> {
     crate::edge::routes::handle(req, env, ctx).await
 }
 

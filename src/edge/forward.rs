@@ -79,7 +79,7 @@ pub struct JobSubmit {
 /// own are applied) and its body.
 pub struct Answer {
     pub status: u16,
-    pub headers: Headers,
+    pub headers: web_sys::Headers,
     pub body: Body,
     pub upstream_request_id: Option<String>,
 }
@@ -220,9 +220,9 @@ impl Forward {
                 return;
             }
         };
-        let (mut resp, attempt_started) = (sent.resp, sent.attempt_started);
+        let (resp, attempt_started) = (sent.resp, sent.attempt_started);
         hold.timing(platform::now().millis_since(started), sent.retries, sent.waited_ms);
-        let status = resp.status_code();
+        let status = resp.status();
         let upstream_request_id =
             resp.headers().get("x-request-id").ok().flatten().filter(|v| headers::safe_value(v, 128));
         if let Some(id) = &upstream_request_id {
@@ -241,12 +241,12 @@ impl Forward {
         } else {
             hold.outcome(status, None);
         }
-        let up_headers = resp.headers().clone();
+        let up_headers = resp.headers();
         if !(200..300).contains(&status) {
             // upstream refused the call (bad model, bad input): nothing was served, nothing is
             // owed; the hold is released as it goes, and the answer passed on as it comes
             drop(hold);
-            let source = body_io::response_body(&mut resp).await;
+            let source = body_io::response_body(&resp);
             answering.answer(Ok(Answer { status, headers: up_headers, body: Body::Pass(source), upstream_request_id }));
             return;
         }
@@ -270,7 +270,7 @@ impl Forward {
             answering.answer(body.map(|body| Answer { status, headers: up_headers, body, upstream_request_id }));
             return;
         }
-        let source = body_io::response_body(&mut resp).await;
+        let source = body_io::response_body(&resp);
         let sse = tokens.filter(|_| is_sse);
         let (body, pump) = meter::stream(source, hold, pricing, sse, attempt_started, limits);
         answering.answer(Ok(Answer { status, headers: up_headers, body, upstream_request_id }));
@@ -307,7 +307,7 @@ const MAX_SUBMIT_ANSWER: usize = 1024 * 1024;
 /// finds it), and the call is settled at its one price.
 async fn submitted(
     env: &Env,
-    mut resp: worker::Response,
+    resp: web_sys::Response,
     hold: Hold,
     pricing: CallPricing,
     job: JobSubmit,
@@ -315,7 +315,7 @@ async fn submitted(
 ) -> Result<Body, GatewayError> {
     let (cost, tokens) = pricing.charge(None, 0, 0);
     hold.settle(cost, tokens);
-    let source = body_io::response_body(&mut resp).await;
+    let source = body_io::response_body(&resp);
     let read = body_io::read_capped(source, MAX_SUBMIT_ANSWER, 4 * 1024);
     let bytes = match answering.race(read).await {
         Some(Ok(body_io::Capped::Whole(bytes))) => bytes,

@@ -59,6 +59,8 @@ pub struct Limits {
 pub enum Body {
     /// Read whole.
     Bytes(Vec<u8>),
+    /// Read whole, in the runtime's memory.
+    Held(js_sys::Uint8Array),
     /// Passed through as it comes (a refusal, or an answer too large to hold).
     Pass(Source),
     /// Pumped by the call's task.
@@ -67,11 +69,16 @@ pub enum Body {
 
 impl Body {
     /// The caller's response.
-    pub fn respond(self, status: u16, headers: Headers) -> Result<Response, GatewayError> {
+    pub fn respond(self, status: u16, headers: Headers) -> Result<web_sys::Response, GatewayError> {
+        use crate::edge::response;
         let built = match self {
-            Body::Bytes(bytes) => crate::edge::response::bytes(status, bytes, headers),
-            Body::Pass(source) => Response::from_stream(source).map(|r| r.with_status(status).with_headers(headers)),
-            Body::Pipe(end) => Response::from_stream(end).map(|r| r.with_status(status).with_headers(headers)),
+            Body::Bytes(bytes) => response::bytes(status, bytes, headers),
+            Body::Held(bytes) => response::held(status, &bytes, &headers),
+            Body::Pass(Source::Unread(Some(raw))) => response::of_stream(status, &raw, &headers),
+            Body::Pass(source) => {
+                Response::from_stream(source).map(|r| r.with_status(status).with_headers(headers).into())
+            }
+            Body::Pipe(end) => Response::from_stream(end).map(|r| r.with_status(status).with_headers(headers).into()),
         };
         built.map_err(|_| GatewayError::UpstreamError("unreadable response".into()))
     }
@@ -103,13 +110,12 @@ pub async fn renewing<F: Future>(hold: &Hold, limits: &Limits, ends_by: UnixMill
 
 /// Reads a whole (non-streamed) answer: in one call when its declared length is small, else
 /// through a reader into its room, up to the most held for its usage.
-pub async fn read_whole(mut resp: Response) -> Result<Capped, worker::Error> {
+pub async fn read_whole(resp: web_sys::Response) -> Result<Capped, worker::Error> {
     let declared = resp.headers().get("content-length").ok().flatten().and_then(|v| v.trim().parse::<usize>().ok());
     if declared.is_some_and(|n| n <= READ_WHOLE_RESPONSE) {
-        let runtime: web_sys::Response = resp.into();
-        return crate::edge::body_io::whole(runtime.array_buffer()).await.map(Capped::Whole);
+        return crate::edge::body_io::held(resp.array_buffer()).await.map(|(bytes, js)| Capped::Held(bytes, js));
     }
-    let source = crate::edge::body_io::response_body(&mut resp).await;
+    let source = crate::edge::body_io::response_body(&resp);
     read_capped(source, MAX_BUFFERED_RESPONSE, 64 * 1024).await
 }
 
@@ -124,17 +130,12 @@ pub fn whole(
     let elapsed = platform::now().millis_since(started);
     match read {
         Some(Ok(Capped::Whole(bytes))) => {
-            match crate::core::body::usage_of_body(&bytes) {
-                Some(usage) => {
-                    let (cost, tokens) = pricing.charge(Some(usage), 0, elapsed);
-                    hold.settle(cost, tokens);
-                }
-                None => {
-                    let (bound, tokens) = pricing.bound(elapsed);
-                    hold.unmetered(bound, tokens);
-                }
-            }
+            settle_on(&bytes, hold, pricing, elapsed);
             Ok(Body::Bytes(bytes))
+        }
+        Some(Ok(Capped::Held(bytes, held))) => {
+            settle_on(&bytes, hold, pricing, elapsed);
+            Ok(Body::Held(held))
         }
         // too large to hold for its usage: passed through as it comes, charged in full
         Some(Ok(Capped::Over(head, rest))) => {
@@ -147,6 +148,20 @@ pub fn whole(
             let (bound, tokens) = pricing.bound(elapsed);
             hold.unmetered(bound, tokens);
             Err(GatewayError::UpstreamError("upstream body could not be read".into()))
+        }
+    }
+}
+
+/// Settles a whole answer on the usage it reports, or in full when it reports none.
+fn settle_on(bytes: &[u8], hold: Hold, pricing: CallPricing, elapsed: u64) {
+    match crate::core::body::usage_of_body(bytes) {
+        Some(usage) => {
+            let (cost, tokens) = pricing.charge(Some(usage), 0, elapsed);
+            hold.settle(cost, tokens);
+        }
+        None => {
+            let (bound, tokens) = pricing.bound(elapsed);
+            hold.unmetered(bound, tokens);
         }
     }
 }
@@ -422,7 +437,7 @@ fn settle(
 }
 
 /// A response passed through as it comes (a job poll, or upstream refused the call).
-pub async fn pass_through(mut resp: Response, status: u16, headers: Headers) -> Result<Response, GatewayError> {
-    let body = crate::edge::body_io::response_body(&mut resp).await;
-    Body::Pass(body).respond(status, headers)
+pub fn pass_through(resp: &web_sys::Response, headers: Headers) -> Result<web_sys::Response, GatewayError> {
+    let body = crate::edge::body_io::response_body(resp);
+    Body::Pass(body).respond(resp.status(), headers)
 }

@@ -11,6 +11,7 @@ pub mod entry;
 pub mod forward;
 pub mod health;
 pub mod hold;
+pub mod incoming;
 pub mod kv;
 pub mod leases;
 pub mod meter;

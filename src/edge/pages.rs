@@ -1,7 +1,7 @@
 //! The pages the worker serves itself: the playground at `/` and the admin page at `/admin`.
 
-use crate::edge::response::{self, Meta};
-use worker::{Headers, Response};
+use crate::edge::response::{self, Meta, Response};
+use worker::Headers;
 
 // pages/, as build.rs placed them: minified in a release build (scripts/pages.mjs)
 const PLAYGROUND: &str = include_str!(concat!(env!("OUT_DIR"), "/playground.html"));

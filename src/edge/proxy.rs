@@ -22,16 +22,18 @@ use crate::core::price_book::{quote, split_model, Pin};
 use crate::core::settings::Settings;
 use crate::edge::forward::{self, Forward, JobSubmit, AUTO};
 use crate::edge::hold::{Hold, Reserved};
+use crate::edge::incoming::Incoming;
 use crate::edge::response::Meta;
+use crate::edge::response::Response;
 use crate::edge::upstream::{self, Outbound, Target};
 use crate::edge::{account_do, auth, body_io, leases, meter, platform};
 use crate::edge::{cooldown_do, kv, prices};
 use futures_util::future;
 use std::rc::Rc;
-use worker::{Context, Env, Request, Response};
+use worker::{Context, Env};
 
 pub async fn handle(
-    mut req: Request,
+    req: Incoming,
     env: &Env,
     ctx: &Rc<Context>,
     s: &Rc<Settings>,
@@ -49,10 +51,7 @@ pub async fn handle(
         }
     }
     let method = req.method();
-    // the raw URL string, not `req.url()`: parsing it would pull the url crate's IDNA tables
-    // into the bundle for nothing
-    let raw_url = req.inner().url();
-    let query = raw_url.split_once('?').map(|(_, q)| q.split('#').next().unwrap_or(q).to_string());
+    let query = req.query().map(str::to_string);
     let job = match &route.endpoint {
         Some(_) => JobCall::NotAJob,
         None => jobs::classify(method.as_ref(), &route.path, query.as_deref())?,
@@ -70,7 +69,7 @@ pub async fn handle(
         _ => {}
     }
     let submit = job == JobCall::Submit;
-    let body = body_io::read_request(&mut req, s.max_body_bytes).await?;
+    let body = body_io::read_request(&req, s.max_body_bytes).await?;
     let shape = match route.metering {
         Metering::Tokens(api) => Some(body::inspect(&body.bytes, api, s.media_part_tokens)?),
         Metering::Time | Metering::Unmetered => None,
@@ -305,7 +304,7 @@ fn api_name(metering: Metering, job: bool) -> &'static str {
 /// the key that submitted it; sent to the path recorded at submit, never the client's.
 #[allow(clippy::too_many_arguments)]
 async fn poll(
-    req: &Request,
+    req: &Incoming,
     env: &Env,
     ctx: &Rc<Context>,
     s: &Settings,
@@ -334,10 +333,10 @@ async fn poll(
         GatewayError::UpstreamTimeout
     })?;
     let resp = sent.map_err(|failed| failed.error)?.resp;
-    let status = resp.status_code();
+    let status = resp.status();
     if status >= 500 {
         return Err(GatewayError::UpstreamError(format!("upstream answered {status}")));
     }
-    let out = upstream::downstream_headers(resp.headers(), meta);
-    meter::pass_through(resp, status, out).await
+    let out = upstream::downstream_headers(&resp.headers(), meta);
+    meter::pass_through(&resp, out)
 }

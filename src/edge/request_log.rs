@@ -9,9 +9,11 @@ use crate::core::error::GatewayError;
 use crate::core::keys::OrgRecord;
 use crate::core::request_log::{merge_pages, Cursor, LogQuery, Record, CSV_HEADER, MAX_PAGE};
 use crate::core::settings::Settings;
+use crate::edge::incoming::Incoming;
+use crate::edge::response::Response;
 use crate::edge::response::{self, Meta};
 use crate::edge::{account_do, platform};
-use worker::{Env, Headers, Request, Response};
+use worker::{Env, Headers};
 
 /// The most records one CSV export holds.
 const MAX_EXPORT: usize = 100_000;
@@ -61,14 +63,13 @@ async fn page(env: &Env, source: &Source, q: &LogQuery) -> Result<(Vec<String>, 
 }
 
 /// Whether the reader asked for CSV.
-pub fn wants_csv(req: &Request) -> bool {
+pub fn wants_csv(req: &Incoming) -> bool {
     req.headers().get("accept").ok().flatten().is_some_and(|a| a.to_ascii_lowercase().contains("text/csv"))
 }
 
 /// The raw query string of a request.
-pub fn query_of(req: &Request) -> Option<String> {
-    let url = req.inner().url();
-    url.split_once('?').map(|(_, q)| q.split('#').next().unwrap_or(q).to_string())
+pub fn query_of(req: &Incoming) -> Option<String> {
+    req.query().map(str::to_string)
 }
 
 /// Answers a read of the log: a JSON page, or the CSV export.

@@ -1,10 +1,17 @@
 //! Building responses: the one place a `GatewayError` becomes a response, and the headers
 //! every response carries (request id, CORS, rate limit, retry hints).
+//!
+//! Responses are the runtime's own, built with its `ResponseInit` (status and headers):
+//! workers-rs's `Response` is converted into one on the way out, through an init with five
+//! fields set one JS call at a time, and a body copied once more.
 
 use crate::core::account::RateView;
 use crate::core::cors;
 use crate::core::error::GatewayError;
-use worker::{Headers, Response, Result};
+use js_sys::Uint8Array;
+use worker::{Headers, Result};
+
+pub type Response = web_sys::Response;
 
 /// What the gateway adds to any response it sends.
 #[derive(Clone, Debug, Default)]
@@ -74,7 +81,27 @@ pub fn json(status: u16, body: &serde_json::Value, meta: &Meta) -> Result<Respon
     bytes(status, body.to_string().into_bytes(), h)
 }
 
-/// A fixed body with the given headers.
+/// A fixed body with the given headers (none at all when it is empty: a 204 may not have
+/// one).
 pub fn bytes(status: u16, body: Vec<u8>, headers: Headers) -> Result<Response> {
-    Ok(Response::from_bytes(body)?.with_status(status).with_headers(headers))
+    let body = (!body.is_empty()).then(|| Uint8Array::from(body.as_slice()));
+    Ok(Response::new_with_opt_buffer_source_and_init(body.as_ref().map(|b| b.as_ref()), &init(status, &headers))?)
+}
+
+/// Bytes in the runtime's memory, with the given headers.
+pub fn held(status: u16, body: &Uint8Array, headers: &Headers) -> Result<Response> {
+    Ok(Response::new_with_opt_buffer_source_and_init(Some(body), &init(status, headers))?)
+}
+
+/// A body the runtime holds already (a stream, or bytes read from upstream), with the given
+/// headers.
+pub fn of_stream(status: u16, body: &web_sys::ReadableStream, headers: &Headers) -> Result<Response> {
+    Ok(Response::new_with_opt_readable_stream_and_init(Some(body), &init(status, headers))?)
+}
+
+fn init(status: u16, headers: &Headers) -> web_sys::ResponseInit {
+    let init = web_sys::ResponseInit::new();
+    init.set_status(status);
+    init.set_headers(headers.as_ref());
+    init
 }

@@ -6,16 +6,18 @@ use crate::core::error::GatewayError;
 use crate::core::keys::random_id;
 use crate::core::paths::{self, Route};
 use crate::core::request_log::LogQuery;
+use crate::edge::incoming::Incoming;
 use crate::edge::platform::OsRng;
-use crate::edge::response::{self, Meta};
+use crate::edge::response::{self, Meta, Response};
 use crate::edge::{admin, auth, config, kv, pages, proxy, registry_do, request_log, usage};
 use serde_json::json;
 use std::rc::Rc;
-use worker::{Context, Env, Headers, Method, Request, Response, Result};
+use worker::{Context, Env, Headers, Method, Result};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
-pub async fn handle(req: Request, env: Env, ctx: Context) -> Result<Response> {
+pub async fn handle(req: web_sys::Request, env: Env, ctx: Context) -> Result<Response> {
+    let req = Incoming::of(req);
     // shared: a call's credit hold keeps a handle on it to give its reservation back
     let ctx = Rc::new(ctx);
     let mut meta = Meta { request_id: random_id(&mut OsRng), ..Meta::default() };
@@ -39,9 +41,9 @@ pub async fn handle(req: Request, env: Env, ctx: Context) -> Result<Response> {
 /// read it (a bad key, a throttle): the runtime closes a connection whose request body was
 /// left unread, and the caller's next request on it fails with a reset. A large body, or one
 /// of unknown length, is left: a new connection costs less than reading it.
-fn drainable(req: &Request) -> Option<web_sys::ReadableStream> {
+fn drainable(req: &Incoming) -> Option<web_sys::ReadableStream> {
     let length = req.headers().get("content-length").ok().flatten()?.parse::<u64>().ok()?;
-    (length <= DRAIN_BYTES).then(|| req.inner().body()).flatten()
+    (length <= DRAIN_BYTES).then(|| req.raw().body()).flatten()
 }
 
 const DRAIN_BYTES: u64 = 256 * 1024;
@@ -57,13 +59,13 @@ async fn drain(body: Option<web_sys::ReadableStream>) {
 
 /// The page origin a request comes from: its `Origin`, or, for a same-origin request that
 /// carries none (a browser's same-origin GET), the gateway's own origin.
-fn effective_origin(req: &Request) -> Option<String> {
+fn effective_origin(req: &Incoming) -> Option<String> {
     let h = req.headers();
     if let Some(o) = h.get("origin").ok().flatten().filter(|o| o != "null") {
         return Some(o);
     }
     let same = h.get("sec-fetch-site").ok().flatten().is_some_and(|v| v == "same-origin");
-    same.then(|| url_origin(&req.inner().url())).flatten()
+    same.then(|| url_origin(req.url())).flatten()
 }
 
 /// `scheme://host[:port]` of an absolute URL (the runtime hands requests over normalised).
@@ -74,7 +76,7 @@ fn url_origin(url: &str) -> Option<String> {
 }
 
 async fn dispatch(
-    req: Request,
+    req: Incoming,
     env: &Env,
     ctx: &Rc<Context>,
     meta: &mut Meta,
@@ -83,11 +85,10 @@ async fn dispatch(
     let s = config::settings(env)?;
     meta.cors_origin = cors::allow_origin(&s.cors, &[], origin);
     let method = req.method();
-    let path = req.path();
     if method == Method::Options {
         return preflight(&req, env, &s, meta, origin).await;
     }
-    let route = paths::route(&path)?;
+    let route = paths::route(req.path())?;
     if !route.allows(method.as_ref()) {
         return Err(GatewayError::MethodNotAllowed);
     }
@@ -153,7 +154,7 @@ fn not_built<E>(_: E) -> GatewayError {
 
 /// `OPTIONS`: approved for origins in `CORS_ORIGINS` or allowed by some browser key.
 async fn preflight(
-    req: &Request,
+    req: &Incoming,
     env: &Env,
     s: &crate::core::settings::Settings,
     meta: &mut Meta,

@@ -8,8 +8,9 @@ use crate::core::paths::{Api, Metering, ProxyRoute};
 use crate::core::sandbox;
 use crate::core::settings::Settings;
 use crate::edge::platform::{self, OsRng};
+use crate::edge::response::Response;
 use futures_util::stream;
-use worker::{Headers, Response};
+use worker::Headers;
 
 fn respond_json(status: u16, v: &serde_json::Value) -> Result<Response, GatewayError> {
     let h = Headers::new();
@@ -34,7 +35,8 @@ fn respond_sse(events: Vec<String>, delay_ms: u64) -> Result<Response, GatewayEr
         }
         Some((Ok::<Vec<u8>, worker::Error>(next.into_bytes()), (it, false)))
     });
-    Response::from_stream(chunks).map(|r| r.with_headers(h)).map_err(|_| GatewayError::UpstreamError("sandbox".into()))
+    let streamed = worker::Response::from_stream(chunks).map(|r| r.with_headers(h).into());
+    streamed.map_err(|_| GatewayError::UpstreamError("sandbox".into()))
 }
 
 /// Answers one upstream call in-process. `body` is what the gateway would send upstream.

@@ -17,7 +17,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::JsFuture;
-use worker::{AbortController, Context, Env, Headers, Method, Response};
+use worker::{AbortController, Context, Env, Headers, Method};
 
 thread_local! {
     static RETRY_BUDGET: RefCell<RetryBudget> = RefCell::new(RetryBudget::default());
@@ -103,7 +103,7 @@ pub fn credential(caller: &Caller, route: &ProxyRoute, pinned: Option<&str>) -> 
 /// gateway's own billing header for org keys.
 pub fn upstream_headers(incoming: &Headers, bill_to: Option<&str>) -> Headers {
     let tokens = headers::connection_tokens(incoming.get("connection").ok().flatten().as_deref());
-    let out = copy(incoming);
+    let out = copy(&incoming.0);
     for name in incoming.keys() {
         if !headers::forward_upstream(&name, &tokens) {
             let _ = out.delete(&name);
@@ -115,9 +115,9 @@ pub fn upstream_headers(incoming: &Headers, bill_to: Option<&str>) -> Headers {
     out
 }
 
-pub fn downstream_headers(upstream: &Headers, meta: &Meta) -> Headers {
+pub fn downstream_headers(upstream: &web_sys::Headers, meta: &Meta) -> Headers {
     let out = copy(upstream);
-    for name in upstream.keys() {
+    for name in Headers(upstream.clone()).keys() {
         if !headers::forward_downstream(&name) {
             let _ = out.delete(&name);
         }
@@ -128,8 +128,8 @@ pub fn downstream_headers(upstream: &Headers, meta: &Meta) -> Headers {
 
 /// A copy of `h` made by the runtime in one call (only names cross into wasm afterwards, to
 /// delete what must not pass, rather than every name and value in and out again).
-fn copy(h: &Headers) -> Headers {
-    web_sys::Headers::new_with_headers(&h.0).map(Headers).unwrap_or_else(|_| Headers::new())
+fn copy(h: &web_sys::Headers) -> Headers {
+    web_sys::Headers::new_with_headers(h).map(Headers).unwrap_or_else(|_| Headers::new())
 }
 
 /// One upstream call, as sent on every attempt.
@@ -149,7 +149,7 @@ pub fn note_attempt(started: UnixMillis) {
 /// An upstream answer, with how it was reached: when its attempt started, how many retries
 /// came before it and how long the gateway slept between them.
 pub struct Sent {
-    pub resp: Response,
+    pub resp: web_sys::Response,
     pub attempt_started: UnixMillis,
     pub retries: u32,
     pub waited_ms: u64,
@@ -196,7 +196,7 @@ pub async fn send_with_retries(
             return Err(NoAnswer::answered(GatewayError::UpstreamTimeout));
         }
         let resp = send_once(s, out, in_flight).await?;
-        let status = resp.status_code();
+        let status = resp.status();
         let now = platform::now();
         if status == 402 {
             health::payment_required(env, ctx, now.0);
@@ -283,7 +283,7 @@ impl InFlight {
     }
 }
 
-async fn send_once(s: &Settings, out: &Outbound<'_>, in_flight: &InFlight) -> Result<Response, NoAnswer> {
+async fn send_once(s: &Settings, out: &Outbound<'_>, in_flight: &InFlight) -> Result<web_sys::Response, NoAnswer> {
     let Outbound { target, route, query, method, headers, body } = *out;
     let (base, token, strip) = match target {
         Target::Sandbox => {
@@ -318,7 +318,7 @@ async fn send_once(s: &Settings, out: &Outbound<'_>, in_flight: &InFlight) -> Re
     let answer = fetching.await;
     in_flight.0.borrow_mut().take();
     match answer.and_then(|r| r.dyn_into::<web_sys::Response>()) {
-        Ok(resp) => Ok(resp.into()),
+        Ok(resp) => Ok(resp),
         // refused, or dropped after the request went out: asked again, for nothing
         Err(_) => Err(NoAnswer {
             error: GatewayError::UpstreamError("could not reach upstream".into()),
