@@ -115,7 +115,12 @@ impl Org {
     fn admit(&mut self, key: &str, shard: usize, cost: u64, now: UnixMillis) -> Admission {
         let req = AdmitRequest {
             key: KeyPolicy { key_id: key.into(), version: 1, revoked: false, rate: None, ceiling: None },
-            account: self.leases[shard].policy(&self.policy, self.shards, now),
+            account: self.leases[shard].policy(
+                &self.policy,
+                self.shards,
+                now,
+                self.states[shard].ledger.spent(now).used,
+            ),
             cost: Cost::Fixed { amount: MicroUsd(cost) },
             ttl_ms: TTL_MS,
             lease: None,

@@ -326,12 +326,24 @@ pub struct Lease {
     credit: Option<MicroUsd>,
     seq: u64,
     reports: u64,
+    /// The most spend the shard has reported in the period. When a period ends, the pool
+    /// counts a shard's lease less the spend it last heard of as what the shard may carry
+    /// into the next one; a late settle can lower the shard's spend below that (a lapsed
+    /// hold's charge replaced by a smaller actual cost), so the shard holds no more than its
+    /// lease less this (`admitting`).
+    reported_used: MicroUsd,
 }
 
 impl Lease {
     /// Nothing leased yet: the first call that costs anything asks the pool.
     pub fn new(now: UnixMillis) -> Lease {
-        Lease { period_start: BillingPeriod::containing(now).start, credit: Some(MicroUsd::ZERO), seq: 0, reports: 0 }
+        Lease {
+            period_start: BillingPeriod::containing(now).start,
+            credit: Some(MicroUsd::ZERO),
+            seq: 0,
+            reports: 0,
+            reported_used: MicroUsd::ZERO,
+        }
     }
 
     /// The lease as it stands at `now`. A lease is for one period: a new one starts with
@@ -350,7 +362,7 @@ impl Lease {
         self.at(now).credit
     }
 
-    /// The budget the shard's ledger admits against: its lease, a hard bound.
+    /// The budget the shard's ledger is read against: its lease, a hard bound.
     pub fn budget(&self, now: UnixMillis) -> Budget {
         match self.credit(now) {
             Some(credit) => Budget { credit, on_exhausted: OnExhausted::Block, cap: None },
@@ -358,12 +370,23 @@ impl Lease {
         }
     }
 
+    /// The budget the shard admits against when it has spent `used` this period: its lease,
+    /// less whatever a late settle took its spend below the most it reported. So its holds
+    /// never pass its lease less that spend, which is what the pool lets it carry into the
+    /// next period.
+    pub fn admitting(&self, now: UnixMillis, used: MicroUsd) -> Budget {
+        let held = self.at(now);
+        let mut budget = held.budget(now);
+        budget.credit = budget.credit.saturating_sub(held.reported_used.saturating_sub(used));
+        budget
+    }
+
     /// The policy the shard's `AccountState` admits under: the org's, with the lease for a
     /// budget and a slice of the org's rate. It keeps the org policy's version: the shard
     /// offers it on every call, so an equal version always replaces the stored copy and a new
     /// lease takes effect at once, while an org policy older than one seen is still refused.
-    pub fn policy(&self, org: &AccountPolicy, shards: u32, now: UnixMillis) -> AccountPolicy {
-        AccountPolicy { budget: self.budget(now), rate: rate_slice(org.rate, shards), ..*org }
+    pub fn policy(&self, org: &AccountPolicy, shards: u32, now: UnixMillis, used: MicroUsd) -> AccountPolicy {
+        AccountPolicy { budget: self.admitting(now, used), rate: rate_slice(org.rate, shards), ..*org }
     }
 
     /// The report of a shard whose ledger reads `usage` (its `Ledger::usage` at now: only the
@@ -372,6 +395,7 @@ impl Lease {
     pub fn report(&mut self, usage: &Usage) -> Report {
         *self = self.at(usage.period.start);
         self.reports = self.reports.saturating_add(1);
+        self.reported_used = self.reported_used.max(usage.used);
         Report {
             period_start: self.period_start,
             used: usage.used,
@@ -437,7 +461,7 @@ crate::core::wire::json_struct!(Report { period_start, used, committed, lease, s
 crate::core::wire::json_struct!(Grant { period_start, lease, seq });
 crate::core::wire::json_struct!(ShardView { leased, used, committed, seq, serial });
 crate::core::wire::json_struct!(Pool { period_start, shards });
-crate::core::wire::json_struct!(Lease { period_start, credit, seq, reports });
+crate::core::wire::json_struct!(Lease { period_start, credit, seq, reports, reported_used: default });
 
 #[cfg(test)]
 mod tests {
@@ -635,5 +659,24 @@ mod tests {
         let mut december = a.at(dec_1);
         assert!(!december.apply(november));
         assert_eq!(december.credit(dec_1), Some(MicroUsd::ZERO));
+    }
+
+    #[test]
+    fn a_late_settle_lets_a_shard_hold_no_more_than_the_pool_lets_it_carry() {
+        let mut pool = Pool::new(1, NOW).unwrap();
+        let b = block(1_000);
+        let mut lease = Lease::new(NOW);
+        ask(&mut pool, 0, &mut lease, usage(0, 0), 1_000, &b);
+        // a lapsed hold was charged 600 in full, and the pool heard so
+        pool.give_back(0, lease.report(&usage(600, 0)), &b, NOW).unwrap();
+        // then the call's late settle replaced that charge with its actual 100: the pool
+        // still counts 600 spent, and would let the shard carry at most 400 into December
+        assert_eq!(lease.admitting(NOW, MicroUsd(100)).credit, MicroUsd(500));
+        assert_eq!(lease.admitting(NOW, MicroUsd(600)).credit, MicroUsd(1_000));
+        let dec_1 = BillingPeriod::containing(NOW).end;
+        pool.roll(dec_1);
+        assert_eq!(pool.shard(0).unwrap().leased, Some(MicroUsd(400)));
+        // a new period starts from nothing reported
+        assert_eq!(lease.admitting(dec_1, MicroUsd::ZERO).credit, MicroUsd::ZERO);
     }
 }

@@ -456,11 +456,13 @@ pub fn lease_row(lease: &Lease) -> RowWrite {
     RowWrite::Lease(to_json(lease))
 }
 
-/// A shard admits against its lease: the org's policy as offered, with the lease for budget.
-pub fn on_lease(op: AccountOp, lease: &Lease, now: UnixMillis) -> AccountOp {
+/// A shard admits against its lease: the org's policy as offered, with the lease for budget
+/// (`Lease::admitting`, at the spend `st` holds now).
+pub fn on_lease(st: Option<&AccountState>, op: AccountOp, lease: &Lease, now: UnixMillis) -> AccountOp {
     match op {
         AccountOp::Admit(mut req) => {
-            req.account.budget = lease.budget(now);
+            let used = st.map_or(MicroUsd::ZERO, |st| st.ledger.spent(now).used);
+            req.account.budget = lease.admitting(now, used);
             AccountOp::Admit(req)
         }
         other => other,
@@ -808,7 +810,8 @@ mod tests {
         let mut shard = AccountState::new(NOW);
         let mut lease = Lease::new(NOW);
         // nothing leased yet: refused for credit
-        let (reply, _) = run(&mut shard, on_lease(admit("a", 10), &lease, NOW), NOW);
+        let op = on_lease(Some(&shard), admit("a", 10), &lease, NOW);
+        let (reply, _) = run(&mut shard, op, NOW);
         assert!(matches!(reply, AccountReply::Admission(Admission::Denied { .. })));
         // the pool object grants some of the org's 100, and keeps its book as a row
         let mut org = AccountState::new(NOW);
@@ -820,7 +823,8 @@ mod tests {
         assert!(g.lease.is_some_and(|l| l >= MicroUsd(10)));
         assert!(writes.iter().any(|w| matches!(w, RowWrite::Pool(_))));
         assert!(lease.apply(g));
-        let (reply, _) = run(&mut shard, on_lease(admit("a", 10), &lease, NOW), NOW);
+        let op = on_lease(Some(&shard), admit("a", 10), &lease, NOW);
+        let (reply, _) = run(&mut shard, op, NOW);
         assert!(matches!(reply, AccountReply::Admission(Admission::Admitted { .. })));
         // a give-back offers no policy: the pool keeps the org's own budget
         let back = shard_report(&shard, &mut lease, true, NOW);
@@ -1034,6 +1038,9 @@ mod tests {
             }
         }
         written.push(row::<Lease>(&wire::text(&Lease::new(NOW))));
+        // a shard's lease stored before `reported_used`: read as nothing reported
+        let old_lease = r#"{"period_start":1793491200000,"credit":0,"seq":0,"reports":0}"#;
+        assert_eq!(wire::parse::<Lease>(old_lease).unwrap(), Lease::new(NOW));
         written.push(text(&GrantRow { record: Issued::new("a", 3, 70, NOW), credit: Some(MicroUsd(4)) }));
         let mut book = crate::core::alerts::AlertBook::default();
         book.fired.push("key:a:credits:50".into());

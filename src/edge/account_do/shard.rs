@@ -27,8 +27,8 @@ impl Account {
         req.lease = None;
         let org = req.account;
         let want = req.cost.full();
-        let first =
-            self.apply(store::on_lease(AccountOp::Admit(req.clone()), &lease(platform::now()), platform::now()))?;
+        let on_lease = |op, now| store::on_lease(self.mem.borrow().as_ref(), op, &lease(now), now);
+        let first = self.apply(on_lease(AccountOp::Admit(req.clone()), platform::now()))?;
         if !matches!(first, AccountReply::Admission(Admission::Denied { denial: Denial::InsufficientQuota, .. })) {
             return Ok(first);
         }
@@ -36,7 +36,7 @@ impl Account {
             return Ok(first);
         }
         let now = platform::now();
-        self.apply(store::on_lease(AccountOp::Admit(req), &lease(now), now))
+        self.apply(on_lease(AccountOp::Admit(req), now))
     }
 
     /// Asks the pool for `want` more (or, with `give_back`, returns what is not committed);
