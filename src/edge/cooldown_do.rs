@@ -49,7 +49,7 @@ impl Cooldown {
         let current = match self.until.get() {
             Some(u) => u,
             None => {
-                let stored: Option<u64> = self.state.storage().get("until").await?;
+                let stored = objects::stored_u64(&self.state, "until").await?;
                 let u = UnixMillis(stored.unwrap_or(0));
                 self.until.set(Some(u));
                 u
@@ -58,7 +58,7 @@ impl Cooldown {
         if let CooldownOp::Extend { until } = op {
             if until > current {
                 self.until.set(Some(until));
-                self.state.storage().put("until", until.0).await?;
+                objects::store_u64(&self.state, "until", until.0).await?;
             }
         }
         Ok(self.until.get().unwrap_or(current))

@@ -16,7 +16,6 @@ use js_sys::{Array, Function, Object, Promise, Reflect};
 use std::cell::RefCell;
 use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
-use worker::kv::KvStore;
 use worker::Env;
 
 use crate::edge::config::KV_BINDING as BINDING;
@@ -32,10 +31,6 @@ pub fn org_keys(org: &str) -> String {
 thread_local! {
     static KEYS: RefCell<Cache<KeyRecord>> = RefCell::new(Cache::new());
     static ORGS: RefCell<Cache<OrgRecord>> = RefCell::new(Cache::new());
-}
-
-fn store(env: &Env) -> Result<KvStore, GatewayError> {
-    env.kv(BINDING).map_err(|_| missing())
 }
 
 fn missing() -> GatewayError {
@@ -65,7 +60,7 @@ pub async fn key_by_digest(env: &Env, digest: &str) -> Result<Option<KeyRecord>,
         return Ok(None);
     }
     stats::bump(Counter::KvKeyReads);
-    let found = get_json::<KeyRecord>(&store(env)?, &format!("k:{digest}")).await?.map(KeyRecord::bind_sealed);
+    let found = get_json::<KeyRecord>(&binding(env)?, &format!("k:{digest}")).await?.map(KeyRecord::bind_sealed);
     let entry = found.clone().map_or(Cached::Miss, Cached::Hit);
     KEYS.with(|c| c.borrow_mut().put(digest, entry, now));
     Ok(found)
@@ -77,23 +72,15 @@ pub fn forget_key(digest: &str) {
 }
 
 pub async fn key_by_id(env: &Env, id: &str) -> Result<Option<KeyRecord>, GatewayError> {
-    let kv = store(env)?;
-    let Some(digest) = kv.get(&format!("id:{id}")).text().await.map_err(unavailable)? else {
+    let kv = binding(env)?;
+    let Some(digest) = get_string(&kv, &format!("id:{id}")).await? else {
         return Ok(None);
     };
     Ok(get_json::<KeyRecord>(&kv, &format!("k:{digest}")).await?.map(KeyRecord::bind_sealed))
 }
 
 pub async fn put_key(env: &Env, record: &KeyRecord) -> Result<(), GatewayError> {
-    let kv = store(env)?;
-    let json = wire::text(record);
-    // as bytes: workers-rs sends a `put` of a string through serde-wasm-bindgen and its float
-    // formatting; the stored value is the same
-    kv.put_bytes(&format!("k:{}", record.digest), json.as_bytes())
-        .map_err(unavailable)?
-        .execute()
-        .await
-        .map_err(unavailable)?;
+    put_text(env, &format!("k:{}", record.digest), &wire::text(record), None).await?;
     forget_key(&record.digest);
     index_key(env, record).await
 }
@@ -110,9 +97,9 @@ pub async fn index_key(env: &Env, record: &KeyRecord) -> Result<(), GatewayError
     Ok(())
 }
 
-// The two calls that carry metadata (a put with a summary, a list of names and summaries) go
-// to the binding itself: through workers-rs, metadata travels as `serde_json::Value` through
-// serde-wasm-bindgen, kilobytes of bundle for what is one string here.
+// Every call goes to the binding itself, not through workers-rs's `KvStore`: its options
+// (and a put's metadata, as `serde_json::Value`) travel through serde-wasm-bindgen, kilobytes
+// of bundle for what is an object of a string or two here.
 
 /// The KV binding as the runtime gives it.
 fn binding(env: &Env) -> Result<JsValue, GatewayError> {
@@ -175,7 +162,7 @@ pub async fn org(env: &Env, id: &str) -> Result<Option<OrgRecord>, GatewayError>
         Some(Cached::Miss) => return Ok(None),
         None => {}
     }
-    let found: Option<OrgRecord> = get_json(&store(env)?, &format!("org:{id}")).await?;
+    let found: Option<OrgRecord> = get_json(&binding(env)?, &format!("org:{id}")).await?;
     let entry = found.clone().map_or(Cached::Miss, Cached::Hit);
     ORGS.with(|c| c.borrow_mut().put(id, entry, now));
     Ok(found)
@@ -194,8 +181,8 @@ pub fn forget_org(id: &str) {
 
 /// A JSON value from KV, read by `core::wire` (not the runtime's JSON.parse, which rounds
 /// large integers to doubles).
-async fn get_json<T: FromJson>(kv: &KvStore, key: &str) -> Result<Option<T>, GatewayError> {
-    match kv.get(key).text().await.map_err(unavailable)? {
+async fn get_json<T: FromJson>(kv: &JsValue, key: &str) -> Result<Option<T>, GatewayError> {
+    match get_string(kv, key).await? {
         Some(text) => {
             wire::parse(&text).map(Some).map_err(|_| GatewayError::Internal("a stored record could not be read"))
         }
@@ -205,7 +192,13 @@ async fn get_json<T: FromJson>(kv: &KvStore, key: &str) -> Result<Option<T>, Gat
 
 /// A small value of the gateway's own (the price book, the upstream's health), as text.
 pub async fn get_text(env: &Env, key: &str) -> Result<Option<String>, GatewayError> {
-    store(env)?.get(key).text().await.map_err(unavailable)
+    get_string(&binding(env)?, key).await
+}
+
+/// `kv.get(key, {type: "text"})`: the text under `key`, if there is any.
+async fn get_string(kv: &JsValue, key: &str) -> Result<Option<String>, GatewayError> {
+    let opts = options(&[("type", "text".into())]);
+    Ok(call(kv, "get", &Array::of2(&key.into(), &opts)).await?.as_string())
 }
 
 /// Writes a value of the gateway's own; with `ttl_secs`, KV forgets it after that long.

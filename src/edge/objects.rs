@@ -120,3 +120,49 @@ where
         Err(e) => Response::error(describe(&e), 503),
     }
 }
+
+// An object's few values in its key-value storage, read and written as workers-rs's
+// `Storage::get` and `put` do, less serde-wasm-bindgen (its (de)serializers, a hash table
+// and their error texts, for a string or a number).
+
+/// `storage.get(key)`, awaited: `undefined` when nothing is stored there.
+async fn stored(state: &worker::State, key: &str) -> worker::Result<JsValue> {
+    Ok(JsFuture::from(state.storage().as_raw().get(key)?).await?)
+}
+
+/// A value read back as `Storage::get` read it: none when it is `undefined` or `null`, else
+/// `read` of it, refused when that is none.
+fn stored_as<T>(v: JsValue, key: &str, read: impl FnOnce(&JsValue) -> Option<T>) -> worker::Result<Option<T>> {
+    if v.is_undefined() || v.is_null() {
+        return Ok(None);
+    }
+    read(&v).map(Some).ok_or_else(|| worker::Error::RustError(format!("stored {key}: invalid type")))
+}
+
+/// The string stored under `key`, if any.
+pub async fn stored_string(state: &worker::State, key: &str) -> worker::Result<Option<String>> {
+    stored_as(stored(state, key).await?, key, JsValue::as_string)
+}
+
+/// The whole number stored under `key`, if any (a JavaScript number, as a safe integer).
+pub async fn stored_u64(state: &worker::State, key: &str) -> worker::Result<Option<u64>> {
+    stored_as(stored(state, key).await?, key, |v| {
+        v.as_f64().filter(|n| n.fract() == 0.0 && (0.0..=MAX_SAFE as f64).contains(n)).map(|n| n as u64)
+    })
+}
+
+/// The largest integer a JavaScript number holds exactly (`Number.MAX_SAFE_INTEGER`).
+const MAX_SAFE: u64 = (1 << 53) - 1;
+
+/// `storage.put(key, value)`, awaited.
+pub async fn store(state: &worker::State, key: &str, value: JsValue) -> worker::Result<()> {
+    state.storage().put_raw(key, value).await
+}
+
+/// Stores a whole number, as a JavaScript number: refused past the safe integers.
+pub async fn store_u64(state: &worker::State, key: &str, value: u64) -> worker::Result<()> {
+    if value > MAX_SAFE {
+        return Err(worker::Error::RustError(format!("{value} can't be represented as a JavaScript number")));
+    }
+    store(state, key, JsValue::from_f64(value as f64)).await
+}

@@ -73,7 +73,7 @@ impl Registry {
     /// awaits, so no addition is lost.
     async fn prefixes(&self, add: Option<u64>) -> Result<Vec<u64>> {
         if self.known.borrow().is_none() {
-            let stored: Option<String> = self.state.storage().get("prefixes").await?;
+            let stored = objects::stored_string(&self.state, "prefixes").await?;
             let set = stored.and_then(|s| wire::parse::<Vec<u64>>(&s).ok()).unwrap_or_default();
             self.known.borrow_mut().get_or_insert_with(|| sorted_set(set));
         }
@@ -84,7 +84,7 @@ impl Registry {
                 insert_sorted(set, add).then(|| wire::text(set))
             };
             if let Some(json) = snapshot {
-                self.state.storage().put("prefixes", json).await?;
+                objects::store(&self.state, "prefixes", json.into()).await?;
             }
         }
         Ok(self.known.borrow().clone().unwrap_or_default())
@@ -93,7 +93,7 @@ impl Registry {
     /// The origin list, after adding `add`; same care as `prefixes`.
     async fn origins(&self, add: Vec<String>) -> Result<Vec<String>> {
         if self.origins.borrow().is_none() {
-            let stored: Option<String> = self.state.storage().get(ORIGINS_KEY).await?;
+            let stored = objects::stored_string(&self.state, ORIGINS_KEY).await?;
             let list = match stored {
                 Some(s) => wire::parse::<Vec<String>>(&s).map_err(|e| worker::Error::RustError(e.0))?,
                 None => self.legacy_origins().await,
@@ -111,7 +111,7 @@ impl Registry {
                 grew.then(|| wire::text(set))
             };
             if let Some(json) = snapshot {
-                self.state.storage().put(ORIGINS_KEY, json).await?;
+                objects::store(&self.state, ORIGINS_KEY, json.into()).await?;
             }
         }
         Ok(self.origins.borrow().clone().unwrap_or_default())
@@ -120,10 +120,7 @@ impl Registry {
     /// The list as KV held it before it moved here (none if unreadable: KV was only ever a
     /// copy of what keys allow, and the keys themselves are re-added on their next edit).
     async fn legacy_origins(&self) -> Vec<String> {
-        let Ok(store) = self.env.kv(crate::edge::config::KV_BINDING) else {
-            return Vec::new();
-        };
-        match store.get(LEGACY_KV_ORIGINS).text().await {
+        match crate::edge::kv::get_text(&self.env, LEGACY_KV_ORIGINS).await {
             Ok(Some(text)) => wire::parse(&text).unwrap_or_default(),
             _ => Vec::new(),
         }

@@ -132,7 +132,7 @@ impl Account {
                 st
             }
             None => {
-                let legacy: Option<String> = self.state.storage().get(LEGACY_STATE_KEY).await?;
+                let legacy = crate::edge::objects::stored_string(&self.state, LEGACY_STATE_KEY).await?;
                 match legacy {
                     Some(text) => {
                         let (_, st) = edits::decode(&text)
