@@ -11,6 +11,7 @@ pub mod call;
 pub mod call_line;
 pub mod caller;
 pub mod cors;
+pub mod decimal;
 pub mod edits;
 pub mod endpoints;
 pub mod error;

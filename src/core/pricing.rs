@@ -161,7 +161,8 @@ pub struct ComputePrice(pub u64);
 
 impl ComputePrice {
     pub fn parse(s: &str) -> Result<Self, String> {
-        let v: f64 = s.trim().parse().map_err(|_| "expected a decimal USD per second, like 0.00012".to_string())?;
+        let v = crate::core::decimal::parse(s.trim())
+            .ok_or_else(|| "expected a decimal USD per second, like 0.00012".to_string())?;
         if !v.is_finite() || !(0.0..=1000.0).contains(&v) {
             return Err("must be between 0 and 1000 USD per second".into());
         }

@@ -139,7 +139,7 @@ impl Record {
                 out.push(',');
             }
             // a cell a spreadsheet would run as a formula is prefixed, as OWASP advises
-            let f = if f.starts_with(['=', '+', '-', '@']) && f.parse::<f64>().is_err() {
+            let f = if f.starts_with(['=', '+', '-', '@']) && crate::core::decimal::parse(f).is_none() {
                 format!("'{f}")
             } else {
                 f.clone()

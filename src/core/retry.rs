@@ -52,7 +52,7 @@ fn parse_non_negative(v: &str) -> Option<f64> {
     if v.is_empty() || v.len() > 32 || !v.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
         return None;
     }
-    let n: f64 = v.parse().ok()?;
+    let n = crate::core::decimal::parse(v)?;
     n.is_finite().then_some(n)
 }
 
