@@ -399,7 +399,7 @@ impl Lease {
         Report {
             period_start: self.period_start,
             used: usage.used,
-            committed: usage.used.saturating_add(usage.reserved),
+            committed: self.committed(usage),
             lease: self.credit,
             seq: self.seq,
             serial: self.reports,
@@ -411,9 +411,17 @@ impl Lease {
     /// shard cannot commit what it is giving back, whatever the pool answers and whenever.
     pub fn give_back(&mut self, usage: &Usage) -> Report {
         *self = self.at(usage.period.start);
-        let committed = usage.used.saturating_add(usage.reserved);
+        let committed = self.committed(usage);
         self.credit = Some(self.credit.map_or(committed, |c| c.min(committed)));
         self.report(usage)
+    }
+
+    /// What of the lease the shard cannot commit again: its holds, and its spend or, if a
+    /// late settle took that below the most it reported, that most (`admitting`). The pool
+    /// hears this as the shard's committed credit, so the unused lease it counts is what the
+    /// shard can still admit.
+    fn committed(&self, usage: &Usage) -> MicroUsd {
+        self.reported_used.max(usage.used).saturating_add(usage.reserved)
     }
 
     /// Takes a grant if it is newer than the lease held; says if it did. An older one (a
@@ -678,5 +686,27 @@ mod tests {
         assert_eq!(pool.shard(0).unwrap().leased, Some(MicroUsd(400)));
         // a new period starts from nothing reported
         assert_eq!(lease.admitting(dec_1, MicroUsd::ZERO).credit, MicroUsd::ZERO);
+    }
+
+    #[test]
+    fn a_shard_whose_spend_fell_below_its_report_is_still_granted_more() {
+        let mut pool = Pool::new(1, NOW).unwrap();
+        let b = block(2_000);
+        let mut lease = Lease::new(NOW);
+        ask(&mut pool, 0, &mut lease, usage(0, 0), 1_000, &b);
+        let granted = lease.credit(NOW);
+        assert_eq!(granted, Some(MicroUsd(1_000)));
+        pool.give_back(0, lease.report(&usage(600, 0)), &b, NOW).unwrap();
+        // the late settle took its spend to 100, and 400 more are held: no room is left in
+        // its lease, and the pool must see that, or it would grant nothing for the month
+        let report = lease.report(&usage(100, 400));
+        assert_eq!(report.committed, MicroUsd(1_000));
+        let grant = pool.lease(0, report, MicroUsd(300), &b, NOW).unwrap();
+        assert!(lease.apply(grant));
+        assert!(lease.credit(NOW) > granted);
+        assert!(lease.admitting(NOW, MicroUsd(100)).credit >= MicroUsd(100 + 400 + 300));
+        // giving back keeps what it cannot commit again
+        let back = lease.give_back(&usage(100, 400));
+        assert_eq!((back.lease, back.committed), (Some(MicroUsd(1_000)), MicroUsd(1_000)));
     }
 }

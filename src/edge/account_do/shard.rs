@@ -58,9 +58,10 @@ impl Account {
             let lease = held.get_or_insert_with(|| Lease::new(now));
             store::shard_report(st, lease, give_back, now)
         };
-        if give_back {
-            self.save_lease()?;
-        }
+        // stored before the pool hears it: a give-back has lowered the lease, and every report
+        // raises the serial and the most spend reported (`Lease::admitting`), which an object
+        // evicted and loaded again must not forget
+        self.save_lease()?;
         let op = AccountOp::Lease { shard, shards, report, want, account: org };
         let grant = match objects::call::<protocol::Account>(&self.env, pool, &op).await {
             Ok(AccountReply::Grant(Some(g))) => g,
