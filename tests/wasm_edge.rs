@@ -122,3 +122,14 @@ fn an_empty_body_is_no_body_so_a_204_can_be_built() {
     let resp = response::bytes(200, b"{}".to_vec(), Headers::new()).unwrap();
     assert!(resp.body().is_some());
 }
+
+#[wasm_bindgen_test]
+fn a_status_that_has_no_body_is_answered_without_one() {
+    let bytes = js_sys::Uint8Array::from(&b"x"[..]);
+    let resp = response::held(204, Some(&bytes), &Headers::new()).unwrap();
+    assert!(resp.body().is_none());
+    // upstream's 304 to a job poll, passed on as it came
+    let resp = hf_gate::edge::meter::Body::Bytes(b"x".to_vec()).respond(304, Headers::new()).unwrap();
+    assert_eq!(resp.status(), 304);
+    assert!(resp.body().is_none());
+}

@@ -72,8 +72,10 @@ impl Body {
     pub fn respond(self, status: u16, headers: Headers) -> Result<web_sys::Response, GatewayError> {
         use crate::edge::response;
         let built = match self {
+            // the runtime builds none of these with a body (a job poll's 304, a 204)
+            _ if response::bodiless(status) => response::held(status, None, &headers),
             Body::Bytes(bytes) => response::bytes(status, bytes, headers),
-            Body::Held(bytes) => response::held(status, &bytes, &headers),
+            Body::Held(bytes) => response::held(status, Some(&bytes), &headers),
             Body::Pass(Source::Unread(Some(raw))) => response::of_stream(status, &raw, &headers),
             Body::Pass(source) => {
                 Response::from_stream(source).map(|r| r.with_status(status).with_headers(headers).into())

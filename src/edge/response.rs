@@ -85,18 +85,26 @@ pub fn json(status: u16, body: &serde_json::Value, meta: &Meta) -> Result<Respon
 /// one).
 pub fn bytes(status: u16, body: Vec<u8>, headers: Headers) -> Result<Response> {
     let body = (!body.is_empty()).then(|| Uint8Array::from(body.as_slice()));
-    Ok(Response::new_with_opt_buffer_source_and_init(body.as_ref().map(|b| b.as_ref()), &init(status, &headers))?)
+    held(status, body.as_ref(), &headers)
 }
 
-/// Bytes in the runtime's memory, with the given headers.
-pub fn held(status: u16, body: &Uint8Array, headers: &Headers) -> Result<Response> {
-    Ok(Response::new_with_opt_buffer_source_and_init(Some(body), &init(status, headers))?)
+/// Bytes in the runtime's memory, with the given headers. A status that has no body (204,
+/// 205, 304) gets none, whatever upstream sent: the runtime refuses to build it with one.
+pub fn held(status: u16, body: Option<&Uint8Array>, headers: &Headers) -> Result<Response> {
+    let body = body.filter(|b| b.length() > 0 && !bodiless(status));
+    Ok(Response::new_with_opt_buffer_source_and_init(body.map(|b| b.as_ref()), &init(status, headers))?)
 }
 
-/// A body the runtime holds already (a stream, or bytes read from upstream), with the given
-/// headers.
+/// A body the runtime holds already (a stream), with the given headers; none for a status
+/// that has no body.
 pub fn of_stream(status: u16, body: &web_sys::ReadableStream, headers: &Headers) -> Result<Response> {
-    Ok(Response::new_with_opt_readable_stream_and_init(Some(body), &init(status, headers))?)
+    let body = (!bodiless(status)).then_some(body);
+    Ok(Response::new_with_opt_readable_stream_and_init(body, &init(status, headers))?)
+}
+
+/// Whether a response with `status` may not carry a body (Fetch's "null body status").
+pub fn bodiless(status: u16) -> bool {
+    matches!(status, 101 | 204 | 205 | 304)
 }
 
 fn init(status: u16, headers: &Headers) -> web_sys::ResponseInit {
