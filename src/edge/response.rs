@@ -1,9 +1,9 @@
 //! Building responses: the one place a `GatewayError` becomes a response, and the headers
 //! every response carries (request id, CORS, rate limit, retry hints).
 //!
-//! Responses are the runtime's own, built with its `ResponseInit` (status and headers):
-//! workers-rs's `Response` is converted into one on the way out, through an init with five
-//! fields set one JS call at a time, and a body copied once more.
+//! Responses are the runtime's own, built with its `ResponseInit` (status and headers), not
+//! workers-rs's `Response`, which would be converted into one on the way out through an init
+//! of five fields set one JS call at a time, its body copied once more.
 
 use crate::core::account::RateView;
 use crate::core::cors;
