@@ -91,7 +91,7 @@ pub fn bytes(status: u16, body: Vec<u8>, headers: Headers) -> Result<Response> {
 /// Bytes in the runtime's memory, with the given headers. A status that has no body (204,
 /// 205, 304) gets none, whatever upstream sent: the runtime refuses to build it with one.
 pub fn held(status: u16, body: Option<&Uint8Array>, headers: &Headers) -> Result<Response> {
-    let body = body.filter(|b| b.length() > 0 && !bodiless(status));
+    let body = body.filter(|_| !bodiless(status));
     Ok(Response::new_with_opt_buffer_source_and_init(body.map(|b| b.as_ref()), &init(status, headers))?)
 }
 
