@@ -115,6 +115,41 @@ fn downstream_headers_drop_cookies_and_add_the_gateways_own() {
 }
 
 #[wasm_bindgen_test]
+fn header_edits_go_in_one_call_and_leave_the_original_alone() {
+    let upstream = Headers::new();
+    upstream.append("set-cookie", "a=1").unwrap();
+    upstream.append("set-cookie", "b=2").unwrap();
+    upstream.set("vary", "Accept").unwrap();
+    upstream.set("x-upstream-id", "u1").unwrap();
+    let meta = Meta { request_id: "r".into(), output_limit: Some(64), ..Meta::default() };
+    let out = downstream_headers(&upstream.0, &meta);
+    assert_eq!(out.get("set-cookie").unwrap(), None, "every cookie stays behind");
+    assert_eq!(out.get("vary").unwrap().as_deref(), Some("Accept, Origin"));
+    assert_eq!(out.get("x-upstream-id").unwrap().as_deref(), Some("u1"));
+    assert_eq!(out.get("x-hfgate-max-tokens").unwrap().as_deref(), Some("64"));
+    // a copy: upstream's own headers are as they were
+    assert_eq!(upstream.get("set-cookie").unwrap().as_deref(), Some("a=1, b=2"));
+    assert_eq!(upstream.get("x-request-id").unwrap(), None);
+    // an edit the runtime would refuse is left out, and the rest still apply
+    let h = Headers::new();
+    let odd = Meta {
+        request_id: "r\nx-injected: 1".into(),
+        cors_origin: Some("https://a.example".into()),
+        ..Meta::default()
+    };
+    odd.apply(&h);
+    assert_eq!(h.get("x-request-id").unwrap(), None);
+    assert_eq!(h.get("x-injected").unwrap(), None);
+    assert_eq!(h.get("access-control-allow-origin").unwrap().as_deref(), Some("https://a.example"));
+    let bad_name = Headers::new();
+    let mut edits = hf_gate::core::headers::Edits::default();
+    edits.set("bad name", "v");
+    edits.set("x-good", "ok");
+    hf_gate::edge::header_edits::apply(&bad_name.0, &edits);
+    assert_eq!(bad_name.get("x-good").unwrap().as_deref(), Some("ok"));
+}
+
+#[wasm_bindgen_test]
 fn an_empty_body_is_no_body_so_a_204_can_be_built() {
     let resp = response::bytes(204, Vec::new(), Headers::new()).unwrap();
     assert_eq!(resp.status(), 204);

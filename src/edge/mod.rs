@@ -9,6 +9,7 @@ pub mod config;
 pub mod cooldown_do;
 pub mod entry;
 pub mod forward;
+pub mod header_edits;
 pub mod health;
 pub mod hold;
 pub mod incoming;

@@ -8,6 +8,8 @@
 use crate::core::account::RateView;
 use crate::core::cors;
 use crate::core::error::GatewayError;
+use crate::core::headers::Edits;
+use crate::edge::header_edits;
 use js_sys::Uint8Array;
 use worker::{Headers, Result};
 
@@ -31,27 +33,34 @@ pub struct Meta {
 }
 
 impl Meta {
-    /// Adds the gateway's headers to `h`.
+    /// Adds the gateway's headers to `h`, in one call to the runtime.
     pub fn apply(&self, h: &Headers) {
-        let _ = h.set("x-request-id", &self.request_id);
+        let mut edits = Edits::default();
+        self.edits(&mut edits);
+        header_edits::apply(&h.0, &edits);
+    }
+
+    /// The gateway's headers, as edits.
+    pub fn edits(&self, e: &mut Edits) {
+        e.set("x-request-id", &self.request_id);
         if let Some(origin) = &self.cors_origin {
-            let _ = h.set("access-control-allow-origin", origin);
-            let _ = h.set("access-control-expose-headers", cors::EXPOSE_HEADERS);
+            e.set("access-control-allow-origin", origin);
+            e.set("access-control-expose-headers", cors::EXPOSE_HEADERS);
         }
-        let _ = h.append("vary", "Origin");
+        e.append("vary", "Origin");
         if let Some(r) = self.rate {
-            let _ = h.set("ratelimit-policy", &format!("\"rpm\";q={};w=60;burst={}", r.rpm, r.burst));
-            let _ = h.set("ratelimit", &format!("\"rpm\";r={};t={}", r.remaining, r.reset_ms.div_ceil(1000)));
+            e.set("ratelimit-policy", &format!("\"rpm\";q={};w=60;burst={}", r.rpm, r.burst));
+            e.set("ratelimit", &format!("\"rpm\";r={};t={}", r.remaining, r.reset_ms.div_ceil(1000)));
         }
         if !self.timing.is_empty() {
             let t: Vec<String> = self.timing.iter().map(|(name, ms)| format!("{name};dur={ms}")).collect();
-            let _ = h.set("server-timing", &t.join(", "));
+            e.set("server-timing", &t.join(", "));
         }
         if self.sandbox {
-            let _ = h.set("x-upstream", "sandbox");
+            e.set("x-upstream", "sandbox");
         }
         if let Some(n) = self.output_limit {
-            let _ = h.set("x-hfgate-max-tokens", &n.to_string());
+            e.set("x-hfgate-max-tokens", &n.to_string());
         }
     }
 }

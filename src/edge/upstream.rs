@@ -4,14 +4,14 @@
 
 use crate::core::caller::Caller;
 use crate::core::error::GatewayError;
-use crate::core::headers;
+use crate::core::headers::{self, Edits};
 use crate::core::paths::ProxyRoute;
 use crate::core::retry::{self, RetryBudget, RetryDecision};
 use crate::core::settings::{Settings, Upstream};
 use crate::core::time::UnixMillis;
 use crate::edge::platform::{self, OsRng};
 use crate::edge::response::Meta;
-use crate::edge::{cooldown_do, health, sandbox, sealing};
+use crate::edge::{cooldown_do, header_edits, health, sandbox, sealing};
 use js_sys::Uint8Array;
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -103,33 +103,29 @@ pub fn credential(caller: &Caller, route: &ProxyRoute, pinned: Option<&str>) -> 
 /// gateway's own billing header for org keys.
 pub fn upstream_headers(incoming: &Headers, bill_to: Option<&str>) -> Headers {
     let tokens = headers::connection_tokens(incoming.get("connection").ok().flatten().as_deref());
-    let out = copy(&incoming.0);
-    for name in incoming.keys() {
-        if !headers::forward_upstream(&name, &tokens) {
-            let _ = out.delete(&name);
+    let mut edits = Edits::default();
+    for name in header_edits::names(&incoming.0).lines() {
+        if !headers::forward_upstream(name, &tokens) {
+            edits.delete(name);
         }
     }
     if let Some(org) = bill_to {
-        let _ = out.set("x-hf-bill-to", org);
+        edits.set("x-hf-bill-to", org);
     }
-    out
+    Headers(header_edits::copy_with(&incoming.0, &edits))
 }
 
+/// Upstream's response headers minus cookies, framing and CORS headers (the gateway sets its
+/// own), plus the gateway's: the runtime copies them and applies the edits in one call.
 pub fn downstream_headers(upstream: &web_sys::Headers, meta: &Meta) -> Headers {
-    let out = copy(upstream);
-    for name in Headers(upstream.clone()).keys() {
-        if !headers::forward_downstream(&name) {
-            let _ = out.delete(&name);
+    let mut edits = Edits::default();
+    for name in header_edits::names(upstream).lines() {
+        if !headers::forward_downstream(name) {
+            edits.delete(name);
         }
     }
-    meta.apply(&out);
-    out
-}
-
-/// A copy of `h` made by the runtime in one call (only names cross into wasm afterwards, to
-/// delete what must not pass, rather than every name and value in and out again).
-fn copy(h: &web_sys::Headers) -> Headers {
-    web_sys::Headers::new_with_headers(h).map(Headers).unwrap_or_else(|_| Headers::new())
+    meta.edits(&mut edits);
+    Headers(header_edits::copy_with(upstream, &edits))
 }
 
 /// One upstream call, as sent on every attempt.
