@@ -106,7 +106,8 @@ impl Edits {
     }
 
     fn push(&mut self, kind: char, name: &str, value: &str) {
-        if name.contains(['\n', '\r']) || value.contains(['\n', '\r']) {
+        let breaks = |t: &str| t.bytes().any(|b| b == b'\n' || b == b'\r');
+        if breaks(name) || breaks(value) {
             return;
         }
         for part in [kind.encode_utf8(&mut [0; 4]) as &str, name, value] {
