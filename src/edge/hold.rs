@@ -342,7 +342,8 @@ fn merge_report(ops: &mut Vec<Op>, lease: u64, id: u64) -> bool {
 
 /// How long the sender waits before it looks at the queue again: zero when the queue is due
 /// and no batch is on its way; `None` when there is no queue. Looked at again at least every
-/// `REPORT_WAIT_MS`, so a report queued behind a waiting settle goes when it is due.
+/// `LOOK_AGAIN_MS`, so an operation that goes at once (a cold call's settle, a lease's return)
+/// queued while the sender waits for a report's or a settle's deadline is not kept waiting.
 fn wait_for_turn(account: &str) -> Option<u64> {
     QUEUES.with(|q| {
         let q = q.borrow();
@@ -352,9 +353,12 @@ fn wait_for_turn(account: &str) -> Option<u64> {
             (false, Some(due)) => due.millis_since(platform::now()),
             (false, None) => 0,
         };
-        Some(wait.min(REPORT_WAIT_MS))
+        Some(wait.min(LOOK_AGAIN_MS))
     })
 }
+
+/// The longest a waiting sender sleeps before it looks at its queue again.
+const LOOK_AGAIN_MS: u64 = 50;
 
 /// How often a sender looks whether the batch before it has arrived.
 const IN_FLIGHT_POLL_MS: u64 = 5;
