@@ -402,9 +402,10 @@ impl AccountState {
     /// forgotten already (its quarantine passed: an isolate that was slow, not dead) has no
     /// record to tell a replay by. A report that late is held all the same, as the call
     /// happened (a replay of it that late does not come: the edge sends it 250 ms after the
-    /// call at most, behind any batch still on its way, and retries within seconds); a settle or release that does not stand for a report is the
-    /// second copy of one already applied (its call was reported, so its hold was made
-    /// while the lease was known), and changes nothing.
+    /// call at most, behind any batch still on its way, and retries within seconds); a settle
+    /// or release that does not stand for a report is the second copy of one already applied
+    /// (its call was reported, so its hold was made while the lease was known), and changes
+    /// nothing.
     #[allow(clippy::too_many_arguments)]
     fn admit_leased(
         &mut self,

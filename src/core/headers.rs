@@ -94,23 +94,23 @@ pub struct Edits(String);
 
 impl Edits {
     pub fn delete(&mut self, name: &str) {
-        self.push('d', name, "");
+        self.push("d", name, "");
     }
 
     pub fn set(&mut self, name: &str, value: &str) {
-        self.push('s', name, value);
+        self.push("s", name, value);
     }
 
     pub fn append(&mut self, name: &str, value: &str) {
-        self.push('a', name, value);
+        self.push("a", name, value);
     }
 
-    fn push(&mut self, kind: char, name: &str, value: &str) {
+    fn push(&mut self, kind: &str, name: &str, value: &str) {
         let breaks = |t: &str| t.bytes().any(|b| b == b'\n' || b == b'\r');
         if breaks(name) || breaks(value) {
             return;
         }
-        for part in [kind.encode_utf8(&mut [0; 4]) as &str, name, value] {
+        for part in [kind, name, value] {
             self.0.push_str(part);
             self.0.push('\n');
         }
