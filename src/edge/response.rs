@@ -104,11 +104,10 @@ pub fn held(status: u16, body: Option<&Uint8Array>, headers: &Headers) -> Result
     Ok(Response::new_with_opt_buffer_source_and_init(body.map(|b| b.as_ref()), &init(status, headers))?)
 }
 
-/// A body the runtime holds already (a stream), with the given headers; none for a status
-/// that has no body.
+/// A body the runtime holds already (a stream), with the given headers. The caller answers
+/// a status that has no body with `held` instead (`meter::Body::respond`).
 pub fn of_stream(status: u16, body: &web_sys::ReadableStream, headers: &Headers) -> Result<Response> {
-    let body = (!bodiless(status)).then_some(body);
-    Ok(Response::new_with_opt_readable_stream_and_init(body, &init(status, headers))?)
+    Ok(Response::new_with_opt_readable_stream_and_init(Some(body), &init(status, headers))?)
 }
 
 /// Whether a response with `status` may not carry a body (Fetch's "null body status").
