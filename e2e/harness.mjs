@@ -65,12 +65,24 @@ class CapturingLog extends Log {
   }
 }
 
+// The runtime's output, a line per entry: a pipe's chunks split lines anywhere, so a test
+// looking for one line (a call's log line with its request id) could find it in two halves.
 function captureStdio(stdout, stderr) {
   for (const stream of [stdout, stderr]) {
     stream.setEncoding("utf8");
+    let partial = "";
+    const push = (line) => {
+      workerLogs.push(line);
+      record("log", line);
+    };
     stream.on("data", (chunk) => {
-      workerLogs.push(chunk);
-      record("log", chunk);
+      const lines = (partial + chunk).split("\n");
+      partial = lines.pop();
+      lines.forEach(push);
+    });
+    stream.on("end", () => {
+      if (partial) push(partial);
+      partial = "";
     });
   }
 }

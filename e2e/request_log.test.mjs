@@ -78,9 +78,12 @@ test("every admitted call leaves one record: settled ones with their cost, faile
     // the log's costs add up to what the ledger charged
     const u = await usage(gw, k.key);
     assert.equal(page.data.reduce((s, r) => s + r.cost_micro_usd, 0), u.credits.used_micro_usd);
-    // one structured line per call in the worker's log, with the same request ids
+    // one structured line per call in the worker's log, with the same request ids (the
+    // lines are written together, up to 50 ms after a call: the record can land first)
+    const logged = (id) => workerLogs.some((l) => l.includes('{"call":') && l.includes(`"request_id":"${id}"`));
+    await eventually(() => page.data.every((r) => logged(r.request_id)));
     for (const r of page.data) {
-      assert.ok(workerLogs.some((l) => l.includes('{"call":') && l.includes(`"request_id":"${r.request_id}"`)), r.request_id);
+      assert.ok(logged(r.request_id), r.request_id);
     }
   } finally {
     up.reset();
