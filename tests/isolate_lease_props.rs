@@ -1208,3 +1208,50 @@ fn a_settle_standing_for_a_lost_report_charges_after_its_lease_is_forgotten() {
     assert_eq!(st.ledger.spent(later).used, MicroUsd(700), "charged, once");
     assert_eq!(st.ledger.reserved(), MicroUsd::ZERO, "nothing left held");
 }
+
+/// An isolate asks for its next lease in the batch that carries the reports queued before it
+/// (`edge::hold::ask`), and returns the lease it replaces in a later batch. The object must
+/// grant and store that lease as it would one asked for in a round trip of its own after
+/// those reports: the same grant, the same state, and rows that load back into it.
+#[test]
+fn a_lease_asked_for_among_reports_is_granted_as_if_asked_alone() {
+    let now = UnixMillis(NOV_22);
+    let want = Want { calls: 4, per_call: MicroUsd(1_000), ttl_ms: 1_000 };
+    let mut worlds = Vec::new();
+    for batched in [false, true] {
+        let (mut st, mut tables, policy, key) = account_of(20_000);
+        let acquire = AccountOp::Acquire { key: key.clone(), account: policy, want };
+        let (reply, writes) = store::run(&mut st, acquire.clone(), now);
+        tables.apply(writes);
+        let AccountReply::Leased { grant: Some(first), .. } = reply else { panic!("{reply:?}") };
+        let mut held = Held::new(first, now);
+        let calls: Vec<(u64, MicroUsd)> =
+            (0..3).map(|_| (held.admit(MicroUsd(1_000), now).unwrap(), MicroUsd(1_000))).collect();
+        let report = AccountOp::Admitted { lease: first.id, key_id: key_id(0), calls, ttl_ms: 2_000 };
+        let later = now.saturating_add_ms(750);
+        let ops = if batched { vec![AccountOp::Batch(vec![report, acquire])] } else { vec![report, acquire] };
+        let mut granted = None;
+        for op in ops {
+            let (reply, writes) = store::run(&mut st, op, later);
+            tables.apply(writes);
+            let replies = match reply {
+                AccountReply::Batch(replies) => replies,
+                reply => vec![reply],
+            };
+            for reply in replies {
+                if let AccountReply::Leased { grant, .. } = reply {
+                    granted = grant;
+                }
+            }
+        }
+        let next = granted.expect("the renewal was granted");
+        assert_ne!(next.id, first.id);
+        let (_, writes) = store::run(&mut st, AccountOp::ReturnLease { lease: first.id }, later.saturating_add_ms(250));
+        tables.apply(writes);
+        assert!(tables.load() == st, "the rows do not load back into the state in memory");
+        worlds.push((next, st));
+    }
+    let (alone, batched) = (&worlds[0], &worlds[1]);
+    assert_eq!((alone.0.id, alone.0.credit, alone.0.calls), (batched.0.id, batched.0.credit, batched.0.calls));
+    assert!(alone.1 == batched.1, "a batched renewal left the account in another state");
+}

@@ -12,7 +12,7 @@
 use crate::core::call_line::{CallLine, CallLog};
 use crate::core::ledger::MicroUsd;
 use crate::core::pricing::TokenUsage;
-use crate::core::protocol::{AccountOp as Op, Leased};
+use crate::core::protocol::{AccountOp as Op, AccountReply, Leased};
 use crate::core::request_log::Record;
 use crate::core::sorted::SortedMap;
 use crate::core::time::UnixMillis;
@@ -210,6 +210,9 @@ thread_local! {
 #[derive(Default)]
 struct Queue {
     ops: Vec<Op>,
+    /// What to do with the replies of the queued operations that ask for something (a
+    /// lease): one each, in the order of those operations in `ops`.
+    asks: Vec<OnReply>,
     /// When the queue must go: the earliest of its operations' deadlines.
     due: Option<UnixMillis>,
     /// A request's `wait_until` is sending this queue.
@@ -251,12 +254,15 @@ const REPORT_WAIT_MS: u64 = 250;
 /// report, so in production this is the common case.)
 const SETTLE_WAIT_MS: u64 = 250;
 
-/// How long `op` may wait in the queue: a report, or a leased call's settle, is batched;
-/// everything else (a cold call's settle, a lease returned) goes at once.
+/// How long `op` may wait in the queue: a report, or a leased call's settle, is batched, and
+/// a lease asked for ahead of need waits a little; everything else (a cold call's settle, a
+/// lease returned at its end or after an overrun) goes at once. A replaced lease's return
+/// waits too (`return_replaced`).
 fn wait_of(op: &Op) -> u64 {
     match op {
         Op::Admitted { .. } => REPORT_WAIT_MS,
         Op::Settle { leased: Some(_), .. } | Op::Release { leased: Some(_), .. } => SETTLE_WAIT_MS,
+        Op::Acquire { .. } => ASK_WAIT_MS,
         _ => 0,
     }
 }
@@ -277,6 +283,30 @@ fn unreported(lease: u64) -> bool {
     UNREPORTED.with(|u| u.borrow().contains(&lease))
 }
 
+/// What is done with an asking operation's reply (`None` when the batch could not be
+/// delivered, or a retry left the operation out), given the time its batch was sent and the
+/// context of the request whose `wait_until` sends it: the one that asked may be over.
+pub type OnReply = Box<dyn FnOnce(Option<AccountReply>, UnixMillis, &Rc<Context>)>;
+
+/// Whether an operation's reply is wanted (`ask`): a lease asked for ahead of need.
+fn asks(op: &Op) -> bool {
+    matches!(op, Op::Acquire { .. })
+}
+
+/// A lease asked for ahead of need goes within this long, with whatever is queued (the
+/// reports of the lease's own calls, usually): in a round trip of its own it would be one
+/// more per renewal. Short, so that the lease asked for a quarter before the end of the one
+/// held arrives before that one runs out.
+const ASK_WAIT_MS: u64 = 50;
+
+/// Queues `op`, which asks for something, for `account`'s object like `enqueue`, and hands
+/// its reply to `on_reply` once its batch lands.
+pub fn ask(env: &Env, ctx: &Context, account: &str, op: Op, on_reply: OnReply) {
+    debug_assert!(asks(&op));
+    QUEUES.with(|q| q.borrow_mut().entry(account.to_string()).or_default().asks.push(on_reply));
+    enqueue(env, ctx, account, op);
+}
+
 /// A sender hands over after this many round trips, so no request's `wait_until` runs on
 /// for ever under a steady stream of settles.
 const MAX_ROUNDS: u32 = 8;
@@ -285,7 +315,19 @@ const MAX_ROUNDS: u32 = 8;
 /// settle or release of a call admitted on a lease stands for the call's report when that
 /// is still queued (it names the lease): one operation instead of two, unless the lease's
 /// return is queued between them, which must find the call reported.
-pub fn enqueue(env: &Env, ctx: &Context, account: &str, mut op: Op) {
+pub fn enqueue(env: &Env, ctx: &Context, account: &str, op: Op) {
+    let wait = wait_of(&op);
+    queue(env, ctx, account, op, wait);
+}
+
+/// Returns a lease the next one replaced. It waits for company like a report: sent at once,
+/// it would be a round trip of its own per renewal. Its credit stays held that much longer,
+/// but a lease is renewed with a quarter of its life left, so it was nearly done.
+pub fn return_replaced(env: &Env, ctx: &Context, account: &str, lease: u64) {
+    queue(env, ctx, account, Op::ReturnLease { lease }, REPORT_WAIT_MS);
+}
+
+fn queue(env: &Env, ctx: &Context, account: &str, mut op: Op, wait_ms: u64) {
     if let Op::ReturnLease { lease } = &op {
         if unreported(*lease) {
             return;
@@ -301,7 +343,7 @@ pub fn enqueue(env: &Env, ctx: &Context, account: &str, mut op: Op) {
         {
             l.report = merge_report(&mut queue.ops, l.lease, *reservation) || unreported(l.lease);
         }
-        let due = now.saturating_add_ms(wait_of(&op));
+        let due = now.saturating_add_ms(wait_ms);
         queue.due = Some(queue.due.map_or(due, |d| d.min(due)));
         queue.ops.push(op);
         let stalled = queue.progress_at.is_some_and(|t| now.millis_since(t) >= SENDER_DEAD_MS);
@@ -317,7 +359,10 @@ pub fn enqueue(env: &Env, ctx: &Context, account: &str, mut op: Op) {
         start
     });
     if start {
-        ctx.wait_until(drain(env.clone(), account.to_string()));
+        // the same request's context, owned by its sender
+        let own: &wasm_bindgen::JsValue = ctx.as_ref().as_ref();
+        let sender = Rc::new(Context::new(wasm_bindgen::JsCast::unchecked_into(own.clone())));
+        ctx.wait_until(drain(env.clone(), sender, account.to_string()));
     }
 }
 
@@ -367,22 +412,23 @@ const IN_FLIGHT_POLL_MS: u64 = 5;
 /// marked unsent in the same step, so the next operation queued starts a sender of its own
 /// (which waits for this batch): every queued operation always has a sender. An empty queue
 /// with nothing on its way is dropped.
-fn take(account: &str, last: bool) -> Vec<Op> {
+fn take(account: &str, last: bool) -> (Vec<Op>, Vec<OnReply>) {
     QUEUES.with(|q| {
         let mut q = q.borrow_mut();
-        let Some(queue) = q.get_mut(account) else { return Vec::new() };
+        let Some(queue) = q.get_mut(account) else { return (Vec::new(), Vec::new()) };
         let ops = std::mem::take(&mut queue.ops);
+        let asked = std::mem::take(&mut queue.asks);
         queue.due = None;
         queue.progress_at = Some(platform::now());
         if ops.is_empty() {
             q.remove(account);
-            return ops;
+            return (ops, asked);
         }
         queue.in_flight = true;
         if last {
             queue.sending = false;
         }
-        ops
+        (ops, asked)
     })
 }
 
@@ -412,7 +458,7 @@ fn landed(account: &str, batch: &[Op], delivered: bool) {
         if let Some(queue) = q.get_mut(account) {
             queue.in_flight = false;
             queue.progress_at = Some(platform::now());
-            if queue.ops.is_empty() && !queue.sending {
+            if queue.ops.is_empty() && queue.asks.is_empty() && !queue.sending {
                 q.remove(account);
             }
         }
@@ -428,7 +474,7 @@ fn reported_lease(op: &Op) -> Option<u64> {
     }
 }
 
-async fn drain(env: Env, account: String) {
+async fn drain(env: Env, ctx: Rc<Context>, account: String) {
     for round in 1..=MAX_ROUNDS {
         loop {
             match wait_for_turn(&account) {
@@ -437,43 +483,73 @@ async fn drain(env: Env, account: String) {
                 Some(ms) => platform::sleep_ms(ms).await,
             }
         }
-        let mut ops = take(&account, round == MAX_ROUNDS);
-        let delivered = match ops.len() {
-            0 => return,
-            1 => send(&env, &account, &ops[0]).await,
-            _ => {
-                let batch = Op::Batch(ops);
-                let delivered = send(&env, &account, &batch).await;
-                ops = match batch {
-                    Op::Batch(ops) => ops,
-                    _ => Vec::new(),
-                };
-                delivered
-            }
-        };
-        landed(&account, &ops, delivered);
+        let (mut ops, mut asked) = take(&account, round == MAX_ROUNDS);
+        if ops.is_empty() {
+            return;
+        }
+        let delivered = send(&env, &ctx, &account, &mut ops, &mut asked).await;
+        landed(&account, &ops, delivered.is_some());
+        answer(&ops, delivered, asked, &ctx);
     }
 }
 
 /// Sends a batch, and again after growing pauses while the object cannot be reached: every
-/// operation in it is idempotent (a reservation settles or is released once, a report or a
-/// return counts once), so a retry can only save a charge. If every try fails the holds
-/// expire and their cost is lost to the ledger, which the log says.
-async fn send(env: &Env, account: &str, op: &Op) -> bool {
-    for pause in RETRY_PAUSES_MS {
+/// operation in it but a lease asked for is idempotent (a reservation settles or is released
+/// once, a report or a return counts once), so a retry can only save a charge. A lease asked
+/// for is asked once: a retry leaves it out (its answer is `None`), since the object may have
+/// granted it to the try that timed out. If every try fails the holds expire and their cost
+/// is lost to the ledger, which the log says. The replies, one per operation sent, and the
+/// time their try was sent.
+async fn send(
+    env: &Env,
+    ctx: &Rc<Context>,
+    account: &str,
+    ops: &mut Vec<Op>,
+    asked: &mut Vec<OnReply>,
+) -> Option<(Vec<AccountReply>, UnixMillis)> {
+    for (i, pause) in RETRY_PAUSES_MS.into_iter().enumerate() {
         if pause > 0 {
             platform::sleep_ms(pause).await;
         }
+        if i > 0 && !asked.is_empty() {
+            ops.retain(|op| !asks(op));
+            let now = platform::now();
+            asked.drain(..).for_each(|f| f(None, now, ctx));
+        }
         touch(account);
+        let sent_at = platform::now();
+        let single = ops.len() == 1;
+        let batch = if single { ops.pop() } else { Some(Op::Batch(std::mem::take(ops))) };
+        let Some(op) = batch.filter(|op| !matches!(op, Op::Batch(ops) if ops.is_empty())) else {
+            return Some((Vec::new(), sent_at));
+        };
         // a call that hangs is given up on and tried again: each operation counts once
         let answered =
-            platform::within(SEND_TIMEOUT_MS, async { Some(account_do::call(env, account, op).await.is_ok()) });
-        if answered.await == Some(true) {
-            return true;
+            platform::within(SEND_TIMEOUT_MS, async { account_do::call(env, account, &op).await.ok() }).await;
+        match op {
+            Op::Batch(taken) if !single => *ops = taken,
+            op => ops.push(op),
+        }
+        match answered {
+            Some(AccountReply::Batch(replies)) if !single => return Some((replies, sent_at)),
+            Some(reply) => return Some((vec![reply], sent_at)),
+            None => {}
         }
     }
     worker::console_error!("settles and reports for account {account} could not be delivered; their holds will lapse");
-    false
+    None
+}
+
+/// Hands the asking operations' replies to whoever asked, in order.
+fn answer(ops: &[Op], delivered: Option<(Vec<AccountReply>, UnixMillis)>, asked: Vec<OnReply>, ctx: &Rc<Context>) {
+    if asked.is_empty() {
+        return;
+    }
+    let (replies, sent_at) = delivered.unwrap_or_else(|| (Vec::new(), platform::now()));
+    let mut replies = ops.iter().zip(replies).filter(|(op, _)| asks(op)).map(|(_, reply)| reply);
+    for on_reply in asked {
+        on_reply(replies.next(), sent_at, ctx);
+    }
 }
 
 /// The pauses before each try of a batch: about four seconds in all, and at most 24 s with

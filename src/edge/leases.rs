@@ -13,7 +13,7 @@ use crate::core::ledger::MicroUsd;
 use crate::core::protocol::{AccountOp, AccountReply, Leased};
 use crate::core::sorted::SortedMap;
 use crate::core::time::UnixMillis;
-use crate::edge::{account_do, hold, platform};
+use crate::edge::{hold, platform};
 use std::cell::RefCell;
 use std::rc::Rc;
 use worker::{Context, Env};
@@ -158,25 +158,24 @@ pub fn after_local(env: &Env, ctx: &Rc<Context>, account: &str, key: &KeyPolicy,
         lent.lease.renewing = true;
         Some(want_of(slot, lease_ms))
     });
-    if let Some(want) = want {
-        let (env, task_ctx, account, key, policy) =
-            (env.clone(), ctx.clone(), account.to_string(), key.clone(), *policy);
-        let digest = digest.to_string();
-        ctx.wait_until(async move {
-            let asked_at = platform::now();
-            let op = AccountOp::Acquire { key: key.clone(), account: policy, want };
-            let grant = match account_do::call(&env, &account, &op).await {
-                Ok(AccountReply::Leased { grant, stale }) => {
-                    if stale {
-                        crate::edge::kv::forget_key(&digest);
-                    }
-                    grant
+    let Some(want) = want else { return };
+    // asked in the queue that carries the lease's reports, so it rides their round trip
+    let op = AccountOp::Acquire { key: key.clone(), account: *policy, want };
+    let (task_env, name, key, policy) = (env.clone(), account.to_string(), key.clone(), *policy);
+    let digest = digest.to_string();
+    let on_reply: hold::OnReply = Box::new(move |reply, asked_at, sender| {
+        let grant = match reply {
+            Some(AccountReply::Leased { grant, stale }) => {
+                if stale {
+                    crate::edge::kv::forget_key(&digest);
                 }
-                _ => None,
-            };
-            install(&env, &task_ctx, &account, &key, &policy, grant, asked_at);
-        });
-    }
+                grant
+            }
+            _ => None,
+        };
+        install(&task_env, sender, &name, &key, &policy, grant, asked_at);
+    });
+    hold::ask(env, ctx, account, op, on_reply);
 }
 
 /// A call on `account` cost more than it held (upstream overshot): the account may now be
@@ -234,7 +233,7 @@ pub fn install(
         }
     });
     if let Some(old) = replaced {
-        hold::enqueue(env, ctx, account, AccountOp::ReturnLease { lease: old });
+        hold::return_replaced(env, ctx, account, old);
     }
     if let Some(grant) = grant {
         // returned at its end if nothing replaced it, so its credit is not held idle
