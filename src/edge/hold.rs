@@ -5,9 +5,11 @@
 //! runs, the call renews it, so that only a hold whose isolate died ever lapses.
 //!
 //! Settles and releases go to the account object after the response is on its way, and those
-//! that land together are coalesced: per account, one request of this isolate at a time sends
-//! (in its own `wait_until`), and whatever queued meanwhile goes in its next round trip as one
-//! batch. Other requests only queue: none of them awaits I/O that belongs to another request.
+//! that land together are coalesced: per account, one request of this isolate sends (in its
+//! own `wait_until`), one batch on its way at a time, and whatever queued meanwhile goes in its
+//! next round trip. Other requests only queue, or, with something due before that sender looks
+//! again, send it themselves: none of them awaits I/O that belongs to another request, or
+//! wakes a task of another's.
 
 use crate::core::call_line::{CallLine, CallLog};
 use crate::core::ledger::MicroUsd;
@@ -205,8 +207,8 @@ thread_local! {
     static LOG_LINES: RefCell<String> = const { RefCell::new(String::new()) };
 }
 
-/// Per account: the operations waiting to be sent and when they must go, whether a request
-/// is sending them, and whether a batch of theirs is on its way.
+/// Per account: the operations waiting to be sent and when they must go, which requests are
+/// sending them, and whether a batch of theirs is on its way.
 #[derive(Default)]
 struct Queue {
     ops: Vec<Op>,
@@ -215,15 +217,18 @@ struct Queue {
     asks: Vec<OnReply>,
     /// When the queue must go: the earliest of its operations' deadlines.
     due: Option<UnixMillis>,
-    /// A request's `wait_until` is sending this queue.
-    sending: bool,
+    /// How many requests' `wait_until`s are sending this queue: one, or more for a moment when
+    /// an operation due before the waiting sender looks went with a sender of its own.
+    senders: u32,
+    /// When a waiting sender looks at the queue next.
+    looks_at: Option<UnixMillis>,
     /// A batch is on its way to the object (or being retried): the next one waits for it, so
     /// the object hears this isolate's operations in the order they were queued, a lease's
     /// return after the reports of its calls.
     in_flight: bool,
     /// When the queue's sender last took a batch, tried to send one, or saw it land. A
-    /// sender whose request's `wait_until` was cut off stops at an await with `sending` or
-    /// `in_flight` still set; one this quiet is taken for dead and replaced.
+    /// sender whose request's `wait_until` was cut off stops at an await still counted in
+    /// `senders`, or with `in_flight` set; one this quiet is taken for dead and replaced.
     progress_at: Option<UnixMillis>,
 }
 
@@ -347,14 +352,19 @@ fn queue(env: &Env, ctx: &Context, account: &str, mut op: Op, wait_ms: u64) {
         queue.due = Some(queue.due.map_or(due, |d| d.min(due)));
         queue.ops.push(op);
         let stalled = queue.progress_at.is_some_and(|t| now.millis_since(t) >= SENDER_DEAD_MS);
-        if stalled && (queue.sending || queue.in_flight) {
+        if stalled && (queue.senders > 0 || queue.in_flight) {
             worker::console_error!("the sender of account {account}'s settles was cut off; another takes over");
-            queue.sending = false;
+            queue.senders = 0;
             queue.in_flight = false;
         }
-        let start = !std::mem::replace(&mut queue.sending, true);
+        // due before the waiting sender looks: this request sends it (beside that sender;
+        // the batch on its way, if any, is followed by its sender looking again at once)
+        let sooner = !queue.in_flight && queue.looks_at.is_some_and(|t| due < t);
+        let start = queue.senders == 0 || sooner;
         if start {
+            queue.senders += 1;
             queue.progress_at = Some(now);
+            queue.looks_at = Some(due);
         }
         start
     });
@@ -386,32 +396,38 @@ fn merge_report(ops: &mut Vec<Op>, lease: u64, id: u64) -> bool {
 }
 
 /// How long the sender waits before it looks at the queue again: zero when the queue is due
-/// and no batch is on its way; `None` when there is no queue. Looked at again at least every
-/// `LOOK_AGAIN_MS`, so an operation that goes at once (a cold call's settle, a lease's return)
-/// queued while the sender waits for a report's or a settle's deadline is not kept waiting.
+/// and no batch is on its way; `None` when there is no queue, or when this sender leaves it to
+/// another. The queue notes when it will be looked at, so that an operation due sooner (a
+/// cold call's settle, a lease's return, queued while the sender sleeps until a report's
+/// deadline) starts a sender of its own (`queue`), instead of every waiting sender waking up
+/// every few milliseconds to look.
 fn wait_for_turn(account: &str) -> Option<u64> {
     QUEUES.with(|q| {
-        let q = q.borrow();
-        let queue = q.get(account)?;
+        let mut q = q.borrow_mut();
+        let queue = q.get_mut(account)?;
+        if queue.in_flight && queue.senders > 1 {
+            // the sender of the batch on its way looks again when it lands (or, if that was
+            // its last batch, another sender still counted does): one fewer is enough
+            queue.senders -= 1;
+            return None;
+        }
         let wait = match (queue.in_flight, queue.due) {
             (true, _) => IN_FLIGHT_POLL_MS,
             (false, Some(due)) => due.millis_since(platform::now()),
             (false, None) => 0,
         };
-        Some(wait.min(LOOK_AGAIN_MS))
+        queue.looks_at = Some(platform::now().saturating_add_ms(wait));
+        Some(wait)
     })
 }
-
-/// The longest a waiting sender sleeps before it looks at its queue again.
-const LOOK_AGAIN_MS: u64 = 50;
 
 /// How often a sender looks whether the batch before it has arrived.
 const IN_FLIGHT_POLL_MS: u64 = 5;
 
-/// Takes what is queued for `account`, marking it on its way. With `last`, the queue is
-/// marked unsent in the same step, so the next operation queued starts a sender of its own
-/// (which waits for this batch): every queued operation always has a sender. An empty queue
-/// with nothing on its way is dropped.
+/// Takes what is queued for `account`, marking it on its way. With `last`, this sender stops
+/// counting in the same step, so if it was the only one the next operation queued starts a
+/// sender of its own (which waits for this batch): every queued operation always has a
+/// sender. An empty queue with nothing on its way is dropped.
 fn take(account: &str, last: bool) -> (Vec<Op>, Vec<OnReply>) {
     QUEUES.with(|q| {
         let mut q = q.borrow_mut();
@@ -426,7 +442,7 @@ fn take(account: &str, last: bool) -> (Vec<Op>, Vec<OnReply>) {
         }
         queue.in_flight = true;
         if last {
-            queue.sending = false;
+            queue.senders = queue.senders.saturating_sub(1);
         }
         (ops, asked)
     })
@@ -458,7 +474,7 @@ fn landed(account: &str, batch: &[Op], delivered: bool) {
         if let Some(queue) = q.get_mut(account) {
             queue.in_flight = false;
             queue.progress_at = Some(platform::now());
-            if queue.ops.is_empty() && queue.asks.is_empty() && !queue.sending {
+            if queue.ops.is_empty() && queue.asks.is_empty() && queue.senders == 0 {
                 q.remove(account);
             }
         }
