@@ -251,6 +251,14 @@ impl Held {
         !self.renewing && (calls_low || credit_low || time_low)
     }
 
+    /// Whether the next lease is on its way: asked for, and the answer can still come before
+    /// this one ends. One not here by then is taken for lost (its sender was cut off, its
+    /// batch undelivered), so that the key's next call asks again instead of going to the
+    /// object call by call for good.
+    pub fn renewal_pending(&self, now: UnixMillis) -> bool {
+        self.renewing && now < self.ends_at
+    }
+
     /// The throttle for a call's headers: what the object had left at grant, and the calls
     /// this lease still holds.
     pub fn rate(&self) -> RateView {
@@ -319,6 +327,8 @@ mod tests {
         assert!(lease.wants_renewal(UnixMillis(800)), "a fifth of its time left");
         lease.renewing = true;
         assert!(!lease.wants_renewal(UnixMillis(800)), "asked already");
+        assert!(lease.renewal_pending(UnixMillis(999)));
+        assert!(!lease.renewal_pending(UnixMillis(1_000)), "an answer lost: the next call asks again");
     }
 
     #[test]

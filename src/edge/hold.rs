@@ -220,8 +220,11 @@ struct Queue {
     /// How many requests' `wait_until`s are sending this queue: one, or more for a moment when
     /// an operation due before the waiting sender looks went with a sender of its own.
     senders: u32,
-    /// When a waiting sender looks at the queue next.
+    /// When a waiting sender looks at the queue next (`None`: nobody is known to).
     looks_at: Option<UnixMillis>,
+    /// The sender of the batch on its way looks at the queue again when it lands (it was not
+    /// its last).
+    flyer_stays: bool,
     /// A batch is on its way to the object (or being retried): the next one waits for it, so
     /// the object hears this isolate's operations in the order they were queued, a lease's
     /// return after the reports of its calls.
@@ -289,9 +292,16 @@ fn unreported(lease: u64) -> bool {
 }
 
 /// What is done with an asking operation's reply (`None` when the batch could not be
-/// delivered, or a retry left the operation out), given the time its batch was sent and the
-/// context of the request whose `wait_until` sends it: the one that asked may be over.
-pub type OnReply = Box<dyn FnOnce(Option<AccountReply>, UnixMillis, &Rc<Context>)>;
+/// delivered, or a retry left the operation out), given the time its batch was sent, and the
+/// context of the request whose `wait_until` sends it (the one that asked may be over) with
+/// the time since which it has carried this isolate's background work.
+pub type OnReply = Box<dyn FnOnce(Option<AccountReply>, UnixMillis, &Rc<Context>, UnixMillis)>;
+
+/// A request's `wait_until` may run 30 s past its response. Background work (a sender, a
+/// lease's end) that a context has carried for this long starts no more in it: what it
+/// would have sent waits for the next request of the account, so that no sender is cut off
+/// mid-batch by the runtime, and one context cannot carry a chain of senders and leases.
+const CONTEXT_WORK_MS: u64 = 10_000;
 
 /// Whether an operation's reply is wanted (`ask`): a lease asked for ahead of need.
 fn asks(op: &Op) -> bool {
@@ -322,17 +332,26 @@ const MAX_ROUNDS: u32 = 8;
 /// return is queued between them, which must find the call reported.
 pub fn enqueue(env: &Env, ctx: &Context, account: &str, op: Op) {
     let wait = wait_of(&op);
-    queue(env, ctx, account, op, wait);
+    queue(env, ctx, account, op, wait, platform::now());
 }
 
-/// Returns a lease the next one replaced. It waits for company like a report: sent at once,
-/// it would be a round trip of its own per renewal. Its credit stays held that much longer,
-/// but a lease is renewed with a quarter of its life left, so it was nearly done.
-pub fn return_replaced(env: &Env, ctx: &Context, account: &str, lease: u64) {
-    queue(env, ctx, account, Op::ReturnLease { lease }, REPORT_WAIT_MS);
+/// Returns a lease, from a context that has carried background work `since` then (see
+/// `CONTEXT_WORK_MS`). One the next lease `replaced` waits for company like a report: sent at
+/// once, it would be a round trip of its own per renewal, and a lease is renewed with a
+/// quarter of its calls, credit or time left, so its credit is held only that much longer.
+/// One that ended goes at once.
+pub fn return_lease(env: &Env, ctx: &Context, account: &str, lease: u64, replaced: bool, since: UnixMillis) {
+    let wait = if replaced { REPORT_WAIT_MS } else { 0 };
+    queue(env, ctx, account, Op::ReturnLease { lease }, wait, since);
 }
 
-fn queue(env: &Env, ctx: &Context, account: &str, mut op: Op, wait_ms: u64) {
+/// Whether a context that has carried this isolate's background work since `since` may
+/// start more of it (`CONTEXT_WORK_MS`).
+pub fn may_carry(since: UnixMillis) -> bool {
+    platform::now().millis_since(since) < CONTEXT_WORK_MS
+}
+
+fn queue(env: &Env, ctx: &Context, account: &str, mut op: Op, wait_ms: u64, since: UnixMillis) {
     if let Op::ReturnLease { lease } = &op {
         if unreported(*lease) {
             return;
@@ -357,10 +376,11 @@ fn queue(env: &Env, ctx: &Context, account: &str, mut op: Op, wait_ms: u64) {
             queue.senders = 0;
             queue.in_flight = false;
         }
-        // due before the waiting sender looks: this request sends it (beside that sender;
-        // the batch on its way, if any, is followed by its sender looking again at once)
-        let sooner = !queue.in_flight && queue.looks_at.is_some_and(|t| due < t);
-        let start = queue.senders == 0 || sooner;
+        // due before the waiting sender looks, or nobody is known to look (the last batch of
+        // a sender that leaves is on its way): this request sends it, beside that sender
+        let looked_at = queue.looks_at.is_none_or(|t| due.saturating_add_ms(IN_FLIGHT_POLL_MS) < t);
+        let sooner = !(queue.in_flight && queue.flyer_stays) && looked_at;
+        let start = (queue.senders == 0 || sooner) && may_carry(since);
         if start {
             queue.senders += 1;
             queue.progress_at = Some(now);
@@ -372,7 +392,7 @@ fn queue(env: &Env, ctx: &Context, account: &str, mut op: Op, wait_ms: u64) {
         // the same request's context, owned by its sender
         let own: &wasm_bindgen::JsValue = ctx.as_ref().as_ref();
         let sender = Rc::new(Context::new(wasm_bindgen::JsCast::unchecked_into(own.clone())));
-        ctx.wait_until(drain(env.clone(), sender, account.to_string()));
+        ctx.wait_until(drain(env.clone(), sender, since, account.to_string()));
     }
 }
 
@@ -405,9 +425,8 @@ fn wait_for_turn(account: &str) -> Option<u64> {
     QUEUES.with(|q| {
         let mut q = q.borrow_mut();
         let queue = q.get_mut(account)?;
-        if queue.in_flight && queue.senders > 1 {
-            // the sender of the batch on its way looks again when it lands (or, if that was
-            // its last batch, another sender still counted does): one fewer is enough
+        if queue.in_flight && queue.flyer_stays && queue.senders > 1 {
+            // the sender of the batch on its way looks again when it lands: one fewer is enough
             queue.senders -= 1;
             return None;
         }
@@ -441,8 +460,10 @@ fn take(account: &str, last: bool) -> (Vec<Op>, Vec<OnReply>) {
             return (ops, asked);
         }
         queue.in_flight = true;
+        queue.flyer_stays = !last;
         if last {
             queue.senders = queue.senders.saturating_sub(1);
+            queue.looks_at = None;
         }
         (ops, asked)
     })
@@ -490,7 +511,7 @@ fn reported_lease(op: &Op) -> Option<u64> {
     }
 }
 
-async fn drain(env: Env, ctx: Rc<Context>, account: String) {
+async fn drain(env: Env, ctx: Rc<Context>, since: UnixMillis, account: String) {
     for round in 1..=MAX_ROUNDS {
         loop {
             match wait_for_turn(&account) {
@@ -503,9 +524,9 @@ async fn drain(env: Env, ctx: Rc<Context>, account: String) {
         if ops.is_empty() {
             return;
         }
-        let delivered = send(&env, &ctx, &account, &mut ops, &mut asked).await;
+        let delivered = send(&env, &ctx, since, &account, &mut ops, &mut asked).await;
         landed(&account, &ops, delivered.is_some());
-        answer(&ops, delivered, asked, &ctx);
+        answer(&ops, delivered, asked, &ctx, since);
     }
 }
 
@@ -519,6 +540,7 @@ async fn drain(env: Env, ctx: Rc<Context>, account: String) {
 async fn send(
     env: &Env,
     ctx: &Rc<Context>,
+    since: UnixMillis,
     account: &str,
     ops: &mut Vec<Op>,
     asked: &mut Vec<OnReply>,
@@ -530,7 +552,7 @@ async fn send(
         if i > 0 && !asked.is_empty() {
             ops.retain(|op| !asks(op));
             let now = platform::now();
-            asked.drain(..).for_each(|f| f(None, now, ctx));
+            asked.drain(..).for_each(|f| f(None, now, ctx, since));
         }
         touch(account);
         let sent_at = platform::now();
@@ -547,7 +569,11 @@ async fn send(
             op => ops.push(op),
         }
         match answered {
-            Some(AccountReply::Batch(replies)) if !single => return Some((replies, sent_at)),
+            Some(AccountReply::Batch(replies)) if !single && replies.len() == ops.len() => {
+                return Some((replies, sent_at))
+            }
+            // a batch answered with one reply: delivered, but no ask learns its answer
+            Some(_) if !single => return Some((Vec::new(), sent_at)),
             Some(reply) => return Some((vec![reply], sent_at)),
             None => {}
         }
@@ -557,14 +583,20 @@ async fn send(
 }
 
 /// Hands the asking operations' replies to whoever asked, in order.
-fn answer(ops: &[Op], delivered: Option<(Vec<AccountReply>, UnixMillis)>, asked: Vec<OnReply>, ctx: &Rc<Context>) {
+fn answer(
+    ops: &[Op],
+    delivered: Option<(Vec<AccountReply>, UnixMillis)>,
+    asked: Vec<OnReply>,
+    ctx: &Rc<Context>,
+    since: UnixMillis,
+) {
     if asked.is_empty() {
         return;
     }
     let (replies, sent_at) = delivered.unwrap_or_else(|| (Vec::new(), platform::now()));
     let mut replies = ops.iter().zip(replies).filter(|(op, _)| asks(op)).map(|(_, reply)| reply);
     for on_reply in asked {
-        on_reply(replies.next(), sent_at, ctx);
+        on_reply(replies.next(), sent_at, ctx, since);
     }
 }
 

@@ -5,7 +5,8 @@
 //! ahead of need, in the background, when the one held runs low. Each call admitted on it is
 //! reported to the object as it is admitted, before it goes upstream, in the queue that
 //! carries the settles (`hold`), so the report always goes before the call's settle and
-//! before the lease's return. A lease is returned when the next one arrives, or at its end.
+//! before the lease's return. A lease is returned in the batch after the next one arrives, or
+//! at its end.
 
 use crate::core::account::{AccountPolicy, Cost, KeyPolicy, RateView};
 use crate::core::isolate_lease::{Demand, Grant, Held, Want};
@@ -120,7 +121,7 @@ pub fn admit(
         }
         let recently_refused = slot.refused_at.is_some_and(|t| now.millis_since(t) < REFUSED_BACKOFF_MS);
         let asking = slot.asking_since.is_some_and(|t| now.millis_since(t) < ASK_TIMEOUT_MS);
-        let renewing = slot.held.as_ref().is_some_and(|l| l.lease.renewing);
+        let renewing = slot.held.as_ref().is_some_and(|l| l.lease.renewal_pending(now));
         if recently_refused || asking || renewing {
             return (None, None);
         }
@@ -163,7 +164,7 @@ pub fn after_local(env: &Env, ctx: &Rc<Context>, account: &str, key: &KeyPolicy,
     let op = AccountOp::Acquire { key: key.clone(), account: *policy, want };
     let (task_env, name, key, policy) = (env.clone(), account.to_string(), key.clone(), *policy);
     let digest = digest.to_string();
-    let on_reply: hold::OnReply = Box::new(move |reply, asked_at, sender| {
+    let on_reply: hold::OnReply = Box::new(move |reply, asked_at, sender, since| {
         let grant = match reply {
             Some(AccountReply::Leased { grant, stale }) => {
                 if stale {
@@ -173,7 +174,7 @@ pub fn after_local(env: &Env, ctx: &Rc<Context>, account: &str, key: &KeyPolicy,
             }
             _ => None,
         };
-        install(&task_env, sender, &name, &key, &policy, grant, asked_at);
+        install(&task_env, sender, &name, &key, &policy, grant, asked_at, since);
     });
     hold::ask(env, ctx, account, op, on_reply);
 }
@@ -198,7 +199,11 @@ pub fn overran(env: &Env, ctx: &Rc<Context>, account: &str) {
 
 /// Takes a lease the object granted (with a cold call's admission, or asked for ahead), in
 /// answer to a request sent at `asked_at`: the lease it replaces is returned, after its
-/// reports. `None` (refused) holds off asking again for a moment.
+/// reports. `None` (refused) holds off asking again for a moment. `ctx` has carried this
+/// isolate's background work `since` then (`hold::return_lease`): from a context that has
+/// carried it too long, a lease that nothing replaces is not returned at its end by a timer
+/// but by the next call that finds it over, or it lapses.
+#[allow(clippy::too_many_arguments)]
 pub fn install(
     env: &Env,
     ctx: &Rc<Context>,
@@ -207,6 +212,7 @@ pub fn install(
     policy: &AccountPolicy,
     grant: Option<Grant>,
     asked_at: UnixMillis,
+    since: UnixMillis,
 ) {
     let name = slot_name(account, &key.key_id);
     let replaced = SLOTS.with(|slots| {
@@ -233,9 +239,9 @@ pub fn install(
         }
     });
     if let Some(old) = replaced {
-        hold::return_replaced(env, ctx, account, old);
+        hold::return_lease(env, ctx, account, old, true, since);
     }
-    if let Some(grant) = grant {
+    if let Some(grant) = grant.filter(|_| hold::may_carry(since)) {
         // returned at its end if nothing replaced it, so its credit is not held idle
         let (env, task_ctx, account, key_id) = (env.clone(), ctx.clone(), account.to_string(), key.key_id.clone());
         let ends = asked_at.saturating_add_ms(grant.ttl_ms);
@@ -247,7 +253,7 @@ pub fn install(
                 (slot.held.as_ref()?.lease.grant.id == grant.id).then(|| slot.held.take()).flatten()
             });
             if ended.is_some() {
-                hold::enqueue(&env, &task_ctx, &account, AccountOp::ReturnLease { lease: grant.id });
+                hold::return_lease(&env, &task_ctx, &account, grant.id, false, since);
             }
         });
     }

@@ -182,7 +182,7 @@ pub async fn handle(
             _ => None,
         };
         let (key, policy) = (&caller.key_policy, &caller.account_policy);
-        leases::install(env, ctx, &caller.account, key, policy, lease, admit_started);
+        leases::install(env, ctx, &caller.account, key, policy, lease, admit_started, admit_started);
     }
     let (mut hold, granted) = match admission? {
         Admission::Admitted { reservation, output, rate, stale, held, lease: _ } => {
