@@ -298,9 +298,10 @@ fn unreported(lease: u64) -> bool {
 pub type OnReply = Box<dyn FnOnce(Option<AccountReply>, UnixMillis, &Rc<Context>, UnixMillis)>;
 
 /// A request's `wait_until` may run 30 s past its response. Background work (a sender, a
-/// lease's end) that a context has carried for this long starts no more in it: what it
-/// would have sent waits for the next request of the account, so that no sender is cut off
-/// mid-batch by the runtime, and one context cannot carry a chain of senders and leases.
+/// lease's end) that a context has carried for this long starts no more in it, and its
+/// senders send one more batch at most: what a lease's answer would have sent waits for the
+/// next request of the account, so that one context cannot carry a chain of senders and
+/// leases until the runtime cuts a sender off mid-batch.
 const CONTEXT_WORK_MS: u64 = 10_000;
 
 /// Whether an operation's reply is wanted (`ask`): a lease asked for ahead of need.
@@ -332,17 +333,19 @@ const MAX_ROUNDS: u32 = 8;
 /// return is queued between them, which must find the call reported.
 pub fn enqueue(env: &Env, ctx: &Context, account: &str, op: Op) {
     let wait = wait_of(&op);
-    queue(env, ctx, account, op, wait, platform::now());
+    queue(env, ctx, account, op, wait, platform::now(), false);
 }
 
 /// Returns a lease, from a context that has carried background work `since` then (see
 /// `CONTEXT_WORK_MS`). One the next lease `replaced` waits for company like a report: sent at
 /// once, it would be a round trip of its own per renewal, and a lease is renewed with a
 /// quarter of its calls, credit or time left, so its credit is held only that much longer.
-/// One that ended goes at once.
+/// One that ended goes at once, and starts a sender if need be however long its context has
+/// carried background work: its timer was only set while that was allowed, and nothing else
+/// may come to send it (the account went quiet, or no lease would have ended unreplaced).
 pub fn return_lease(env: &Env, ctx: &Context, account: &str, lease: u64, replaced: bool, since: UnixMillis) {
     let wait = if replaced { REPORT_WAIT_MS } else { 0 };
-    queue(env, ctx, account, Op::ReturnLease { lease }, wait, since);
+    queue(env, ctx, account, Op::ReturnLease { lease }, wait, since, !replaced);
 }
 
 /// Whether a context that has carried this isolate's background work since `since` may
@@ -351,7 +354,7 @@ pub fn may_carry(since: UnixMillis) -> bool {
     platform::now().millis_since(since) < CONTEXT_WORK_MS
 }
 
-fn queue(env: &Env, ctx: &Context, account: &str, mut op: Op, wait_ms: u64, since: UnixMillis) {
+fn queue(env: &Env, ctx: &Context, account: &str, mut op: Op, wait_ms: u64, since: UnixMillis, force: bool) {
     if let Op::ReturnLease { lease } = &op {
         if unreported(*lease) {
             return;
@@ -380,7 +383,7 @@ fn queue(env: &Env, ctx: &Context, account: &str, mut op: Op, wait_ms: u64, sinc
         // a sender that leaves is on its way): this request sends it, beside that sender
         let looked_at = queue.looks_at.is_none_or(|t| due.saturating_add_ms(IN_FLIGHT_POLL_MS) < t);
         let sooner = !(queue.in_flight && queue.flyer_stays) && looked_at;
-        let start = (queue.senders == 0 || sooner) && may_carry(since);
+        let start = (queue.senders == 0 || sooner) && (force || may_carry(since));
         if start {
             queue.senders += 1;
             queue.progress_at = Some(now);
@@ -520,7 +523,8 @@ async fn drain(env: Env, ctx: Rc<Context>, since: UnixMillis, account: String) {
                 Some(ms) => platform::sleep_ms(ms).await,
             }
         }
-        let (mut ops, mut asked) = take(&account, round == MAX_ROUNDS);
+        let last = round == MAX_ROUNDS || (round > 1 && !may_carry(since));
+        let (mut ops, mut asked) = take(&account, last);
         if ops.is_empty() {
             return;
         }
@@ -572,10 +576,10 @@ async fn send(
             Some(AccountReply::Batch(replies)) if !single && replies.len() == ops.len() => {
                 return Some((replies, sent_at))
             }
-            // a batch answered with one reply: delivered, but no ask learns its answer
-            Some(_) if !single => return Some((Vec::new(), sent_at)),
-            Some(reply) => return Some((vec![reply], sent_at)),
-            None => {}
+            Some(reply) if single => return Some((vec![reply], sent_at)),
+            // not answered, or a batch answered otherwise: sent again (every operation in it
+            // may be, but its asks, which the next try leaves out)
+            _ => {}
         }
     }
     worker::console_error!("settles and reports for account {account} could not be delivered; their holds will lapse");
