@@ -381,8 +381,8 @@ fn queue(env: &Env, ctx: &Context, account: &str, mut op: Op, wait_ms: u64, sinc
         }
         // due before the waiting sender looks, or nobody is known to look (the last batch of
         // a sender that leaves is on its way): this request sends it, beside that sender
-        let looked_at = queue.looks_at.is_none_or(|t| due.saturating_add_ms(IN_FLIGHT_POLL_MS) < t);
-        let sooner = !(queue.in_flight && queue.flyer_stays) && looked_at;
+        let unseen = queue.looks_at.is_none_or(|t| due.saturating_add_ms(IN_FLIGHT_POLL_MS) < t);
+        let sooner = !(queue.in_flight && queue.flyer_stays) && unseen;
         let start = (queue.senders == 0 || sooner) && (force || may_carry(since));
         if start {
             queue.senders += 1;
