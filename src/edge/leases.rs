@@ -2,7 +2,8 @@
 //! its account's object granted this isolate, with no round trip.
 //!
 //! A lease comes back with a cold call's admission (asked for in the same round trip), or
-//! ahead of need, in the background, when the one held runs low. Each call admitted on it is
+//! ahead of need, when the one held runs low: asked for in the queue that carries the reports
+//! (`hold::ask`), it rides their round trip. Each call admitted on it is
 //! reported to the object as it is admitted, before it goes upstream, in the queue that
 //! carries the settles (`hold`), so the report always goes before the call's settle and
 //! before the lease's return. A lease is returned in the batch after the next one arrives, or
