@@ -265,7 +265,7 @@ const SETTLE_WAIT_MS: u64 = 250;
 /// How long `op` may wait in the queue: a report, or a leased call's settle, is batched, and
 /// a lease asked for ahead of need waits a little; everything else (a cold call's settle, a
 /// lease returned at its end or after an overrun) goes at once. A replaced lease's return
-/// waits too (`return_replaced`).
+/// waits too (`return_lease`).
 fn wait_of(op: &Op) -> u64 {
     match op {
         Op::Admitted { .. } => REPORT_WAIT_MS,
@@ -558,13 +558,14 @@ async fn send(
             let now = platform::now();
             asked.drain(..).for_each(|f| f(None, now, ctx, since));
         }
+        if ops.is_empty() {
+            // the batch held only asks, which a retry leaves out
+            return Some((Vec::new(), platform::now()));
+        }
         touch(account);
         let sent_at = platform::now();
         let single = ops.len() == 1;
-        let batch = if single { ops.pop() } else { Some(Op::Batch(std::mem::take(ops))) };
-        let Some(op) = batch.filter(|op| !matches!(op, Op::Batch(ops) if ops.is_empty())) else {
-            return Some((Vec::new(), sent_at));
-        };
+        let op = if single { ops.remove(0) } else { Op::Batch(std::mem::take(ops)) };
         // a call that hangs is given up on and tried again: each operation counts once
         let answered =
             platform::within(SEND_TIMEOUT_MS, async { account_do::call(env, account, &op).await.ok() }).await;
