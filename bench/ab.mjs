@@ -6,7 +6,8 @@
 //
 // Env: ROUNDS (5), SECONDS (8), CONNS (16), KEYS (1), PERSIST_ROOT (a folder per build under it
 // for DO and KV storage, default /dev/shm: tmpfs; /tmp for ext4), SEQ (0: sequential calls
-// per build per round, to compare Server-Timing and wall p50 at c=1 too).
+// per build per round, to compare Server-Timing and wall p50 at c=1 too), STREAM=1 (the load's
+// calls streamed).
 import { execFileSync } from "node:child_process";
 import { mkdtempSync, readFileSync, readdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -18,6 +19,7 @@ import { ADMIN, chatBody, createKey, inBatches, median, runWrk, startNginx } fro
 const ROUNDS = Number(process.env.ROUNDS ?? 5);
 const SECONDS = Number(process.env.SECONDS ?? 8);
 const CONNS = Number(process.env.CONNS ?? 16);
+const STREAM = Boolean(process.env.STREAM);
 const KEYS = Number(process.env.KEYS ?? 1);
 const SEQ = Number(process.env.SEQ ?? 0);
 const ROOT = process.env.PERSIST_ROOT ?? "/dev/shm";
@@ -56,7 +58,7 @@ try {
     const keys = await inBatches(KEYS, 8, (k) => createKey(base, { name: `ab-${k}` }));
     const name = `${i}:${basename(dir)}${root === ROOT ? "" : `@${root}`}`;
     gws.push({ name, mf, persist, pids, target: { name: `b${i}`, url: base, keys }, rows: [] });
-    await runWrk(work, gws.at(-1).target, CONNS, false, 2); // warm-up
+    await runWrk(work, gws.at(-1).target, CONNS, STREAM, 2); // warm-up
   }
   const body = chatBody(false);
   for (let r = 0; r < ROUNDS; r++) {
@@ -78,7 +80,7 @@ try {
         seq = { wall_p50: median(wall), ledger_mean: mean(led), upstream_mean: mean(up) };
       }
       const c0 = cpuTicks(g.pids);
-      const load = await runWrk(work, g.target, CONNS, false, SECONDS);
+      const load = await runWrk(work, g.target, CONNS, STREAM, SECONDS);
       const cpu = ((cpuTicks(g.pids) - c0) / HZ) * 1e6;
       g.rows.push({ rps: load.rps, cpu_us: cpu / load.requests, p50_ms: load.p[50] / 1000, non2xx: load.non2xx, ...seq });
     }
@@ -88,7 +90,7 @@ try {
       return `${g.name} ${x.rps.toFixed(0)} req/s ${x.cpu_us.toFixed(0)} µs/call (x${(x.rps / ref.rps).toFixed(3)} rps, x${(x.cpu_us / ref.cpu_us).toFixed(3)} cpu)${x.non2xx ? ` non2xx ${x.non2xx}` : ""}${SEQ ? ` c1 p50 ${x.wall_p50.toFixed(2)} ms` : ""}`;
     }).join(" | "));
   }
-  console.log(`\nmedians over ${ROUNDS} rounds (c=${CONNS}, ${KEYS} key(s), ${SECONDS}s each, storage under ${ROOT} unless named):`);
+  console.log(`\nmedians over ${ROUNDS} rounds (c=${CONNS}, ${KEYS} key(s)${STREAM ? ", streamed" : ""}, ${SECONDS}s each, storage under ${ROOT} unless named):`);
   const ratios = (g, f) => g.rows.map((x, r) => f(x) / f(gws[0].rows[r]));
   for (const g of gws) {
     const m = (f) => median(g.rows.map(f));

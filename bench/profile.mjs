@@ -8,8 +8,8 @@
 // minification).
 //
 // Env: BUILD (dir with index.js, default build), SECONDS (10), CONNS (16), KEYS (1),
-// INTERVAL_US (100), SEQ (300 sequential calls, 0 for none), PERSIST (a folder for KV and
-// Durable Object storage, e.g. /dev/shm/hfg-prof for tmpfs; default Miniflare's temporary
+// INTERVAL_US (100), SEQ (300 sequential calls, 0 for none), STREAM=1 (the load's calls
+// streamed), PERSIST (a folder for KV and Durable Object storage, e.g. /dev/shm/hfg-prof for tmpfs; default Miniflare's temporary
 // folder under os.tmpdir(), /tmp: ext4 here), EPHEMERAL=1 (DO storage in memory),
 // NOPROFILE=1 (no profiler: CPU per call without its overhead), OUT (bench/results), TAG.
 // Writes OUT/profile-TAG-*.cpuprofile (open in Chrome DevTools) and prints the groups of
@@ -32,6 +32,7 @@ const SECONDS = Number(process.env.SECONDS ?? 10);
 const CONNS = Number(process.env.CONNS ?? 16);
 const KEYS = Number(process.env.KEYS ?? 1);
 const SEQ = Number(process.env.SEQ ?? 300);
+const STREAM = Boolean(process.env.STREAM);
 const INTERVAL_US = Number(process.env.INTERVAL_US ?? 100);
 const BUILD = resolve(process.env.BUILD ?? "build");
 const OUT = process.env.OUT ?? "bench/results";
@@ -120,7 +121,7 @@ try {
   }
 
   const target = { name: "gateway", url: base, keys };
-  await runWrk(work, target, CONNS, false, 2); // warm-up under load
+  await runWrk(work, target, CONNS, STREAM, 2); // warm-up under load
   const sessions = [];
   if (!process.env.NOPROFILE) {
     const targets = await (await fetch(`http://127.0.0.1:${inspectorPort}/json/list`)).json();
@@ -134,7 +135,7 @@ try {
   const pids = workerdPids();
   for (const { s } of sessions) await s.send("Profiler.start");
   const c0 = cpuTicks(pids), w0 = performance.now();
-  const load = await runWrk(work, target, CONNS, false, SECONDS);
+  const load = await runWrk(work, target, CONNS, STREAM, SECONDS);
   const c1 = cpuTicks(pids), w1 = performance.now();
   const workerdCpuUs = ((c1 - c0) / HZ) * 1e6;
   console.log(`\nload (${TAG}): wrk c=${CONNS} ${SECONDS}s over ${KEYS} key(s): ${load.requests} calls, ${load.rps.toFixed(0)} req/s, non-2xx ${load.non2xx}, p50 ${(load.p[50] / 1000).toFixed(2)} ms`);
