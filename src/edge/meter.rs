@@ -16,7 +16,7 @@ use crate::core::error::GatewayError;
 use crate::core::paths::Api;
 use crate::core::sse::SseMeter;
 use crate::core::time::UnixMillis;
-use crate::edge::body_io::{read_capped, Capped, Source};
+use crate::edge::body_io::{self, read_capped, Capped, Source};
 use crate::edge::hold::Hold;
 use crate::edge::platform::{self, Timer};
 use futures_util::Stream;
@@ -26,7 +26,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context as TaskContext, Poll, Waker};
-use worker::{Headers, Response};
+use worker::Headers;
 
 /// Responses larger than this are not buffered to read their usage; they are passed through
 /// and charged their reservation.
@@ -77,10 +77,8 @@ impl Body {
             Body::Bytes(bytes) => response::bytes(status, bytes, headers),
             Body::Held(bytes) => response::held(status, Some(&bytes), &headers),
             Body::Pass(Source::Unread(Some(raw))) => response::of_stream(status, &raw, &headers),
-            Body::Pass(source) => {
-                Response::from_stream(source).map(|r| r.with_status(status).with_headers(headers).into())
-            }
-            Body::Pipe(end) => Response::from_stream(end).map(|r| r.with_status(status).with_headers(headers).into()),
+            Body::Pass(source) => response::of_stream(status, &body_io::to_runtime(source), &headers),
+            Body::Pipe(end) => response::of_stream(status, &body_io::to_runtime(end), &headers),
         };
         built.map_err(|_| GatewayError::UpstreamError("unreadable response".into()))
     }
