@@ -333,7 +333,11 @@ async fn pump(
             break End::OutOfTime;
         }
         if timer.as_ref().is_none_or(|(at, _)| *at > due) {
-            timer = Some((due, Box::pin(Timer::after_ms(due.millis_since(now).max(1)))));
+            // no later than one idle limit from now: the first chunk moves the due time to
+            // that, and a timer set for it already needs no second one (most streams end
+            // within it); one set for later would be cleared and set again
+            let at = due.min(now.saturating_add_ms(limits.idle_ms));
+            timer = Some((at, Box::pin(Timer::after_ms(at.millis_since(now).max(1)))));
         }
         let next = std::future::poll_fn(|cx| {
             {
