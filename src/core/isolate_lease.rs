@@ -259,6 +259,13 @@ impl Held {
         self.renewing && now < self.ends_at
     }
 
+    /// Whether this lease ends after `grant`, answering a request sent at `asked_at`, would:
+    /// a renewal answered after a cold call brought a fresher lease is then given back
+    /// unused, not put in that one's place.
+    pub fn outlasts(&self, grant: &Grant, asked_at: UnixMillis) -> bool {
+        self.ends_at > asked_at.saturating_add_ms(grant.ttl_ms)
+    }
+
     /// The throttle for a call's headers: what the object had left at grant, and the calls
     /// this lease still holds.
     pub fn rate(&self) -> RateView {
@@ -329,6 +336,16 @@ mod tests {
         assert!(!lease.wants_renewal(UnixMillis(800)), "asked already");
         assert!(lease.renewal_pending(UnixMillis(999)));
         assert!(!lease.renewal_pending(UnixMillis(1_000)), "an answer lost: the next call asks again");
+    }
+
+    #[test]
+    fn a_renewal_answered_late_does_not_replace_a_fresher_lease() {
+        let grant = Grant { id: 1, first_hold: 2, calls: 8, credit: Some(MicroUsd(800)), ttl_ms: 1_000, rate: RATE };
+        // a cold call's lease, asked for at 900; a renewal asked for at 800 answers after it
+        let held = Held::new(Grant { id: 2, ..grant }, UnixMillis(900));
+        assert!(held.outlasts(&grant, UnixMillis(800)));
+        assert!(!held.outlasts(&grant, UnixMillis(900)), "as fresh: the answer that came last is kept");
+        assert!(!held.outlasts(&grant, UnixMillis(950)));
     }
 
     #[test]

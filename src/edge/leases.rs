@@ -200,7 +200,7 @@ pub fn overran(env: &Env, ctx: &Rc<Context>, account: &str) {
 
 /// Takes a lease the object granted (with a cold call's admission, or asked for ahead), in
 /// answer to a request sent at `asked_at`: the lease it replaces is returned, after its
-/// reports. `None` (refused) holds off asking again for a moment. `ctx` has carried this
+/// reports (or this one, unused, if the lease held is fresher). `None` (refused) holds off asking again for a moment. `ctx` has carried this
 /// isolate's background work `since` then (`hold::return_lease`): from a context that has
 /// carried it too long, a lease that nothing replaces is not returned at its end by a timer
 /// but by the next call that finds it over, or it lapses.
@@ -216,11 +216,16 @@ pub fn install(
     since: UnixMillis,
 ) {
     let name = slot_name(account, &key.key_id);
-    let replaced = SLOTS.with(|slots| {
+    // the lease given back (replaced, or this one, answered too late), and whether this one
+    // was taken
+    let (given_back, taken) = SLOTS.with(|slots| {
         let mut slots = slots.borrow_mut();
         let slot = slots.entry(name).or_default();
         slot.asking_since = None;
         match grant {
+            Some(grant) if slot.held.as_ref().is_some_and(|l| l.lease.outlasts(&grant, asked_at)) => {
+                (Some(grant.id), false)
+            }
             Some(grant) => {
                 let lent = Lent {
                     lease: Held::new(grant, asked_at),
@@ -228,21 +233,21 @@ pub fn install(
                     account_version: policy.version,
                 };
                 slot.refused_at = None;
-                slot.held.replace(lent).map(|old| old.lease.grant.id)
+                (slot.held.replace(lent).map(|old| old.lease.grant.id), true)
             }
             None => {
                 slot.refused_at = Some(platform::now());
                 if let Some(lent) = slot.held.as_mut() {
                     lent.lease.renewing = false;
                 }
-                None
+                (None, false)
             }
         }
     });
-    if let Some(old) = replaced {
+    if let Some(old) = given_back {
         hold::return_lease(env, ctx, account, old, true, since);
     }
-    if let Some(grant) = grant.filter(|_| hold::may_carry(since)) {
+    if let Some(grant) = grant.filter(|_| taken && hold::may_carry(since)) {
         // returned at its end if nothing replaced it, so its credit is not held idle
         let (env, task_ctx, account, key_id) = (env.clone(), ctx.clone(), account.to_string(), key.key_id.clone());
         let ends = asked_at.saturating_add_ms(grant.ttl_ms);
