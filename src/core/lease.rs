@@ -416,12 +416,19 @@ impl Lease {
         self.report(usage)
     }
 
-    /// What of the lease the shard cannot commit again: its holds, and its spend or, if a
-    /// late settle took that below the most it reported, that most (`admitting`). The pool
-    /// hears this as the shard's committed credit, so the unused lease it counts is what the
-    /// shard can still admit.
+    /// Whether the lease holds more than is committed, so that `give_back` would return
+    /// something (an unbounded lease always does).
+    pub fn has_spare(&self, usage: &Usage, now: UnixMillis) -> bool {
+        self.credit(now).is_none_or(|c| c > self.committed(usage))
+    }
+
+    /// What of the lease the shard cannot commit again: its holds, the credit it leased to
+    /// isolates (which admit calls on it without asking), and its spend or, if a late settle
+    /// took that below the most it reported, that most (`admitting`). The pool hears this as
+    /// the shard's committed credit, so the unused lease it counts is what the shard can
+    /// still admit.
     fn committed(&self, usage: &Usage) -> MicroUsd {
-        self.reported_used.max(usage.used).saturating_add(usage.reserved)
+        self.reported_used.max(usage.used).saturating_add(usage.reserved).saturating_add(usage.leased)
     }
 
     /// Takes a grant if it is newer than the lease held; says if it did. An older one (a
@@ -590,6 +597,24 @@ mod tests {
         ask(&mut pool, 1, &mut c, usage(0, 0), 700, &b);
         assert_eq!(c.credit(NOW), Some(MicroUsd(700)));
         assert_eq!(pool.usage(NOW).used, MicroUsd(300));
+    }
+
+    #[test]
+    fn credit_leased_to_isolates_is_never_given_back_to_the_pool() {
+        let mut pool = Pool::new(2, NOW).unwrap();
+        let b = block(1_000);
+        let (mut a, mut c) = (Lease::new(NOW), Lease::new(NOW));
+        ask(&mut pool, 0, &mut a, usage(0, 0), 1_000, &b);
+        // 300 spent, 200 held, and 400 leased to isolates, which admit calls on it unasked
+        let at = Usage { leased: MicroUsd(400), ..usage(300, 200) };
+        assert!(a.has_spare(&at, NOW));
+        let r = a.give_back(&at);
+        assert_eq!(a.credit(NOW), Some(MicroUsd(900)));
+        assert!(!a.has_spare(&at, NOW));
+        pool.give_back(0, r, &b, NOW).unwrap();
+        // only the 100 nobody holds can go to the other shard
+        ask(&mut pool, 1, &mut c, usage(0, 0), 1_000, &b);
+        assert_eq!(c.credit(NOW), Some(MicroUsd(100)));
     }
 
     #[test]

@@ -83,9 +83,7 @@ impl Account {
             let mem = self.mem.borrow();
             let Some(st) = mem.as_ref() else { return Ok(()) };
             let Some(lease) = *self.lease.borrow() else { return Ok(()) };
-            let u = st.ledger.usage(now, &lease.budget(now));
-            let committed = u.used.saturating_add(u.reserved);
-            lease.credit(now).is_none_or(|c| c > committed)
+            lease.has_spare(&st.ledger.usage(now, &lease.budget(now)), now)
         };
         if spare {
             // the pool holds the org's policy: a give-back offers none (the shard's own copy
