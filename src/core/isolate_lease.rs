@@ -240,15 +240,25 @@ impl Held {
     }
 
     /// Whether it is time to ask for the next lease: a quarter of its calls, credit or time
-    /// left, so that a steady caller finds the next one ready.
-    pub fn wants_renewal(&self, now: UnixMillis) -> bool {
+    /// left, so that a steady caller finds the next one ready; or, for a caller whose calls
+    /// come `gap_ms` apart (`Demand::gap_ms`), less time left than its next call is likely to
+    /// take to come, when the next lease would still be there for it. (A key called twice a
+    /// lease's life finds a quarter of it left at none of its calls: without this, every
+    /// other call found the lease over and waited for the object.)
+    pub fn wants_renewal(&self, now: UnixMillis, gap_ms: Option<u64>) -> bool {
         let calls_low = (self.grant.calls - self.next.min(self.grant.calls)) * 4 <= self.grant.calls;
         let credit_low = match (self.credit_left, self.grant.credit) {
             (Some(left), Some(total)) => left.0.saturating_mul(4) <= total.0,
             _ => false,
         };
-        let time_low = self.ends_at.millis_since(now).saturating_mul(4) <= self.grant.ttl_ms;
-        !self.renewing && (calls_low || credit_low || time_low)
+        let left = self.ends_at.millis_since(now);
+        let time_low = left.saturating_mul(4) <= self.grant.ttl_ms;
+        // only where calls come too far apart for one to land in the lease's last quarter (a
+        // busier caller is served by `time_low`, and asking earlier would only renew more
+        // often); half a gap more, for a caller that is not quite regular
+        let ttl = self.grant.ttl_ms;
+        let gone_by_next = gap_ms.is_some_and(|gap| gap > ttl / 4 && gap < ttl && left <= gap.saturating_mul(3) / 2);
+        !self.renewing && (calls_low || credit_low || time_low || gone_by_next)
     }
 
     /// Whether the next lease is on its way: asked for, and the answer can still come before
@@ -281,6 +291,10 @@ pub struct Demand {
     second: u64,
     this_second: u32,
     last_second: u32,
+    /// When the last call came, and the time between calls, smoothed (`None` until two
+    /// calls have come).
+    last_at: Option<UnixMillis>,
+    gap_ms: Option<u64>,
 }
 
 impl Demand {
@@ -293,6 +307,16 @@ impl Demand {
             self.second = second;
         }
         self.this_second = self.this_second.saturating_add(1);
+        if let Some(last) = self.last_at {
+            let gap = now.millis_since(last);
+            self.gap_ms = Some(self.gap_ms.map_or(gap, |g| (g.saturating_mul(3).saturating_add(gap)) / 4));
+        }
+        self.last_at = Some(now);
+    }
+
+    /// The time between this account's calls, smoothed over the last few.
+    pub fn gap_ms(&self) -> Option<u64> {
+        self.gap_ms
     }
 
     /// The calls a lease of `ttl_ms` should cover: the busier of this second and the last,
@@ -325,15 +349,15 @@ mod tests {
     fn renewal_is_asked_for_before_the_lease_runs_out() {
         let grant = Grant { id: 1, first_hold: 2, calls: 8, credit: Some(MicroUsd(800)), ttl_ms: 1_000, rate: RATE };
         let mut lease = Held::new(grant, UnixMillis(0));
-        assert!(!lease.wants_renewal(UnixMillis(10)));
+        assert!(!lease.wants_renewal(UnixMillis(10), None));
         for _ in 0..6 {
             lease.admit(MicroUsd(10), UnixMillis(10));
         }
-        assert!(lease.wants_renewal(UnixMillis(10)), "two of eight calls left");
+        assert!(lease.wants_renewal(UnixMillis(10), None), "two of eight calls left");
         let mut lease = Held::new(grant, UnixMillis(0));
-        assert!(lease.wants_renewal(UnixMillis(800)), "a fifth of its time left");
+        assert!(lease.wants_renewal(UnixMillis(800), None), "a fifth of its time left");
         lease.renewing = true;
-        assert!(!lease.wants_renewal(UnixMillis(800)), "asked already");
+        assert!(!lease.wants_renewal(UnixMillis(800), None), "asked already");
         assert!(lease.renewal_pending(UnixMillis(999)));
         assert!(!lease.renewal_pending(UnixMillis(1_000)), "an answer lost: the next call asks again");
     }
@@ -346,6 +370,31 @@ mod tests {
         assert!(held.outlasts(&grant, UnixMillis(800)));
         assert!(!held.outlasts(&grant, UnixMillis(900)), "as fresh: the answer that came last is kept");
         assert!(!held.outlasts(&grant, UnixMillis(950)));
+    }
+
+    #[test]
+    fn a_key_called_twice_a_lease_asks_for_the_next_before_its_next_call() {
+        let grant = Grant { id: 1, first_hold: 2, calls: 8, credit: Some(MicroUsd(800)), ttl_ms: 1_000, rate: RATE };
+        let mut demand = Demand::default();
+        for t in [0, 500, 1_000, 1_500] {
+            demand.call(UnixMillis(t));
+        }
+        assert_eq!(demand.gap_ms(), Some(500));
+        // the lease came with the call at 1,500; the next comes at about 2,000 and the one
+        // after at 2,500, after this lease's end
+        let lease = Held::new(grant, UnixMillis(1_500));
+        assert!(!lease.wants_renewal(UnixMillis(1_500), demand.gap_ms()), "the call at 2,000 finds it");
+        assert!(lease.wants_renewal(UnixMillis(2_000), demand.gap_ms()), "the call at 2,500 would not");
+        assert!(!lease.wants_renewal(UnixMillis(2_000), None), "a quarter of its time is not yet low");
+        // calls further apart than a lease lives would find the next one over too: none asked
+        assert!(!lease.wants_renewal(UnixMillis(2_000), Some(1_000)));
+        assert!(!lease.wants_renewal(UnixMillis(2_000), Some(2_000)));
+        // a caller whose calls land in every quarter of a lease is left to the quarter rule
+        assert!(!lease.wants_renewal(UnixMillis(2_200), Some(200)));
+        assert!(lease.wants_renewal(UnixMillis(2_250), Some(200)));
+        // an irregular caller: the gap follows the last few calls
+        demand.call(UnixMillis(5_000));
+        assert_eq!(demand.gap_ms(), Some(1_250));
     }
 
     #[test]

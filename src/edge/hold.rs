@@ -336,16 +336,29 @@ pub fn enqueue(env: &Env, ctx: &Context, account: &str, op: Op) {
     queue(env, ctx, account, op, wait, platform::now(), false);
 }
 
+/// Why a lease goes back (`return_lease`).
+pub enum Back {
+    /// It ended, and nothing replaced it.
+    Ended,
+    /// A newer lease took its place (or it came after a fresher one), and it would have ended
+    /// at `until`.
+    Replaced { until: UnixMillis },
+}
+
 /// Returns a lease, from a context that has carried background work `since` then (see
-/// `CONTEXT_WORK_MS`). One the next lease `replaced` waits for company like a report: sent at
-/// once, it would be a round trip of its own per renewal, and a lease is renewed with a
-/// quarter of its calls, credit or time left, so its credit is held only that much longer.
-/// One that ended goes at once, and starts a sender if need be however long its context has
-/// carried background work: its timer was only set while that was allowed, and nothing else
-/// may come to send it (the account went quiet, or no lease would have ended unreplaced).
-pub fn return_lease(env: &Env, ctx: &Context, account: &str, lease: u64, replaced: bool, since: UnixMillis) {
-    let wait = if replaced { REPORT_WAIT_MS } else { 0 };
-    queue(env, ctx, account, Op::ReturnLease { lease }, wait, since, !replaced);
+/// `CONTEXT_WORK_MS`). A replaced one waits for company, until it would have ended (a report's
+/// wait at least): sent at once, it would be a round trip of its own per renewal, and its
+/// credit is held no longer than if it had not been replaced. (A key called every half
+/// lease renews at each call; its return then rides the next call's report.) One that ended
+/// goes at once, and starts a sender if need be however long its context has carried
+/// background work: its timer was only set while that was allowed, and nothing else may come
+/// to send it (the account went quiet, or no lease would have ended unreplaced).
+pub fn return_lease(env: &Env, ctx: &Context, account: &str, lease: u64, back: Back, since: UnixMillis) {
+    let (wait, force) = match back {
+        Back::Ended => (0, true),
+        Back::Replaced { until } => (until.millis_since(platform::now()).max(REPORT_WAIT_MS), false),
+    };
+    queue(env, ctx, account, Op::ReturnLease { lease }, wait, since, force);
 }
 
 /// Whether a context that has carried this isolate's background work since `since` may

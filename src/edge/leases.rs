@@ -15,7 +15,8 @@ use crate::core::ledger::MicroUsd;
 use crate::core::protocol::{AccountOp, AccountReply, Leased};
 use crate::core::sorted::SortedMap;
 use crate::core::time::UnixMillis;
-use crate::edge::{hold, platform};
+use crate::edge::hold::{self, Back};
+use crate::edge::platform;
 use std::cell::RefCell;
 use std::rc::Rc;
 use worker::{Context, Env};
@@ -154,7 +155,9 @@ pub fn after_local(env: &Env, ctx: &Rc<Context>, account: &str, key: &KeyPolicy,
         let mut slots = slots.borrow_mut();
         let slot = slots.get_mut(&slot_name(account, &key.key_id))?;
         let lent = slot.held.as_mut()?;
-        if !lent.lease.wants_renewal(now) || slot.refused_at.is_some_and(|t| now.millis_since(t) < REFUSED_BACKOFF_MS) {
+        if !lent.lease.wants_renewal(now, slot.demand.gap_ms())
+            || slot.refused_at.is_some_and(|t| now.millis_since(t) < REFUSED_BACKOFF_MS)
+        {
             return None;
         }
         lent.lease.renewing = true;
@@ -216,15 +219,15 @@ pub fn install(
     since: UnixMillis,
 ) {
     let name = slot_name(account, &key.key_id);
-    // the lease given back (replaced, or this one, answered too late), and whether this one
-    // was taken
+    // the lease given back (replaced, or this one, answered too late) with when it would
+    // have ended, and whether this one was taken
     let (given_back, taken) = SLOTS.with(|slots| {
         let mut slots = slots.borrow_mut();
         let slot = slots.entry(name).or_default();
         slot.asking_since = None;
         match grant {
             Some(grant) if slot.held.as_ref().is_some_and(|l| l.lease.outlasts(&grant, asked_at)) => {
-                (Some(grant.id), false)
+                (Some((grant.id, asked_at.saturating_add_ms(grant.ttl_ms))), false)
             }
             Some(grant) => {
                 let lent = Lent {
@@ -233,7 +236,7 @@ pub fn install(
                     account_version: policy.version,
                 };
                 slot.refused_at = None;
-                (slot.held.replace(lent).map(|old| old.lease.grant.id), true)
+                (slot.held.replace(lent).map(|old| (old.lease.grant.id, old.lease.ends_at)), true)
             }
             None => {
                 slot.refused_at = Some(platform::now());
@@ -244,8 +247,8 @@ pub fn install(
             }
         }
     });
-    if let Some(old) = given_back {
-        hold::return_lease(env, ctx, account, old, true, since);
+    if let Some((old, until)) = given_back {
+        hold::return_lease(env, ctx, account, old, Back::Replaced { until }, since);
     }
     if let Some(grant) = grant.filter(|_| taken && hold::may_carry(since)) {
         // returned at its end if nothing replaced it, so its credit is not held idle
@@ -259,7 +262,7 @@ pub fn install(
                 (slot.held.as_ref()?.lease.grant.id == grant.id).then(|| slot.held.take()).flatten()
             });
             if ended.is_some() {
-                hold::return_lease(&env, &task_ctx, &account, grant.id, false, since);
+                hold::return_lease(&env, &task_ctx, &account, grant.id, Back::Ended, since);
             }
         });
     }
