@@ -70,6 +70,18 @@ impl Cost {
             Cost::Time { price, ms, .. } => price.cost_ms(ms),
         }
     }
+
+    /// The same call, admitted whole or not at all: no smaller bound is worth taking (a shard
+    /// asks its pool for more before it cuts a call short).
+    pub fn whole(self) -> Cost {
+        match self {
+            Cost::Tokens { price, prompt, output, choices, .. } => {
+                Cost::Tokens { price, prompt, output, choices, min_output: output }
+            }
+            Cost::Time { price, ms, .. } => Cost::Time { price, ms, min_ms: ms },
+            fixed => fixed,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -1023,6 +1035,24 @@ mod tests {
         r.account.budget.credit = MicroUsd(110);
         match s.admit(r, NOW) {
             Admission::Denied { denial: Denial::InsufficientQuota, affordable: Some(10), .. } => {}
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_call_asked_whole_is_not_cut_short() {
+        let mut s = AccountState::new(NOW);
+        let mut r = req("a", 1, false, 0);
+        r.cost = tokens(2_000, 1).whole();
+        // 1000 of credit would pay for 900 output tokens, not the 2,000 asked for
+        match s.admit(r.clone(), NOW) {
+            Admission::Denied { denial: Denial::InsufficientQuota, .. } => {}
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(s.usage(NOW).unwrap().remaining, MicroUsd(1_000), "nothing held");
+        r.cost = tokens(800, 1).whole();
+        match s.admit(r, NOW) {
+            Admission::Admitted { output: Some(800), .. } => {}
             other => panic!("{other:?}"),
         }
     }

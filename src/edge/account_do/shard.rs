@@ -2,7 +2,7 @@
 //! call does not fit, and gives back what it does not use.
 
 use super::Account;
-use crate::core::account::{AccountPolicy, Admission, Denial};
+use crate::core::account::{AccountPolicy, Admission, AdmitRequest, Denial};
 use crate::core::lease::Lease;
 use crate::core::ledger::MicroUsd;
 use crate::core::protocol::{self, AccountOp, AccountReply};
@@ -15,7 +15,11 @@ const GIVE_BACK_AFTER_MS: u64 = 30_000;
 
 impl Account {
     /// A shard admits against its lease; when the lease is too small for a call, it asks its
-    /// pool for more (the org's policy as the call offered it) and tries once more.
+    /// pool for more (the org's policy as the call offered it) and tries once more. The first
+    /// try takes the call whole or not at all: a shard's last credit is a slice of the org's,
+    /// and a call it would cut short (a lower `max_tokens`) while the pool still has credit
+    /// is a shorter answer for nothing. Only the second may cut it, as an account does at its
+    /// last credit.
     pub(super) async fn on_shard(&self, op: AccountOp, pool: &str, shard: u32, shards: u32) -> Result<AccountReply> {
         let lease = |now| self.lease.borrow().unwrap_or_else(|| Lease::new(now));
         // a shard's own budget is a lease from its pool: it does not lease on to isolates
@@ -28,15 +32,14 @@ impl Account {
         let org = req.account;
         let want = req.cost.full();
         let on_lease = |op, now| store::on_lease(self.mem.borrow().as_ref(), op, &lease(now), now);
-        let first = self.apply(on_lease(AccountOp::Admit(req.clone()), platform::now()))?;
+        let whole = AdmitRequest { cost: req.cost.whole(), ..req.clone() };
+        let first = self.apply(on_lease(AccountOp::Admit(whole), platform::now()))?;
         if !matches!(first, AccountReply::Admission(Admission::Denied { denial: Denial::InsufficientQuota, .. })) {
             return Ok(first);
         }
-        if !self.ask(pool, shard, shards, want, Some(org), false).await? {
-            return Ok(first);
-        }
-        let now = platform::now();
-        self.apply(on_lease(AccountOp::Admit(req), now))
+        // asked for more or not, the lease may now pay for the call, or for a shorter one
+        self.ask(pool, shard, shards, want, Some(org), false).await?;
+        self.apply(on_lease(AccountOp::Admit(req), platform::now()))
     }
 
     /// Asks the pool for `want` more (or, with `give_back`, returns what is not committed);
