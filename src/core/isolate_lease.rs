@@ -242,9 +242,9 @@ impl Held {
     /// Whether it is time to ask for the next lease: a quarter of its calls, credit or time
     /// left, so that a steady caller finds the next one ready; or, for a caller whose calls
     /// come `gap_ms` apart (`Demand::gap_ms`), less time left than its next call is likely to
-    /// take to come, when the next lease would still be there for it. (A key called twice a
-    /// lease's life finds a quarter of it left at none of its calls: without this, every
-    /// other call found the lease over and waited for the object.)
+    /// take to come, when the next lease would still be there for it. (A key called every
+    /// half a lease's life finds a quarter of it left at none of its calls: without this,
+    /// every other call found the lease over and waited for the object.)
     pub fn wants_renewal(&self, now: UnixMillis, gap_ms: Option<u64>) -> bool {
         let calls_low = (self.grant.calls - self.next.min(self.grant.calls)) * 4 <= self.grant.calls;
         let credit_low = match (self.credit_left, self.grant.credit) {

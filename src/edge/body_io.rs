@@ -208,13 +208,17 @@ impl Stream for Source {
     }
 }
 
+// Each binding catches (`catch`): a JS exception through a binding that does not is fatal
+// under panic=abort (`platform::Timer` says why), and a stream's calls are refused where no
+// request runs (a body freed by the garbage collector). Catching also keeps wasm-bindgen
+// from importing the functions straight from the snippet, which it lists once per function
+// under the same key, a duplicate that `wrangler deploy` warns of.
 #[wasm_bindgen(inline_js = r#"
-const chunk = (r) => (r.done ? null : r.value);
 export function open_reader(stream) {
   return stream.getReader();
 }
 export function read_chunk(reader) {
-  return reader.read().then(chunk);
+  return reader.read().then((r) => (r.done ? null : r.value));
 }
 export function stop_reading(reader) {
   reader.cancel().catch(() => {});
@@ -222,9 +226,12 @@ export function stop_reading(reader) {
 "#)]
 extern "C" {
     type StreamReader;
-    fn open_reader(stream: &web_sys::ReadableStream) -> StreamReader;
-    fn read_chunk(reader: &StreamReader) -> js_sys::Promise;
-    fn stop_reading(reader: &StreamReader);
+    #[wasm_bindgen(catch)]
+    fn open_reader(stream: &web_sys::ReadableStream) -> Result<StreamReader, JsValue>;
+    #[wasm_bindgen(catch)]
+    fn read_chunk(reader: &StreamReader) -> Result<js_sys::Promise, JsValue>;
+    #[wasm_bindgen(catch)]
+    fn stop_reading(reader: &StreamReader) -> Result<(), JsValue>;
 }
 
 /// Reads a stream of the runtime's chunk by chunk: each read is one call into the runtime,
@@ -232,9 +239,9 @@ extern "C" {
 /// makes the runtime build a `TypeError` with its stack for the reader's `closed` promise,
 /// about 3 % of a streamed call's CPU for a reader nobody uses again. Dropped before the
 /// end, it cancels the stream (upstream's connection is let go, as `worker::ByteStream`
-/// did).
+/// did). A stream that cannot be read (locked, or refused) is an error, once.
 pub struct Reader {
-    reader: StreamReader,
+    reader: Result<StreamReader, JsValue>,
     reading: Option<JsFuture>,
     done: bool,
 }
@@ -242,6 +249,12 @@ pub struct Reader {
 impl Reader {
     fn new(stream: &web_sys::ReadableStream) -> Reader {
         Reader { reader: open_reader(stream), reading: None, done: false }
+    }
+
+    /// The stream's end, as an error.
+    fn fail(&mut self, e: JsValue) -> Poll<Option<Result<Vec<u8>, worker::Error>>> {
+        self.done = true;
+        Poll::Ready(Some(Err(worker::Error::from(e))))
     }
 }
 
@@ -253,27 +266,35 @@ impl Stream for Reader {
             return Poll::Ready(None);
         }
         let this = &mut *self;
-        let reading = this.reading.get_or_insert_with(|| JsFuture::from(read_chunk(&this.reader)));
+        let reading = match (&mut this.reading, &this.reader) {
+            (Some(reading), _) => reading,
+            (None, Ok(reader)) => match read_chunk(reader) {
+                Ok(promise) => this.reading.insert(JsFuture::from(promise)),
+                Err(e) => return this.fail(e),
+            },
+            (None, Err(e)) => {
+                let e = e.clone();
+                return this.fail(e);
+            }
+        };
         let read = futures_util::ready!(Pin::new(reading).poll(cx));
         self.reading = None;
-        Poll::Ready(match read {
+        match read {
             Ok(v) if v.is_null() => {
                 self.done = true;
-                None
+                Poll::Ready(None)
             }
-            Ok(v) => Some(Ok(v.unchecked_into::<Uint8Array>().to_vec())),
-            Err(e) => {
-                self.done = true;
-                Some(Err(worker::Error::from(e)))
-            }
-        })
+            Ok(v) => Poll::Ready(Some(Ok(v.unchecked_into::<Uint8Array>().to_vec()))),
+            Err(e) => self.fail(e),
+        }
     }
 }
 
 impl Drop for Reader {
     fn drop(&mut self) {
-        if !self.done {
-            stop_reading(&self.reader);
+        if let (false, Ok(reader)) = (self.done, &self.reader) {
+            // refused only where no request runs: then there is nothing to stop
+            let _ = stop_reading(reader);
         }
     }
 }

@@ -203,10 +203,11 @@ pub fn overran(env: &Env, ctx: &Rc<Context>, account: &str) {
 
 /// Takes a lease the object granted (with a cold call's admission, or asked for ahead), in
 /// answer to a request sent at `asked_at`: the lease it replaces is returned, after its
-/// reports (or this one, unused, if the lease held is fresher). `None` (refused) holds off asking again for a moment. `ctx` has carried this
-/// isolate's background work `since` then (`hold::return_lease`): from a context that has
-/// carried it too long, a lease that nothing replaces is not returned at its end by a timer
-/// but by the next call that finds it over, or it lapses.
+/// reports (or this one, unused, if the lease held is fresher). `None` (refused) holds off
+/// asking again for a moment. `ctx` has carried this isolate's background work `since` then
+/// (`hold::return_lease`): from a context that has carried it too long, a lease that nothing
+/// replaces is not returned at its end by a timer but by the next call that finds it over,
+/// or it lapses.
 #[allow(clippy::too_many_arguments)]
 pub fn install(
     env: &Env,
