@@ -35,8 +35,8 @@ fn respond_sse(events: Vec<String>, delay_ms: u64) -> Result<Response, GatewayEr
         }
         Some((Ok::<Vec<u8>, worker::Error>(next.into_bytes()), (it, false)))
     });
-    let streamed = worker::Response::from_stream(chunks).map(|r| r.with_headers(h).into());
-    streamed.map_err(|_| GatewayError::UpstreamError("sandbox".into()))
+    crate::edge::response::of_stream(200, &crate::edge::body_io::to_runtime(chunks), &h)
+        .map_err(|_| GatewayError::UpstreamError("sandbox".into()))
 }
 
 /// Answers one upstream call in-process. `body` is what the gateway would send upstream.
