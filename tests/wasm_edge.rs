@@ -9,7 +9,7 @@ use hf_gate::core::error::GatewayError;
 use hf_gate::core::rand::Rng;
 use hf_gate::edge::platform::{self, OsRng};
 use hf_gate::edge::response::{self, Meta};
-use hf_gate::edge::upstream::{downstream_headers, upstream_headers};
+use hf_gate::edge::upstream::upstream_headers;
 use wasm_bindgen_test::wasm_bindgen_test;
 use worker::Headers;
 
@@ -78,18 +78,39 @@ fn upstream_headers_drop_credentials_and_add_billing() {
         ("cookie", "a=b"),
         ("x-hf-bill-to", "not-yours"),
         ("cf-ray", "1"),
-        ("connection", "x-hop"),
+        ("CF-Connecting-IP", "1.2.3.4"),
+        ("x-forwarded-for", "1.2.3.4"),
+        ("proxy-authorization", "Basic x"),
+        ("x-api-key", "sk-caller"),
+        ("transfer-encoding", "chunked"),
+        ("connection", "keep-alive, X-Hop"),
         ("x-hop", "1"),
         ("content-type", "application/json"),
         ("user-agent", "test"),
+        ("x-stainless-retry-count", "0"),
+        ("x-wait-for-model", "true"),
     ] {
         incoming.set(k, v).unwrap();
     }
     let out = upstream_headers(&incoming, Some("acme"));
-    assert_eq!(out.get("authorization").unwrap(), None);
-    assert_eq!(out.get("cookie").unwrap(), None);
-    assert_eq!(out.get("cf-ray").unwrap(), None);
-    assert_eq!(out.get("x-hop").unwrap(), None);
+    for gone in [
+        "authorization",
+        "cookie",
+        "cf-ray",
+        "cf-connecting-ip",
+        "x-forwarded-for",
+        "proxy-authorization",
+        "x-api-key",
+        "transfer-encoding",
+        "connection",
+        "x-hop",
+    ] {
+        assert_eq!(out.get(gone).unwrap(), None, "{gone} must not go upstream");
+    }
+    assert_eq!(out.get("x-stainless-retry-count").unwrap().as_deref(), Some("0"));
+    assert_eq!(out.get("x-wait-for-model").unwrap().as_deref(), Some("true"));
+    // a copy: the caller's own headers are as they came
+    assert_eq!(incoming.get("authorization").unwrap().as_deref(), Some("Bearer hfg_secret"));
     assert_eq!(out.get("x-hf-bill-to").unwrap().as_deref(), Some("acme"));
     assert_eq!(out.get("content-type").unwrap().as_deref(), Some("application/json"));
     assert_eq!(out.get("user-agent").unwrap().as_deref(), Some("test"));
@@ -97,39 +118,34 @@ fn upstream_headers_drop_credentials_and_add_billing() {
 }
 
 #[wasm_bindgen_test]
-fn downstream_headers_drop_cookies_and_add_the_gateways_own() {
-    let upstream = Headers::new();
-    upstream.set("set-cookie", "tracking=1").unwrap();
-    upstream.set("content-type", "text/event-stream").unwrap();
-    upstream.set("access-control-allow-origin", "*").unwrap();
-    upstream.set("CF-Ray", "8a1b").unwrap();
-    upstream.set("x-inference-provider", "novita").unwrap();
-    let meta = Meta { request_id: "r".into(), ..Meta::default() };
-    let out = downstream_headers(&upstream.0, &meta);
-    assert_eq!(out.get("set-cookie").unwrap(), None);
-    assert_eq!(out.get("cf-ray").unwrap(), None);
-    assert_eq!(out.get("x-inference-provider").unwrap().as_deref(), Some("novita"));
-    assert_eq!(out.get("access-control-allow-origin").unwrap(), None);
-    assert_eq!(out.get("content-type").unwrap().as_deref(), Some("text/event-stream"));
-    assert_eq!(out.get("x-request-id").unwrap().as_deref(), Some("r"));
-}
-
-#[wasm_bindgen_test]
-fn header_edits_go_in_one_call_and_leave_the_original_alone() {
+fn upstream_headers_are_edited_in_the_response_and_left_alone_in_upstream_s() {
     let upstream = Headers::new();
     upstream.append("set-cookie", "a=1").unwrap();
     upstream.append("set-cookie", "b=2").unwrap();
     upstream.set("vary", "Accept").unwrap();
     upstream.set("x-upstream-id", "u1").unwrap();
+    upstream.set("content-type", "text/event-stream").unwrap();
+    upstream.set("CF-Ray", "r1").unwrap();
+    upstream.set("cfx", "kept").unwrap();
+    upstream.set("content-length", "999").unwrap();
+    upstream.set("access-control-allow-origin", "*").unwrap();
     let meta = Meta { request_id: "r".into(), output_limit: Some(64), ..Meta::default() };
-    let out = downstream_headers(&upstream.0, &meta);
+    let resp = hf_gate::edge::meter::Body::Bytes(b"{}".to_vec()).respond(200, &upstream.0, &meta).unwrap();
+    let out = Headers(resp.headers());
     assert_eq!(out.get("set-cookie").unwrap(), None, "every cookie stays behind");
+    assert_eq!(out.get("cf-ray").unwrap(), None);
+    assert_eq!(out.get("content-length").unwrap(), None);
+    assert_eq!(out.get("access-control-allow-origin").unwrap(), None, "the gateway sets its own CORS");
+    assert_eq!(out.get("cfx").unwrap().as_deref(), Some("kept"));
     assert_eq!(out.get("vary").unwrap().as_deref(), Some("Accept, Origin"));
     assert_eq!(out.get("x-upstream-id").unwrap().as_deref(), Some("u1"));
+    assert_eq!(out.get("content-type").unwrap().as_deref(), Some("text/event-stream"));
+    assert_eq!(out.get("x-request-id").unwrap().as_deref(), Some("r"));
     assert_eq!(out.get("x-hfgate-max-tokens").unwrap().as_deref(), Some("64"));
-    // a copy: upstream's own headers are as they were
+    // upstream's own headers are as they were
     assert_eq!(upstream.get("set-cookie").unwrap().as_deref(), Some("a=1, b=2"));
     assert_eq!(upstream.get("x-request-id").unwrap(), None);
+    assert_eq!(upstream.get("cf-ray").unwrap().as_deref(), Some("r1"));
     // an edit the runtime would refuse is left out, and the rest still apply
     let h = Headers::new();
     let odd = Meta {
@@ -164,7 +180,8 @@ fn a_status_that_has_no_body_is_answered_without_one() {
     let resp = response::held(204, Some(&bytes), &Headers::new()).unwrap();
     assert!(resp.body().is_none());
     // upstream's 304 to a job poll, passed on as it came
-    let resp = hf_gate::edge::meter::Body::Bytes(b"x".to_vec()).respond(304, Headers::new()).unwrap();
+    let resp =
+        hf_gate::edge::meter::Body::Bytes(b"x".to_vec()).respond(304, &Headers::new().0, &Meta::default()).unwrap();
     assert_eq!(resp.status(), 304);
     assert!(resp.body().is_none());
 }

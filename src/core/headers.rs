@@ -1,10 +1,14 @@
 //! Which headers cross the gateway. The caller's credentials, cookies, hop-by-hop and
 //! Cloudflare headers never go upstream; upstream's cookies and framing headers never come back.
 
-/// Request headers that are never forwarded upstream.
-const DROP_UPSTREAM: &[&str] = &[
+/// Request headers that are never forwarded upstream (a name ending in `*` stands for every
+/// name it begins), dropped by the runtime (`edge::header_edits`); the names a caller's
+/// `Connection` header lists go too (`connection_tokens`).
+pub const DROP_UPSTREAM: &[&str] = &[
+    "cf-*",
+    "x-forwarded-*",
+    "proxy-*",
     "authorization",
-    "proxy-authorization",
     "cookie",
     "host",
     "origin",
@@ -20,15 +24,16 @@ const DROP_UPSTREAM: &[&str] = &[
     // hop-by-hop (RFC 9110 section 7.6.1)
     "connection",
     "keep-alive",
-    "proxy-connection",
     "te",
     "trailer",
     "transfer-encoding",
     "upgrade",
 ];
 
-/// Response headers from upstream that the gateway does not pass back.
-const DROP_DOWNSTREAM: &[&str] = &[
+/// Response headers from upstream that the gateway does not pass back (a name ending in `*`
+/// stands for every name it begins), dropped by the runtime (`edge::header_edits`).
+pub const DROP_DOWNSTREAM: &[&str] = &[
+    "cf-*",
     "set-cookie",
     "content-length",
     "content-encoding",
@@ -48,34 +53,9 @@ const DROP_DOWNSTREAM: &[&str] = &[
     "access-control-max-age",
 ];
 
-/// Whether a caller's request header may go upstream. `connection_tokens` are the names listed
-/// in the caller's `Connection` header, which are hop-by-hop too.
-///
-/// ```
-/// use hf_gate::core::headers::forward_upstream;
-/// assert!(forward_upstream("content-type", &[]));
-/// assert!(!forward_upstream("Authorization", &[]));
-/// assert!(!forward_upstream("cf-connecting-ip", &[]));
-/// assert!(!forward_upstream("x-secret-hop", &["x-secret-hop".into()]));
-/// ```
-pub fn forward_upstream(name: &str, connection_tokens: &[String]) -> bool {
-    let n = name.to_ascii_lowercase();
-    !(DROP_UPSTREAM.contains(&n.as_str())
-        || n.starts_with("cf-")
-        || n.starts_with("x-forwarded-")
-        || n.starts_with("proxy-")
-        || connection_tokens.iter().any(|t| t.eq_ignore_ascii_case(&n)))
-}
-
 /// The header names listed in a `Connection` header.
 pub fn connection_tokens(value: Option<&str>) -> Vec<String> {
     value.unwrap_or("").split(',').map(|t| t.trim().to_ascii_lowercase()).filter(|t| !t.is_empty()).collect()
-}
-
-/// Whether an upstream response header is passed back to the caller.
-pub fn forward_downstream(name: &str) -> bool {
-    let n = name.to_ascii_lowercase();
-    !(DROP_DOWNSTREAM.contains(&n.as_str()) || n.starts_with("cf-"))
 }
 
 /// A header value the gateway will echo or forward: printable ASCII and tabs, bounded length.
@@ -137,32 +117,9 @@ mod tests {
     }
 
     #[test]
-    fn credentials_and_hop_by_hop_headers_stay_behind() {
-        for h in [
-            "authorization",
-            "Cookie",
-            "X-HF-Bill-To",
-            "cf-ray",
-            "CF-Connecting-IP",
-            "x-forwarded-for",
-            "Transfer-Encoding",
-            "Host",
-        ] {
-            assert!(!forward_upstream(h, &[]), "{h} must not go upstream");
-        }
-        for h in ["content-type", "accept", "user-agent", "x-stainless-retry-count", "x-wait-for-model"] {
-            assert!(forward_upstream(h, &[]), "{h} should go upstream");
-        }
-        let tokens = connection_tokens(Some("keep-alive, X-Private"));
-        assert!(!forward_upstream("x-private", &tokens));
-    }
-
-    #[test]
-    fn upstream_cookies_and_cors_do_not_come_back() {
-        assert!(!forward_downstream("Set-Cookie"));
-        assert!(!forward_downstream("access-control-allow-origin"));
-        assert!(forward_downstream("x-request-id"));
-        assert!(forward_downstream("content-type"));
+    fn connection_lists_hop_by_hop_names() {
+        assert_eq!(connection_tokens(Some("keep-alive, X-Private,")), ["keep-alive", "x-private"]);
+        assert!(connection_tokens(None).is_empty());
     }
 
     #[test]

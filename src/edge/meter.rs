@@ -13,12 +13,15 @@
 
 use crate::core::call::CallPricing;
 use crate::core::error::GatewayError;
+use crate::core::headers::Edits;
 use crate::core::paths::Api;
 use crate::core::sse::SseMeter;
 use crate::core::time::UnixMillis;
 use crate::edge::body_io::{self, read_capped, Capped, Source};
+use crate::edge::header_edits::{drop_then_edit, Direction};
 use crate::edge::hold::Hold;
 use crate::edge::platform::{self, Timer};
+use crate::edge::response::Meta;
 use futures_util::Stream;
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -68,9 +71,17 @@ pub enum Body {
 }
 
 impl Body {
-    /// The caller's response.
-    pub fn respond(self, status: u16, headers: Headers) -> Result<web_sys::Response, GatewayError> {
+    /// The caller's response to upstream's answer: its status, its headers minus those the
+    /// gateway does not pass back, plus the gateway's (`meta`). The runtime copies upstream's
+    /// headers into the response, which is then edited in place: one copy, one call.
+    pub fn respond(
+        self,
+        status: u16,
+        upstream: &web_sys::Headers,
+        meta: &Meta,
+    ) -> Result<web_sys::Response, GatewayError> {
         use crate::edge::response;
+        let headers = Headers(upstream.clone());
         let built = match self {
             // the runtime builds none of these with a body (a job poll's 304, a 204)
             _ if response::bodiless(status) => response::held(status, None, &headers),
@@ -80,7 +91,11 @@ impl Body {
             Body::Pass(source) => response::of_stream(status, &body_io::to_runtime(source), &headers),
             Body::Pipe(end) => response::of_stream(status, &body_io::to_runtime(end), &headers),
         };
-        built.map_err(|_| GatewayError::UpstreamError("unreadable response".into()))
+        let built = built.map_err(|_| GatewayError::UpstreamError("unreadable response".into()))?;
+        let mut edits = Edits::default();
+        meta.edits(&mut edits);
+        drop_then_edit(&built.headers(), Direction::Downstream, &edits);
+        Ok(built)
     }
 }
 
@@ -441,7 +456,10 @@ fn settle(
 }
 
 /// A response passed through as it comes (a job poll, or upstream refused the call).
-pub fn pass_through(resp: &web_sys::Response, headers: Headers) -> Result<web_sys::Response, GatewayError> {
+pub fn pass_through(
+    resp: &web_sys::Response,
+    meta: &crate::edge::response::Meta,
+) -> Result<web_sys::Response, GatewayError> {
     let body = crate::edge::body_io::response_body(resp);
-    Body::Pass(body).respond(resp.status(), headers)
+    Body::Pass(body).respond(resp.status(), &resp.headers(), meta)
 }

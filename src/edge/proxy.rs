@@ -284,8 +284,7 @@ pub async fn handle(
     if let Some(id) = &answer.upstream_request_id {
         meta.request_id = id.clone();
     }
-    let out = upstream::downstream_headers(&answer.headers, meta);
-    answer.body.respond(answer.status, out)
+    answer.body.respond(answer.status, &answer.headers, meta)
 }
 
 /// The API a call's record names.
@@ -336,6 +335,5 @@ async fn poll(
     if status >= 500 {
         return Err(GatewayError::UpstreamError(format!("upstream answered {status}")));
     }
-    let out = upstream::downstream_headers(&resp.headers(), meta);
-    meter::pass_through(&resp, out)
+    meter::pass_through(&resp, meta)
 }

@@ -10,7 +10,6 @@ use crate::core::retry::{self, RetryBudget, RetryDecision};
 use crate::core::settings::{Settings, Upstream};
 use crate::core::time::UnixMillis;
 use crate::edge::platform::{self, OsRng};
-use crate::edge::response::Meta;
 use crate::edge::{cooldown_do, header_edits, health, sandbox, sealing};
 use js_sys::Uint8Array;
 use std::cell::RefCell;
@@ -102,30 +101,14 @@ pub fn credential(caller: &Caller, route: &ProxyRoute, pinned: Option<&str>) -> 
 /// The caller's headers minus credentials, hop-by-hop and Cloudflare headers; plus the
 /// gateway's own billing header for org keys.
 pub fn upstream_headers(incoming: &Headers, bill_to: Option<&str>) -> Headers {
-    let tokens = headers::connection_tokens(incoming.get("connection").ok().flatten().as_deref());
     let mut edits = Edits::default();
-    for name in header_edits::names(&incoming.0).lines() {
-        if !headers::forward_upstream(name, &tokens) {
-            edits.delete(name);
-        }
+    for token in headers::connection_tokens(incoming.get("connection").ok().flatten().as_deref()) {
+        edits.delete(&token);
     }
     if let Some(org) = bill_to {
         edits.set("x-hf-bill-to", org);
     }
-    Headers(header_edits::copy_with(&incoming.0, &edits))
-}
-
-/// Upstream's response headers minus cookies, framing and CORS headers (the gateway sets its
-/// own), plus the gateway's: the runtime copies them and applies the edits in one call.
-pub fn downstream_headers(upstream: &web_sys::Headers, meta: &Meta) -> Headers {
-    let mut edits = Edits::default();
-    for name in header_edits::names(upstream).lines() {
-        if !headers::forward_downstream(name) {
-            edits.delete(name);
-        }
-    }
-    meta.edits(&mut edits);
-    Headers(header_edits::copy_with(upstream, &edits))
+    Headers(header_edits::copy_dropping_then_edit(&incoming.0, header_edits::Direction::Upstream, &edits))
 }
 
 /// One upstream call, as sent on every attempt.
