@@ -131,6 +131,40 @@ test("filters, pages and CSV", async () => {
   assert.equal((await fetch(`${gw.url}/admin/keys/key_nope/requests`, { headers: { authorization: `Bearer ${ADMIN}` } })).status, 404);
 });
 
+test("the log keeps its most: past REQUEST_LOG_MAX_ROWS, the account's alarm drops the oldest records", async () => {
+  // leases on whatever the suite runs with: their ends are what wake the account's alarm soon
+  const small = await startGateway({ UPSTREAM_URL: up.url, REQUEST_LOG_MAX_ROWS: "100", LEASE_MS: "1000" });
+  try {
+    const k = await newKey(small, { plan: "pro", rate_limit: FAST });
+    // each call its own model, to tell the records apart
+    const ids = [];
+    for (let i = 0; i < 130; i++) {
+      const r = await chat(small, k.key, ask(`m/p${i}`));
+      assert.equal(r.status, 200);
+      ids.push(`m/p${i}`);
+      await r.arrayBuffer();
+    }
+    const page = async () => {
+      const res = await fetch(`${small.url}/admin/keys/${k.id}/requests?limit=1000`, { headers: { authorization: `Bearer ${ADMIN}` } });
+      assert.equal(res.status, 200);
+      return (await res.json()).data.map((r) => r.model);
+    };
+    // pruned by an alarm once an eighth of the most (12) was written since the last prune;
+    // the calls after the last prune may stay until the next (a minute later at most)
+    const kept = await eventually(async () => {
+      const p = await page();
+      return p.length <= 111 ? p : null;
+    }, 20_000);
+    assert.ok(kept, "the log was pruned");
+    assert.ok(kept.length >= 100, `never below the most kept (${kept.length})`);
+    // the newest stay, newest first; the oldest went
+    assert.deepEqual(kept, ids.slice(-kept.length).reverse());
+    assert.ok(!kept.includes(ids[0]));
+  } finally {
+    await small.stop();
+  }
+});
+
 test("a caller reads its own log only; an org's log holds all its keys', across shards", async () => {
   for (const shards of [1, 4]) {
     const org = `log-org-${shards}`;

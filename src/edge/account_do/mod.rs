@@ -33,6 +33,19 @@ use worker::{durable_object, DurableObject, Env, Response, Result, State};
 /// keeps) by an alarm at most this long after a record is written.
 const PRUNE_AFTER_MS: u64 = 3_600_000;
 
+/// An alarm prunes the log at most this often, unless an eighth of the most it keeps was
+/// written since the last prune: finding the records past their retention reads the whole
+/// log (up to `REQUEST_LOG_MAX_ROWS`), and a busy account's alarm fires every few seconds for
+/// its leases' ends.
+const PRUNE_EVERY_MS: u64 = 60_000;
+
+/// The alarm that tidies up after time (a lease's end, a hold's lapse, a lapsed lease's
+/// credit back, a record forgotten) comes at most this often. None of it is urgent: every
+/// operation that reads or moves credit does what is due first (`store::expires_first`), so
+/// the alarm only stands in for operations that do not come. A key whose lease is renewed
+/// every second had an alarm every half second or so, each a storage transaction.
+const HOUSEKEEPING_GAP_MS: u64 = 5_000;
+
 /// How often an edit waiting for leases to end looks whether they were returned early.
 const LEASE_RECALL_POLL_MS: u64 = 50;
 
@@ -52,8 +65,12 @@ pub struct Account {
     /// A shard object's lease from its pool.
     lease: RefCell<Option<Lease>>,
     alarm_at: Cell<Option<u64>>,
-    /// A request log record was written since the last prune.
-    log_written: Cell<bool>,
+    /// When an alarm last ran (`HOUSEKEEPING_GAP_MS`).
+    housekept_at: Cell<u64>,
+    /// How many request log records were written since the last prune.
+    log_rows: Cell<u64>,
+    /// When the log was last pruned (`PRUNE_EVERY_MS`).
+    pruned_at: Cell<u64>,
     /// The credit alerts fired this period and those still to be delivered.
     alerts: RefCell<AlertBook>,
 }
@@ -72,7 +89,9 @@ impl DurableObject for Account {
             pool: RefCell::new(None),
             lease: RefCell::new(None),
             alarm_at: Cell::new(None),
-            log_written: Cell::new(false),
+            housekept_at: Cell::new(0),
+            log_rows: Cell::new(0),
+            pruned_at: Cell::new(0),
             alerts: RefCell::new(AlertBook::default()),
         }
     }
@@ -84,16 +103,23 @@ impl DurableObject for Account {
     async fn alarm(&self) -> Result<Response> {
         self.load().await?;
         self.alarm_at.set(None);
-        let writes = self.mem.borrow_mut().as_mut().map(|st| store::expire(st, platform::now())).unwrap_or_default();
+        let now = platform::now();
+        self.housekept_at.set(now.0);
+        let writes = self.mem.borrow_mut().as_mut().map(|st| store::expire(st, now)).unwrap_or_default();
         self.write(&writes)?;
-        if self.log_written.replace(false) {
+        let rows = self.log_rows.get();
+        let prune_at = self.pruned_at.get().saturating_add(PRUNE_EVERY_MS);
+        if rows > 0 && (now.0 >= prune_at || rows >= self.log_max_rows().map_or(u64::MAX, |most| most / 8)) {
+            self.log_rows.set(0);
+            self.pruned_at.set(now.0);
             self.prune_log()?;
         }
         self.deliver_alerts().await?;
         if let Some((pool, shard, shards)) = &self.shard {
             self.give_back(pool, *shard, *shards).await?;
         }
-        self.schedule(None).await?;
+        // a prune left for later comes back by itself, even if no record is written meanwhile
+        self.schedule((self.log_rows.get() > 0).then(|| self.pruned_at.get().saturating_add(PRUNE_EVERY_MS))).await?;
         Response::ok("")
     }
 }
@@ -137,7 +163,7 @@ impl Account {
             // not an error, but operators want to see overshoots and late settles
             worker::console_log!("settle overran its reservation by {} micro-USD (late: {late})", overrun.0);
         }
-        let prune = self.log_written.get().then(|| platform::now().0.saturating_add(PRUNE_AFTER_MS));
+        let prune = (self.log_rows.get() > 0).then(|| platform::now().0.saturating_add(PRUNE_AFTER_MS));
         let alert = self.alerts.borrow().next_wake().map(|t| t.0);
         let also = match (prune, alert) {
             (Some(a), Some(b)) => Some(a.min(b)),

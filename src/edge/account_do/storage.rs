@@ -228,7 +228,7 @@ impl Account {
                     sql.exec("DELETE FROM log WHERE status = 0 AND model = ?", vec![model.as_str().into()])
                 }
                 RowWrite::Log { at, key_id, model, status, body } => {
-                    self.log_written.set(true);
+                    self.log_rows.set(self.log_rows.get() + 1);
                     sql.exec(
                         "INSERT INTO log (at, key_id, model, status, body) VALUES (?, ?, ?, ?, ?)",
                         vec![
@@ -250,10 +250,12 @@ impl Account {
         result
     }
 
-    /// Keeps an alarm at the earliest reservation expiry (abandoned holds are released) or
-    /// at `also` (a shard's give-back), whichever comes first.
+    /// Keeps an alarm at the earliest reservation expiry or lease end (abandoned holds are
+    /// released, ended leases closed), no sooner than `HOUSEKEEPING_GAP_MS` after the last
+    /// alarm, or at `also` (a shard's give-back, a prune, an alert), whichever comes first.
     pub(super) async fn schedule(&self, also: Option<u64>) -> Result<()> {
-        let expiry = self.mem.borrow().as_ref().and_then(|st| st.next_wake()).map(|t| t.0);
+        let gap_end = self.housekept_at.get().saturating_add(super::HOUSEKEEPING_GAP_MS);
+        let expiry = self.mem.borrow().as_ref().and_then(|st| st.next_wake()).map(|t| t.0.max(gap_end));
         let next = match (expiry, also) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -314,6 +316,11 @@ impl Account {
             rows.push((num(&row, 0), num(&row, 1), text(&row, 2)));
         }
         Ok(AccountReply::Requests(crate::core::request_log::Page { rows }))
+    }
+
+    /// The most records the log keeps (`REQUEST_LOG_MAX_ROWS`).
+    pub(super) fn log_max_rows(&self) -> Option<u64> {
+        crate::edge::config::settings(&self.env).ok().map(|s| s.request_log_max_rows)
     }
 
     /// Drops the records past their retention and the oldest beyond the most kept.
