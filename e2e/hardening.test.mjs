@@ -193,6 +193,46 @@ test("upstream faults: each ends in the contract's answer and a consistent ledge
   });
 });
 
+test("upstream's compressed answers reach the caller decoded and metered, without its content-encoding", async () => {
+  const k = await newKey(gw, { plan: "pro" });
+  const { gzipSync } = await import("node:zlib");
+  const sseText = (model) =>
+    [
+      { choices: [{ index: 0, delta: { role: "assistant", content: "zipped" }, finish_reason: null }] },
+      { choices: [{ index: 0, delta: {}, finish_reason: "stop" }] },
+      { choices: [], usage: { prompt_tokens: 10, completion_tokens: 20, total_tokens: 30 } },
+    ]
+      .map((c) => `data: ${JSON.stringify({ id: "c", object: "chat.completion.chunk", created: 1, model, ...c })}\n\n`)
+      .join("") + "data: [DONE]\n\n";
+  up.on(async (req, res, call) => {
+    const streamed = Boolean(call.json?.stream);
+    const text = streamed ? sseText(call.json.model) : JSON.stringify(completion(call.json.model));
+    res.writeHead(200, { "content-type": streamed ? "text/event-stream" : "application/json", "content-encoding": "gzip" });
+    res.end(gzipSync(text));
+  });
+  try {
+    const headers = { authorization: `Bearer ${k.key}`, "content-type": "application/json" };
+    const json = await rawRequest(gw, "POST", "/v1/chat/completions", headers, JSON.stringify(body("m/zipped")));
+    assert.equal(json.status, 200, json.text);
+    assert.equal(json.headers["content-encoding"], undefined);
+    assert.equal(JSON.parse(json.text).usage.completion_tokens, 20);
+    const streamed = await rawRequest(gw, "POST", "/v1/chat/completions", headers, JSON.stringify(body("m/zipped", { stream: true, stream_options: { include_usage: true } })));
+    assert.equal(streamed.status, 200, streamed.text);
+    assert.equal(streamed.headers["content-encoding"], undefined);
+    assert.match(streamed.text, /"completion_tokens":20/);
+    assert.match(streamed.text, /data: \[DONE\]/);
+    // both metered from what upstream said: 30 tokens each at 1 USD per million (a leased
+    // call's settle reaches the ledger in the isolate's next batch)
+    const u = await eventually(async () => {
+      const now = await usage(gw, k.key);
+      return now.credits.used_micro_usd === 60 && now.credits.reserved_micro_usd === 0 && now;
+    });
+    assert.ok(u, "both calls charged");
+  } finally {
+    up.reset();
+  }
+});
+
 test("the ledger unreachable: metered calls fail closed with 503 and never go upstream", async () => {
   const broken = await startGateway({ UPSTREAM_URL: up.url }, { brokenLedger: true });
   try {

@@ -456,10 +456,7 @@ fn settle(
 }
 
 /// A response passed through as it comes (a job poll, or upstream refused the call).
-pub fn pass_through(
-    resp: &web_sys::Response,
-    meta: &crate::edge::response::Meta,
-) -> Result<web_sys::Response, GatewayError> {
+pub fn pass_through(resp: &web_sys::Response, meta: &Meta) -> Result<web_sys::Response, GatewayError> {
     let body = crate::edge::body_io::response_body(resp);
     Body::Pass(body).respond(resp.status(), &resp.headers(), meta)
 }
