@@ -23,7 +23,7 @@ export const RULES = [
   // the worker's side
   ["DO round trip, caller side (stub, encode, op(), decode reply; admit + settle)", (l, s) => /objects::send|objects::call|account_do::call|account_do::admit|hold::drain|hold::send|cooldown_do::remaining|cooldown_do::ask|idFromName|id_from_name|get_stub|__wbg_op_|into_rpc/.test(s)],
   ["body reads (request arrayBuffer, upstream response arrayBuffer, copies)", (l, s) => /body_io::|read_request|response_body|read_capped|meter::whole_body.*(whole|array_buffer|__wbg_arrayBuffer)|__wbg_arrayBuffer|Uint8Array.*to_vec/.test(s)],
-  ["response headers (downstream_headers, Meta::apply)", (l, s) => /downstream_headers|Meta::apply|response::Meta/.test(s)],
+  ["response headers (header_edits::drop_then_edit, Meta::apply)", (l, s) => !/upstream_headers/.test(s) && /drop_then_edit|;drop_and_edit(;|$)|header_edits::drop_and_edit|Meta::apply|response::Meta/.test(s)],
   ["upstream: header copies (upstream_headers, send_once's copy + authorization)", (l, s) => /upstream::upstream_headers|upstream::send_once.*worker::headers|upstream::send_once.*Headers|upstream::send_once.*format/.test(s)],
   ["upstream: Request construction (RequestInit, new Request)", (l, s) => /Request::new_with_init|RequestInit|new_with_str_and_init/.test(s)],
   ["upstream: fetch() call, abort signal, timer, retries", (l, s) => /upstream::|send_with_retries|send_once|__wbg_fetch_|Fetch::send|AbortController/.test(s)],
