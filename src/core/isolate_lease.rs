@@ -62,6 +62,14 @@ pub struct Grant {
     pub rate: RateView,
 }
 
+impl Grant {
+    /// When the isolate stops admitting on it, answering a request sent at `asked_at`: its
+    /// life counted from before the object granted it, so never after the object's end.
+    pub fn ends_at(&self, asked_at: UnixMillis) -> UnixMillis {
+        asked_at.saturating_add_ms(self.ttl_ms)
+    }
+}
+
 /// The object's record of a lease it granted.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Issued {
@@ -198,13 +206,7 @@ pub struct Held {
 impl Held {
     /// A lease granted in answer to a request sent at `asked_at`.
     pub fn new(grant: Grant, asked_at: UnixMillis) -> Held {
-        Held {
-            credit_left: grant.credit,
-            ends_at: asked_at.saturating_add_ms(grant.ttl_ms),
-            grant,
-            next: 0,
-            renewing: false,
-        }
+        Held { credit_left: grant.credit, ends_at: grant.ends_at(asked_at), grant, next: 0, renewing: false }
     }
 
     /// Admits a call whose worst case is `cost`: its hold id, or `None` when the lease has
@@ -273,7 +275,7 @@ impl Held {
     /// a renewal answered after a cold call brought a fresher lease is then given back
     /// unused, not put in that one's place.
     pub fn outlasts(&self, grant: &Grant, asked_at: UnixMillis) -> bool {
-        self.ends_at > asked_at.saturating_add_ms(grant.ttl_ms)
+        self.ends_at > grant.ends_at(asked_at)
     }
 
     /// The throttle for a call's headers: what the object had left at grant, and the calls

@@ -228,7 +228,7 @@ pub fn install(
         slot.asking_since = None;
         match grant {
             Some(grant) if slot.held.as_ref().is_some_and(|l| l.lease.outlasts(&grant, asked_at)) => {
-                (Some((grant.id, asked_at.saturating_add_ms(grant.ttl_ms))), false)
+                (Some((grant.id, grant.ends_at(asked_at))), false)
             }
             Some(grant) => {
                 let lent = Lent {
@@ -254,7 +254,7 @@ pub fn install(
     if let Some(grant) = grant.filter(|_| taken && hold::may_carry(since)) {
         // returned at its end if nothing replaced it, so its credit is not held idle
         let (env, task_ctx, account, key_id) = (env.clone(), ctx.clone(), account.to_string(), key.key_id.clone());
-        let ends = asked_at.saturating_add_ms(grant.ttl_ms);
+        let ends = grant.ends_at(asked_at);
         ctx.wait_until(async move {
             platform::sleep_ms(ends.millis_since(platform::now())).await;
             let ended = SLOTS.with(|slots| {
