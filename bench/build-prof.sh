@@ -12,6 +12,7 @@ ESBUILD_BIN="$PWD/node_modules/.bin/esbuild" \
 mv build/index.js build/worker.js
 cp scripts/entry.mjs build/entry.mjs
 node_modules/.bin/esbuild build/entry.mjs --bundle --format=esm --log-level=warning \
+  --inject:scripts/microtask.mjs \
   --external:./index_bg.wasm '--external:cloudflare:*' --outfile=build/index.js
 rm build/entry.mjs build/worker.js
 if [ "$OUT" != build ]; then rm -rf "$OUT"; mkdir -p "$OUT"; cp -r build/. "$OUT/"; fi

@@ -17,9 +17,11 @@ ESBUILD_BIN="$PWD/node_modules/.bin/esbuild" \
 node_modules/.bin/wasm-opt --strip-debug --strip-producers build/index_bg.wasm -o build/index_bg.wasm
 
 # The entry module: worker-build's glue plus what it does not do (scripts/entry.mjs says what
-# and why), bundled back into build/index.js, the module wrangler.toml and Miniflare load.
+# and why), bundled back into build/index.js, the module wrangler.toml and Miniflare load. The
+# glue's microtasks are queued on a resolved promise (scripts/microtask.mjs says why).
 mv build/index.js build/worker.js
 cp scripts/entry.mjs build/entry.mjs
 node_modules/.bin/esbuild build/entry.mjs --bundle --format=esm --minify --log-level=warning \
+  --inject:scripts/microtask.mjs \
   --external:./index_bg.wasm '--external:cloudflare:*' --outfile=build/index.js
 rm build/entry.mjs build/worker.js
