@@ -68,6 +68,10 @@ export default {
     const resolved = Promise.resolve();
     const decoder = new TextDecoder("utf-8", { ignoreBOM: true });
     const bytes = new TextEncoder().encode("application/json; charset=utf-8");
+    const body = new Uint8Array(312);
+    const upstream = new Headers({ server: "nginx", date: new Date(0).toUTCString(), "content-type": "application/json", "content-length": "312", connection: "keep-alive", "x-request-id": "abc123" });
+    const dropped = new Set(["content-length", "connection", "keep-alive", "transfer-encoding", "set-cookie", "server"]);
+    const edits = [["x-request-id", "5295cca86ddaf4ee"], ["ratelimit-policy", '"rpm";q=600;w=60;burst=50'], ["ratelimit", '"rpm";r=49;t=1'], ["server-timing", "admit;dur=0, upstream;dur=1"], ["x-hfgate-max-tokens", "16"]];
     const message = JSON.stringify({ batch: [{ settle: { reservation: 123, actual: 4567 } }, { acquire: { calls: 4, per_call: 1000, ttl_ms: 1000 } }] });
     const primitives = {
       "queueMicrotask(f)": () => queueMicrotask(nothing),
@@ -76,6 +80,14 @@ export default {
       "ctx.waitUntil(resolved)": () => ctx.waitUntil(resolved),
       "new Headers + set": () => new Headers().set("content-type", "application/json"),
       "TextDecoder.decode (31 B)": () => decoder.decode(bytes),
+      "new Response(bytes, upstream's headers)": () => new Response(body, { status: 200, headers: upstream }),
+      "the same + a metered answer's header edits": () => {
+        const h = new Response(body, { status: 200, headers: upstream }).headers;
+        // what header_edits::drop_and_edit does: names dropped, the gateway's own set
+        for (const name of [...h.keys()]) if (dropped.has(name)) h.delete(name);
+        for (const [name, value] of edits) h.set(name, value);
+        h.append("vary", "Origin");
+      },
       "Date.now()": () => Date.now(),
     };
     const trip = (method) => async () => {
