@@ -2,6 +2,7 @@
 // µs each, measured inside workerd (Miniflare) by a throwaway worker and object, so that a
 // profile's line can be read as "N calls of something that costs M": the primitives the
 // gateway's glue calls per request (microtasks, timers, waitUntil, Headers, TextDecoder), a
+// response on upstream's headers with and without a metered answer's header edits, a
 // Durable Object RPC round trip with and without the writes a settle batch makes, and SQL
 // `exec` one row a statement against several.
 //
