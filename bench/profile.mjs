@@ -4,8 +4,8 @@
 // takes a CPU profile of every inspector target (the worker's isolate; the Durable Objects of
 // the same script run in it too) while wrk drives POST /v1/chat/completions across the keys.
 //
-// Build with names first: bench/build-prof.sh [DIR] (scripts/build.sh minus --strip-debug and
-// minification).
+// Build with names first: bench/build-prof.sh [DIR] (scripts/build.sh with PROFILE=1: no
+// --strip-debug and no minification).
 //
 // Env: BUILD (dir with index.js, default build), SECONDS (10), CONNS (16), KEYS (1),
 // INTERVAL_US (100), SEQ (300 sequential calls, 0 for none), STREAM=1 (the load's calls
