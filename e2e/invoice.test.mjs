@@ -518,3 +518,17 @@ test("13. a seeded random mix of these calls, 8 at a time, on one key funded 50,
   await reconcile(t, x, gw, k, tag, { credit: 50_000 });
   x.done();
 });
+
+test("14. a completions batch whose elements are not all strings, on a key funded 5,000: each element is a prompt the provider may run", async (t) => {
+  const x = expectations(t);
+  for (const [i, prompt] of [["a", 5, 5, 5], ["a", null], ["a", { x: 1 }], [[1, 2], 3]].entries()) {
+    const tag = `inv/batch-14-${i}`;
+    const k = await funded(gw, 5000);
+    const res = await post(gw, k.key, "/v1/completions", { model: tag, max_tokens: 4000, prompt });
+    const text = await res.text();
+    x.note(`${JSON.stringify(prompt)}: status ${res.status}, the provider ran ${provider.callsFor(tag).length ? JSON.parse(text).choices?.length : 0} generation(s)`);
+    x.ok([200, 402, 429].includes(res.status), `answered or refused for credit: ${res.status} ${text.slice(0, 200)}`);
+    await reconcile(t, x, gw, k, tag, { credit: 5000 });
+  }
+  x.done();
+});

@@ -699,7 +699,9 @@ struct PromptFound {
     tally: Tally,
     /// Elements of the top-level array (messages, input items, prompts).
     elements: u64,
-    /// Elements that are a prompt of their own (a string or an array of token ids).
+    /// How many prompts a completion's batch can run: one for an array of token ids (numbers
+    /// only), else one per element, whatever it holds. An upstream that reads `["a", 5]` as a
+    /// batch runs a generation for the `5` as well; one that refuses it runs none.
     batch: u64,
 }
 
@@ -720,15 +722,15 @@ impl<'de> Visitor<'de> for PromptSeed {
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<PromptFound, A::Error> {
         let mut found = PromptFound::default();
+        let mut numbers = 0u64;
         loop {
             let mut tally = Tally::default();
             let Some(kind) = seq.next_element_seed(Count { tally: &mut tally, ceiling: self.ceiling })? else { break };
             found.tally.add(tally);
             found.elements += 1;
-            if matches!(kind, Kind::Text { .. } | Kind::Array) {
-                found.batch += 1;
-            }
+            numbers += u64::from(matches!(kind, Kind::Number));
         }
+        found.batch = if numbers == found.elements { 1 } else { found.elements };
         Ok(found)
     }
 
@@ -766,6 +768,7 @@ impl<'de> Visitor<'de> for PromptSeed {
 /// What one counted value was.
 enum Kind {
     Text { media: Option<Media> },
+    Number,
     Other,
     Array,
 }
@@ -806,16 +809,19 @@ impl<'de, 't> Visitor<'de> for Count<'t> {
     }
 
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<Kind, E> {
-        Ok(self.text(v.checked_ilog10().map_or(1, |d| u64::from(d) + 1)))
+        self.text(v.checked_ilog10().map_or(1, |d| u64::from(d) + 1));
+        Ok(Kind::Number)
     }
 
     fn visit_i64<E: de::Error>(self, _: i64) -> Result<Kind, E> {
-        Ok(self.text(20))
+        self.text(20);
+        Ok(Kind::Number)
     }
 
     fn visit_f64<E: de::Error>(self, _: f64) -> Result<Kind, E> {
         // the literal's length is gone once parsed; a float's shortest form is at most 24
-        Ok(self.text(24))
+        self.text(24);
+        Ok(Kind::Number)
     }
 
     fn visit_bool<E: de::Error>(self, _: bool) -> Result<Kind, E> {
@@ -1391,6 +1397,14 @@ mod tests {
         assert_eq!(batch.choices, 9);
         let ids = inspect(br#"{"model":"m","prompt":[1,2,3]}"#, Api::Completions, 1).unwrap();
         assert_eq!(ids.choices, 1);
+        // an array that is not all token ids may be read as a batch of every element
+        for (prompt, n) in
+            [(r#"["a",5,5,5]"#, 4), (r#"["a",null]"#, 2), (r#"[[1,2],3]"#, 2), (r#"[{"x":1},true,"b"]"#, 3)]
+        {
+            let body = format!(r#"{{"model":"m","prompt":{prompt}}}"#);
+            assert_eq!(inspect(body.as_bytes(), Api::Completions, 1).unwrap().choices, n, "{prompt}");
+        }
+        assert_eq!(inspect(br#"{"model":"m","prompt":[]}"#, Api::Completions, 1).unwrap().choices, 1);
     }
 
     #[test]
