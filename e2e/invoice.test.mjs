@@ -532,3 +532,45 @@ test("14. a completions batch whose elements are not all strings, on a key funde
   }
   x.done();
 });
+
+test("15. a responses call that continues an earlier one (previous_response_id): refused as unbounded on a plan without a ceiling; admitted and covered on one with it", async (t) => {
+  const x = expectations(t);
+  const first = (model) => ({ model, max_output_tokens: 2000, input: "remember this" });
+  const next = (model, id) => ({ model, max_output_tokens: 100, input: "and now?", previous_response_id: id });
+
+  const tag = "inv/continue-15";
+  const k = await funded(gw, 20_000);
+  const opened = await post(gw, k.key, "/v1/responses", first(tag));
+  const id = opened.status === 200 ? (await opened.json()).id : null;
+  x.ok(id, `the first call answered with an id: ${opened.status}`);
+  const res = await post(gw, k.key, "/v1/responses", next(tag, id));
+  const err = res.status === 200 ? (await res.text(), null) : await errorOf(res);
+  x.note(`a free key's continuation: ${res.status} ${err?.code ?? ""} ${err?.message ?? ""}`);
+  x.equal(res.status, 400, "refused");
+  x.equal(err?.code, "unbounded_request", "the error code");
+  x.ok(/previous_response_id/.test(err?.message ?? ""), "the message names the field");
+  x.equal(provider.callsFor(tag).length, 1, "only the first call reached the provider");
+  await reconcile(t, x, gw, k, tag, { credit: 20_000 });
+
+  const plans = JSON.stringify({ agentic: { monthly_credit_micro_usd: 200000, on_exhausted: "block", server_tool_ceiling_micro_usd: 100000 } });
+  const g = await startGateway({ UPSTREAM_URL: provider.url, PRICES, PLANS: plans });
+  try {
+    const tag2 = "inv/continue-15-ceiling";
+    const agent = await newKey(g, { plan: "agentic", rate_limit: FAST }).catch((e) => ({ failed: String(e) }));
+    if (x.ok(!agent.failed, `a key on the agentic plan: ${agent.failed}`)) {
+      let previous = null;
+      for (let turn = 0; turn < 3; turn++) {
+        const answer = await post(g, agent.key, "/v1/responses", previous ? next(tag2, previous) : first(tag2));
+        const text = await answer.text();
+        x.equal(answer.status, 200, `turn ${turn} admitted under the plan's ceiling: ${text.slice(0, 160)}`);
+        previous = answer.status === 200 ? JSON.parse(text).id : previous;
+      }
+      const billed = provider.callsFor(tag2).map((c) => c.usage?.prompt);
+      x.note(`prompt tokens billed per turn: ${JSON.stringify(billed)}`);
+      await reconcile(t, x, g, agent, tag2, { credit: 200000 });
+    }
+  } finally {
+    await g.stop();
+  }
+  x.done();
+});

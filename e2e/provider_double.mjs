@@ -309,6 +309,8 @@ export async function startProvider() {
   const running = new Set();
   const p = {
     jobs: new Map(),
+    // a response's whole conversation in tokens, by its id: what `previous_response_id` adds
+    kept: new Map(),
     falPrices: { ...FAL_PRICES },
     base: defaultBehaviour(),
     behaviour: (tag) => ({ ...p.base, ...(scripts.get(tag) ?? {}) }),
@@ -334,8 +336,13 @@ export async function startProvider() {
     call.tag = tag;
     const b = p.behaviour(tag);
     if (b.status >= 300) return send(res, b.status, { error: { message: `scripted ${b.status}`, type: "server_error", code: null } }, { "x-request-id": call.requestId });
-    // billed in full the moment the generation starts, whatever the caller does next
+    // billed in full the moment the generation starts, whatever the caller does next; a
+    // response that continues an earlier one is prompted with that one's input and output
     const billed = bill(api, body, b);
+    if (api === "responses") {
+      billed.prompt += p.kept.get(body.previous_response_id) ?? 0;
+      p.kept.set(`resp_${call.n}`, billed.prompt + billed.completion);
+    }
     call.usage = billed;
     p.charge(tag, billed.prompt + billed.completion, call);
     if (b.delayMs) await sleep(b.delayMs);

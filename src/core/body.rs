@@ -82,7 +82,9 @@ const MEDIA_PAYLOAD_KEYS: &[&str] =
 const CLIENT_TOOL_TYPES: &[&str] = &["function", "custom"];
 
 /// A part of the body whose cost the body does not bound: a tool the upstream runs itself
-/// (OpenAI's `web_search`, the router's `mcp` loop), billed in calls and tokens of its own.
+/// (OpenAI's `web_search`, the router's `mcp` loop), billed in calls and tokens of its own, or
+/// text the upstream keeps and prompts with (`previous_response_id`, `conversation`, a stored
+/// `prompt`), billed as input the body does not carry.
 ///
 /// `inspect` reports it rather than refusing, since whether it may run is the plan's call:
 /// refused (`refusal`), or allowed at the plan's `server_tool_ceiling_micro_usd`.
@@ -531,9 +533,19 @@ fn truncate(s: &str) -> String {
     s.chars().take(40).collect()
 }
 
-/// Whether a top-level field asks the upstream to run tools itself, and where.
+/// Whether a top-level field asks the upstream to run tools itself, or to prompt with text it
+/// keeps (an earlier response, a conversation, a stored prompt), and where.
 fn run_upstream(field: &str, raw: &str) -> Result<Option<Unbounded>, serde_json::Error> {
+    let kept = |what: &str| Unbounded {
+        field: field.into(),
+        reason: format!("it asks the upstream to prompt with {what} it keeps, billed as input the body does not carry"),
+    };
     match field {
+        "previous_response_id" if raw != "null" => Ok(Some(kept("an earlier response and the conversation"))),
+        "conversation" if raw != "null" => Ok(Some(kept("a conversation"))),
+        // the prompt field of completions never comes here; elsewhere an object is a stored
+        // prompt template (`{"id": "pmpt_..."}`)
+        "prompt" if raw.starts_with('{') => Ok(Some(kept("a stored prompt"))),
         "tools" if raw.starts_with('[') => {
             let mut de = serde_json::Deserializer::from_slice(raw.as_bytes());
             de.deserialize_seq(ToolsVisitor)
@@ -1550,6 +1562,30 @@ mod tests {
             GatewayError::UnboundedRequest { field, .. } => assert_eq!(field, "web_search_options"),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn text_the_upstream_keeps_is_reported_with_where_it_is() {
+        let found = |api: Api, body: &str| inspect(body.as_bytes(), api, 1).unwrap().server_tools.map(|u| u.field);
+        for (field, value) in [
+            ("previous_response_id", r#""resp_1""#),
+            ("conversation", r#""conv_1""#),
+            ("conversation", r#"{"id":"conv_1"}"#),
+            ("prompt", r#"{"id":"pmpt_1","version":"2"}"#),
+        ] {
+            let body = format!(r#"{{"model":"m","input":"x","{field}":{value}}}"#);
+            assert_eq!(found(Api::Responses, &body).as_deref(), Some(field), "{body}");
+            let body = format!(r#"{{"model":"m","messages":[],"{field}":{value}}}"#);
+            assert_eq!(found(Api::Chat, &body).as_deref(), Some(field), "{body}");
+        }
+        for body in [
+            r#"{"model":"m","input":"x","previous_response_id":null,"conversation":null}"#,
+            r#"{"model":"m","input":"x","prompt":null}"#,
+        ] {
+            assert_eq!(found(Api::Responses, body), None, "{body}");
+        }
+        // completions' prompt is its text, not a stored one
+        assert_eq!(found(Api::Completions, r#"{"model":"m","prompt":"x"}"#), None);
     }
 
     #[test]
