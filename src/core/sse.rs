@@ -36,7 +36,7 @@ pub struct SseMeter {
     hide_usage_only_events: bool,
     pending: Vec<u8>,
     /// The upstream's final usage count, once it was reported: for chat and completions, from
-    /// a chunk with no choices or whose every choice has finished; for responses, from a
+    /// a chunk after which no choice seen is still generating; for responses, from a
     /// terminal event. Any other usage in the stream is a running count and is ignored.
     pub final_usage: Option<TokenUsage>,
     /// Bytes of `data:` payloads forwarded to the caller: what a cut stream delivered, counted
@@ -47,6 +47,11 @@ pub struct SseMeter {
     /// Whether the stream's end was seen: `[DONE]` for chat and completions, a terminal
     /// response event for responses.
     pub finished: bool,
+    /// The choice indices seen in chunks that carry usage, and those of them finished: with
+    /// `n` above 1 and a running count in every chunk, the chunk that finishes choice 0 is no
+    /// final count while choice 1 is still generating.
+    seen: Vec<u64>,
+    ended: Vec<u64>,
 }
 
 impl SseMeter {
@@ -62,6 +67,8 @@ impl SseMeter {
             delivered_bytes: 0,
             done: false,
             finished: false,
+            seen: Vec::new(),
+            ended: Vec::new(),
         }
     }
 
@@ -123,8 +130,8 @@ impl SseMeter {
         forward
     }
 
-    /// A chat or completions chunk: its usage is final when no choice in it is still
-    /// generating. Says whether to forward it.
+    /// A chat or completions chunk: its usage is final when no choice is still generating.
+    /// Says whether to forward it.
     fn read_chunk(&mut self, data: &[u8]) -> bool {
         if !contains(data, b"\"usage\"") {
             return true;
@@ -137,8 +144,17 @@ impl SseMeter {
             // not a chunk this meter understands: its usage is no final count
             Some(_) => return true,
         };
-        let finished = |c: &Value| c.get("finish_reason").is_some_and(|f| !f.is_null());
-        if choices.iter().all(finished) {
+        for c in choices {
+            let index = c.get("index").and_then(Value::as_u64).unwrap_or(0);
+            if !self.seen.contains(&index) {
+                self.seen.push(index);
+            }
+            if c.get("finish_reason").is_some_and(|f| !f.is_null()) && !self.ended.contains(&index) {
+                self.ended.push(index);
+            }
+        }
+        // final when no choice seen, in this chunk or before, is still generating
+        if self.seen.iter().all(|i| self.ended.contains(i)) {
             if let Some(u) = counts(usage, &["prompt_tokens", "input_tokens"], &["completion_tokens", "output_tokens"])
             {
                 self.final_usage = Some(u);
@@ -322,6 +338,16 @@ mod tests {
         assert_eq!(fed(Api::Chat, half).final_usage, None);
         let both = half.replace("null", "\"length\"");
         assert_eq!(fed(Api::Chat, &both).final_usage, usage(9, 5));
+        // a running count in every chunk (vLLM's continuous usage), one choice to a chunk:
+        // choice 0 finishing is no final count while choice 1 generates, and its end is
+        let chunk = |i: u32, finish: &str, done: u32| {
+            format!(
+                "data: {{\"choices\":[{{\"index\":{i},\"delta\":{{}},\"finish_reason\":{finish}}}],\"usage\":{{\"prompt_tokens\":9,\"completion_tokens\":{done}}}}}\n\n"
+            )
+        };
+        let early = [chunk(0, "null", 1), chunk(1, "null", 2), chunk(0, "\"stop\"", 3)].concat();
+        assert_eq!(fed(Api::Chat, &early).final_usage, None);
+        assert_eq!(fed(Api::Chat, &(early + &chunk(1, "\"length\"", 8))).final_usage, usage(9, 8));
     }
 
     #[test]
