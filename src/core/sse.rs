@@ -15,6 +15,10 @@ use serde_json::Value;
 /// Events larger than this are passed through unparsed rather than buffered further.
 pub const MAX_EVENT_BYTES: usize = 1 << 20;
 
+/// The most choice indices a stream's meter tracks; a stream that shows more has no count
+/// taken from its choices' chunks, only from a chunk with none.
+const MAX_CHOICE_INDICES: usize = 1024;
+
 /// The Responses events that end a response and carry its final usage.
 const TERMINAL_RESPONSE_EVENTS: [&str; 3] = ["response.completed", "response.incomplete", "response.failed"];
 
@@ -47,9 +51,10 @@ pub struct SseMeter {
     /// Whether the stream's end was seen: `[DONE]` for chat and completions, a terminal
     /// response event for responses.
     pub finished: bool,
-    /// The choice indices seen in chunks that carry usage, and those of them finished: with
-    /// `n` above 1 and a running count in every chunk, the chunk that finishes choice 0 is no
-    /// final count while choice 1 is still generating.
+    /// The choice indices seen in chunks that carry usage (at most `MAX_CHOICE_INDICES`, and
+    /// one more for all past them), and those of them finished: with `n` above 1 and a running
+    /// count in every chunk, the chunk that finishes choice 0 is no final count while choice 1
+    /// is still generating.
     seen: Vec<u64>,
     ended: Vec<u64>,
 }
@@ -146,15 +151,20 @@ impl SseMeter {
         };
         for c in choices {
             let index = c.get("index").and_then(Value::as_u64).unwrap_or(0);
-            if !self.seen.contains(&index) {
+            // a choice not seen before is generating: a count taken before it was not final
+            // (past the most tracked, one more stands for the rest, and the rest never ends)
+            if self.seen.len() <= MAX_CHOICE_INDICES && !self.seen.contains(&index) {
                 self.seen.push(index);
+                self.final_usage = None;
             }
-            if c.get("finish_reason").is_some_and(|f| !f.is_null()) && !self.ended.contains(&index) {
+            let finished = c.get("finish_reason").is_some_and(|f| !f.is_null());
+            if finished && self.seen.contains(&index) && !self.ended.contains(&index) {
                 self.ended.push(index);
             }
         }
         // final when no choice seen, in this chunk or before, is still generating
-        if self.seen.iter().all(|i| self.ended.contains(i)) {
+        let all_ended = self.seen.len() <= MAX_CHOICE_INDICES && self.seen.iter().all(|i| self.ended.contains(i));
+        if choices.is_empty() || all_ended {
             if let Some(u) = counts(usage, &["prompt_tokens", "input_tokens"], &["completion_tokens", "output_tokens"])
             {
                 self.final_usage = Some(u);
@@ -347,7 +357,17 @@ mod tests {
         };
         let early = [chunk(0, "null", 1), chunk(1, "null", 2), chunk(0, "\"stop\"", 3)].concat();
         assert_eq!(fed(Api::Chat, &early).final_usage, None);
-        assert_eq!(fed(Api::Chat, &(early + &chunk(1, "\"length\"", 8))).final_usage, usage(9, 8));
+        assert_eq!(fed(Api::Chat, &(early.clone() + &chunk(1, "\"length\"", 8))).final_usage, usage(9, 8));
+        // the usage-only chunk is the final count, whatever came before
+        let closing = "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":9}}\n\n";
+        assert_eq!(fed(Api::Chat, &(early + closing)).final_usage, usage(9, 9));
+        // choices one after another: a choice that starts after a count undoes it
+        let serial = [chunk(0, "\"stop\"", 3), chunk(1, "null", 4)].concat();
+        assert_eq!(fed(Api::Chat, &serial).final_usage, None);
+        // more choices than are tracked: only a chunk without choices counts
+        let many: String = (0..=MAX_CHOICE_INDICES as u32).map(|i| chunk(i, "\"stop\"", i)).collect();
+        assert_eq!(fed(Api::Chat, &many).final_usage, None);
+        assert_eq!(fed(Api::Chat, &(many + closing)).final_usage, usage(9, 9));
     }
 
     #[test]
