@@ -312,23 +312,31 @@ test("8. a responses call with an mcp tool: refused as unbounded on a plan witho
   await reconcile(t, x, gw, k, tag, { credit: 20_000 });
   x.equal(provider.invoice(tag), 0, "nothing billed");
 
-  const plans = JSON.stringify({ agentic: { monthly_credit_micro_usd: 200000, on_exhausted: "block", server_tool_ceiling_micro_usd: 100000 } });
-  const g = await startGateway({ UPSTREAM_URL: provider.url, PRICES, PLANS: plans });
-  try {
+  await onAgenticPlan(x, async (g, agent) => {
     const tag2 = "inv/mcp-8-ceiling";
+    const admitted = await post(g, agent.key, "/v1/responses", body(tag2));
+    const text = await admitted.text();
+    x.note(`the agentic plan: ${admitted.status} ${text.slice(0, 160)}`);
+    x.equal(admitted.status, 200, "admitted under the plan's ceiling");
+    await reconcile(t, x, g, agent, tag2, { credit: AGENTIC_CREDIT });
+  });
+  x.done();
+});
+
+// A plan that allows calls the body does not bound, at a ceiling reserved for each.
+const AGENTIC_CREDIT = 200_000;
+const AGENTIC = JSON.stringify({ agentic: { monthly_credit_micro_usd: AGENTIC_CREDIT, on_exhausted: "block", server_tool_ceiling_micro_usd: 100_000 } });
+
+/** Runs `body(gateway, key)` with a key on the agentic plan, on a gateway of its own. */
+async function onAgenticPlan(x, body) {
+  const g = await startGateway({ UPSTREAM_URL: provider.url, PRICES, PLANS: AGENTIC });
+  try {
     const agent = await newKey(g, { plan: "agentic", rate_limit: FAST }).catch((e) => ({ failed: String(e) }));
-    if (x.ok(!agent.failed, `a key on the agentic plan: ${agent.failed}`)) {
-      const admitted = await post(g, agent.key, "/v1/responses", body(tag2));
-      const text = await admitted.text();
-      x.note(`the agentic plan: ${admitted.status} ${text.slice(0, 160)}`);
-      x.equal(admitted.status, 200, "admitted under the plan's ceiling");
-      await reconcile(t, x, g, agent, tag2, { credit: 200000 });
-    }
+    if (x.ok(!agent.failed, `a key on the agentic plan: ${agent.failed}`)) await body(g, agent);
   } finally {
     await g.stop();
   }
-  x.done();
-});
+}
 
 const VEO3 = "/fal-ai/fal-ai/veo3?_subdomain=queue";
 
@@ -552,25 +560,18 @@ test("15. a responses call that continues an earlier one (previous_response_id):
   x.equal(provider.callsFor(tag).length, 1, "only the first call reached the provider");
   await reconcile(t, x, gw, k, tag, { credit: 20_000 });
 
-  const plans = JSON.stringify({ agentic: { monthly_credit_micro_usd: 200000, on_exhausted: "block", server_tool_ceiling_micro_usd: 100000 } });
-  const g = await startGateway({ UPSTREAM_URL: provider.url, PRICES, PLANS: plans });
-  try {
+  await onAgenticPlan(x, async (g, agent) => {
     const tag2 = "inv/continue-15-ceiling";
-    const agent = await newKey(g, { plan: "agentic", rate_limit: FAST }).catch((e) => ({ failed: String(e) }));
-    if (x.ok(!agent.failed, `a key on the agentic plan: ${agent.failed}`)) {
-      let previous = null;
-      for (let turn = 0; turn < 3; turn++) {
-        const answer = await post(g, agent.key, "/v1/responses", previous ? next(tag2, previous) : first(tag2));
-        const text = await answer.text();
-        x.equal(answer.status, 200, `turn ${turn} admitted under the plan's ceiling: ${text.slice(0, 160)}`);
-        previous = answer.status === 200 ? JSON.parse(text).id : previous;
-      }
-      const billed = provider.callsFor(tag2).map((c) => c.usage?.prompt);
-      x.note(`prompt tokens billed per turn: ${JSON.stringify(billed)}`);
-      await reconcile(t, x, g, agent, tag2, { credit: 200000 });
+    let previous = null;
+    for (let turn = 0; turn < 3; turn++) {
+      const answer = await post(g, agent.key, "/v1/responses", previous ? next(tag2, previous) : first(tag2));
+      const text = await answer.text();
+      x.equal(answer.status, 200, `turn ${turn} admitted under the plan's ceiling: ${text.slice(0, 160)}`);
+      previous = answer.status === 200 ? JSON.parse(text).id : previous;
     }
-  } finally {
-    await g.stop();
-  }
+    const billed = provider.callsFor(tag2).map((c) => c.usage?.prompt);
+    x.note(`prompt tokens billed per turn: ${JSON.stringify(billed)}`);
+    await reconcile(t, x, g, agent, tag2, { credit: AGENTIC_CREDIT });
+  });
   x.done();
 });
