@@ -575,3 +575,18 @@ test("15. a responses call that continues an earlier one (previous_response_id):
   });
   x.done();
 });
+
+test("16. a count reported without its completion side, with reasoning outside it, or followed by a lower one after [DONE]: charged at least the invoice", async (t) => {
+  const x = expectations(t);
+  for (const [how, stream] of [["no-completion", false], ["reasoning-apart", false], ["reasoning-apart", true], ["then-lower", true]]) {
+    const tag = `inv/usage-16-${how}-${stream ? "stream" : "whole"}`;
+    provider.script(tag, { usageReport: how });
+    const k = await funded(gw, 5000);
+    const body = { model: tag, max_tokens: 1000, messages: say("count"), ...(stream ? { stream: true } : {}) };
+    const res = stream ? await streamed(gw, k.key, "/v1/chat/completions", body) : await post(gw, k.key, "/v1/chat/completions", body);
+    if (res instanceof Response) await res.arrayBuffer();
+    x.equal(res.status, 200, `${how}, ${stream ? "streamed" : "whole"}: answered`);
+    await reconcile(t, x, gw, k, tag, { credit: 5000 });
+  }
+  x.done();
+});

@@ -32,7 +32,23 @@ function defaultBehaviour() {
     agentTurns: 5, // turns of the router's own tool loop (server tools on /v1/responses)
     toolOutputTokens: 1_000, // prompt growth per tool turn (the tool's output fed back)
     falPollsToComplete: 1, // the status poll that answers COMPLETED
+    // how a chat answer reports what it billed: "whole" (both counts and their total),
+    // "no-completion" (the prompt and the total only), "reasoning-apart" (completion_tokens
+    // the visible quarter, the rest as reasoning outside it, the total all of it), or
+    // "then-lower" (a stream: whole, then after [DONE] a second, lower count)
+    usageReport: "whole",
   };
+}
+
+/** A chat answer's `usage` for what it billed, as `usageReport` says it is reported. */
+function reportedUsage(how, billed) {
+  const total = billed.prompt + billed.completion;
+  if (how === "no-completion") return { prompt_tokens: billed.prompt, total_tokens: total };
+  if (how === "reasoning-apart") {
+    const visible = Math.floor(billed.completion / 4);
+    return { prompt_tokens: billed.prompt, completion_tokens: visible, completion_tokens_details: { reasoning_tokens: billed.completion - visible }, total_tokens: total };
+  }
+  return { prompt_tokens: billed.prompt, completion_tokens: billed.completion, total_tokens: total };
 }
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -175,7 +191,7 @@ function* pieces(total, per) {
 async function chatAnswer(res, call, b, billed) {
   const body = call.json;
   const id = `chatcmpl-${call.n}`;
-  const usage = { prompt_tokens: billed.prompt, completion_tokens: billed.completion, total_tokens: billed.prompt + billed.completion };
+  const usage = reportedUsage(b.usageReport, billed);
   const choices = choicesOf("chat", body);
   const each = billed.completion / choices;
   if (!body.stream) {
@@ -198,7 +214,8 @@ async function chatAnswer(res, call, b, billed) {
   if (body.stream_options?.include_usage === true) {
     if (!(await out.event(chunk([], { usage })))) return;
   }
-  out.end("data: [DONE]\n\n");
+  const lower = { prompt_tokens: 1, completion_tokens: 1, total_tokens: 2 };
+  out.end(b.usageReport === "then-lower" ? `data: [DONE]\n\n${chunk([], { usage: lower })}` : "data: [DONE]\n\n");
 }
 
 function completionsAnswer(res, call, billed) {

@@ -1036,12 +1036,8 @@ pub fn usage_of(v: &serde_json::Value) -> Option<TokenUsage> {
         .filter(|u| u.is_object())
         .or_else(|| v.get("response")?.get("usage").filter(|u| u.is_object()))?;
     let count = |a: &str, b: &str| u.get(a).or_else(|| u.get(b)).and_then(serde_json::Value::as_u64);
-    let prompt = count("prompt_tokens", "input_tokens");
-    let completion = count("completion_tokens", "output_tokens");
-    if prompt.is_none() && completion.is_none() {
-        return None;
-    }
-    Some(TokenUsage { prompt: prompt.unwrap_or(0), completion: completion.unwrap_or(0) })
+    let total = u.get("total_tokens").and_then(serde_json::Value::as_u64);
+    TokenUsage::reported(count("prompt_tokens", "input_tokens"), count("completion_tokens", "output_tokens"), total)
 }
 
 /// Usage from a whole (non-streamed) response body; `None` if it is not JSON or has none.
@@ -1056,17 +1052,12 @@ pub fn usage_of_body(body: &[u8]) -> Option<TokenUsage> {
     let read = Part(Some(Shape::Carrier)).deserialize(&mut de).ok()?;
     de.end().ok()?;
     let Got::Usage(Some(c)) = read else { return None };
-    let [prompt_tokens, input_tokens, completion_tokens, output_tokens] = c;
-    let prompt = prompt_tokens.or(input_tokens);
-    let completion = completion_tokens.or(output_tokens);
-    if prompt.is_none() && completion.is_none() {
-        return None;
-    }
-    Some(TokenUsage { prompt: prompt.unwrap_or(0), completion: completion.unwrap_or(0) })
+    let [prompt_tokens, input_tokens, completion_tokens, output_tokens, total_tokens] = c;
+    TokenUsage::reported(prompt_tokens.or(input_tokens), completion_tokens.or(output_tokens), total_tokens)
 }
 
 /// The counts a usage object gives, in `Shape::Counts`' order.
-type Counts = [Option<u64>; 4];
+type Counts = [Option<u64>; 5];
 
 /// The structs `usage_of_body` reads.
 #[derive(Clone, Copy)]
@@ -1084,7 +1075,7 @@ impl Shape {
         match self {
             Shape::Carrier => &["usage", "response"],
             Shape::Nested => &["usage"],
-            Shape::Counts => &["prompt_tokens", "input_tokens", "completion_tokens", "output_tokens"],
+            Shape::Counts => &["prompt_tokens", "input_tokens", "completion_tokens", "output_tokens", "total_tokens"],
         }
     }
 
@@ -1099,7 +1090,7 @@ impl Shape {
 
     /// The struct's answer from its fields' values: its counts, or the first field that gives
     /// a usage (`usage` before `response.usage`).
-    fn answer(self, values: [Got; 4]) -> Got {
+    fn answer(self, values: [Got; 5]) -> Got {
         match self {
             Shape::Counts => Got::Usage(Some(values.map(|v| match v {
                 Got::Count(n) => Some(n),
@@ -1152,8 +1143,8 @@ impl<'de> Visitor<'de> for Part {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Got, A::Error> {
         let Some(shape) = self.0 else { return Err(de::Error::invalid_type(de::Unexpected::Map, &self)) };
-        let mut values = [Got::Null, Got::Null, Got::Null, Got::Null];
-        let mut given = [false; 4];
+        let mut values = [Got::Null, Got::Null, Got::Null, Got::Null, Got::Null];
+        let mut given = [false; 5];
         while let Some(key) = map.next_key::<KeyText>()? {
             let Some(i) = shape.fields().iter().position(|f| *f == key.0) else {
                 map.next_value::<de::IgnoredAny>()?;
@@ -1169,7 +1160,7 @@ impl<'de> Visitor<'de> for Part {
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Got, A::Error> {
         let Some(shape) = self.0 else { return Err(de::Error::invalid_type(de::Unexpected::Seq, &self)) };
-        let mut values = [Got::Null, Got::Null, Got::Null, Got::Null];
+        let mut values = [Got::Null, Got::Null, Got::Null, Got::Null, Got::Null];
         for (i, value) in values.iter_mut().enumerate().take(shape.fields().len()) {
             *value = seq.next_element_seed(Part(shape.field(i)))?.ok_or_else(|| de::Error::invalid_length(i, &self))?;
         }
@@ -1187,6 +1178,7 @@ mod tests {
         input_tokens: Option<u64>,
         completion_tokens: Option<u64>,
         output_tokens: Option<u64>,
+        total_tokens: Option<u64>,
     }
 
     #[derive(Deserialize)]
@@ -1204,12 +1196,11 @@ mod tests {
     fn derived_usage_of_body(body: &[u8]) -> Option<TokenUsage> {
         let carrier: UsageCarrier = serde_json::from_slice(body).ok()?;
         let c = carrier.usage.or_else(|| carrier.response?.usage)?;
-        let prompt = c.prompt_tokens.or(c.input_tokens);
-        let completion = c.completion_tokens.or(c.output_tokens);
-        if prompt.is_none() && completion.is_none() {
-            return None;
-        }
-        Some(TokenUsage { prompt: prompt.unwrap_or(0), completion: completion.unwrap_or(0) })
+        TokenUsage::reported(
+            c.prompt_tokens.or(c.input_tokens),
+            c.completion_tokens.or(c.output_tokens),
+            c.total_tokens,
+        )
     }
     use serde_json::Value;
 
@@ -1230,13 +1221,14 @@ mod tests {
             *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             (*seed >> 33) as usize % n
         }
-        const KEYS: [&str; 8] = [
+        const KEYS: [&str; 9] = [
             "usage",
             "response",
             "prompt_tokens",
             "input_tokens",
             "completion_tokens",
             "output_tokens",
+            "total_tokens",
             "x",
             "usag\\u0065",
         ];
@@ -1266,11 +1258,16 @@ mod tests {
         let mut seed = 0x5eed_u64;
         let mut found = 0;
         for i in 0..200_000 {
-            let mut body = match i % 4 {
+            let mut body = match i % 5 {
                 0 => usage_like(&mut seed, 4),
                 1 => format!("{{\"usage\":{}}}", usage_like(&mut seed, 2)),
                 2 => format!("{{\"x\":1,\"response\":{{\"usage\":{}}}}}", usage_like(&mut seed, 2)),
-                _ => format!("[{},[{}]]", usage_like(&mut seed, 2), usage_like(&mut seed, 2)),
+                3 => format!("[{},[{}]]", usage_like(&mut seed, 2), usage_like(&mut seed, 2)),
+                // both sides and a total, each any leaf: a usage often enough to count
+                _ => {
+                    let [a, b, c] = [0; 3].map(|_| usage_like(&mut seed, 0));
+                    format!("{{\"usage\":{{\"prompt_tokens\":{a},\"output_tokens\":{b},\"total_tokens\":{c}}}}}")
+                }
             };
             if i % 7 == 0 {
                 body.push_str(" x");
@@ -1721,5 +1718,17 @@ mod tests {
             usage_of_body(br#"{"usage":{"input_tokens":5,"output_tokens":6}}"#),
             Some(TokenUsage { prompt: 5, completion: 6 })
         );
+        // a side left out is no count (read as zero it would undercount); a total above the
+        // two is output billed apart from them
+        for body in [
+            r#"{"usage":{"prompt_tokens":7,"total_tokens":307}}"#,
+            r#"{"usage":{"prompt_tokens":7,"completion_tokens":null}}"#,
+            r#"{"usage":{"completion_tokens":300}}"#,
+            r#"{"response":{"usage":{"input_tokens":7}}}"#,
+        ] {
+            assert_eq!(usage_of_body(body.as_bytes()), None, "{body}");
+        }
+        let total = br#"{"usage":{"prompt_tokens":7,"completion_tokens":10,"total_tokens":517}}"#;
+        assert_eq!(usage_of_body(total), Some(TokenUsage { prompt: 7, completion: 510 }));
     }
 }

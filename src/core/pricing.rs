@@ -20,6 +20,30 @@ pub struct TokenUsage {
     pub completion: u64,
 }
 
+impl TokenUsage {
+    /// The counts a `usage` gives, as a count to settle on: both sides or none (a side left
+    /// out could be anything, and read as zero it would undercount), and a `total` above their
+    /// sum taken as more output: tokens a provider bills outside the two counts (reasoning it
+    /// counts apart), charged at the output's price, the dearer side of every price in use.
+    ///
+    /// ```
+    /// use hf_gate::core::pricing::TokenUsage;
+    /// assert_eq!(TokenUsage::reported(Some(7), None, Some(307)), None);
+    /// assert_eq!(TokenUsage::reported(Some(7), Some(10), Some(307)), Some(TokenUsage { prompt: 7, completion: 300 }));
+    /// assert_eq!(TokenUsage::reported(Some(7), Some(10), Some(3)), Some(TokenUsage { prompt: 7, completion: 10 }));
+    /// ```
+    pub fn reported(prompt: Option<u64>, completion: Option<u64>, total: Option<u64>) -> Option<TokenUsage> {
+        let (prompt, completion) = (prompt?, completion?);
+        let beyond = total.map_or(0, |t| t.saturating_sub(prompt.saturating_add(completion)));
+        Some(TokenUsage { prompt, completion: completion.saturating_add(beyond) })
+    }
+
+    /// The larger of two counts, side by side: of two final counts, the one a provider may bill.
+    pub fn max(self, other: TokenUsage) -> TokenUsage {
+        TokenUsage { prompt: self.prompt.max(other.prompt), completion: self.completion.max(other.completion) }
+    }
+}
+
 /// The `PRICES` setting: model id -> price, with `"*"` for unknown models.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PriceTable {

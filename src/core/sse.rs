@@ -41,7 +41,9 @@ pub struct SseMeter {
     pending: Vec<u8>,
     /// The upstream's final usage count, once it was reported: for chat and completions, from
     /// a chunk after which no choice seen is still generating; for responses, from a
-    /// terminal event. Any other usage in the stream is a running count and is ignored.
+    /// terminal event; of several final counts, the larger on each side (a `total_tokens`
+    /// above the two counts is output too: `TokenUsage::reported`). Any other usage in the
+    /// stream is a running count and is ignored.
     pub final_usage: Option<TokenUsage>,
     /// Bytes of `data:` payloads forwarded to the caller: what a cut stream delivered, counted
     /// in bytes because a provider may pack any number of tokens into one event.
@@ -167,7 +169,7 @@ impl SseMeter {
         if choices.is_empty() || all_ended {
             if let Some(u) = counts(usage, &["prompt_tokens", "input_tokens"], &["completion_tokens", "output_tokens"])
             {
-                self.final_usage = Some(u);
+                self.take_final(u);
             }
         }
         !(choices.is_empty() && self.hide_usage_only_events)
@@ -186,8 +188,14 @@ impl SseMeter {
         self.finished = true;
         let usage = v.get("response").and_then(|r| r.get("usage"));
         if let Some(u) = usage.and_then(|u| counts(u, &["input_tokens"], &["output_tokens"])) {
-            self.final_usage = Some(u);
+            self.take_final(u);
         }
+    }
+
+    /// A final count: of two (a second usage chunk, one after `[DONE]`, a second terminal
+    /// event), the larger on each side, since whichever a provider bills, it is covered.
+    fn take_final(&mut self, u: TokenUsage) {
+        self.final_usage = Some(self.final_usage.map_or(u, |f| f.max(u)));
     }
 }
 
@@ -214,7 +222,7 @@ fn data_of(event: &[u8]) -> Option<Vec<u8>> {
 /// is not settled on: reading the missing side as zero would undercount it.
 fn counts(usage: &Value, prompt: &[&str], completion: &[&str]) -> Option<TokenUsage> {
     let count = |names: &[&str]| names.iter().find_map(|n| usage.get(*n).and_then(Value::as_u64));
-    Some(TokenUsage { prompt: count(prompt)?, completion: count(completion)? })
+    TokenUsage::reported(count(prompt), count(completion), count(&["total_tokens"]))
 }
 
 /// The length of the first complete event (including its blank-line terminator), if any.
@@ -368,6 +376,28 @@ mod tests {
         let many: String = (0..=MAX_CHOICE_INDICES as u32).map(|i| chunk(i, "\"stop\"", i)).collect();
         assert_eq!(fed(Api::Chat, &many).final_usage, None);
         assert_eq!(fed(Api::Chat, &(many + closing)).final_usage, usage(9, 9));
+    }
+
+    #[test]
+    fn of_several_final_counts_the_larger_counts() {
+        let only = |p: u64, c: u64| {
+            format!("data: {{\"choices\":[],\"usage\":{{\"prompt_tokens\":{p},\"completion_tokens\":{c}}}}}\n\n")
+        };
+        // two usage-only chunks, or one more after [DONE]: lower ones change nothing
+        let twice = [only(7, 300), only(7, 5)].concat();
+        assert_eq!(fed(Api::Chat, &twice).final_usage, usage(7, 300));
+        let after_done = [only(7, 300), "data: [DONE]\n\n".to_string(), only(9, 5)].concat();
+        assert_eq!(fed(Api::Chat, &after_done).final_usage, usage(9, 300));
+        // two terminal events of a response
+        let terminal = |t: &str, o: u64| {
+            format!("data: {{\"type\":\"{t}\",\"response\":{{\"usage\":{{\"input_tokens\":7,\"output_tokens\":{o}}}}}}}\n\n")
+        };
+        let both = [terminal("response.failed", 300), terminal("response.completed", 5)].concat();
+        assert_eq!(fed(Api::Responses, &both).final_usage, usage(7, 300));
+        // a total above the two counts is output billed apart from them
+        let total =
+            "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":10,\"total_tokens\":517}}\n\n";
+        assert_eq!(fed(Api::Chat, total).final_usage, usage(7, 510));
     }
 
     #[test]
