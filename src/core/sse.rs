@@ -202,8 +202,7 @@ impl SseMeter {
 /// The `data:` payload of one event (its data lines joined by `\n`), if it has any.
 fn data_of(event: &[u8]) -> Option<Vec<u8>> {
     let mut data: Option<Vec<u8>> = None;
-    for line in event.split(|b| *b == b'\n') {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
+    for line in lines(event) {
         if let Some(d) = line.strip_prefix(b"data:") {
             let d = d.strip_prefix(b" ").unwrap_or(d);
             match data.as_mut() {
@@ -218,6 +217,24 @@ fn data_of(event: &[u8]) -> Option<Vec<u8>> {
     data
 }
 
+/// The lines of an event, each ended by CRLF, LF or a lone CR, as SSE allows.
+fn lines(event: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = event;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let end = rest.iter().position(|b| matches!(b, b'\n' | b'\r')).unwrap_or(rest.len());
+        let line = rest.get(..end).unwrap_or_default();
+        let after = match rest.get(end..end + 2) {
+            Some(b"\r\n") => end + 2,
+            _ => (end + 1).min(rest.len()),
+        };
+        rest = rest.get(after..).unwrap_or_default();
+        Some(line)
+    })
+}
+
 /// Both counts of a usage object, under either of their names. A count with a side missing
 /// is not settled on: reading the missing side as zero would undercount it.
 fn counts(usage: &Value, prompt: &[&str], completion: &[&str]) -> Option<TokenUsage> {
@@ -225,19 +242,33 @@ fn counts(usage: &Value, prompt: &[&str], completion: &[&str]) -> Option<TokenUs
     TokenUsage::reported(count(prompt), count(completion), count(&["total_tokens"]))
 }
 
-/// The length of the first complete event (including its blank-line terminator), if any.
+/// The length of the first complete event (including its blank-line terminator), if any:
+/// lines end with CRLF, LF or a lone CR (SSE allows all three), and an empty line ends the
+/// event. A CR that ends the buffer waits for what follows it (it may be half of a CRLF).
 fn event_end(buf: &[u8]) -> Option<usize> {
     let mut i = 0;
-    while i + 1 < buf.len() {
-        if buf[i] == b'\n' {
-            if buf[i + 1] == b'\n' {
-                return Some(i + 2);
-            }
-            if buf[i + 1] == b'\r' && buf.get(i + 2) == Some(&b'\n') {
-                return Some(i + 3);
-            }
+    // the bytes since the last line end are none: a line end here ends the event
+    let mut at_line_start = false;
+    while let Some(&b) = buf.get(i) {
+        let ending = match b {
+            b'\n' => 1,
+            b'\r' => match buf.get(i + 1) {
+                Some(b'\n') => 2,
+                Some(_) => 1,
+                None => return None,
+            },
+            _ => 0,
+        };
+        if ending == 0 {
+            at_line_start = false;
+            i += 1;
+            continue;
         }
-        i += 1;
+        i += ending;
+        if at_line_start {
+            return Some(i);
+        }
+        at_line_start = true;
     }
     None
 }
@@ -376,6 +407,29 @@ mod tests {
         let many: String = (0..=MAX_CHOICE_INDICES as u32).map(|i| chunk(i, "\"stop\"", i)).collect();
         assert_eq!(fed(Api::Chat, &many).final_usage, None);
         assert_eq!(fed(Api::Chat, &(many + closing)).final_usage, usage(9, 9));
+    }
+
+    #[test]
+    fn lines_may_end_in_a_lone_cr_or_crlf_split_anywhere() {
+        let cr = STREAM.replace('\n', "\r");
+        let m = fed(Api::Chat, &cr);
+        assert_eq!((m.final_usage, m.finished), (usage(9, 2), true));
+        for stream in [cr, STREAM.replace('\n', "\r\n"), STREAM.to_string()] {
+            // a byte at a time: every event goes on whole as soon as it ends (a CR that ends a
+            // chunk waits for the next byte), and the caller gets the stream unchanged
+            let mut m = SseMeter::new(Api::Chat, false);
+            let mut out = Vec::new();
+            let mut events = 0;
+            for b in stream.as_bytes() {
+                let sent = m.feed(std::slice::from_ref(b));
+                events += usize::from(!sent.is_empty());
+                out.extend(sent);
+            }
+            out.extend(m.finish());
+            assert_eq!(out, stream.as_bytes());
+            assert_eq!((m.final_usage, m.done), (usage(9, 2), true));
+            assert!(events >= 3, "{events} events went on before the end");
+        }
     }
 
     #[test]
