@@ -53,12 +53,11 @@ pub struct SseMeter {
     /// Whether the stream's end was seen: `[DONE]` for chat and completions, a terminal
     /// response event for responses.
     pub finished: bool,
-    /// The choice indices seen in chunks that carry usage (at most `MAX_CHOICE_INDICES`, and
-    /// one more for all past them), and those of them finished: with `n` above 1 and a running
-    /// count in every chunk, the chunk that finishes choice 0 is no final count while choice 1
-    /// is still generating.
-    seen: Vec<u64>,
-    ended: Vec<u64>,
+    /// The choices seen in chunks that carry usage, by index, and whether each has finished
+    /// (at most `MAX_CHOICE_INDICES`, and one more for all past them): with `n` above 1 and a
+    /// running count in every chunk, the chunk that finishes choice 0 is no final count while
+    /// choice 1 is still generating.
+    tracked: Vec<(u64, bool)>,
 }
 
 impl SseMeter {
@@ -74,8 +73,7 @@ impl SseMeter {
             delivered_bytes: 0,
             done: false,
             finished: false,
-            seen: Vec::new(),
-            ended: Vec::new(),
+            tracked: Vec::new(),
         }
     }
 
@@ -153,19 +151,19 @@ impl SseMeter {
         };
         for c in choices {
             let index = c.get("index").and_then(Value::as_u64).unwrap_or(0);
-            // a choice not seen before is generating: a count taken before it was not final
-            // (past the most tracked, one more stands for the rest, and the rest never ends)
-            if self.seen.len() <= MAX_CHOICE_INDICES && !self.seen.contains(&index) {
-                self.seen.push(index);
+            let finished = c.get("finish_reason").is_some_and(|f| !f.is_null());
+            if let Some((_, ended)) = self.tracked.iter_mut().find(|(i, _)| *i == index) {
+                *ended |= finished;
+            } else if self.tracked.len() <= MAX_CHOICE_INDICES {
+                // a choice not seen before is generating: a count taken before it was not
+                // final (past the most tracked, one more stands for the rest)
+                self.tracked.push((index, finished));
                 self.final_usage = None;
             }
-            let finished = c.get("finish_reason").is_some_and(|f| !f.is_null());
-            if finished && self.seen.contains(&index) && !self.ended.contains(&index) {
-                self.ended.push(index);
-            }
         }
-        // final when no choice seen, in this chunk or before, is still generating
-        let all_ended = self.seen.len() <= MAX_CHOICE_INDICES && self.seen.iter().all(|i| self.ended.contains(i));
+        // final when no choice seen, in this chunk or before, is still generating (and never
+        // past the most tracked: the rest were not followed)
+        let all_ended = self.tracked.len() <= MAX_CHOICE_INDICES && self.tracked.iter().all(|(_, ended)| *ended);
         if choices.is_empty() || all_ended {
             if let Some(u) = counts(usage, &["prompt_tokens", "input_tokens"], &["completion_tokens", "output_tokens"])
             {
