@@ -61,11 +61,13 @@ test("upstream 429 with Retry-After: 1, once: the caller gets 200 after about a 
   assert.equal(res.status, 200);
   assert.equal(up.calls.length, 2);
   assert.ok(took >= 950 && took < 2500, `took ${took} ms`);
+  // a leased call's settle reaches the object with its isolate's next report (a quarter
+  // second later): until then nothing is reserved there and nothing used yet
   const u = await eventually(async () => {
     const u = await usage(gw, k.key);
-    return u.credits.reserved_micro_usd === 0 && u;
+    return u.credits.reserved_micro_usd === 0 && u.credits.used_micro_usd > 0 && u;
   });
-  assert.ok(u.credits.used_micro_usd > 0, "the successful retry is charged once");
+  assert.ok(u && u.credits.used_micro_usd > 0, "the successful retry is charged once");
 });
 
 test("upstream 503 with retry-after-ms is retried the same way", async () => {
@@ -114,11 +116,13 @@ test("upstream 429 with Retry-After: 30: the caller gets it, and the route cools
   const stub = (await gw.mf.getDurableObjectNamespace("COOLDOWNS")).get((await gw.mf.getDurableObjectNamespace("COOLDOWNS")).idFromName("hf:|auto/m/hot"));
   const until = await (await stub.fetch("https://object.internal/", { method: "POST", body: JSON.stringify("read") })).json();
   assert.ok(until > Date.now() + 25_000);
+  // a leased call's settle reaches the object with its isolate's next report (a quarter
+  // second later): until then nothing is reserved there and nothing used yet
   const u = await eventually(async () => {
     const u = await usage(gw, k.key);
-    return u.credits.reserved_micro_usd === 0 && u;
+    return u.credits.reserved_micro_usd === 0 && u.credits.used_micro_usd > 0 && u;
   });
-  assert.ok(u.credits.used_micro_usd > 0, "only the successful call was charged");
+  assert.ok(u && u.credits.used_micro_usd > 0, "only the successful call was charged");
 });
 
 test("an upstream 429 without any wait header: backoff with jitter, then 429 with the computed wait", async () => {
