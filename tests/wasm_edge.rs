@@ -4,8 +4,8 @@
 // `#[wasm_bindgen_test]` functions are tests, but clippy does not see them as such.
 #![allow(clippy::unwrap_used)]
 
-use hf_gate::core::account::RateView;
 use hf_gate::core::error::GatewayError;
+use hf_gate::core::gcra::RateView;
 use hf_gate::core::rand::Rng;
 use hf_gate::edge::platform::{self, OsRng};
 use hf_gate::edge::response::{self, Meta};

@@ -6,7 +6,7 @@
 //! calls it with the time, and stores it.
 
 use crate::core::error::GatewayError;
-use crate::core::gcra::{self, Quota, Tat};
+use crate::core::gcra::{self, Quota, RateView, Tat};
 use crate::core::isolate_lease::{self, Grant, Issued, Want};
 use crate::core::keys::RateLimit;
 use crate::core::ledger::{owed_at, Budget, Hold, Ledger, LedgerHead, MicroUsd, Settled, Usage};
@@ -92,15 +92,6 @@ pub struct AdmitRequest {
     pub ttl_ms: u64,
     /// A lease the isolate would take with this call, to admit the next ones itself.
     pub lease: Option<Want>,
-}
-
-/// The throttle as the caller should see it (the tighter of key and account).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RateView {
-    pub rpm: u32,
-    pub burst: u32,
-    pub remaining: u32,
-    pub reset_ms: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

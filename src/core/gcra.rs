@@ -7,6 +7,15 @@
 use crate::core::time::UnixMillis;
 use std::num::NonZeroU32;
 
+/// The throttle as the caller should see it (the tighter of key and account).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RateView {
+    pub rpm: u32,
+    pub burst: u32,
+    pub remaining: u32,
+    pub reset_ms: u64,
+}
+
 /// A rate: `rpm` requests per minute on average, up to `burst` at once.
 ///
 /// ```

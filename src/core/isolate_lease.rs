@@ -26,7 +26,7 @@
 //! and the object remembers which of a lease's ids it has heard of, so a report or settle
 //! sent twice counts once.
 
-use crate::core::account::RateView;
+use crate::core::gcra::RateView;
 use crate::core::ledger::MicroUsd;
 use crate::core::time::UnixMillis;
 
@@ -213,7 +213,7 @@ impl Held {
     /// no id, credit or time left for it.
     ///
     /// ```
-    /// use hf_gate::core::account::RateView;
+    /// use hf_gate::core::gcra::RateView;
     /// use hf_gate::core::isolate_lease::{Grant, Held};
     /// use hf_gate::core::ledger::MicroUsd;
     /// use hf_gate::core::time::UnixMillis;

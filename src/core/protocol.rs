@@ -3,9 +3,10 @@
 //! the moment it is answered. The transport (`edge::objects`) moves them; a message either
 //! side cannot decode is an error there, logged, never a default.
 
-use crate::core::account::{AccountPolicy, Admission, AdmitRequest, KeyPolicy, RateView};
+use crate::core::account::{AccountPolicy, Admission, AdmitRequest, KeyPolicy};
 use crate::core::call_line::CallLine;
 use crate::core::edits::{AccountEdit, KeyEdit};
+use crate::core::gcra::RateView;
 use crate::core::isolate_lease::{self, Grant as IsolateGrant, Want};
 use crate::core::lease::{Grant, Report};
 use crate::core::ledger::{Budget, MicroUsd, Settled, Spent, Usage};

@@ -9,7 +9,8 @@
 //! before the lease's return. A lease is returned in the batch after the next one arrives, or
 //! at its end.
 
-use crate::core::account::{AccountPolicy, Cost, KeyPolicy, RateView};
+use crate::core::account::{AccountPolicy, Cost, KeyPolicy};
+use crate::core::gcra::RateView;
 use crate::core::isolate_lease::{Demand, Grant, Held, Want};
 use crate::core::ledger::MicroUsd;
 use crate::core::protocol::{AccountOp, AccountReply, Leased};

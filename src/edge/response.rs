@@ -5,9 +5,9 @@
 //! workers-rs's `Response`, which would be converted into one on the way out through an init
 //! of five fields set one JS call at a time, its body copied once more.
 
-use crate::core::account::RateView;
 use crate::core::cors;
 use crate::core::error::GatewayError;
+use crate::core::gcra::RateView;
 use crate::core::headers::Edits;
 use crate::edge::header_edits;
 use js_sys::Uint8Array;

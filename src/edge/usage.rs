@@ -1,8 +1,8 @@
 //! `GET /v1/usage`: the caller's plan, period, credits and throttle, from its account's ledger.
 
-use crate::core::account::RateView;
 use crate::core::caller::Caller;
 use crate::core::error::GatewayError;
+use crate::core::gcra::RateView;
 use crate::core::protocol::UsageReport;
 use crate::edge::account_do;
 use serde_json::{json, Value};
