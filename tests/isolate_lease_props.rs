@@ -1210,7 +1210,7 @@ fn a_settle_standing_for_a_lost_report_charges_after_its_lease_is_forgotten() {
 }
 
 /// An isolate asks for its next lease in the batch that carries the reports queued before it
-/// (`edge::hold::ask`), and returns the lease it replaces in a later batch. The object must
+/// (`edge::outbox::ask`), and returns the lease it replaces in a later batch. The object must
 /// grant and store that lease as it would one asked for in a round trip of its own after
 /// those reports: the same grant, the same state, and rows that load back into it.
 #[test]

@@ -3,9 +3,9 @@
 //!
 //! A lease comes back with a cold call's admission (asked for in the same round trip), or
 //! ahead of need, when the one held runs low: asked for in the queue that carries the reports
-//! (`hold::ask`), it rides their round trip. Each call admitted on it is
+//! (`outbox::ask`), it rides their round trip. Each call admitted on it is
 //! reported to the object as it is admitted, before it goes upstream, in the queue that
-//! carries the settles (`hold`), so the report always goes before the call's settle and
+//! carries the settles (`outbox`), so the report always goes before the call's settle and
 //! before the lease's return. A lease is returned in the batch after the next one arrives, or
 //! at its end.
 
@@ -16,7 +16,7 @@ use crate::core::ledger::MicroUsd;
 use crate::core::protocol::{AccountOp, AccountReply, Leased};
 use crate::core::sorted::SortedMap;
 use crate::core::time::UnixMillis;
-use crate::edge::hold::{self, Back};
+use crate::edge::outbox::{self, Back};
 use crate::edge::platform;
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -143,7 +143,7 @@ fn want_of(slot: &Slot, lease_ms: u64) -> Want {
 pub fn report(env: &Env, ctx: &Context, account: &str, key_id: &str, local: &Local, ttl_ms: u64) {
     let calls = vec![(local.hold, local.held)];
     let op = AccountOp::Admitted { lease: local.leased.lease, key_id: key_id.to_string(), calls, ttl_ms };
-    hold::enqueue(env, ctx, account, op);
+    outbox::enqueue(env, ctx, account, op);
 }
 
 /// After a call admitted here: if the lease runs low, the next lease asked for beside the
@@ -169,7 +169,7 @@ pub fn after_local(env: &Env, ctx: &Rc<Context>, account: &str, key: &KeyPolicy,
     let op = AccountOp::Acquire { key: key.clone(), account: *policy, want };
     let (task_env, name, key, policy) = (env.clone(), account.to_string(), key.clone(), *policy);
     let digest = digest.to_string();
-    let on_reply: hold::OnReply = Box::new(move |reply, asked_at, sender, since| {
+    let on_reply: outbox::OnReply = Box::new(move |reply, asked_at, sender, since| {
         let grant = match reply {
             Some(AccountReply::Leased { grant, stale }) => {
                 if stale {
@@ -181,7 +181,7 @@ pub fn after_local(env: &Env, ctx: &Rc<Context>, account: &str, key: &KeyPolicy,
         };
         install(&task_env, sender, &name, &key, &policy, grant, asked_at, since);
     });
-    hold::ask(env, ctx, account, op, on_reply);
+    outbox::ask(env, ctx, account, op, on_reply);
 }
 
 /// A call on `account` cost more than it held (upstream overshot): the account may now be
@@ -198,7 +198,7 @@ pub fn overran(env: &Env, ctx: &Rc<Context>, account: &str) {
             .collect()
     });
     for lease in returned {
-        hold::enqueue(env, ctx, account, AccountOp::ReturnLease { lease });
+        outbox::enqueue(env, ctx, account, AccountOp::ReturnLease { lease });
     }
 }
 
@@ -206,7 +206,7 @@ pub fn overran(env: &Env, ctx: &Rc<Context>, account: &str) {
 /// answer to a request sent at `asked_at`: the lease it replaces is returned, after its
 /// reports (or this one, unused, if the lease held is fresher). `None` (refused) holds off
 /// asking again for a moment. `ctx` has carried this isolate's background work `since` then
-/// (`hold::return_lease`): from a context that has carried it too long, a lease that nothing
+/// (`outbox::return_lease`): from a context that has carried it too long, a lease that nothing
 /// replaces is not returned at its end by a timer but by the next call that finds it over,
 /// or it lapses.
 #[allow(clippy::too_many_arguments)]
@@ -250,9 +250,9 @@ pub fn install(
         }
     });
     if let Some((old, until)) = given_back {
-        hold::return_lease(env, ctx, account, old, Back::Replaced { until }, since);
+        outbox::return_lease(env, ctx, account, old, Back::Replaced { until }, since);
     }
-    if let Some(grant) = grant.filter(|_| taken && hold::may_carry(since)) {
+    if let Some(grant) = grant.filter(|_| taken && outbox::may_carry(since)) {
         // returned at its end if nothing replaced it, so its credit is not held idle
         let (env, task_ctx, account, key_id) = (env.clone(), ctx.clone(), account.to_string(), key.key_id.clone());
         let ends = grant.ends_at(asked_at);
@@ -264,7 +264,7 @@ pub fn install(
                 (slot.held.as_ref()?.lease.grant.id == grant.id).then(|| slot.held.take()).flatten()
             });
             if ended.is_some() {
-                hold::return_lease(&env, &task_ctx, &account, grant.id, Back::Ended, since);
+                outbox::return_lease(&env, &task_ctx, &account, grant.id, Back::Ended, since);
             }
         });
     }

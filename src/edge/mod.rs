@@ -17,6 +17,7 @@ pub mod kv;
 pub mod leases;
 pub mod meter;
 pub mod objects;
+pub mod outbox;
 pub mod pages;
 pub mod platform;
 pub mod prices;
