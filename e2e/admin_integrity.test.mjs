@@ -8,7 +8,7 @@ import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import v8 from "node:v8";
-import { startGateway, admin, newKey, chat, usage, workerLogs } from "./harness.mjs";
+import { ADMIN, startGateway, admin, newKey, chat, usage, workerLogs } from "./harness.mjs";
 
 let gw;
 const body = { model: "m/x", max_tokens: 10, messages: [{ role: "user", content: "hi" }] };
@@ -195,4 +195,26 @@ test("a ledger stored by an earlier build as one document is carried over into r
   }
   const left = JSON.parse(sql("print(json.dumps([c.execute('select count(*) from account').fetchone()[0], c.execute(\"select count(*) from _cf_KV where key='state'\").fetchone()[0]]))"));
   assert.deepEqual(left, [1, 0], "now stored as rows, and the document is gone");
+});
+
+test("an admin body past 64 KiB is refused with 413 request_too_large, declared or chunked, and creates nothing", async () => {
+  const before = (await admin(gw, "GET", "/admin/keys")).json;
+  const big = JSON.stringify({ name: "x".repeat(70 * 1024), plan: "free" });
+  const declared = await admin(gw, "POST", "/admin/keys", JSON.parse(big));
+  assert.equal(declared.status, 413);
+  assert.equal(declared.json.error.code, "request_too_large");
+  // chunked: no length declared, so the body is read until it passes the limit
+  const chunks = (async function* () {
+    for (let i = 0; i < 8; i++) yield new TextEncoder().encode(big.slice(i * 10_000, (i + 1) * 10_000));
+    yield new TextEncoder().encode(big.slice(80_000));
+  })();
+  const res = await fetch(gw.url + "/admin/keys", {
+    method: "POST",
+    headers: { authorization: `Bearer ${ADMIN}`, "content-type": "application/json" },
+    body: ReadableStream.from(chunks),
+    duplex: "half",
+  });
+  assert.equal(res.status, 413);
+  assert.equal((await res.json()).error.code, "request_too_large");
+  assert.deepEqual((await admin(gw, "GET", "/admin/keys")).json, before);
 });

@@ -28,11 +28,11 @@ use crate::core::listing;
 use crate::core::settings::Settings;
 use crate::core::sorted::SortedMap;
 use crate::core::wire::{self, FromJson};
-use crate::edge::account_do;
 use crate::edge::incoming::Incoming;
 use crate::edge::platform::{self, OsRng};
 use crate::edge::response::Response;
 use crate::edge::response::{self, Meta};
+use crate::edge::{account_do, body_io};
 use crate::edge::{kv, prices, sealing, usage};
 use crate::edge::{registry_do, stats};
 use serde_json::{json, Value};
@@ -99,12 +99,14 @@ pub fn authorise(req: &Incoming, s: &Settings) -> Result<(), GatewayError> {
     Err(GatewayError::InvalidApiKey)
 }
 
+/// The largest admin body: a key's or an org's settings.
+const ADMIN_BODY_LIMIT: u64 = 64 * 1024;
+
 async fn json_body<T: FromJson>(req: &Incoming) -> Result<T, GatewayError> {
-    let bytes = req.bytes().await.map_err(|_| bad("could not read the body"))?;
-    if bytes.len() > 64 * 1024 {
-        return Err(GatewayError::RequestTooLarge { limit_bytes: 64 * 1024 });
-    }
-    let text = std::str::from_utf8(&bytes).map_err(|e| bad(format!("body: {e}")))?;
+    // read no further than the limit: a larger declared length is refused before a byte is
+    // read, a chunked body as soon as it passes it
+    let body = body_io::read_request(req, ADMIN_BODY_LIMIT).await?;
+    let text = std::str::from_utf8(&body.bytes).map_err(|e| bad(format!("body: {e}")))?;
     wire::parse(text).map_err(|e| bad(format!("body{}{e}", if e.0.starts_with(':') { "" } else { ": " })))
 }
 

@@ -47,11 +47,6 @@ impl Incoming {
     pub fn raw(&self) -> &web_sys::Request {
         &self.raw
     }
-
-    /// The whole body.
-    pub async fn bytes(&self) -> worker::Result<Vec<u8>> {
-        crate::edge::body_io::whole(self.raw.array_buffer()).await
-    }
 }
 
 /// The path of an absolute URL the runtime serialised: it starts at the first `/` after the
