@@ -7,11 +7,11 @@
 //! What the per-isolate cache believes, and for how long, is `core::record_cache`.
 
 use crate::core::error::GatewayError;
-use crate::core::keys::{digest_prefix, KeyRecord, OrgRecord};
+use crate::core::keys::{KeyRecord, OrgRecord};
 use crate::core::record_cache::{Cache, Cached};
 use crate::core::wire::{self, FromJson};
+use crate::edge::platform;
 use crate::edge::stats::{self, Counter};
-use crate::edge::{platform, registry_do};
 use js_sys::{Array, Function, Object, Promise, Reflect};
 use std::cell::RefCell;
 use wasm_bindgen::{JsCast, JsValue};
@@ -41,28 +41,33 @@ fn unavailable<E>(_: E) -> GatewayError {
     GatewayError::KeyStoreUnavailable
 }
 
-/// The record of a key by the digest of its secret, from memory or KV.
-pub async fn key_by_digest(env: &Env, digest: &str) -> Result<Option<KeyRecord>, GatewayError> {
-    let now = platform::now();
-    match KEYS.with(|c| c.borrow().get(digest, now)) {
-        Some(Cached::Hit(r)) => {
+/// What this isolate's cache holds for a key's digest: `Some(Some(record))`, `Some(None)`
+/// (known not to exist, for a while), or `None` (not cached: ask).
+pub fn cached_key(digest: &str) -> Option<Option<KeyRecord>> {
+    match KEYS.with(|c| c.borrow().get(digest, platform::now()))? {
+        Cached::Hit(r) => {
             stats::bump(Counter::KeyCacheHits);
-            return Ok(Some(r));
+            Some(Some(r))
         }
-        Some(Cached::Miss) => {
+        Cached::Miss => {
             stats::bump(Counter::NegativeCacheHits);
-            return Ok(None);
+            Some(None)
         }
-        None => {}
     }
-    if !registry_do::may_exist(env, digest_prefix(digest)).await {
-        KEYS.with(|c| c.borrow_mut().put(digest, Cached::Miss, now));
-        return Ok(None);
-    }
+}
+
+/// Remembers that no key has this digest (the registry said so), for the negative cache's
+/// while.
+pub fn note_absent(digest: &str) {
+    KEYS.with(|c| c.borrow_mut().put(digest, Cached::Miss, platform::now()));
+}
+
+/// The record of a key by the digest of its secret, read from KV and cached, found or not.
+pub async fn read_key(env: &Env, digest: &str) -> Result<Option<KeyRecord>, GatewayError> {
     stats::bump(Counter::KvKeyReads);
     let found = get_json::<KeyRecord>(&binding(env)?, &format!("k:{digest}")).await?.map(KeyRecord::bind_sealed);
     let entry = found.clone().map_or(Cached::Miss, Cached::Hit);
-    KEYS.with(|c| c.borrow_mut().put(digest, entry, now));
+    KEYS.with(|c| c.borrow_mut().put(digest, entry, platform::now()));
     Ok(found)
 }
 
