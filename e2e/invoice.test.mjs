@@ -13,7 +13,7 @@ import assert from "node:assert/strict";
 import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { startGateway, newKey, usage, eventually, sleep, requestLog, openCall } from "./harness.mjs";
+import { startGateway, newKey, usage, eventually, sleep, requestLog, openCall, admin } from "./harness.mjs";
 import { startProvider } from "./provider_double.mjs";
 
 const PRICES = JSON.stringify({ "*": { input: 1.0, output: 1.0 } });
@@ -590,3 +590,27 @@ test("16. a count reported without its completion side, with reasoning outside i
   }
   x.done();
 });
+
+test("17. a listed model spelled in another case, pinned in another case, or named by the path over the body's model: priced as the model served, at least the invoice", async (t) => {
+  // the router lists inv-org/Dear-Model (together $3/$7, cerebras $2/$9) and
+  // inv-org/Path-Served (hf-inference $5/$15); "*" prices anything else at $1/$1
+  const x = expectations(t);
+  const refreshed = await admin(gw, "POST", "/admin/prices/refresh");
+  x.equal(refreshed.status, 200, "the price book was read");
+  for (const [path, model, tag] of [
+    ["/v1/chat/completions", "INV-ORG/dear-model", "INV-ORG/dear-model"],
+    ["/v1/chat/completions", "inv-org/DEAR-MODEL:TOGETHER", "inv-org/DEAR-MODEL"],
+    ["/v1/chat/completions", "Inv-Org/Dear-Model:Cheapest", "Inv-Org/Dear-Model"],
+    // the body names a model "*" prices; the path names the one the server serves
+    ["/hf-inference/models/inv-org/Path-Served/v1/chat/completions", "cheap/anything", "inv-org/Path-Served"],
+  ]) {
+    const k = await payg(gw);
+    const before = provider.invoice(tag);
+    const res = await post(gw, k.key, path, { model, max_tokens: 500, messages: say("count") });
+    await res.arrayBuffer();
+    x.equal(res.status, 200, `${path} ${model}: answered`);
+    await reconcile(t, x, gw, k, tag, { before });
+  }
+  x.done();
+});
+

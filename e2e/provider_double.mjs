@@ -16,6 +16,38 @@ import { collect } from "./harness.mjs";
 /** The tool types the router runs itself, looping the model over their results. */
 export const SERVER_TOOLS = new Set(["mcp", "web_search", "web_search_preview", "file_search", "code_interpreter", "image_generation", "computer_use_preview"]);
 
+/**
+ * Models the router lists (`GET /v1/models`) with their providers' prices, USD per 1M tokens.
+ * A listed model is served under any spelling of its id (Hub ids are case-insensitive) and
+ * billed at the price of the provider that serves it: the one a suffix or the path pins (in
+ * any case), else the one whose bill for the call is the largest. Its invoice is kept in
+ * micro-USD, whatever the gateway's PRICES say, not in tokens.
+ */
+export const CATALOG = {
+  "inv-org/Dear-Model": { together: { input: 3, output: 7 }, cerebras: { input: 2, output: 9 } },
+  "inv-org/Path-Served": { "hf-inference": { input: 5, output: 15 } },
+};
+const POLICIES = ["fastest", "cheapest", "preferred"];
+
+/** The listed id of `model` (any case, no suffix), or null. */
+function listedId(model) {
+  const want = String(model ?? "").toLowerCase();
+  return Object.keys(CATALOG).find((id) => id.toLowerCase() === want) ?? null;
+}
+
+/**
+ * Who serves a listed model and at what price, for a call billed `billed` tokens: `pin` (a
+ * provider, in any case) if given, else the dearest. `undefined` when the pin is not one of
+ * the model's providers (the router refuses it), null for a model nobody lists.
+ */
+function servedBy(model, pin, billed) {
+  const id = listedId(model);
+  if (!id) return null;
+  const offers = Object.entries(CATALOG[id]).map(([provider, price]) => ({ provider, price, micro: billed.prompt * price.input + billed.completion * price.output }));
+  if (pin && !POLICIES.includes(pin.toLowerCase())) return offers.find((o) => o.provider === pin.toLowerCase());
+  return offers.reduce((a, b) => (b.micro > a.micro ? b : a));
+}
+
 /** fal-ai apps' prices in micro-USD per output (a video, an image), by app path. */
 export const FAL_PRICES = { "fal-ai/veo3": 5_000_000, "fal-ai/flux/dev": 25_000, "fal-ai/flux/schnell": 3_000 };
 
@@ -188,6 +220,9 @@ function* pieces(total, per) {
   for (let left = total; left > 0; left -= per) yield Math.min(per, left);
 }
 
+/** The router names the provider that served a listed model. */
+const servedHeader = (call) => (call.servedBy ? { "x-inference-provider": call.servedBy } : {});
+
 async function chatAnswer(res, call, b, billed) {
   const body = call.json;
   const id = `chatcmpl-${call.n}`;
@@ -199,9 +234,9 @@ async function chatAnswer(res, call, b, billed) {
       id, object: "chat.completion", created: 1, model: body.model,
       choices: Array.from({ length: choices }, (_, i) => ({ index: i, message: { role: "assistant", content: "x".repeat(each) }, finish_reason: "length" })),
       usage,
-    }, { "x-request-id": call.requestId });
+    }, { "x-request-id": call.requestId, ...servedHeader(call) });
   }
-  res.writeHead(200, { "content-type": "text/event-stream", "x-request-id": call.requestId });
+  res.writeHead(200, { "content-type": "text/event-stream", "x-request-id": call.requestId, ...servedHeader(call) });
   const out = sse(res, call, b);
   const chunk = (choices, extra = {}) => `data: ${JSON.stringify({ id, object: "chat.completion.chunk", created: 1, model: body.model, choices, ...extra, ...pad(b) })}\n\n`;
   for (let i = 0; i < choices; i++) {
@@ -343,13 +378,24 @@ export async function startProvider() {
     try {
       path = decodeURIComponent(path);
     } catch {}
-    if (req.method === "GET" && path === "/v1/models") return send(res, 200, { object: "list", data: [] });
+    if (req.method === "GET" && path === "/v1/models") {
+      const data = Object.entries(CATALOG).map(([id, offers]) => ({
+        id, object: "model", providers: Object.entries(offers).map(([provider, pricing]) => ({ provider, status: "live", pricing })),
+      }));
+      return send(res, 200, { object: "list", data });
+    }
     if (path.startsWith("/fal-ai/")) return falAnswer(p, req, res, call, path, url);
-    const api = req.method === "POST" ? APIS[path] : undefined;
+    let api = req.method === "POST" ? APIS[path] : undefined;
+    // `/{provider}/models/{model}/v1/chat/completions`: the server behind it serves the model
+    // the path names, whatever the body's `model` says
+    const named = /^\/([^/]+)\/models\/(.+)\/v1\/chat\/completions$/.exec(path);
+    if (!api && req.method === "POST" && named) api = "chat";
     if (!api) return send(res, 404, { error: { message: `the provider double has no ${req.method} ${path}`, type: "invalid_request_error", code: "not_found" } });
     const body = call.json;
     if (!body || typeof body !== "object") return send(res, 400, { error: { message: "body must be JSON", type: "invalid_request_error", code: null } });
-    const tag = tagOf(body.model);
+    const model = named ? named[2] : tagOf(body.model);
+    const pin = named ? named[1] : String(body.model ?? "").slice(tagOf(body.model).length + 1) || null;
+    const tag = model;
     call.tag = tag;
     const b = p.behaviour(tag);
     if (b.status >= 300) return send(res, b.status, { error: { message: `scripted ${b.status}`, type: "server_error", code: null } }, { "x-request-id": call.requestId });
@@ -360,8 +406,11 @@ export async function startProvider() {
       billed.prompt += p.kept.get(body.previous_response_id) ?? 0;
       p.kept.set(`resp_${call.n}`, billed.prompt + billed.completion);
     }
+    const served = servedBy(model, pin, billed);
+    if (served === undefined) return send(res, 400, { error: { message: `${pin} does not serve ${model}`, type: "invalid_request_error", code: null } });
     call.usage = billed;
-    p.charge(tag, billed.prompt + billed.completion, call);
+    call.servedBy = served?.provider;
+    p.charge(tag, served ? served.micro : billed.prompt + billed.completion, call);
     if (b.delayMs) await sleep(b.delayMs);
     if (api === "chat") return chatAnswer(res, call, b, billed);
     if (api === "completions") return completionsAnswer(res, call, billed);

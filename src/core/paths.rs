@@ -95,7 +95,8 @@ pub struct ProxyRoute {
     /// The provider named by the path, if any (`/together/...`).
     pub provider: Option<String>,
     pub metering: Metering,
-    /// For `/hf-inference/models/{model}` and `/v1/models/{model}`, the model in the path.
+    /// For `/hf-inference/models/{model}` (and its `/v1/chat/completions`) and
+    /// `/v1/models/{model}`, the model in the path.
     pub path_model: Option<String>,
     /// For `/endpoints/{name}/...`: the dedicated endpoint it goes to (`ENDPOINTS`).
     pub endpoint: Option<String>,
@@ -309,10 +310,21 @@ pub fn route(raw: &str) -> Result<Route, GatewayError> {
         return Err(GatewayError::NotFound);
     }
     if let Some(api) = token_api(rest) {
-        return proxy(Metering::Tokens(api), Some(provider), None);
+        // `/hf-inference/models/{model}/v1/chat/completions`: the server behind the path
+        // serves (and bills) the model the path names, whatever the body's `model` says
+        return proxy(Metering::Tokens(api), Some(provider), token_path_model(rest));
     }
     let path_model = rest.strip_prefix("models/").filter(|m| !m.is_empty());
     proxy(Metering::Time, Some(provider), path_model)
+}
+
+/// The model a token-priced provider path names before its API (`models/{model}/v1/...`).
+fn token_path_model(rest: &str) -> Option<&str> {
+    let named = rest.strip_prefix("models/")?;
+    let model = ["/v1/chat/completions", "/chat/completions", "/v1/responses", "/v1/completions"]
+        .iter()
+        .find_map(|api| named.strip_suffix(api))?;
+    (!model.is_empty()).then_some(model)
 }
 
 /// The token-priced API a path ends in, if any.
@@ -464,6 +476,15 @@ mod tests {
         assert_eq!(p.path_model.as_deref(), Some("BAAI/bge-small-en-v1.5"));
         let Ok(Route::Proxy(p)) = route("/v1/models/meta-llama/Llama-3.1-8B-Instruct") else { panic!() };
         assert_eq!(p.path_model.as_deref(), Some("meta-llama/Llama-3.1-8B-Instruct"));
+        // a chat path that names its model: the model served, whatever the body says
+        let Ok(Route::Proxy(p)) = route("/hf-inference/models/meta-llama/Llama-3.1-8B-Instruct/v1/chat/completions")
+        else {
+            panic!()
+        };
+        assert_eq!(p.metering, Metering::Tokens(Api::Chat));
+        assert_eq!(p.path_model.as_deref(), Some("meta-llama/Llama-3.1-8B-Instruct"));
+        let Ok(Route::Proxy(p)) = route("/together/v1/chat/completions") else { panic!() };
+        assert_eq!(p.path_model, None);
         assert_eq!(route("/admin/keys/key_abc"), Ok(Route::AdminKey("key_abc".into())));
         assert_eq!(route("/admin/keys/a/b"), Err(GatewayError::NotFound));
         assert_eq!(route("/admin/orgs/acme/keys"), Ok(Route::AdminOrgKeys("acme".into())));

@@ -201,10 +201,15 @@ impl PriceBook {
         self.models.len()
     }
 
-    /// The providers of a model, by its exact id without a suffix (`split_model` first);
-    /// empty for a model the book does not list.
+    /// The providers of a model, by its id without a suffix (`split_model` first), in any
+    /// case: the Hub's ids are case-insensitive, and the router serves every spelling as the
+    /// model it lists. Empty for a model the book does not list.
     pub fn providers_of(&self, model: &str) -> &[ProviderEntry] {
-        self.models.get(model).map_or(&[], Vec::as_slice)
+        let found = self
+            .models
+            .get(model)
+            .or_else(|| self.models.iter().find(|(id, _)| id.eq_ignore_ascii_case(model)).map(|(_, entries)| entries));
+        found.map_or(&[], Vec::as_slice)
     }
 
     /// For `GET /admin/prices`, in USD per 1M tokens:
@@ -258,7 +263,7 @@ pub const POLICIES: &[&str] = &["fastest", "cheapest", "preferred"];
 pub fn split_model(model: &str) -> (&str, Pin<'_>) {
     match model.rsplit_once(':') {
         Some((base, suffix)) if !base.is_empty() && !suffix.is_empty() => {
-            if POLICIES.contains(&suffix) {
+            if POLICIES.iter().any(|p| p.eq_ignore_ascii_case(suffix)) {
                 (base, Pin::Policy(suffix))
             } else {
                 (base, Pin::Provider(suffix))
@@ -326,7 +331,7 @@ pub fn quote(prices: &PriceTable, book: Option<&PriceBook>, model: &str, path_pr
         prices
             .exact(&format!("{base}:{p}"))
             .or_else(|| prices.exact(base))
-            .or_else(|| listed.iter().find(|e| e.provider == p).and_then(|e| e.price))
+            .or_else(|| listed.iter().find(|e| e.provider.eq_ignore_ascii_case(p)).and_then(|e| e.price))
             .unwrap_or_else(|| prices.fallback())
     };
     let pinned = path_provider.or(match pin {
@@ -624,7 +629,9 @@ mod tests {
         assert_eq!(split_model(""), ("", Pin::Unpinned));
         assert_eq!(split_model("m:fastest"), ("m", Pin::Policy("fastest")));
         assert_eq!(split_model("m:preferred"), ("m", Pin::Policy("preferred")));
-        assert_eq!(split_model("m:Fastest"), ("m", Pin::Provider("Fastest")));
+        // read as a policy in any case: reserved at the dearest live provider, which covers
+        // whichever the router picks, or nothing is billed if it refuses the spelling
+        assert_eq!(split_model("m:Fastest"), ("m", Pin::Policy("Fastest")));
     }
 
     const M: &str = "openai/gpt-oss-120b";
@@ -646,6 +653,24 @@ mod tests {
         assert_eq!(quote(&prices, Some(&b), &format!("{M}:groq"), None).reserve, price(1_000_000, 3_000_000));
         assert_eq!(quote(&prices, Some(&b), &format!("{M}:sambanova"), None).reserve, price(1_000_000, 3_000_000));
         assert_eq!(quote(&prices, None, &format!("{M}:together"), None).reserve, price(1_000_000, 3_000_000));
+    }
+
+    #[test]
+    fn a_model_or_provider_spelled_in_another_case_is_priced_as_the_listed_one() {
+        // the router serves `openai/GPT-OSS-120B` as the listed model (Hub ids are
+        // case-insensitive), so its price is the listed one's, not "*"
+        let prices = table(
+            r#"{"*": {"input": 0.01, "output": 0.01}, "OpenAI/gpt-oss-120b:Cerebras": {"input": 2, "output": 2}}"#,
+        );
+        let b = book();
+        let listed = quote(&prices, Some(&b), M, None);
+        for spelling in [M.to_uppercase(), "OpenAI/Gpt-Oss-120b".to_string()] {
+            assert_eq!(quote(&prices, Some(&b), &spelling, None), listed, "{spelling}");
+        }
+        let pinned = quote(&prices, Some(&b), &format!("{M}:together"), None).reserve;
+        assert_eq!(quote(&prices, Some(&b), &format!("{}:TOGETHER", M.to_uppercase()), None).reserve, pinned);
+        // the operator's entry for one spelling prices every spelling
+        assert_eq!(quote(&prices, Some(&b), &format!("{M}:cerebras"), None).reserve, price(2_000_000, 2_000_000));
     }
 
     #[test]

@@ -95,20 +95,26 @@ impl PriceTable {
         Ok(PriceTable { models, fallback })
     }
 
-    /// The entry for exactly `key` (`"model"` or `"model:provider"`), with no suffix stripped
-    /// and no fallback: the live price book needs to tell an operator's override from a gap.
+    /// The entry for `key` (`"model"` or `"model:provider"`, in any case), with no suffix
+    /// stripped and no fallback: the live price book needs to tell an operator's override from a gap.
     /// `"*"` is not an entry; it is `fallback()`.
     ///
     /// ```
     /// use hf_gate::core::pricing::{Price, PriceTable};
     /// let t = PriceTable::parse(r#"{"*": {"input": 1, "output": 3}, "m": {"input": 0.1, "output": 0.2}}"#).unwrap();
     /// assert_eq!(t.exact("m"), Some(Price { input: 100_000, output: 200_000 }));
+    /// assert_eq!(t.exact("M"), t.exact("m"));
     /// assert_eq!(t.exact("m:together"), None);
     /// assert_eq!(t.exact("*"), None);
     /// assert_eq!(t.fallback(), Price { input: 1_000_000, output: 3_000_000 });
     /// ```
     pub fn exact(&self, key: &str) -> Option<Price> {
-        self.models.get(key).copied()
+        // Hub ids are case-insensitive (the router serves `org/Model` as `org/model`): an
+        // entry stands for every spelling, the one written as it is matched first
+        self.models
+            .get(key)
+            .copied()
+            .or_else(|| self.models.iter().find(|(m, _)| m.eq_ignore_ascii_case(key)).map(|(_, p)| *p))
     }
 
     /// The `"*"` price: what prices a model nothing else prices.

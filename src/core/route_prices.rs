@@ -77,7 +77,7 @@ impl RoutePrices {
     }
 
     /// The rate for a call. The candidates are the path (its leading `/` removed) and the
-    /// model, if any, on the same footing: an exact match beats any prefix match, and among
+    /// model, if any, on the same footing, in any case (as the Hub reads ids): an exact match beats any prefix match, and among
     /// prefixes the longest wins. Of two exact matches the longer pattern wins; on a tie the
     /// path does. `None` when nothing matches (the route is then not priced).
     pub fn rate_for(&self, path: &str, model: Option<&str>) -> Option<RouteRate> {
@@ -86,14 +86,16 @@ impl RoutePrices {
         let exact = candidates
             .iter()
             .flatten()
-            .filter_map(|c| self.exact.iter().find(|(p, _)| p == c).map(|(_, rate)| (c.len(), *rate)))
+            .filter_map(|c| {
+                self.exact.iter().find(|(p, _)| p.eq_ignore_ascii_case(c)).map(|(_, rate)| (c.len(), *rate))
+            })
             .reduce(|best, next| if next.0 > best.0 { next } else { best });
         if let Some((_, rate)) = exact {
             return Some(rate);
         }
         self.prefixes
             .iter()
-            .find(|(prefix, _)| candidates.iter().flatten().any(|c| c.starts_with(prefix.as_str())))
+            .find(|(prefix, _)| candidates.iter().flatten().any(|c| starts_with_ignoring_case(c, prefix)))
             .map(|(_, rate)| *rate)
     }
 
@@ -105,6 +107,12 @@ impl RoutePrices {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// Whether `s` starts with `prefix`, ASCII case aside: a model id in a path is a Hub id,
+/// which the Hub reads in any case.
+fn starts_with_ignoring_case(s: &str, prefix: &str) -> bool {
+    s.len() >= prefix.len() && s.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
 }
 
 fn check_pattern(pattern: &str) -> Result<(), String> {
@@ -173,6 +181,23 @@ mod tests {
         assert_eq!(RoutePrices::parse("{}").unwrap(), RoutePrices::empty());
         assert!(RoutePrices::empty().is_empty());
         assert_eq!(RoutePrices::empty().rate_for("/fal-ai/x", Some("x")), None);
+    }
+
+    #[test]
+    fn a_route_or_model_spelled_in_another_case_matches_its_pattern() {
+        // a cheap catch-all must not price `FLUX/DEV` when the exact pattern is dearer
+        let r = RoutePrices::parse(
+            r#"{"fal-ai/*": {"per_request": 0.001},
+                "fal-ai/fal-ai/flux/dev": {"per_request": 0.025},
+                "Black-Forest-Labs/*": {"per_second": 0.0002}}"#,
+        )
+        .unwrap();
+        assert_eq!(r.rate_for("/fal-ai/fal-ai/FLUX/Dev", None), per_request(25_000));
+        assert_eq!(r.rate_for("/fal-ai/x", Some("FAL-AI/FLUX/DEV")), per_request(1_000));
+        assert_eq!(
+            r.rate_for("/hf-inference/models/black-forest-labs/FLUX.1-dev", Some("black-forest-labs/FLUX.1-dev")),
+            Some(RouteRate::PerSecond(ComputePrice(200_000)))
+        );
     }
 
     #[test]

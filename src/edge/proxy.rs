@@ -74,11 +74,12 @@ pub async fn handle(
         Metering::Time | Metering::Unmetered => None,
     };
     let job_model = if submit { jobs::job_model(&route.path, &body.bytes) } else { None };
-    let model = shape
-        .as_ref()
-        .map(|sh| sh.model.clone())
+    // a path that names its model is served (and billed) as that model, whatever the body says
+    let model = route
+        .path_model
+        .clone()
+        .or_else(|| shape.as_ref().map(|sh| sh.model.clone()))
         .or_else(|| job_model.clone())
-        .or_else(|| route.path_model.clone())
         .unwrap_or_default();
     let (base_model, pin) = split_model(&model);
     let pinned = match pin {
