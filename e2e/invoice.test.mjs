@@ -19,6 +19,8 @@ import { startProvider } from "./provider_double.mjs";
 const PRICES = JSON.stringify({ "*": { input: 1.0, output: 1.0 } });
 // the provider's own prices for these apps (FAL_PRICES): $5 a video, $0.025 and $0.003 an image
 const ROUTE_PRICES = JSON.stringify({
+  // an operator's guess at an embedding call: the provider bills its input tokens instead
+  "nebius/v1/embeddings": { per_request: 0.0001 },
   "fal-ai/fal-ai/veo3": { per_request: 5.0 },
   "fal-ai/fal-ai/flux/dev": { per_request: 0.025 },
   "fal-ai/fal-ai/flux/schnell": { per_request: 0.003 },
@@ -611,6 +613,28 @@ test("17. a listed model spelled in another case, pinned in another case, or nam
     x.equal(res.status, 200, `${path} ${model}: answered`);
     await reconcile(t, x, gw, k, tag, { before });
   }
+  x.done();
+});
+
+test("18. an embeddings batch is billed by its input tokens, however many texts: reserved and charged by them, or refused (insufficient_quota) when the credit cannot cover them", async (t) => {
+  const x = expectations(t);
+  const texts = (n, size) => Array.from({ length: n }, (_, i) => `text ${i} `.padEnd(size, "x"));
+  // 300 texts of 100 bytes: about 30,600 tokens, within a credit of 50,000
+  const tag = "inv/embed-18";
+  const k = await funded(gw, 50_000);
+  const res = await post(gw, k.key, "/nebius/v1/embeddings", { model: tag, input: texts(300, 100) });
+  const answer = await res.json();
+  x.equal(res.status, 200, "a batch the credit covers: answered");
+  x.equal(answer.data?.length, 300, "one vector a text");
+  await reconcile(t, x, gw, k, tag, { credit: 50_000 });
+  // a batch past a credit of 5,000: refused before the provider sees it
+  const small = await funded(gw, 5_000);
+  const big = `${tag}-big`;
+  const refused = await post(gw, small.key, "/nebius/v1/embeddings", { model: big, input: texts(100, 100) });
+  x.equal(refused.status, 429, "a batch the credit cannot cover: 429");
+  x.equal((await errorOf(refused)).code, "insufficient_quota", "for its quota");
+  x.equal(provider.callsFor(big).length, 0, "nothing reached the provider");
+  await reconcile(t, x, gw, small, big, { credit: 5_000 });
   x.done();
 });
 

@@ -127,6 +127,7 @@ function textBytes(v) {
  * gateway's reservation or metering, not a tokenizer meaner than the contract.
  */
 export function promptTokens(api, body) {
+  if (api === "embeddings") return (Array.isArray(body.input) ? body.input : [body.input]).reduce((n, t) => n + 2 + textBytes(t ?? ""), 0);
   if (api === "chat") return 2 + textBytes(body.messages ?? []);
   if (api === "responses") return 2 + textBytes(body.input ?? "") + textBytes(body.instructions ?? "");
   if (api === "completions") return 2 + textBytes(body.prompt ?? "");
@@ -151,6 +152,8 @@ export function serverTools(body) {
  * each turn's output to the limit.
  */
 export function bill(api, body, b = defaultBehaviour()) {
+  // an embedding is billed by its input alone, however long the batch
+  if (api === "embeddings") return { prompt: promptTokens(api, body), completion: 0, turns: 1 };
   const output = (honouredLimit(api, body) ?? b.contextTokens) * choicesOf(api, body);
   const prompt = promptTokens(api, body);
   if (api === "responses" && serverTools(body)) {
@@ -390,6 +393,7 @@ export async function startProvider() {
     // the path names, whatever the body's `model` says
     const named = /^\/([^/]+)\/models\/(.+)\/v1\/chat\/completions$/.exec(path);
     if (!api && req.method === "POST" && named) api = "chat";
+    if (!api && req.method === "POST" && /^\/[^/]+\/v1\/embeddings$/.test(path)) api = "embeddings";
     if (!api) return send(res, 404, { error: { message: `the provider double has no ${req.method} ${path}`, type: "invalid_request_error", code: "not_found" } });
     const body = call.json;
     if (!body || typeof body !== "object") return send(res, 400, { error: { message: "body must be JSON", type: "invalid_request_error", code: null } });
@@ -412,6 +416,11 @@ export async function startProvider() {
     call.servedBy = served?.provider;
     p.charge(tag, served ? served.micro : billed.prompt + billed.completion, call);
     if (b.delayMs) await sleep(b.delayMs);
+    if (api === "embeddings") {
+      const texts = Array.isArray(body.input) ? body.input : [body.input];
+      const data = texts.map((_, index) => ({ object: "embedding", index, embedding: [0.6, 0.8] }));
+      return send(res, 200, { object: "list", data, model: body.model, usage: { prompt_tokens: billed.prompt, total_tokens: billed.prompt } }, { "x-request-id": call.requestId });
+    }
     if (api === "chat") return chatAnswer(res, call, b, billed);
     if (api === "completions") return completionsAnswer(res, call, billed);
     return responsesAnswer(res, call, b, billed);

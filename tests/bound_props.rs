@@ -102,15 +102,17 @@ fn upstream_bill(api: Api, sent: &Value) -> TokenUsage {
         Api::Chat => honoured("max_completion_tokens").or_else(|| honoured("max_tokens")),
         Api::Completions => honoured("max_tokens"),
         Api::Responses => honoured("max_output_tokens"),
+        // an embedding generates nothing: its input is the bill
+        Api::Embeddings => Some(0),
     }
     .unwrap_or(CONTEXT_TOKENS);
     // best_of candidates are generated of which n are returned (best_of >= n, or refused)
     let count = |field: &str| sent.get(field).and_then(Value::as_u64).unwrap_or(1);
-    let choices = count("n").max(count("best_of"));
+    let choices = if api == Api::Embeddings { 1 } else { count("n").max(count("best_of")) };
     let prompt_field = match api {
         Api::Chat => "messages",
         Api::Completions => "prompt",
-        Api::Responses => "input",
+        Api::Responses | Api::Embeddings => "input",
     };
     let prompt = sent.get(prompt_field).unwrap_or(&Value::Null);
     let (elements, batch) = match (api, prompt) {
@@ -284,7 +286,8 @@ fn prompt_of(api: Api) -> BoxedStrategy<Value> {
             prop::collection::vec(responses_item(), 0..5).prop_map(Value::Array),
         ]
         .boxed(),
-        Api::Completions => prop_oneof![
+        // one text, a batch of texts, or batches of token ids
+        Api::Completions | Api::Embeddings => prop_oneof![
             text().prop_map(Value::String),
             prop::collection::vec(text().prop_map(Value::String), 1..4).prop_map(Value::Array),
             prop::collection::vec(0u32..100_000, 1..20).prop_map(|ids| json!(ids)),
@@ -323,54 +326,56 @@ fn tools() -> impl Strategy<Value = Option<Value>> {
 }
 
 fn body() -> impl Strategy<Value = (Api, Value)> {
-    prop_oneof![Just(Api::Chat), Just(Api::Completions), Just(Api::Responses)].prop_flat_map(|api| {
-        let limit = || maybe((1u64..5_000).prop_map(Value::from));
-        let count = || maybe((1u64..6).prop_map(Value::from));
-        (
-            prompt_of(api),
-            (limit(), limit(), limit(), limit()),
-            (count(), count()),
+    prop_oneof![Just(Api::Chat), Just(Api::Completions), Just(Api::Responses), Just(Api::Embeddings)].prop_flat_map(
+        |api| {
+            let limit = || maybe((1u64..5_000).prop_map(Value::from));
+            let count = || maybe((1u64..6).prop_map(Value::from));
             (
-                maybe(any::<bool>().prop_map(Value::from)),
-                maybe(prop_oneof![
-                    Just(json!({})),
-                    Just(json!({"include_usage": false})),
-                    Just(json!({"include_usage": null}))
-                ]),
-            ),
-            tools(),
-            prop::option::of(text()),
-        )
-            .prop_map(move |(prompt, limits, (n, best_of), (stream, options), tools, instructions)| {
-                let mut o = Map::new();
-                o.insert("model".into(), json!("org/model"));
-                let prompt_field = match api {
-                    Api::Chat => "messages",
-                    Api::Completions => "prompt",
-                    Api::Responses => "input",
-                };
-                o.insert(prompt_field.into(), prompt);
-                let (a, b, c, d) = limits;
-                let fields = [
-                    ("max_tokens", a),
-                    ("max_completion_tokens", b),
-                    ("max_output_tokens", c),
-                    ("max_new_tokens", d),
-                    ("n", n),
-                    ("best_of", best_of),
-                    ("stream", stream),
-                    ("stream_options", options),
-                    ("tools", tools),
-                    ("instructions", instructions.filter(|_| api == Api::Responses).map(Value::String)),
-                ];
-                for (k, v) in fields {
-                    if let Some(v) = v {
-                        o.insert(k.into(), v);
+                prompt_of(api),
+                (limit(), limit(), limit(), limit()),
+                (count(), count()),
+                (
+                    maybe(any::<bool>().prop_map(Value::from)),
+                    maybe(prop_oneof![
+                        Just(json!({})),
+                        Just(json!({"include_usage": false})),
+                        Just(json!({"include_usage": null}))
+                    ]),
+                ),
+                tools(),
+                prop::option::of(text()),
+            )
+                .prop_map(move |(prompt, limits, (n, best_of), (stream, options), tools, instructions)| {
+                    let mut o = Map::new();
+                    o.insert("model".into(), json!("org/model"));
+                    let prompt_field = match api {
+                        Api::Chat => "messages",
+                        Api::Completions => "prompt",
+                        Api::Responses | Api::Embeddings => "input",
+                    };
+                    o.insert(prompt_field.into(), prompt);
+                    let (a, b, c, d) = limits;
+                    let fields = [
+                        ("max_tokens", a),
+                        ("max_completion_tokens", b),
+                        ("max_output_tokens", c),
+                        ("max_new_tokens", d),
+                        ("n", n),
+                        ("best_of", best_of),
+                        ("stream", stream),
+                        ("stream_options", options),
+                        ("tools", tools),
+                        ("instructions", instructions.filter(|_| api == Api::Responses).map(Value::String)),
+                    ];
+                    for (k, v) in fields {
+                        if let Some(v) = v {
+                            o.insert(k.into(), v);
+                        }
                     }
-                }
-                (api, Value::Object(o))
-            })
-    })
+                    (api, Value::Object(o))
+                })
+        },
+    )
 }
 
 proptest! {
@@ -391,7 +396,11 @@ proptest! {
         let sent_bytes = apply(&raw, &shape.edits(granted));
         prop_assert!(no_duplicate_keys(&sent_bytes).is_ok(), "{}", String::from_utf8_lossy(&sent_bytes));
         let sent: Value = serde_json::from_slice(&sent_bytes).unwrap();
-        prop_assert_eq!(sent[api.limit_field()].as_u64(), Some(granted), "the API's own field carries the bound");
+        match api.limit_field() {
+            Some(own) => prop_assert_eq!(sent[own].as_u64(), Some(granted), "the API's own field carries the bound"),
+            // nothing generated, nothing to bound: the body goes as it came
+            None => prop_assert_eq!(&sent_bytes, &raw),
+        }
         if shape.stream && api != Api::Responses {
             prop_assert_eq!(&sent["stream_options"]["include_usage"], &Value::Bool(true));
         }

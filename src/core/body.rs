@@ -196,6 +196,10 @@ impl CallShape {
     /// `max_tokens`, its responses only `max_output_tokens`), so a body bounded only by
     /// `max_new_tokens` would run to the context's end there.
     pub fn edits(&self, output: u64) -> Vec<Edit> {
+        let Some(own_field) = self.api.limit_field() else {
+            // an API that generates nothing has no bound to write (its fields go as sent)
+            return Vec::new();
+        };
         let n = output.to_string().into_bytes();
         let mut edits: Vec<Edit> =
             self.limit_spans.iter().map(|s| Edit { start: s.start, end: s.end, insert: n.clone() }).collect();
@@ -203,7 +207,7 @@ impl CallShape {
         if !self.own_limit_present {
             // the key is absent however it could be spelled (keys are compared decoded), so
             // this is never a second copy of it
-            front.extend_from_slice(format!("\"{}\":{output},", self.api.limit_field()).as_bytes());
+            front.extend_from_slice(format!("\"{own_field}\":{output},").as_bytes());
         }
         if self.stream && self.api.usage_on_request() {
             match self.stream_options {
@@ -419,6 +423,7 @@ impl<'de, 'b> Visitor<'de> for Top<'b> {
         let mut rendered = 0u64;
         let mut tools = false;
         let mut server_tools = None;
+        let generates = self.api.generates();
         while let Some(key) = map.next_key::<KeyText>()? {
             let key = key.0;
             if seen.len() >= MAX_TOP_LEVEL_FIELDS {
@@ -440,7 +445,8 @@ impl<'de, 'b> Visitor<'de> for Top<'b> {
                     }
                     model = Some(m);
                 }
-                f if LIMIT_FIELDS.contains(&f) => {
+                // an API that generates nothing reads none of these: they are text to it
+                f if generates && LIMIT_FIELDS.contains(&f) => {
                     let raw: &RawValue = map.next_value()?;
                     let span = offset_of(self.body, raw).ok_or_else(|| de::Error::custom("unreadable body"))?;
                     let value = match raw.get() {
@@ -450,9 +456,9 @@ impl<'de, 'b> Visitor<'de> for Top<'b> {
                         })?),
                     };
                     limits.push((span, value));
-                    own_limit_present |= f == self.api.limit_field();
+                    own_limit_present |= self.api.limit_field() == Some(f);
                 }
-                f @ ("n" | "best_of") => {
+                f @ ("n" | "best_of") if generates => {
                     let raw: &RawValue = map.next_value()?;
                     if raw.get() != "null" {
                         let n = plain_integer(raw.get(), MAX_CHOICES).ok_or_else(|| {
@@ -461,7 +467,7 @@ impl<'de, 'b> Visitor<'de> for Top<'b> {
                         choices = choices.max(n);
                     }
                 }
-                "stream" => {
+                "stream" if generates => {
                     let raw: &RawValue = map.next_value()?;
                     stream = match raw.get() {
                         "true" => true,
@@ -469,7 +475,7 @@ impl<'de, 'b> Visitor<'de> for Top<'b> {
                         _ => return Err(de::Error::custom("'stream' must be a boolean")),
                     };
                 }
-                "stream_options" => {
+                "stream_options" if generates => {
                     let raw: &RawValue = map.next_value()?;
                     let span = offset_of(self.body, raw).ok_or_else(|| de::Error::custom("unreadable body"))?;
                     (stream_options, caller_wants_usage) = read_stream_options(self.body, raw, span)?;
@@ -514,7 +520,8 @@ impl<'de, 'b> Visitor<'de> for Top<'b> {
         Ok(CallShape {
             api: self.api,
             model,
-            requested_output: limits.iter().filter_map(|(_, v)| *v).min(),
+            // nothing generated: no output to bound, whatever the plan's default
+            requested_output: if generates { limits.iter().filter_map(|(_, v)| *v).min() } else { Some(0) },
             choices: choices.saturating_mul(prompts),
             prompt_tokens,
             stream,
@@ -1048,12 +1055,31 @@ pub fn usage_of(v: &serde_json::Value) -> Option<TokenUsage> {
 /// order, each field's `null` or absence nothing; a field given twice, a count that is not an
 /// unsigned integer, any other JSON, and it has none.
 pub fn usage_of_body(body: &[u8]) -> Option<TokenUsage> {
+    usage_counted(body, true)
+}
+
+/// The usage of an answer that generates nothing (embeddings): its count gives the prompt
+/// and the total only, and anything in the total past the prompt counts as output.
+///
+/// ```
+/// use hf_gate::core::body::usage_of_embeddings;
+/// use hf_gate::core::pricing::TokenUsage;
+/// let body = br#"{"data":[],"usage":{"prompt_tokens":9,"total_tokens":9}}"#;
+/// assert_eq!(usage_of_embeddings(body), Some(TokenUsage { prompt: 9, completion: 0 }));
+/// assert_eq!(usage_of_embeddings(br#"{"data":[]}"#), None);
+/// ```
+pub fn usage_of_embeddings(body: &[u8]) -> Option<TokenUsage> {
+    usage_counted(body, false)
+}
+
+fn usage_counted(body: &[u8], generates: bool) -> Option<TokenUsage> {
     let mut de = serde_json::Deserializer::from_slice(body);
     let read = Part(Some(Shape::Carrier)).deserialize(&mut de).ok()?;
     de.end().ok()?;
     let Got::Usage(Some(c)) = read else { return None };
     let [prompt_tokens, input_tokens, completion_tokens, output_tokens, total_tokens] = c;
-    TokenUsage::reported(prompt_tokens.or(input_tokens), completion_tokens.or(output_tokens), total_tokens)
+    let completion = completion_tokens.or(output_tokens).or((!generates).then_some(0));
+    TokenUsage::reported(prompt_tokens.or(input_tokens), completion, total_tokens)
 }
 
 /// The counts a usage object gives, in `Shape::Counts`' order.
@@ -1360,6 +1386,25 @@ mod tests {
             out,
             r#"{"model":"m","max_tokens":300,"stream":true,"stream_options":{"include_usage":true},"messages":[]}"#
         );
+    }
+
+    #[test]
+    fn an_embeddings_batch_counts_every_text_and_is_sent_as_it_came() {
+        let texts: Vec<String> = (0..50).map(|i| format!("text number {i} {}", "word ".repeat(40))).collect();
+        let bytes: u64 = texts.iter().map(|t| t.len() as u64).sum();
+        let body =
+            serde_json::json!({"model": "m", "input": texts, "stream": true, "n": 4, "max_tokens": 3}).to_string();
+        let shape = inspect(body.as_bytes(), Api::Embeddings, 1_000).unwrap();
+        assert!(shape.prompt_tokens >= bytes, "{} < {bytes}", shape.prompt_tokens);
+        // nothing generated: no output, one choice, not streamed, and no field written
+        assert_eq!((shape.requested_output, shape.choices, shape.stream), (Some(0), 1, false));
+        assert_eq!(shape.output_bound(1024), 0);
+        assert_eq!(shape.worst_case(0).completion, 0);
+        assert!(shape.edits(0).is_empty());
+        assert_eq!(sent(&body, Api::Embeddings, 0), serde_json::from_str::<Value>(&body).unwrap());
+        // one text, or token ids
+        assert!(inspect(br#"{"model":"m","input":"hello"}"#, Api::Embeddings, 1).unwrap().prompt_tokens >= 5);
+        assert!(inspect(br#"{"model":"m","input":[[1,2,3],[4]]}"#, Api::Embeddings, 1).unwrap().prompt_tokens >= 4);
     }
 
     #[test]

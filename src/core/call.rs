@@ -179,6 +179,11 @@ impl CallPricing {
     pub fn is_tokens(&self) -> bool {
         matches!(self, CallPricing::Tokens { .. })
     }
+
+    /// A token call with no output to bound (embeddings): its usage counts a prompt only.
+    pub fn reads_prompt_only(&self) -> bool {
+        matches!(self, CallPricing::Tokens { completion: 0, .. })
+    }
 }
 
 /// What a call may cost at worst, as asked (`asked`: the output bound its body names, or the
@@ -192,7 +197,8 @@ pub fn worst_case(rate: Rate, shape: Option<&CallShape>, deadline_ms: u64, asked
             prompt: sh.prompt_tokens,
             output: asked,
             choices: sh.choices,
-            min_output: MIN_USEFUL_OUTPUT_TOKENS,
+            // an API that generates nothing (embeddings) is admitted on its prompt alone
+            min_output: if sh.api.generates() { MIN_USEFUL_OUTPUT_TOKENS } else { 0 },
         },
         (Rate::Time(compute), _) => Cost::Time { price: compute, ms: deadline_ms, min_ms: MIN_USEFUL_TIME_MS },
         (Rate::Fixed(amount), _) => Cost::Fixed { amount },

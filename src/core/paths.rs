@@ -49,15 +49,25 @@ pub enum Api {
     Completions,
     /// `/v1/responses`: `input`, `instructions`, `max_output_tokens`.
     Responses,
+    /// `/{provider}/v1/embeddings`: `input` (one text or a batch), no output tokens. Billed
+    /// by the provider per input token, however many texts the batch holds.
+    Embeddings,
 }
 
 impl Api {
-    /// The field written when the body carries no output limit at all.
-    pub fn limit_field(self) -> &'static str {
+    /// The field written when the body carries no output limit at all; none for an API
+    /// that generates no tokens.
+    pub fn limit_field(self) -> Option<&'static str> {
         match self {
-            Api::Chat | Api::Completions => "max_tokens",
-            Api::Responses => "max_output_tokens",
+            Api::Chat | Api::Completions => Some("max_tokens"),
+            Api::Responses => Some("max_output_tokens"),
+            Api::Embeddings => None,
         }
+    }
+
+    /// Whether the API generates tokens (billed as output, bounded by a limit field).
+    pub fn generates(self) -> bool {
+        self.limit_field().is_some()
     }
 
     /// Where the prompt is.
@@ -65,14 +75,14 @@ impl Api {
         match self {
             Api::Chat => "messages",
             Api::Completions => "prompt",
-            Api::Responses => "input",
+            Api::Responses | Api::Embeddings => "input",
         }
     }
 
     /// Whether a stream reports usage only when asked (`stream_options.include_usage`); the
     /// responses API always reports it in its final event.
     pub fn usage_on_request(self) -> bool {
-        !matches!(self, Api::Responses)
+        matches!(self, Api::Chat | Api::Completions)
     }
 }
 
@@ -335,6 +345,8 @@ fn token_api(rest: &str) -> Option<Api> {
         Some(Api::Responses)
     } else if rest.ends_with("v1/completions") {
         Some(Api::Completions)
+    } else if rest.ends_with("v1/embeddings") {
+        Some(Api::Embeddings)
     } else {
         None
     }
@@ -485,6 +497,8 @@ mod tests {
         assert_eq!(p.path_model.as_deref(), Some("meta-llama/Llama-3.1-8B-Instruct"));
         let Ok(Route::Proxy(p)) = route("/together/v1/chat/completions") else { panic!() };
         assert_eq!(p.path_model, None);
+        let Ok(Route::Proxy(p)) = route("/nebius/v1/embeddings") else { panic!() };
+        assert_eq!(p.metering, Metering::Tokens(Api::Embeddings));
         assert_eq!(route("/admin/keys/key_abc"), Ok(Route::AdminKey("key_abc".into())));
         assert_eq!(route("/admin/keys/a/b"), Err(GatewayError::NotFound));
         assert_eq!(route("/admin/orgs/acme/keys"), Ok(Route::AdminOrgKeys("acme".into())));

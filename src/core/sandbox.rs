@@ -138,6 +138,37 @@ impl Reply {
     }
 }
 
+/// An embeddings answer (`/{provider}/v1/embeddings`): one small vector per text of `input`,
+/// the same for the same text, and the prompt's tokens (a quarter of its bytes, at least one
+/// a text) as the usage, without a completion side, as embedding providers report it.
+pub fn embeddings(body: &[u8]) -> Value {
+    let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let model = v.get("model").and_then(Value::as_str).unwrap_or("sandbox");
+    let texts: Vec<String> = match v.get("input") {
+        Some(Value::Array(items)) => {
+            items.iter().map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_string)).collect()
+        }
+        Some(Value::String(s)) => vec![s.clone()],
+        _ => Vec::new(),
+    };
+    let mut tokens = 0u64;
+    let data: Vec<Value> = texts
+        .iter()
+        .enumerate()
+        .map(|(index, text)| {
+            tokens += (text.len() as u64).div_ceil(4).max(1);
+            // a vector of eight from the text's bytes: deterministic, unit length
+            let mut raw = [1.0f64; 8];
+            for (i, b) in text.bytes().enumerate() {
+                raw[i % 8] += f64::from(b) / 255.0;
+            }
+            let norm = raw.iter().map(|x| x * x).sum::<f64>().sqrt();
+            json!({"object": "embedding", "index": index, "embedding": raw.iter().map(|x| x / norm).collect::<Vec<_>>()})
+        })
+        .collect();
+    json!({"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+}
+
 /// `/v1/models` as the router shows it, with the gateway's prices.
 pub fn models(prices: &PriceTable) -> Value {
     // a `model:provider` override prices one provider of a model; it is not a model
@@ -158,6 +189,17 @@ pub fn models(prices: &PriceTable) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn embeddings_are_one_vector_a_text_with_a_prompt_only_usage() {
+        let one = embeddings(br#"{"model":"m","input":"abcdefgh"}"#);
+        assert_eq!(one["data"].as_array().map(Vec::len), Some(1));
+        assert_eq!(one["usage"], json!({"prompt_tokens": 2, "total_tokens": 2}));
+        let batch = embeddings(br#"{"model":"m","input":["a","abcdefgh","a"]}"#);
+        assert_eq!(batch["data"][2]["embedding"], batch["data"][0]["embedding"]);
+        assert_ne!(batch["data"][1]["embedding"], batch["data"][0]["embedding"]);
+        assert_eq!(batch["usage"]["prompt_tokens"], json!(4));
+    }
 
     #[test]
     fn replies_are_deterministic_and_bounded() {

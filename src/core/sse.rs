@@ -122,7 +122,7 @@ impl SseMeter {
             true
         } else {
             match self.api {
-                Api::Chat | Api::Completions => self.read_chunk(&data),
+                Api::Chat | Api::Completions | Api::Embeddings => self.read_chunk(&data),
                 Api::Responses => {
                     self.read_response_event(&data);
                     true

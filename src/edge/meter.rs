@@ -169,7 +169,12 @@ pub fn whole(
 
 /// Settles a whole answer on the usage it reports, or in full when it reports none.
 fn settle_on(bytes: &[u8], hold: Hold, pricing: CallPricing, elapsed: u64) {
-    match crate::core::body::usage_of_body(bytes) {
+    let usage = if pricing.reads_prompt_only() {
+        crate::core::body::usage_of_embeddings(bytes)
+    } else {
+        crate::core::body::usage_of_body(bytes)
+    };
+    match usage {
         Some(usage) => {
             let (cost, tokens) = pricing.charge(Some(usage), 0, elapsed);
             hold.settle(cost, tokens);

@@ -294,6 +294,7 @@ fn api_name(metering: Metering, job: bool) -> &'static str {
         Metering::Tokens(Api::Chat) => "chat",
         Metering::Tokens(Api::Completions) => "completions",
         Metering::Tokens(Api::Responses) => "responses",
+        Metering::Tokens(Api::Embeddings) => "embeddings",
         _ if job => "job",
         _ => "other",
     }

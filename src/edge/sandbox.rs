@@ -57,6 +57,10 @@ pub async fn respond(s: &Settings, route: &ProxyRoute, body_bytes: &[u8]) -> Res
         _ => None,
     };
     match rest {
+        _ if route.metering == Metering::Tokens(Api::Embeddings) => {
+            body::inspect(body_bytes, Api::Embeddings, s.media_part_tokens)?;
+            respond_json(200, &sandbox::embeddings(body_bytes))
+        }
         _ if api.is_some() => {
             let responses_api = api == Some(Api::Responses);
             let shape = body::inspect(body_bytes, api.unwrap_or(Api::Chat), s.media_part_tokens)?;
