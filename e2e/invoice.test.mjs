@@ -17,12 +17,13 @@ import { startGateway, newKey, usage, eventually, sleep, requestLog, openCall, a
 import { startProvider } from "./provider_double.mjs";
 
 const PRICES = JSON.stringify({ "*": { input: 1.0, output: 1.0 } });
-// the provider's own prices for these apps (FAL_PRICES): $5 a video, $0.025 and $0.003 an image
+// the provider's own prices for these apps (FAL_PRICES): $5 a video, $0.025 a megapixel of
+// each FLUX dev image, $0.003 a FLUX schnell image
 const ROUTE_PRICES = JSON.stringify({
   // an operator's guess at an embedding call: the provider bills its input tokens instead
   "nebius/v1/embeddings": { per_request: 0.0001 },
   "fal-ai/fal-ai/veo3": { per_request: 5.0 },
-  "fal-ai/fal-ai/flux/dev": { per_request: 0.025 },
+  "fal-ai/fal-ai/flux/dev": { per_megapixel: 0.025 },
   "fal-ai/fal-ai/flux/schnell": { per_request: 0.003 },
 });
 const FAST = { rpm: 60000, burst: 1000 };
@@ -370,7 +371,7 @@ test("9. a fal-ai job nothing prices is refused (route_not_priced); a priced one
   const three = await post(gw, images.key, "/fal-ai/fal-ai/flux/dev?_subdomain=queue", { prompt: "three cats", num_images: 3 });
   x.equal(three.status, 200, `three images submitted: ${await three.text()}`);
   const { charged } = await reconcile(t, x, gw, images, flux, { before: before3 });
-  x.equal(charged, 3 * 25_000, "num_images 3 multiplies the per-request price");
+  x.equal(charged, 3 * 25_000, "num_images 3 multiplies the price of one default-sized image");
   x.done();
 });
 
@@ -635,6 +636,33 @@ test("18. an embeddings batch is billed by its input tokens, however many texts:
   x.equal((await errorOf(refused)).code, "insufficient_quota", "for its quota");
   x.equal(provider.callsFor(big).length, 0, "nothing reached the provider");
   await reconcile(t, x, gw, small, big, { credit: 5_000 });
+  x.done();
+});
+
+test("19. a FLUX image billed by the megapixel: reserved and charged by the size the body names, refused past the credit or at a size nobody can count", async (t) => {
+  const x = expectations(t);
+  const flux = "fal-ai/fal-ai/flux/dev";
+  const submit = "/fal-ai/fal-ai/flux/dev?_subdomain=queue";
+  // two 4096x4096 images: 16 megapixels each, 800,000 in all, on a credit of 1,000,000
+  const k = await funded(gw, 1_000_000);
+  const before = provider.invoice(flux);
+  const big = await post(gw, k.key, submit, { prompt: "a cat", image_size: { width: 4096, height: 4096 }, num_images: 2 });
+  x.equal(big.status, 200, `two large images submitted: ${await big.text()}`);
+  const { charged } = await reconcile(t, x, gw, k, flux, { credit: 1_000_000, before });
+  x.equal(charged, 800_000, "2 images x 16 megapixels x 25,000");
+  // the same on a credit of 500,000: refused before the provider sees it
+  const small = await funded(gw, 500_000);
+  const calls = provider.callsMatching("/fal-ai/fal-ai/flux/dev").length;
+  const refused = await post(gw, small.key, submit, { prompt: "a cat", image_size: { width: 4096, height: 4096 }, num_images: 2 });
+  x.equal(refused.status, 429, "past the credit: 429");
+  x.equal((await errorOf(refused)).code, "insufficient_quota", "for its quota");
+  // a preset the gateway does not know: its size cannot be counted
+  const odd = await post(gw, small.key, submit, { prompt: "a cat", image_size: "cinema_21_9" });
+  const oddError = await errorOf(odd);
+  x.equal(odd.status, 400, "an unknown size: 400");
+  x.equal(oddError.code, "unbounded_request", "unbounded_request");
+  x.ok(String(oddError.message).includes("image_size"), `the message names the field: ${oddError.message}`);
+  x.equal(provider.callsMatching("/fal-ai/fal-ai/flux/dev").length - calls, 0, "nothing reached the provider");
   x.done();
 });
 

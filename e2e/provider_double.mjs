@@ -48,8 +48,21 @@ function servedBy(model, pin, billed) {
   return offers.reduce((a, b) => (b.micro > a.micro ? b : a));
 }
 
-/** fal-ai apps' prices in micro-USD per output (a video, an image), by app path. */
+/**
+ * fal-ai apps' prices in micro-USD by app path: per output (a video, an image), or, for the
+ * apps in FAL_PER_MEGAPIXEL, per megapixel of each image (fal's FLUX: "$0.025 per megapixel",
+ * rounded up, 1024x1024 one megapixel; no size means the app's default, landscape_4_3).
+ */
 export const FAL_PRICES = { "fal-ai/veo3": 5_000_000, "fal-ai/flux/dev": 25_000, "fal-ai/flux/schnell": 3_000 };
+export const FAL_PER_MEGAPIXEL = new Set(["fal-ai/flux/dev"]);
+const FAL_SIZES = { square_hd: [1024, 1024], square: [512, 512], portrait_4_3: [768, 1024], portrait_16_9: [576, 1024], landscape_4_3: [1024, 768], landscape_16_9: [1024, 576] };
+
+/** The megapixels fal bills one image of a body at (`image_size`: a preset or {width, height}). */
+function megapixelsOf(body) {
+  const size = body?.image_size ?? "landscape_4_3";
+  const [w, h] = typeof size === "string" ? FAL_SIZES[size] ?? [1024, 768] : [size.width, size.height];
+  return Math.max(1, Math.ceil((w * h) / 2 ** 20));
+}
 
 /** How a call is answered; every field can be scripted per tag (`script`) or for all. */
 function defaultBehaviour() {
@@ -338,7 +351,8 @@ function falAnswer(p, req, res, call, path, url) {
   const b = p.behaviour(tag);
   if (b.status >= 300) return send(res, b.status, { detail: `status ${b.status}` });
   const outputs = outputsOf(call.json);
-  const price = (p.falPrices[app] ?? p.falPrices["*"] ?? 0) * outputs;
+  const each = (p.falPrices[app] ?? p.falPrices["*"] ?? 0) * (FAL_PER_MEGAPIXEL.has(app) ? megapixelsOf(call.json) : 1);
+  const price = each * outputs;
   p.charge(tag, price, call);
   const output = Array.from({ length: outputs }, (_, i) => ({ url: `https://fal.media/${call.n}-${i}.bin` }));
   if (!queue) return send(res, 200, { output }, { "x-request-id": call.requestId });

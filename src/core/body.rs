@@ -921,15 +921,84 @@ const OUTPUT_COUNT_PARENTS: &[&str] = &["input", "parameters"];
 /// assert!(outputs_of(br#"{"num_images":0}"#).is_err());
 /// ```
 pub fn outputs_of(body: &[u8]) -> Result<u64, GatewayError> {
-    let Some(text) = as_utf8(body) else { return Ok(1) };
+    measure(body).map(|m| m.outputs)
+}
+
+/// What a call priced per output asks for: how many outputs, and how large each image is.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Measure {
+    /// As `outputs_of` counts them.
+    pub outputs: u64,
+    /// The pixels of one output, the largest the body names (`image_size` as a preset or
+    /// `{width, height}`, `width` with `height`, `size` as `"WxH"`), at the top or under
+    /// `input` or `parameters`; `None` when it names none.
+    pub pixels: Option<u64>,
+    /// A size field whose size cannot be known (a preset nobody listed, a width without a
+    /// height): where it is.
+    pub unknown_size: Option<String>,
+}
+
+impl Measure {
+    /// Megapixels of one output as image providers bill them, rounded up (1024x1024 is one,
+    /// 1024x1025 two), or `default` when the body names no size.
+    pub fn megapixels(&self, default: u64) -> u64 {
+        self.pixels.map_or(default, |p| p.div_ceil(MEGAPIXEL).max(1))
+    }
+}
+
+/// Pixels in a billed megapixel: fal prices FLUX at "$0.025 per megapixel" and a 1024x1024
+/// image at $0.025.
+pub const MEGAPIXEL: u64 = 1 << 20;
+/// The widest side a size may name.
+const MAX_SIDE: u64 = 1 << 16;
+/// fal's `image_size` presets, in pixels.
+const IMAGE_SIZE_PRESETS: &[(&str, u64)] = &[
+    ("square_hd", 1024 * 1024),
+    ("square", 512 * 512),
+    ("portrait_4_3", 768 * 1024),
+    ("portrait_16_9", 576 * 1024),
+    ("landscape_4_3", 1024 * 768),
+    ("landscape_16_9", 1024 * 576),
+];
+
+/// The outputs and sizes of a body (`outputs_of`, `Measure`).
+///
+/// ```
+/// use hf_gate::core::body::measure;
+/// let m = measure(br#"{"prompt":"a cat","image_size":{"width":4096,"height":4096},"num_images":2}"#).unwrap();
+/// assert_eq!((m.outputs, m.megapixels(1)), (2, 16));
+/// assert_eq!(measure(br#"{"image_size":"landscape_4_3"}"#).unwrap().megapixels(9), 1);
+/// assert_eq!(measure(br#"{"input":{"width":2048,"height":1024}}"#).unwrap().megapixels(1), 2);
+/// assert_eq!(measure(br#"{"size":"1024x1024"}"#).unwrap().megapixels(1), 1);
+/// assert_eq!(measure(br#"{"prompt":"a cat"}"#).unwrap().megapixels(3), 3);
+/// assert_eq!(measure(br#"{"image_size":"cinema"}"#).unwrap().unknown_size.as_deref(), Some("image_size"));
+/// ```
+pub fn measure(body: &[u8]) -> Result<Measure, GatewayError> {
+    let one = Measure { outputs: 1, ..Measure::default() };
+    let Some(text) = as_utf8(body) else { return Ok(one) };
     if text.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-        return Ok(1);
+        return Ok(one);
     }
     let bad = |e: serde_json::Error| GatewayError::InvalidRequest(e.to_string());
     let mut de = serde_json::Deserializer::from_slice(&text);
-    let outputs = de.deserialize_map(Outputs { parent: None }).map_err(bad)?;
+    let mut m = de.deserialize_map(Outputs { parent: None }).map_err(bad)?;
     de.end().map_err(bad)?;
-    Ok(outputs.max(1))
+    m.outputs = m.outputs.max(1);
+    Ok(m)
+}
+
+/// The pixels a size value names, if it names one: a preset, `{width, height}`, or `"WxH"`.
+fn pixels_of(value: &str) -> Option<u64> {
+    let side = |v: &Value| v.as_u64().filter(|n| (1..=MAX_SIDE).contains(n));
+    match serde_json::from_str::<Value>(value).ok()? {
+        Value::String(s) => IMAGE_SIZE_PRESETS.iter().find(|(name, _)| *name == s).map(|(_, p)| *p).or_else(|| {
+            let (w, h) = s.split_once(['x', 'X', '*'])?;
+            let side = |t: &str| t.trim().parse::<u64>().ok().filter(|n| (1..=MAX_SIDE).contains(n));
+            Some(side(w)? * side(h)?)
+        }),
+        Value::Object(o) => Some(side(o.get("width")?)? * side(o.get("height")?)?),
+        _ => None,
+    }
 }
 
 /// The body as the UTF-8 a JSON reader upstream would decode it to, `None` if it decodes to
@@ -986,15 +1055,23 @@ struct Outputs<'p> {
 }
 
 impl<'de, 'p> Visitor<'de> for Outputs<'p> {
-    type Value = u64;
+    type Value = Measure;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a JSON object")
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<u64, A::Error> {
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Measure, A::Error> {
         let mut seen = Seen::default();
-        let mut outputs = 1u64;
+        let mut m = Measure { outputs: 1, ..Measure::default() };
+        // `width` and `height` of this object, each once it is read
+        let (mut width, mut height) = (None, None);
+        let size = |m: &mut Measure, named: &str, pixels: Option<u64>| match pixels {
+            Some(p) => m.pixels = Some(m.pixels.unwrap_or(0).max(p)),
+            None => {
+                m.unknown_size.get_or_insert_with(|| named.to_string());
+            }
+        };
         while let Some(key) = map.next_key::<KeyText>()? {
             let key = key.0;
             let named = match self.parent {
@@ -1018,20 +1095,46 @@ impl<'de, 'p> Visitor<'de> for Outputs<'p> {
                     let n = plain_integer(raw.get(), MAX_CHOICES).ok_or_else(|| {
                         de::Error::custom(format_args!("'{named}' must be an integer from 1 to {MAX_CHOICES}"))
                     })?;
-                    outputs = outputs.saturating_mul(n);
+                    m.outputs = m.outputs.saturating_mul(n);
                 }
             } else if self.parent.is_none() && OUTPUT_COUNT_PARENTS.contains(&key.as_str()) {
                 let raw: &RawValue = map.next_value()?;
                 if raw.get().starts_with('{') {
                     let mut de = serde_json::Deserializer::from_slice(raw.get().as_bytes());
                     let below = de.deserialize_map(Outputs { parent: Some(&key) }).map_err(de::Error::custom)?;
-                    outputs = outputs.saturating_mul(below);
+                    m.outputs = m.outputs.saturating_mul(below.outputs);
+                    if let Some(p) = below.pixels {
+                        size(&mut m, &named, Some(p));
+                    }
+                    if let Some(field) = below.unknown_size {
+                        m.unknown_size.get_or_insert(field);
+                    }
+                }
+            } else if matches!(key.as_str(), "image_size" | "size") {
+                let raw: &RawValue = map.next_value()?;
+                if raw.get() != "null" {
+                    size(&mut m, &named, pixels_of(raw.get()));
+                }
+            } else if matches!(key.as_str(), "width" | "height") {
+                let raw: &RawValue = map.next_value()?;
+                let side = serde_json::from_str::<Value>(raw.get())
+                    .ok()
+                    .map(|v| v.as_u64().filter(|n| (1..=MAX_SIDE).contains(n)));
+                if key == "width" {
+                    width = Some(side.flatten());
+                } else {
+                    height = Some(side.flatten());
                 }
             } else {
                 map.next_value::<de::IgnoredAny>()?;
             }
         }
-        Ok(outputs)
+        match (width, height) {
+            (None, None) => {}
+            (Some(Some(w)), Some(Some(h))) => size(&mut m, "width", Some(w * h)),
+            _ => size(&mut m, &self.parent.map_or("width".to_string(), |p| format!("{p}.width")), None),
+        }
+        Ok(m)
     }
 }
 
@@ -1386,6 +1489,23 @@ mod tests {
             out,
             r#"{"model":"m","max_tokens":300,"stream":true,"stream_options":{"include_usage":true},"messages":[]}"#
         );
+    }
+
+    #[test]
+    fn image_sizes_are_read_where_providers_read_them_and_the_largest_counts() {
+        let mp = |b: &str| measure(b.as_bytes()).map(|m| (m.pixels.map(|_| m.megapixels(1)), m.unknown_size));
+        assert_eq!(mp(r#"{"parameters":{"width":1024,"height":1025}}"#), Ok((Some(2), None)));
+        assert_eq!(mp(r#"{"image_size":"square","size":"2048x2048"}"#), Ok((Some(4), None)));
+        assert_eq!(mp(r#"{"image_size":null,"prompt":"x"}"#), Ok((None, None)));
+        // a size that cannot be counted is reported where it is, for a route priced by size
+        assert_eq!(mp(r#"{"width":1024}"#), Ok((None, Some("width".to_string()))));
+        assert_eq!(mp(r#"{"input":{"height":512}}"#), Ok((None, Some("input.width".to_string()))));
+        assert_eq!(mp(r#"{"width":100000,"height":2}"#), Ok((None, Some("width".to_string()))));
+        assert_eq!(mp(r#"{"image_size":{"width":"4096","height":4096}}"#), Ok((None, Some("image_size".to_string()))));
+        assert_eq!(mp(r#"{"size":"big"}"#), Ok((None, Some("size".to_string()))));
+        // counts and sizes together
+        let m = measure(br#"{"num_images":3,"image_size":{"width":2048,"height":2048}}"#).unwrap();
+        assert_eq!((m.outputs, m.megapixels(1)), (3, 4));
     }
 
     #[test]

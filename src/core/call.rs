@@ -44,6 +44,9 @@ pub struct RateInputs<'a> {
     /// How many outputs the body asks for (`n`, `num_images`, ...): a per-request price is
     /// paid for each.
     pub outputs: u64,
+    /// The megapixels of one image the body asks for, if it names a size: a per-megapixel
+    /// price is paid for each, per output.
+    pub megapixels: Option<u64>,
 }
 
 /// The rate of a call. A route that reports no usage is priced by `ROUTE_PRICES` (a price
@@ -60,6 +63,7 @@ pub struct RateInputs<'a> {
 /// let base = RateInputs {
 ///     metering: Metering::Time, endpoint: None, token_price: Price { input: 1, output: 1 },
 ///     route_rate: None, job: true, provider: Some("fal-ai"), compute: ComputePrice(120_000), outputs: 1,
+///     megapixels: None,
 /// };
 /// assert_eq!(rate(&base), Rate::Unpriced);
 /// let priced = RateInputs { route_rate: Some(RouteRate::PerRequest(MicroUsd(40_000))), outputs: 3, ..base };
@@ -70,6 +74,10 @@ pub fn rate(i: &RateInputs<'_>) -> Rate {
     let by_route = |r: RouteRate| match r {
         RouteRate::PerRequest(amount) => Rate::Fixed(MicroUsd(amount.0.saturating_mul(i.outputs.max(1)))),
         RouteRate::PerSecond(c) => Rate::Time(c),
+        RouteRate::PerMegapixel { price, default_megapixels } => {
+            let megapixels = i.megapixels.unwrap_or(default_megapixels);
+            Rate::Fixed(MicroUsd(price.0.saturating_mul(megapixels).saturating_mul(i.outputs.max(1))))
+        }
     };
     if let Some(price) = i.endpoint {
         return match (price, i.metering) {
@@ -265,12 +273,19 @@ mod tests {
             provider: Some("hf-inference"),
             compute,
             outputs: 1,
+            megapixels: None,
         };
         assert_eq!(rate(&base), Rate::Time(compute));
         let per_call = RouteRate::PerRequest(MicroUsd(5));
         assert_eq!(rate(&RateInputs { route_rate: Some(per_call), ..base }), Rate::Fixed(MicroUsd(5)));
         // a price per request is paid for each output the body asks for
         assert_eq!(rate(&RateInputs { route_rate: Some(per_call), outputs: 4, ..base }), Rate::Fixed(MicroUsd(20)));
+        // a price per megapixel for each megapixel of each output, the route's default size
+        // when the body names none
+        let per_mp = RouteRate::PerMegapixel { price: MicroUsd(25_000), default_megapixels: 2 };
+        let image = RateInputs { route_rate: Some(per_mp), provider: Some("fal-ai"), outputs: 4, ..base };
+        assert_eq!(rate(&RateInputs { megapixels: Some(16), ..image }), Rate::Fixed(MicroUsd(1_600_000)));
+        assert_eq!(rate(&image), Rate::Fixed(MicroUsd(200_000)));
         // another provider's route that reports no usage and that nothing prices: no guess
         assert_eq!(rate(&RateInputs { provider: Some("fal-ai"), ..base }), Rate::Unpriced);
         let chat = RateInputs { metering: Metering::Tokens(Api::Chat), ..base };

@@ -20,6 +20,9 @@ pub enum RouteRate {
     PerRequest(MicroUsd),
     /// A price per second of upstream time.
     PerSecond(ComputePrice),
+    /// A price per megapixel of every image asked for (fal's FLUX, Together's images), with
+    /// the megapixels an image is counted at when the body names no size (the model's default).
+    PerMegapixel { price: MicroUsd, default_megapixels: u64 },
 }
 
 /// The most a route may cost, per request or per second.
@@ -136,10 +139,13 @@ fn check_pattern(pattern: &str) -> Result<(), String> {
 }
 
 fn parse_rate(pattern: &str, value: &Value) -> Result<RouteRate, String> {
-    let shape = "{\"per_request\": USD} or {\"per_second\": USD}";
+    let shape = "{\"per_request\": USD}, {\"per_second\": USD} or {\"per_megapixel\": USD, \"default_megapixels\"?: n}";
     let bad = |e: String| format!("pattern {pattern:?}: expected {shape}: {e}");
-    let raw = Fields::of(value, &["per_request", "per_second"]).map_err(bad)?;
-    let (per_request, per_second) = (raw.number("per_request").map_err(bad)?, raw.number("per_second").map_err(bad)?);
+    let raw = Fields::of(value, &["per_request", "per_second", "per_megapixel", "default_megapixels"]).map_err(bad)?;
+    let number = |f: &str| raw.number(f).map_err(bad);
+    let (per_request, per_second, per_megapixel) =
+        (number("per_request")?, number("per_second")?, number("per_megapixel")?);
+    let default_megapixels = number("default_megapixels")?;
     let usd = |v: f64| -> Result<f64, String> {
         if v.is_finite() && (0.0..=MAX_ROUTE_USD).contains(&v) {
             Ok(v)
@@ -147,12 +153,30 @@ fn parse_rate(pattern: &str, value: &Value) -> Result<RouteRate, String> {
             Err(format!("pattern {pattern:?}: a price must be between 0 and {MAX_ROUTE_USD} USD"))
         }
     };
-    match (per_request, per_second) {
-        (Some(v), None) => Ok(RouteRate::PerRequest(MicroUsd((usd(v)? * 1e6).round() as u64))),
-        (None, Some(v)) => Ok(RouteRate::PerSecond(ComputePrice((usd(v)? * 1e9).round() as u64))),
+    if default_megapixels.is_some() && per_megapixel.is_none() {
+        return Err(format!("pattern {pattern:?}: default_megapixels goes with per_megapixel"));
+    }
+    match (per_request, per_second, per_megapixel) {
+        (Some(v), None, None) => Ok(RouteRate::PerRequest(MicroUsd((usd(v)? * 1e6).round() as u64))),
+        (None, Some(v), None) => Ok(RouteRate::PerSecond(ComputePrice((usd(v)? * 1e9).round() as u64))),
+        (None, None, Some(v)) => {
+            let default_megapixels = match default_megapixels {
+                None => 1,
+                Some(n) if n.fract() == 0.0 && (1.0..=MAX_DEFAULT_MEGAPIXELS).contains(&n) => n as u64,
+                Some(_) => {
+                    return Err(format!(
+                    "pattern {pattern:?}: default_megapixels must be a whole number from 1 to {MAX_DEFAULT_MEGAPIXELS}"
+                ))
+                }
+            };
+            Ok(RouteRate::PerMegapixel { price: MicroUsd((usd(v)? * 1e6).round() as u64), default_megapixels })
+        }
         _ => Err(format!("pattern {pattern:?}: expected exactly one of {shape}")),
     }
 }
+
+/// The most megapixels a route's default image may count.
+const MAX_DEFAULT_MEGAPIXELS: f64 = 4096.0;
 
 #[cfg(test)]
 mod tests {
@@ -198,6 +222,31 @@ mod tests {
             r.rate_for("/hf-inference/models/black-forest-labs/FLUX.1-dev", Some("black-forest-labs/FLUX.1-dev")),
             Some(RouteRate::PerSecond(ComputePrice(200_000)))
         );
+    }
+
+    #[test]
+    fn a_price_per_megapixel_parses_with_its_default_size() {
+        let r = RoutePrices::parse(
+            r#"{"fal-ai/fal-ai/flux/dev": {"per_megapixel": 0.025},
+                "fal-ai/fal-ai/flux-pro/*": {"per_megapixel": 0.05, "default_megapixels": 4}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            r.rate_for("/fal-ai/fal-ai/flux/dev", None),
+            Some(RouteRate::PerMegapixel { price: MicroUsd(25_000), default_megapixels: 1 })
+        );
+        assert_eq!(
+            r.rate_for("/fal-ai/fal-ai/flux-pro/v1.1", None),
+            Some(RouteRate::PerMegapixel { price: MicroUsd(50_000), default_megapixels: 4 })
+        );
+        for bad in [
+            r#"{"x": {"per_megapixel": 0.02, "per_request": 0.02}}"#,
+            r#"{"x": {"per_request": 0.02, "default_megapixels": 2}}"#,
+            r#"{"x": {"per_megapixel": 0.02, "default_megapixels": 0}}"#,
+            r#"{"x": {"per_megapixel": 0.02, "default_megapixels": 1.5}}"#,
+        ] {
+            assert!(RoutePrices::parse(bad).unwrap_err().contains("\"x\""), "{bad}");
+        }
     }
 
     #[test]

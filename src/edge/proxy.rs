@@ -19,6 +19,7 @@ use crate::core::error::GatewayError;
 use crate::core::jobs::{self, JobCall};
 use crate::core::paths::{cooldown_route, Api, Metering, ProxyRoute};
 use crate::core::price_book::{quote, split_model, Pin};
+use crate::core::route_prices::RouteRate;
 use crate::core::settings::Settings;
 use crate::edge::forward::{self, Forward, JobSubmit, AUTO};
 use crate::edge::hold::{Hold, Reserved};
@@ -100,19 +101,26 @@ pub async fn handle(
     };
     let quote = quote(&s.prices, book.as_deref(), &model, route.provider.as_deref());
     let endpoint_price = route.endpoint.as_ref().and_then(|n| s.endpoints.get(n)).map(|e| &e.price);
-    let outputs = match route.metering {
-        Metering::Time => body::outputs_of(&body.bytes)?,
-        Metering::Tokens(_) | Metering::Unmetered => 1,
+    let measure = match route.metering {
+        Metering::Time => body::measure(&body.bytes)?,
+        Metering::Tokens(_) | Metering::Unmetered => body::Measure { outputs: 1, ..body::Measure::default() },
     };
+    let route_rate = s.route_prices.rate_for(&route.path, job_model.as_deref().or(route.path_model.as_deref()));
+    if let (Some(RouteRate::PerMegapixel { .. }), Some(field)) = (route_rate, &measure.unknown_size) {
+        // priced by the megapixel, but the size this field names is not one the gateway knows
+        let reason = "the route is priced per megapixel and this size is not one the gateway can count".to_string();
+        return Err(body::Unbounded { field: field.clone(), reason }.refusal());
+    }
     let rate = call::rate(&RateInputs {
         metering: route.metering,
         endpoint: endpoint_price,
         token_price: quote.reserve,
-        route_rate: s.route_prices.rate_for(&route.path, job_model.as_deref().or(route.path_model.as_deref())),
+        route_rate,
         job: submit,
         provider: route.provider.as_deref(),
         compute: s.compute,
-        outputs,
+        outputs: measure.outputs,
+        megapixels: measure.pixels.map(|_| measure.megapixels(1)),
     });
     let rate = match rate {
         // a provider bills a byok key directly: the gateway only records its usage
