@@ -666,3 +666,31 @@ test("19. a FLUX image billed by the megapixel: reserved and charged by the size
   x.done();
 });
 
+test("20. an hf-inference task billed by compute time: admitted only for its whole deadline, since cutting it short does not stop the provider's meter", async (t) => {
+  // UPSTREAM_DEADLINE_MS 3000: a task reserves 3 s at $0.00012 a second (360)
+  const x = expectations(t);
+  const g = await startGateway({ UPSTREAM_URL: provider.url, PRICES, UPSTREAM_DEADLINE_MS: "3000" });
+  try {
+    const path = "/hf-inference/models/inv-org/classify-20";
+    const tag = path.slice(1);
+    provider.script(tag, { computeMs: 3_000 });
+    // a credit of 200 pays for 1.67 s: not the whole deadline, so not admitted at all (cut at
+    // 1.67 s, the task would run its 3 s and be billed 360)
+    const short = await funded(g, 200);
+    const refused = await post(g, short.key, path, { inputs: "I like it" });
+    await refused.arrayBuffer().catch(() => {});
+    x.equal(refused.status, 429, "a credit short of the deadline: 429");
+    await reconcile(t, x, g, short, tag, { credit: 200 });
+    // a task that ends inside the deadline, on a credit that covers it: charged its time
+    const quick = `${tag}-quick`;
+    provider.script(quick, { computeMs: 300 });
+    const k = await funded(g, 1_000);
+    const res = await post(g, k.key, `/${quick}`, { inputs: "I like it" });
+    await res.arrayBuffer();
+    x.equal(res.status, 200, "answered");
+    await reconcile(t, x, g, k, quick, { credit: 1_000 });
+  } finally {
+    await g.stop();
+  }
+  x.done();
+});

@@ -48,6 +48,9 @@ function servedBy(model, pin, billed) {
   return offers.reduce((a, b) => (b.micro > a.micro ? b : a));
 }
 
+/** What an hf-inference task costs a second of compute, in micro-USD (HF's $0.00012). */
+export const COMPUTE_PER_SECOND = 120;
+
 /**
  * fal-ai apps' prices in micro-USD by app path: per output (a video, an image), or, for the
  * apps in FAL_PER_MEGAPIXEL, per megapixel of each image (fal's FLUX: "$0.025 per megapixel",
@@ -77,6 +80,7 @@ function defaultBehaviour() {
     agentTurns: 5, // turns of the router's own tool loop (server tools on /v1/responses)
     toolOutputTokens: 1_000, // prompt growth per tool turn (the tool's output fed back)
     falPollsToComplete: 1, // the status poll that answers COMPLETED
+    computeMs: 500, // an hf-inference task's run, billed by the second whatever the connection does
     // how a chat answer reports what it billed: "whole" (both counts and their total),
     // "no-completion" (the prompt and the total only), "reasoning-apart" (completion_tokens
     // the visible quarter, the rest as reasoning outside it, the total all of it), or
@@ -402,6 +406,16 @@ export async function startProvider() {
       return send(res, 200, { object: "list", data });
     }
     if (path.startsWith("/fal-ai/")) return falAnswer(p, req, res, call, path, url);
+    // an hf-inference task (`/hf-inference/models/{model}`, no API after it): billed by
+    // compute time, the whole run from the moment it starts, at COMPUTE_PER_SECOND
+    const task = /^\/hf-inference\/models\/(.+)$/.exec(path);
+    if (req.method === "POST" && task && !/\/v1\/(chat\/)?completions$/.test(path)) {
+      call.tag = path.slice(1);
+      const b = p.behaviour(call.tag);
+      p.charge(call.tag, Math.ceil((b.computeMs * COMPUTE_PER_SECOND) / 1000), call);
+      await sleep(b.computeMs);
+      return send(res, 200, [{ label: "positive", score: 0.9 }], { "x-request-id": call.requestId });
+    }
     let api = req.method === "POST" ? APIS[path] : undefined;
     // `/{provider}/models/{model}/v1/chat/completions`: the server behind it serves the model
     // the path names, whatever the body's `model` says

@@ -195,9 +195,10 @@ impl CallPricing {
 }
 
 /// What a call may cost at worst, as asked (`asked`: the output bound its body names, or the
-/// plan's default): for a token-priced call the ledger may grant a lower output bound; a
-/// time-billed call reserves its whole deadline, or the time the credit affords, and is cut
-/// when that time is spent; a fixed-price call its price.
+/// plan's default): for a token-priced call the ledger may grant a lower output bound (the
+/// body sent carries it); a time-billed call reserves its whole deadline or is refused, never
+/// a shorter run, since cutting the connection does not stop the upstream's meter (a model
+/// server goes on computing, and bills, what it started); a fixed-price call its price.
 pub fn worst_case(rate: Rate, shape: Option<&CallShape>, deadline_ms: u64, asked: u64) -> Cost {
     match (rate, shape) {
         (Rate::Tokens(price), Some(sh)) => Cost::Tokens {
@@ -208,14 +209,11 @@ pub fn worst_case(rate: Rate, shape: Option<&CallShape>, deadline_ms: u64, asked
             // an API that generates nothing (embeddings) is admitted on its prompt alone
             min_output: if sh.api.generates() { MIN_USEFUL_OUTPUT_TOKENS } else { 0 },
         },
-        (Rate::Time(compute), _) => Cost::Time { price: compute, ms: deadline_ms, min_ms: MIN_USEFUL_TIME_MS },
+        (Rate::Time(compute), _) => Cost::Time { price: compute, ms: deadline_ms, min_ms: deadline_ms },
         (Rate::Fixed(amount), _) => Cost::Fixed { amount },
         (Rate::Tokens(_), None) | (Rate::Free, _) | (Rate::Unpriced, _) => Cost::FREE,
     }
 }
-
-/// Below this much upstream time a time-billed call is refused rather than cut to nothing.
-pub const MIN_USEFUL_TIME_MS: u64 = 1_000;
 
 #[cfg(test)]
 mod tests {
@@ -246,7 +244,8 @@ mod tests {
         let compute = ComputePrice::parse("0.001").unwrap();
         let cost = worst_case(Rate::Time(compute), None, 10_000, 0);
         assert_eq!(cost.full(), MicroUsd(10_000));
-        assert!(matches!(cost, Cost::Time { ms: 10_000, min_ms: MIN_USEFUL_TIME_MS, .. }));
+        // whole or not at all: a shorter run would be cut, and the upstream bills on
+        assert!(matches!(cost, Cost::Time { ms: 10_000, min_ms: 10_000, .. }));
         let pricing = CallPricing::of(Rate::Time(compute), None, 0);
         assert_eq!(pricing.with_usage(None, 0, 1_500), MicroUsd(1_500));
         assert_eq!(CallPricing::of(Rate::Free, None, 0).without_usage(9, 9), MicroUsd::ZERO);
