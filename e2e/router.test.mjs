@@ -132,7 +132,7 @@ test("the price book is read from upstream /v1/models once, kept, refreshed by t
       const e = book.json.models?.[m]?.[p];
       return e && { live: e.live, input: e.input, output: e.output };
     };
-    assert.deepEqual(Object.keys(book.json.models ?? {}).sort(), ["acme/broke", "acme/chat-1", "acme/cheap-1"]);
+    assert.deepEqual(Object.keys(book.json.models ?? {}).sort(), ["acme/broke", "acme/chat-1", "acme/cheap-1", "acme/embed-1"]);
     assert.deepEqual(Object.keys(book.json.models["acme/chat-1"]).sort(), ["groq", "nebius", "sambanova", "together"]);
     assert.deepEqual(entry("acme/chat-1", "together"), { live: true, input: 1, output: 2 });
     assert.deepEqual(entry("acme/chat-1", "groq"), { live: true, input: 0.5, output: 1 });

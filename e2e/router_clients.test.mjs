@@ -45,6 +45,23 @@ async function charged(key, want) {
 
 const chatBodies = () => router.callsTo("/v1/chat/completions", "POST").map((c) => c.json);
 
+test("openai (node) embeddings on a provider's route: a vector a text, charged the input tokens the provider reports at the book's price", async () => {
+  router.reset();
+  const k = await newKey(gw, { plan: "pro", rate_limit: FAST });
+  const client = new OpenAI({ baseURL: `${gw.url}/nebius/v1`, apiKey: k.key, maxRetries: 0 });
+  const r = await client.embeddings.create({ model: "acme/embed-1", input: ["first text", "second text"] });
+  assert.equal(r.data.length, 2);
+  assert.deepEqual(r.data[1].embedding, [0.1, 0.2]);
+  // sent as it came: no limit field, no stream options
+  const sent = router.callsTo("/nebius/v1/embeddings", "POST")[0].json;
+  assert.deepEqual(sent.input, ["first text", "second text"]);
+  assert.equal(sent.max_tokens, undefined);
+  assert.equal(sent.stream_options, undefined);
+  // 2 texts x 20 tokens at $0.5 per 1M
+  const u = await charged(k.key, 20);
+  assert.deepEqual(rows(u.by_model), [{ model: "acme/embed-1", provider: "nebius", requests: 1, prompt_tokens: 40, completion_tokens: 0, cost_micro_usd: 20 }]);
+});
+
 test("openai (node): a provider-pinned model, streamed and not, priced at that provider", async () => {
   router.reset();
   const k = await newKey(gw, { plan: "pro", rate_limit: FAST });

@@ -30,6 +30,13 @@ export const MODELS = {
       providers: [{ provider: "groq", status: "live", pricing: { input: 0.1, output: 0.1 } }],
     },
     {
+      id: "acme/embed-1",
+      object: "model",
+      created: 0,
+      owned_by: "acme",
+      providers: [{ provider: "nebius", status: "live", pricing: { input: 0.5, output: 0 } }],
+    },
+    {
       id: "acme/broke",
       object: "model",
       created: 0,
@@ -57,6 +64,7 @@ function defaults() {
     provider: "groq",
     usage: { prompt_tokens: 1000, completion_tokens: 500 },
     endpointUsage: { prompt_tokens: 100, completion_tokens: 50 },
+    embeddingTokensEach: 20,
     broke402: true, // acme/broke answers 402 while this is on
     embedDelayMs: 100,
     endpointDelayMs: 0,
@@ -116,6 +124,14 @@ async function route(state, req, res, call, url) {
     const provider = pinned(model) ?? state.provider;
     if (provider) res.setHeader("x-inference-provider", provider);
     return chatAnswer(state, res, body, state.usage);
+  }
+
+  // embeddings on a provider's route: a vector a text, the input's tokens as the usage
+  if (req.method === "POST" && path === "/nebius/v1/embeddings") {
+    const texts = Array.isArray(body.input) ? body.input : [body.input];
+    const data = texts.map((_, index) => ({ object: "embedding", index, embedding: [0.1, 0.2] }));
+    const tokens = state.embeddingTokensEach * texts.length;
+    return send(res, 200, { object: "list", data, model: body.model, usage: { prompt_tokens: tokens, total_tokens: tokens } });
   }
 
   // a provider's own API, as byok keys reach it: its key, never the HF token
