@@ -951,6 +951,19 @@ impl Measure {
 pub const MEGAPIXEL: u64 = 1 << 20;
 /// The widest side a size may name.
 const MAX_SIDE: u64 = 1 << 16;
+/// Fields that set an output image's size in a way `measure` cannot count: on a route priced
+/// by the megapixel, a body that carries one is refused.
+const SIZE_HINTS: &[&str] = &[
+    "aspect_ratio",
+    "resolution",
+    "megapixels",
+    "target_size",
+    "output_size",
+    "image_url",
+    "image",
+    "input_image",
+    "init_image",
+];
 /// fal's `image_size` presets, in pixels.
 const IMAGE_SIZE_PRESETS: &[(&str, u64)] = &[
     ("square_hd", 1024 * 1024),
@@ -974,7 +987,8 @@ const IMAGE_SIZE_PRESETS: &[(&str, u64)] = &[
 /// assert_eq!(measure(br#"{"image_size":"cinema"}"#).unwrap().unknown_size.as_deref(), Some("image_size"));
 /// ```
 pub fn measure(body: &[u8]) -> Result<Measure, GatewayError> {
-    let one = Measure { outputs: 1, ..Measure::default() };
+    // not a JSON object (binary audio, a form): one output, of a size nobody can read
+    let one = Measure { outputs: 1, pixels: None, unknown_size: Some("body".to_string()) };
     let Some(text) = as_utf8(body) else { return Ok(one) };
     if text.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         return Ok(one);
@@ -1119,11 +1133,21 @@ impl<'de, 'p> Visitor<'de> for Outputs<'p> {
                 let raw: &RawValue = map.next_value()?;
                 let side = serde_json::from_str::<Value>(raw.get())
                     .ok()
-                    .map(|v| v.as_u64().filter(|n| (1..=MAX_SIDE).contains(n)));
-                if key == "width" {
-                    width = Some(side.flatten());
-                } else {
-                    height = Some(side.flatten());
+                    .and_then(|v| v.as_u64())
+                    .filter(|n| (1..=MAX_SIDE).contains(n));
+                let slot: &mut Option<Option<u64>> = if key == "width" { &mut width } else { &mut height };
+                // given twice (below the top, where keys may repeat): the larger, as a reader
+                // may keep either
+                *slot = Some(match *slot {
+                    None => side,
+                    Some(before) => before.zip(side).map(|(a, b)| a.max(b)),
+                });
+            } else if SIZE_HINTS.contains(&key.as_str()) {
+                // a size named some other way (an aspect ratio and a resolution, an input image
+                // whose size the output takes): not one the gateway can count
+                let raw: &RawValue = map.next_value()?;
+                if raw.get() != "null" {
+                    m.unknown_size.get_or_insert(named);
                 }
             } else {
                 map.next_value::<de::IgnoredAny>()?;
@@ -1503,6 +1527,14 @@ mod tests {
         assert_eq!(mp(r#"{"width":100000,"height":2}"#), Ok((None, Some("width".to_string()))));
         assert_eq!(mp(r#"{"image_size":{"width":"4096","height":4096}}"#), Ok((None, Some("image_size".to_string()))));
         assert_eq!(mp(r#"{"size":"big"}"#), Ok((None, Some("size".to_string()))));
+        // sizes named another way, and bodies that are not JSON, cannot be counted
+        assert_eq!(mp(r#"{"aspect_ratio":"21:9","resolution":"4K"}"#), Ok((None, Some("aspect_ratio".to_string()))));
+        assert_eq!(mp(r#"{"input":{"megapixels":"4"}}"#), Ok((None, Some("input.megapixels".to_string()))));
+        assert_eq!(mp(r#"{"image_url":"https://x/a.png","prompt":"x"}"#), Ok((None, Some("image_url".to_string()))));
+        assert_eq!(mp(r#"{"aspect_ratio":null}"#), Ok((None, None)));
+        assert_eq!(mp("--boundary\r\nsize=4096x4096"), Ok((None, Some("body".to_string()))));
+        // a side given twice below the top counts at the larger
+        assert_eq!(mp(r#"{"input":{"width":4096,"width":512,"height":512}}"#), Ok((Some(2), None)));
         // counts and sizes together
         let m = measure(br#"{"num_images":3,"image_size":{"width":2048,"height":2048}}"#).unwrap();
         assert_eq!((m.outputs, m.megapixels(1)), (3, 4));

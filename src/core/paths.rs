@@ -331,7 +331,7 @@ pub fn route(raw: &str) -> Result<Route, GatewayError> {
 /// The model a token-priced provider path names before its API (`models/{model}/v1/...`).
 fn token_path_model(rest: &str) -> Option<&str> {
     let named = rest.strip_prefix("models/")?;
-    let model = ["/v1/chat/completions", "/chat/completions", "/v1/responses", "/v1/completions"]
+    let model = ["/v1/chat/completions", "/chat/completions", "/v1/responses", "/v1/completions", "/v1/embeddings"]
         .iter()
         .find_map(|api| named.strip_suffix(api))?;
     (!model.is_empty()).then_some(model)
@@ -499,6 +499,8 @@ mod tests {
         assert_eq!(p.path_model, None);
         let Ok(Route::Proxy(p)) = route("/nebius/v1/embeddings") else { panic!() };
         assert_eq!(p.metering, Metering::Tokens(Api::Embeddings));
+        let Ok(Route::Proxy(p)) = route("/hf-inference/models/BAAI/bge-m3/v1/embeddings") else { panic!() };
+        assert_eq!((p.metering, p.path_model.as_deref()), (Metering::Tokens(Api::Embeddings), Some("BAAI/bge-m3")));
         assert_eq!(route("/admin/keys/key_abc"), Ok(Route::AdminKey("key_abc".into())));
         assert_eq!(route("/admin/keys/a/b"), Err(GatewayError::NotFound));
         assert_eq!(route("/admin/orgs/acme/keys"), Ok(Route::AdminOrgKeys("acme".into())));

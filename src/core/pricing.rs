@@ -104,17 +104,24 @@ impl PriceTable {
     /// let t = PriceTable::parse(r#"{"*": {"input": 1, "output": 3}, "m": {"input": 0.1, "output": 0.2}}"#).unwrap();
     /// assert_eq!(t.exact("m"), Some(Price { input: 100_000, output: 200_000 }));
     /// assert_eq!(t.exact("M"), t.exact("m"));
+    /// let two = PriceTable::parse(r#"{"*": {"input": 1, "output": 1}, "a/B": {"input": 5, "output": 1}, "A/b": {"input": 1, "output": 7}}"#).unwrap();
+    /// assert_eq!(two.exact("a/b"), Some(Price { input: 5_000_000, output: 7_000_000 }));
+    /// assert_eq!(two.exact("A/b"), Some(Price { input: 1_000_000, output: 7_000_000 }));
     /// assert_eq!(t.exact("m:together"), None);
     /// assert_eq!(t.exact("*"), None);
     /// assert_eq!(t.fallback(), Price { input: 1_000_000, output: 3_000_000 });
     /// ```
     pub fn exact(&self, key: &str) -> Option<Price> {
         // Hub ids are case-insensitive (the router serves `org/Model` as `org/model`): an
-        // entry stands for every spelling, the one written as it is matched first
-        self.models
-            .get(key)
-            .copied()
-            .or_else(|| self.models.iter().find(|(m, _)| m.eq_ignore_ascii_case(key)).map(|(_, p)| *p))
+        // entry stands for every spelling. The one written as it is comes first; of entries
+        // that differ only in case, another spelling pays the dearest of each side.
+        self.models.get(key).copied().or_else(|| {
+            self.models
+                .iter()
+                .filter(|(m, _)| m.eq_ignore_ascii_case(key))
+                .map(|(_, p)| *p)
+                .reduce(|a, b| Price { input: a.input.max(b.input), output: a.output.max(b.output) })
+        })
     }
 
     /// The `"*"` price: what prices a model nothing else prices.

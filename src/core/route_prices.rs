@@ -61,6 +61,15 @@ impl RoutePrices {
         let mut prices = RoutePrices::empty();
         for (pattern, value) in raw {
             check_pattern(&pattern)?;
+            let (kind, bare) = match pattern.strip_suffix('*') {
+                Some(prefix) => (&prices.prefixes, prefix),
+                None => (&prices.exact, pattern.as_str()),
+            };
+            let twin = kind.iter().map(|(p, _)| p.as_str()).find(|p| p.eq_ignore_ascii_case(bare));
+            if let Some(twin) = twin {
+                // which of the two a third spelling would pay is not for the gateway to guess
+                return Err(format!("pattern {pattern:?} differs from {twin:?} only in case: keep one"));
+            }
             let rate = parse_rate(&pattern, &value)?;
             match pattern.strip_suffix('*') {
                 Some(prefix) => prices.prefixes.push((prefix.to_string(), rate)),
@@ -80,9 +89,11 @@ impl RoutePrices {
     }
 
     /// The rate for a call. The candidates are the path (its leading `/` removed) and the
-    /// model, if any, on the same footing, in any case (as the Hub reads ids): an exact match beats any prefix match, and among
-    /// prefixes the longest wins. Of two exact matches the longer pattern wins; on a tie the
-    /// path does. `None` when nothing matches (the route is then not priced).
+    /// model, if any, on the same footing, in any case (the Hub reads ids in any case, so a
+    /// cheap catch-all does not price another spelling of a dearer exact pattern; `parse`
+    /// refuses two patterns that differ only in case): an exact match beats any prefix match,
+    /// and among prefixes the longest wins. Of two exact matches the longer pattern wins; on a
+    /// tie the path does. `None` when nothing matches (the route is then not priced).
     pub fn rate_for(&self, path: &str, model: Option<&str>) -> Option<RouteRate> {
         let path = path.strip_prefix('/').unwrap_or(path);
         let candidates = [Some(path), model];
@@ -247,6 +258,19 @@ mod tests {
         ] {
             assert!(RoutePrices::parse(bad).unwrap_err().contains("\"x\""), "{bad}");
         }
+    }
+
+    #[test]
+    fn patterns_that_differ_only_in_case_are_refused() {
+        // which of the two a third spelling would pay is not for the gateway to guess
+        for twins in [
+            r#"{"fal-ai/fal-ai/FLUX/dev": {"per_request": 0.001}, "fal-ai/fal-ai/flux/dev": {"per_request": 0.025}}"#,
+            r#"{"fal-ai/FLUX/*": {"per_request": 0.001}, "fal-ai/flux/*": {"per_request": 0.05}}"#,
+        ] {
+            assert!(RoutePrices::parse(twins).unwrap_err().contains("only in case"), "{twins}");
+        }
+        // an exact pattern and a prefix of the same letters are not twins
+        assert!(RoutePrices::parse(r#"{"a/B": {"per_request": 1}, "a/b*": {"per_request": 2}}"#).is_ok());
     }
 
     #[test]

@@ -18,7 +18,7 @@ use crate::core::cors;
 use crate::core::error::GatewayError;
 use crate::core::jobs::{self, JobCall};
 use crate::core::paths::{cooldown_route, Api, Metering, ProxyRoute};
-use crate::core::price_book::{quote, split_model, Pin};
+use crate::core::price_book::{self, quote, split_model, Pin};
 use crate::core::route_prices::RouteRate;
 use crate::core::settings::Settings;
 use crate::edge::forward::{self, Forward, JobSubmit, AUTO};
@@ -99,7 +99,16 @@ pub async fn handle(
         (Metering::Tokens(_), None) => prices::book(env, ctx, s).await,
         _ => None,
     };
-    let quote = quote(&s.prices, book.as_deref(), &model, route.provider.as_deref());
+    let mut quote = quote(&s.prices, book.as_deref(), &model, route.provider.as_deref());
+    if let Some(named) =
+        shape.as_ref().map(|sh| sh.model.as_str()).filter(|m| route.path_model.is_some() && *m != model)
+    {
+        // the path's model is the one served where the path names one (hf-inference); should
+        // a server read the body's instead, the reservation covers that one too
+        let other = price_book::quote(&s.prices, book.as_deref(), named, route.provider.as_deref()).reserve;
+        quote.reserve.input = quote.reserve.input.max(other.input);
+        quote.reserve.output = quote.reserve.output.max(other.output);
+    }
     let endpoint_price = route.endpoint.as_ref().and_then(|n| s.endpoints.get(n)).map(|e| &e.price);
     let measure = match route.metering {
         Metering::Time => body::measure(&body.bytes)?,
