@@ -383,9 +383,17 @@ impl ToJson for Skip<'_> {
 /// Writes `s` as a JSON string, escaped as serde_json escapes it.
 pub fn string(out: &mut String, s: &str) {
     out.push('"');
+    let bytes = s.as_bytes();
+    let needs_escape = |b: &u8| *b < 0x20 || *b == b'"' || *b == b'\\';
+    // most strings (ids, model names, routes) have nothing to escape: one tight scan
+    let Some(first) = bytes.iter().position(needs_escape) else {
+        out.push_str(s);
+        out.push('"');
+        return;
+    };
     let mut start = 0;
-    for (i, b) in s.bytes().enumerate() {
-        let escape = match b {
+    for (i, b) in bytes.iter().enumerate().skip(first) {
+        let escape = match *b {
             b'"' => "\\\"",
             b'\\' => "\\\\",
             b'\n' => "\\n",

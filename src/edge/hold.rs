@@ -12,6 +12,7 @@ use crate::core::ledger::MicroUsd;
 use crate::core::pricing::TokenUsage;
 use crate::core::protocol::{AccountOp as Op, Leased};
 use crate::core::request_log::Record;
+use crate::core::wire::ToJson;
 use crate::edge::outbox::enqueue;
 use crate::edge::{leases, platform};
 use std::cell::RefCell;
@@ -171,15 +172,15 @@ fn announce(ctx: &Context, line: Option<&CallLine>, cost: MicroUsd, unmetered: M
     let Some(record) = line.and_then(|l| l.log.as_ref().map(|log| Record::of(l, log, cost.0, unmetered.0))) else {
         return;
     };
-    let Ok(text) = serde_json::to_string(&record) else { return };
     let first = LOG_LINES.with(|lines| {
         let mut lines = lines.borrow_mut();
         let first = lines.is_empty();
         if !first {
             lines.push('\n');
         }
+        // the record as `core::wire` writes it, straight into the batch of lines
         lines.push_str("{\"call\":");
-        lines.push_str(&text);
+        record.to_json(&mut lines);
         lines.push('}');
         first
     });
