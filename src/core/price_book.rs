@@ -346,7 +346,7 @@ pub fn quote(prices: &PriceTable, book: Option<&PriceBook>, model: &str, path_pr
     let reserve = candidates
         .iter()
         .map(|(_, p)| *p)
-        .reduce(|a, b| Price { input: a.input.max(b.input), output: a.output.max(b.output) })
+        .reduce(Price::max)
         .unwrap_or_else(|| prices.exact(base).unwrap_or_else(|| prices.fallback()));
     Quote { reserve, pinned: None, candidates }
 }

@@ -116,11 +116,7 @@ impl PriceTable {
         // entry stands for every spelling. The one written as it is comes first; of entries
         // that differ only in case, another spelling pays the dearest of each side.
         self.models.get(key).copied().or_else(|| {
-            self.models
-                .iter()
-                .filter(|(m, _)| m.eq_ignore_ascii_case(key))
-                .map(|(_, p)| *p)
-                .reduce(|a, b| Price { input: a.input.max(b.input), output: a.output.max(b.output) })
+            self.models.iter().filter(|(m, _)| m.eq_ignore_ascii_case(key)).map(|(_, p)| *p).reduce(Price::max)
         })
     }
 
@@ -142,6 +138,17 @@ fn usd_per_million(v: f64, model: &str) -> Result<u64, String> {
 }
 
 impl Price {
+    /// The dearer of two prices, side by side: what covers a call either may price.
+    ///
+    /// ```
+    /// use hf_gate::core::pricing::Price;
+    /// let a = Price { input: 5, output: 1 };
+    /// assert_eq!(a.max(Price { input: 1, output: 7 }), Price { input: 5, output: 7 });
+    /// ```
+    pub fn max(self, other: Price) -> Price {
+        Price { input: self.input.max(other.input), output: self.output.max(other.output) }
+    }
+
     /// `prompt x input + completion x output`, rounded up to the micro-USD.
     ///
     /// ```

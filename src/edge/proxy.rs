@@ -106,8 +106,7 @@ pub async fn handle(
         // the path's model is the one served where the path names one (hf-inference); should
         // a server read the body's instead, the reservation covers that one too
         let other = price_book::quote(&s.prices, book.as_deref(), named, route.provider.as_deref()).reserve;
-        quote.reserve.input = quote.reserve.input.max(other.input);
-        quote.reserve.output = quote.reserve.output.max(other.output);
+        quote.reserve = quote.reserve.max(other);
     }
     let endpoint_price = route.endpoint.as_ref().and_then(|n| s.endpoints.get(n)).map(|e| &e.price);
     let measure = match route.metering {
