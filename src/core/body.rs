@@ -1162,18 +1162,6 @@ impl<'de, 'p> Visitor<'de> for Outputs<'p> {
     }
 }
 
-/// Token usage from an OpenAI-shaped JSON value: `usage` at the top (chat completions) or
-/// under `response` (responses API events), with either naming of the two counts.
-pub fn usage_of(v: &serde_json::Value) -> Option<TokenUsage> {
-    let u = v
-        .get("usage")
-        .filter(|u| u.is_object())
-        .or_else(|| v.get("response")?.get("usage").filter(|u| u.is_object()))?;
-    let count = |a: &str, b: &str| u.get(a).or_else(|| u.get(b)).and_then(serde_json::Value::as_u64);
-    let total = u.get("total_tokens").and_then(serde_json::Value::as_u64);
-    TokenUsage::reported(count("prompt_tokens", "input_tokens"), count("completion_tokens", "output_tokens"), total)
-}
-
 /// Usage from a whole (non-streamed) response body; `None` if it is not JSON or has none.
 /// Read without building the body's tree: everything but the counts is skipped.
 ///
@@ -1903,11 +1891,11 @@ mod tests {
 
     #[test]
     fn usage_is_read_in_both_namings() {
-        let chat = serde_json::json!({"usage": {"prompt_tokens": 3, "completion_tokens": 4}});
-        assert_eq!(usage_of(&chat), Some(TokenUsage { prompt: 3, completion: 4 }));
-        let resp = serde_json::json!({"type": "response.completed", "response": {"usage": {"input_tokens": 5, "output_tokens": 6}}});
-        assert_eq!(usage_of(&resp), Some(TokenUsage { prompt: 5, completion: 6 }));
-        assert_eq!(usage_of(&serde_json::json!({"usage": null})), None);
+        let chat = br#"{"usage": {"prompt_tokens": 3, "completion_tokens": 4}}"#;
+        assert_eq!(usage_of_body(chat), Some(TokenUsage { prompt: 3, completion: 4 }));
+        let resp = br#"{"type": "response.completed", "response": {"usage": {"input_tokens": 5, "output_tokens": 6}}}"#;
+        assert_eq!(usage_of_body(resp), Some(TokenUsage { prompt: 5, completion: 6 }));
+        assert_eq!(usage_of_body(br#"{"usage": null}"#), None);
         assert_eq!(usage_of_body(b"garbage"), None);
         let body = br#"{"choices":[{"message":{"content":"x"}}],"usage":{"prompt_tokens":1,"completion_tokens":2,"prompt_tokens_details":{"cached_tokens":0}}}"#;
         assert_eq!(usage_of_body(body), Some(TokenUsage { prompt: 1, completion: 2 }));
