@@ -940,9 +940,9 @@ pub struct Measure {
 
 impl Measure {
     /// Megapixels of one output as image providers bill them, rounded up (1024x1024 is one,
-    /// 1024x1025 two), or `default` when the body names no size.
-    pub fn megapixels(&self, default: u64) -> u64 {
-        self.pixels.map_or(default, |p| p.div_ceil(MEGAPIXEL).max(1))
+    /// 1024x1025 two); `None` when the body names no size (the route's default then counts).
+    pub fn megapixels(&self) -> Option<u64> {
+        self.pixels.map(|p| p.div_ceil(MEGAPIXEL).max(1))
     }
 }
 
@@ -979,11 +979,11 @@ const IMAGE_SIZE_PRESETS: &[(&str, u64)] = &[
 /// ```
 /// use hf_gate::core::body::measure;
 /// let m = measure(br#"{"prompt":"a cat","image_size":{"width":4096,"height":4096},"num_images":2}"#).unwrap();
-/// assert_eq!((m.outputs, m.megapixels(1)), (2, 16));
-/// assert_eq!(measure(br#"{"image_size":"landscape_4_3"}"#).unwrap().megapixels(9), 1);
-/// assert_eq!(measure(br#"{"input":{"width":2048,"height":1024}}"#).unwrap().megapixels(1), 2);
-/// assert_eq!(measure(br#"{"size":"1024x1024"}"#).unwrap().megapixels(1), 1);
-/// assert_eq!(measure(br#"{"prompt":"a cat"}"#).unwrap().megapixels(3), 3);
+/// assert_eq!((m.outputs, m.megapixels()), (2, Some(16)));
+/// assert_eq!(measure(br#"{"image_size":"landscape_4_3"}"#).unwrap().megapixels(), Some(1));
+/// assert_eq!(measure(br#"{"input":{"width":2048,"height":1024}}"#).unwrap().megapixels(), Some(2));
+/// assert_eq!(measure(br#"{"size":"1024x1024"}"#).unwrap().megapixels(), Some(1));
+/// assert_eq!(measure(br#"{"prompt":"a cat"}"#).unwrap().megapixels(), None);
 /// assert_eq!(measure(br#"{"image_size":"cinema"}"#).unwrap().unknown_size.as_deref(), Some("image_size"));
 /// ```
 pub fn measure(body: &[u8]) -> Result<Measure, GatewayError> {
@@ -1505,7 +1505,7 @@ mod tests {
 
     #[test]
     fn image_sizes_are_read_where_providers_read_them_and_the_largest_counts() {
-        let mp = |b: &str| measure(b.as_bytes()).map(|m| (m.pixels.map(|_| m.megapixels(1)), m.unknown_size));
+        let mp = |b: &str| measure(b.as_bytes()).map(|m| (m.megapixels(), m.unknown_size));
         assert_eq!(mp(r#"{"parameters":{"width":1024,"height":1025}}"#), Ok((Some(2), None)));
         assert_eq!(mp(r#"{"image_size":"square","size":"2048x2048"}"#), Ok((Some(4), None)));
         assert_eq!(mp(r#"{"image_size":null,"prompt":"x"}"#), Ok((None, None)));
@@ -1525,7 +1525,7 @@ mod tests {
         assert_eq!(mp(r#"{"input":{"width":4096,"width":512,"height":512}}"#), Ok((Some(2), None)));
         // counts and sizes together
         let m = measure(br#"{"num_images":3,"image_size":{"width":2048,"height":2048}}"#).unwrap();
-        assert_eq!((m.outputs, m.megapixels(1)), (3, 4));
+        assert_eq!((m.outputs, m.megapixels()), (3, Some(4)));
     }
 
     #[test]

@@ -128,7 +128,7 @@ pub async fn handle(
         provider: route.provider.as_deref(),
         compute: s.compute,
         outputs: measure.outputs,
-        megapixels: measure.pixels.map(|_| measure.megapixels(1)),
+        megapixels: measure.megapixels(),
     });
     let rate = match rate {
         // a provider bills a byok key directly: the gateway only records its usage
